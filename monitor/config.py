@@ -1,0 +1,393 @@
+"""Configuration: TOML in, validated frozen dataclasses out (SPEC section 6).
+
+Every key is optional except what a live feed needs. Unknown keys are errors, so a typo
+cannot silently leave a default in force; every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from monitor.errors import ConfigError
+from monitor.instruments import ContractType, Instrument, Tier, validate_tiers
+
+Metric = Literal["margin_ratio", "im_coverage", "equity_usd"]
+Action = Literal["close_all", "close", "reduce"]
+
+# Seed 000: "BTC at 90%, USDT at 100%", MATIC 75%, AVAX 80%. A currency not listed counts
+# with factor 0 (the seed's PEPE exclusion).
+DEFAULT_COLLATERAL: Mapping[str, float] = {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+
+
+@dataclass(frozen=True, slots=True)
+class RiskConfig:
+    """Thresholds and model options (``[risk]``)."""
+
+    warning: float = 1.50
+    withdrawal_lock: float = 1.20
+    deleverage: float = 1.00
+    liquidation: float = 0.85
+    hysteresis: float = 0.02
+    stale_after_s: float = 10.0
+    repeat_interval_s: float = 300.0
+    liquidation_fee_rate: float = 0.0
+    market_order_slippage: float = 0.0
+    reduce_only_orders_count: bool = True
+    divergence_tolerance: float = 0.05
+    execute_triggers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StopLossRule:
+    """A user stop-loss rule keyed on an account metric (SPEC section 1.7)."""
+
+    name: str
+    metric: Metric
+    below: float
+    action: Action
+    inst_id: str | None = None
+    fraction: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One account (``[accounts.NAME]``). Credentials are named, never stored here."""
+
+    name: str
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+    passphrase_env: str | None = None
+    credentials_file: str | None = None
+    stop_loss: tuple[StopLossRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OkxConfig:
+    public_url: str = "wss://ws.okx.com:8443/ws/v5/public"
+    private_url: str = "wss://ws.okx.com:8443/ws/v5/private"
+    rest_url: str = "https://www.okx.com"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    sqlite_path: str = "riskmon.db"
+    retention_days: float = 90.0
+    history_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamToken:
+    token_env: str
+    accounts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tokens: tuple[StreamToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    collateral: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_COLLATERAL))
+    interest: Mapping[str, float] = field(default_factory=dict)
+    instruments: tuple[Instrument, ...] = ()
+    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    okx: OkxConfig = field(default_factory=OkxConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError as e:
+        raise ConfigError("<file>", f"configuration file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("<file>", f"not valid TOML: {e}") from e
+    return parse_config(raw)
+
+
+def parse_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document."""
+    _only(raw, "", {"risk", "collateral", "interest", "instruments", "accounts", "okx",
+                    "storage", "stream"})
+    risk = _parse_risk(_table(raw, "risk"))
+    collateral = dict(DEFAULT_COLLATERAL)
+    for currency, factor in _table(raw, "collateral").items():
+        collateral[currency] = _number(factor, f"collateral.{currency}", low=0.0, high=1.0)
+    interest = {
+        currency: _number(rate, f"interest.{currency}", low=0.0)
+        for currency, rate in _table(raw, "interest").items()
+    }
+    instruments = tuple(
+        _parse_instrument(item, f"instruments[{index}]")
+        for index, item in enumerate(_array(raw, "instruments"))
+    )
+    seen: set[str] = set()
+    for index, instrument in enumerate(instruments):
+        if instrument.inst_id in seen:
+            raise ConfigError(f"instruments[{index}].inst_id", "duplicate instrument")
+        seen.add(instrument.inst_id)
+    accounts = {
+        name: _parse_account(name, _as_table(body, f"accounts.{name}"))
+        for name, body in _table(raw, "accounts").items()
+    }
+    return Config(
+        risk=risk,
+        collateral=collateral,
+        interest=interest,
+        instruments=instruments,
+        accounts=accounts,
+        okx=_parse_okx(_table(raw, "okx")),
+        storage=_parse_storage(_table(raw, "storage")),
+        stream=_parse_stream(_table(raw, "stream")),
+    )
+
+
+def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
+    defaults = RiskConfig()
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"risk.{key}"
+        if key in ("reduce_only_orders_count", "execute_triggers"):
+            values[key] = _bool(value, path)
+        elif key in RiskConfig.__dataclass_fields__:
+            values[key] = _number(value, path, low=0.0)
+        else:
+            raise ConfigError(path, "unknown key")
+    risk = RiskConfig(**{**{k: getattr(defaults, k) for k in RiskConfig.__dataclass_fields__},
+                         **values})
+    ladder = [("warning", risk.warning), ("withdrawal_lock", risk.withdrawal_lock),
+              ("deleverage", risk.deleverage), ("liquidation", risk.liquidation)]
+    for (upper_name, upper), (lower_name, lower) in zip(ladder, ladder[1:], strict=False):
+        if not upper > lower:
+            raise ConfigError(f"risk.{lower_name}",
+                              f"must be below risk.{upper_name} ({lower} >= {upper})")
+    if risk.liquidation <= 0:
+        raise ConfigError("risk.liquidation", "must be positive")
+    if risk.stale_after_s <= 0:
+        raise ConfigError("risk.stale_after_s", "must be positive")
+    if risk.repeat_interval_s <= 0:
+        raise ConfigError("risk.repeat_interval_s", "must be positive")
+    if risk.market_order_slippage >= 1:
+        raise ConfigError("risk.market_order_slippage", "must be below 1")
+    if risk.liquidation_fee_rate >= 1:
+        raise ConfigError("risk.liquidation_fee_rate", "must be below 1")
+    return risk
+
+
+def _parse_instrument(raw: Any, path: str) -> Instrument:
+    table = _as_table(raw, path)
+    _only(table, path, {"inst_id", "ct_type", "ct_val", "ct_mult", "ct_val_ccy", "settle_ccy",
+                        "max_leverage", "tiers", "lot_size"})
+    contract_type = _string(_required(table, "ct_type", path), f"{path}.ct_type")
+    if contract_type not in ("linear", "inverse"):
+        raise ConfigError(f"{path}.ct_type", "must be 'linear' or 'inverse'")
+    tiers = []
+    for index, tier_raw in enumerate(_as_array(_required(table, "tiers", path), f"{path}.tiers")):
+        tier_path = f"{path}.tiers[{index}]"
+        tier_table = _as_table(tier_raw, tier_path)
+        _only(tier_table, tier_path, {"max_contracts", "mmr"})
+        tiers.append(Tier(
+            max_contracts=_number(_required(tier_table, "max_contracts", tier_path),
+                                  f"{tier_path}.max_contracts", low=0.0),
+            maintenance_rate=_number(_required(tier_table, "mmr", tier_path),
+                                     f"{tier_path}.mmr", low=0.0, high=1.0),
+        ))
+    problem = validate_tiers(tuple(tiers))
+    if problem:
+        raise ConfigError(f"{path}.tiers", problem)
+    max_leverage = table.get("max_leverage")
+    lot_size = table.get("lot_size")
+    return Instrument(
+        inst_id=_string(_required(table, "inst_id", path), f"{path}.inst_id"),
+        contract_type=cast(ContractType, contract_type),
+        contract_value=_positive(_required(table, "ct_val", path), f"{path}.ct_val"),
+        contract_multiplier=_positive(table.get("ct_mult", 1), f"{path}.ct_mult"),
+        contract_value_currency=_string(_required(table, "ct_val_ccy", path),
+                                        f"{path}.ct_val_ccy"),
+        settle_currency=_string(_required(table, "settle_ccy", path), f"{path}.settle_ccy"),
+        tiers=tuple(tiers),
+        max_leverage=None if max_leverage is None
+        else _positive(max_leverage, f"{path}.max_leverage"),
+        lot_size=None if lot_size is None else _positive(lot_size, f"{path}.lot_size"),
+    )
+
+
+def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
+    path = f"accounts.{name}"
+    _only(table, path, {"api_key_env", "api_secret_env", "passphrase_env", "credentials_file",
+                        "stop_loss"})
+    rules = []
+    names: set[str] = set()
+    for index, rule_raw in enumerate(_array(table, "stop_loss")):
+        rule = _parse_rule(rule_raw, f"{path}.stop_loss[{index}]")
+        if rule.name in names:
+            raise ConfigError(f"{path}.stop_loss[{index}].name", "duplicate rule name")
+        names.add(rule.name)
+        rules.append(rule)
+
+    def optional_string(key: str) -> str | None:
+        value = table.get(key)
+        return None if value is None else _string(value, f"{path}.{key}")
+
+    return AccountConfig(
+        name=name,
+        api_key_env=optional_string("api_key_env"),
+        api_secret_env=optional_string("api_secret_env"),
+        passphrase_env=optional_string("passphrase_env"),
+        credentials_file=optional_string("credentials_file"),
+        stop_loss=tuple(rules),
+    )
+
+
+def _parse_rule(raw: Any, path: str) -> StopLossRule:
+    table = _as_table(raw, path)
+    _only(table, path, {"name", "metric", "below", "action", "inst_id", "fraction"})
+    metric = _string(_required(table, "metric", path), f"{path}.metric")
+    if metric not in ("margin_ratio", "im_coverage", "equity_usd"):
+        raise ConfigError(f"{path}.metric",
+                          "must be 'margin_ratio', 'im_coverage' or 'equity_usd'")
+    action = _string(_required(table, "action", path), f"{path}.action")
+    if action not in ("close_all", "close", "reduce"):
+        raise ConfigError(f"{path}.action", "must be 'close_all', 'close' or 'reduce'")
+    inst_id = table.get("inst_id")
+    fraction = table.get("fraction")
+    if action == "close" and inst_id is None:
+        raise ConfigError(f"{path}.inst_id", "required when action is 'close'")
+    if action == "reduce":
+        if fraction is None:
+            raise ConfigError(f"{path}.fraction", "required when action is 'reduce'")
+        fraction = _number(fraction, f"{path}.fraction", low=0.0, high=1.0)
+        if fraction <= 0:
+            raise ConfigError(f"{path}.fraction", "must be above 0")
+    return StopLossRule(
+        name=_string(_required(table, "name", path), f"{path}.name"),
+        metric=cast(Metric, metric),
+        below=_number(_required(table, "below", path), f"{path}.below"),
+        action=cast(Action, action),
+        inst_id=None if inst_id is None else _string(inst_id, f"{path}.inst_id"),
+        fraction=None if fraction is None else float(fraction),
+    )
+
+
+def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
+    _only(table, "okx", {"public_url", "private_url", "rest_url"})
+    defaults = OkxConfig()
+    return OkxConfig(**{
+        key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}")
+        for key in ("public_url", "private_url", "rest_url")
+    })
+
+
+def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
+    _only(table, "storage", {"sqlite_path", "retention_days", "history_interval_s"})
+    defaults = StorageConfig()
+    return StorageConfig(
+        sqlite_path=_string(table.get("sqlite_path", defaults.sqlite_path),
+                            "storage.sqlite_path"),
+        retention_days=_positive(table.get("retention_days", defaults.retention_days),
+                                 "storage.retention_days"),
+        history_interval_s=_positive(table.get("history_interval_s",
+                                               defaults.history_interval_s),
+                                     "storage.history_interval_s"),
+    )
+
+
+def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
+    _only(table, "stream", {"host", "port", "tokens"})
+    tokens = []
+    for index, raw in enumerate(_array(table, "tokens")):
+        path = f"stream.tokens[{index}]"
+        token_table = _as_table(raw, path)
+        _only(token_table, path, {"token_env", "accounts"})
+        accounts = _as_array(_required(token_table, "accounts", path), f"{path}.accounts")
+        tokens.append(StreamToken(
+            token_env=_string(_required(token_table, "token_env", path), f"{path}.token_env"),
+            accounts=tuple(_string(a, f"{path}.accounts") for a in accounts),
+        ))
+    defaults = StreamConfig()
+    port = table.get("port", defaults.port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError("stream.port", "must be an integer in [0, 65535]")
+    return StreamConfig(host=_string(table.get("host", defaults.host), "stream.host"),
+                        port=port, tokens=tuple(tokens))
+
+
+# -- small typed readers ---------------------------------------------------------------
+
+
+def _only(table: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}" if path else key, "unknown key")
+
+
+def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    return _as_table(raw.get(key, {}), key)
+
+
+def _array(raw: Mapping[str, Any], key: str) -> list[Any]:
+    return _as_array(raw.get(key, []), key)
+
+
+def _as_table(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(path, "must be a table")
+    return value
+
+
+def _as_array(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(path, "must be an array")
+    return value
+
+
+def _required(table: Mapping[str, Any], key: str, path: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{path}.{key}", "is required")
+    return table[key]
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, "must be a non-empty string")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, "must be true or false")
+    return value
+
+
+def _number(value: Any, path: str, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(path, "must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(path, "must be finite")
+    if low is not None and number < low:
+        raise ConfigError(path, f"must be at least {low}")
+    if high is not None and number > high:
+        raise ConfigError(path, f"must be at most {high}")
+    return number
+
+
+def _positive(value: Any, path: str) -> float:
+    number = _number(value, path)
+    if number <= 0:
+        raise ConfigError(path, "must be positive")
+    return number
