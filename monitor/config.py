@@ -6,6 +6,7 @@ cannot silently leave a default in force; every error names the offending key.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from collections.abc import Mapping
@@ -171,7 +172,7 @@ def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
                          **values})
     ladder = [("warning", risk.warning), ("withdrawal_lock", risk.withdrawal_lock),
               ("deleverage", risk.deleverage), ("liquidation", risk.liquidation)]
-    for (upper_name, upper), (lower_name, lower) in zip(ladder, ladder[1:], strict=False):
+    for (upper_name, upper), (lower_name, lower) in itertools.pairwise(ladder):
         if not upper > lower:
             raise ConfigError(f"risk.{lower_name}",
                               f"must be below risk.{upper_name} ({lower} >= {upper})")
