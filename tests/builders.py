@@ -1,0 +1,119 @@
+"""Small constructors for domain objects used across the tests (no mocks: real objects)."""
+
+from __future__ import annotations
+
+from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
+from monitor.events import (
+    BalanceUpdate,
+    CurrencyBalance,
+    IndexPrice,
+    MarkPrice,
+    Order,
+    OrderUpdate,
+    Position,
+    PositionUpdate,
+)
+from monitor.instruments import Instrument, Tier
+
+BTC_SWAP = Instrument(
+    inst_id="BTC-USDT-SWAP",
+    contract_type="linear",
+    contract_value=0.01,
+    contract_multiplier=1.0,
+    contract_value_currency="BTC",
+    settle_currency="USDT",
+    tiers=(Tier(5000, 0.004), Tier(1e15, 0.006)),
+    max_leverage=100,
+    lot_size=1.0,
+)
+ETH_SWAP = Instrument(
+    inst_id="ETH-USDT-SWAP",
+    contract_type="linear",
+    contract_value=0.1,
+    contract_multiplier=1.0,
+    contract_value_currency="ETH",
+    settle_currency="USDT",
+    tiers=(Tier(1000, 0.005), Tier(1e15, 0.01)),
+    max_leverage=50,
+    lot_size=1.0,
+)
+BTC_INVERSE = Instrument(
+    inst_id="BTC-USD-SWAP",
+    contract_type="inverse",
+    contract_value=100.0,
+    contract_multiplier=1.0,
+    contract_value_currency="USD",
+    settle_currency="BTC",
+    tiers=(Tier(10000, 0.005), Tier(1e15, 0.01)),
+    max_leverage=100,
+    lot_size=1.0,
+)
+
+
+def make_config(
+    *,
+    rules: tuple[StopLossRule, ...] = (),
+    risk: RiskConfig | None = None,
+    interest: dict[str, float] | None = None,
+    collateral: dict[str, float] | None = None,
+) -> Config:
+    base = Config()
+    return Config(
+        risk=risk or RiskConfig(),
+        collateral=collateral if collateral is not None else dict(base.collateral),
+        interest=interest or {},
+        instruments=(BTC_SWAP, ETH_SWAP, BTC_INVERSE),
+        accounts={"main": AccountConfig(name="main", stop_loss=rules)},
+    )
+
+
+def mark(inst_id: str, price: float, ts: int) -> MarkPrice:
+    return MarkPrice(inst_id=inst_id, price=price, event_ms=ts, recv_ms=ts + 1)
+
+
+def index(base: str, quote: str, price: float, ts: int) -> IndexPrice:
+    return IndexPrice(base=base, quote=quote, price=price, event_ms=ts, recv_ms=ts + 1)
+
+
+def position(inst_id: str, contracts: float, avg: float, ts: int, leverage: float = 10.0,
+             account: str = "main") -> PositionUpdate:
+    return PositionUpdate(
+        account=account,
+        positions=(Position(inst_id, contracts, avg, leverage),),
+        event_ms=ts,
+        recv_ms=ts + 1,
+    )
+
+
+def balance(currency: str, cash: float, ts: int, *, interest: float | None = None,
+            account: str = "main", snapshot: bool = False) -> BalanceUpdate:
+    return BalanceUpdate(
+        account=account,
+        balances=(CurrencyBalance(currency, cash, None, interest),),
+        snapshot=snapshot,
+        exchange=None,
+        event_ms=ts,
+        recv_ms=ts + 1,
+    )
+
+
+def order(order_id: str, inst_id: str, side: str, size: float, price: float | None, ts: int,
+          *, filled: float = 0.0, live: bool = True, reduce_only: bool = False,
+          leverage: float | None = 10.0, account: str = "main") -> OrderUpdate:
+    assert side in ("buy", "sell")
+    return OrderUpdate(
+        account=account,
+        order=Order(
+            order_id=order_id,
+            inst_id=inst_id,
+            side="buy" if side == "buy" else "sell",
+            price=price,
+            size=size,
+            filled=filled,
+            reduce_only=reduce_only,
+            leverage=leverage,
+        ),
+        live=live,
+        event_ms=ts,
+        recv_ms=ts + 1,
+    )

@@ -1,0 +1,389 @@
+"""The margin engine: events in, alerts and state out (synchronous, no I/O).
+
+The main scenario: 100 USDT of cash and a long of 10 BTC-USDT-SWAP (k = 0.01) at 40000,
+leverage 10. At mark m:  AE = 100 + 0.1 (m - 40000),  MM = 0.1 m * 0.4% = 0.0004 m,
+so MR(m) = (0.1 m - 3900) / (0.0004 m). Worked values:
+
+    mark    AE     MM       MR       level
+    39300   30     15.72    1.9084   normal
+    39230   23     15.692   1.4657   warning
+    39180   18     15.672   1.1485   withdrawal_lock
+    39150   15     15.66    0.9579   deleverage
+    39130   13     15.652   0.8306   liquidation
+    39400   40     15.76    2.5381   normal
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from monitor.alerts import Alert
+from monitor.config import RiskConfig, StopLossRule
+from monitor.engine import MarginEngine
+from monitor.events import (
+    BalanceUpdate,
+    CurrencyBalance,
+    Event,
+    ExchangeAccountFigures,
+    FeedStatus,
+    InstrumentUpdate,
+    Order,
+    OrdersSnapshot,
+    Position,
+    PositionSnapshot,
+)
+from monitor.instruments import Instrument, Tier
+from tests.builders import balance, index, make_config, mark, order, position
+
+approx = pytest.approx
+BTC = "BTC-USDT-SWAP"
+ETH = "ETH-USDT-SWAP"
+
+
+def run(engine: MarginEngine, events: list[Event]) -> list[Alert]:
+    alerts: list[Alert] = []
+    for event in events:
+        alerts.extend(engine.apply(event))
+    return alerts
+
+
+def scenario_engine(**kwargs: Any) -> MarginEngine:
+    engine = MarginEngine(make_config(**kwargs))
+    run(engine, [balance("USDT", 100, 1_000), position(BTC, 10, 40_000, 1_000),
+                 mark(BTC, 39_300, 1_000)])
+    return engine
+
+
+def test_account_figures_for_a_linear_long() -> None:
+    engine = scenario_engine()
+    figures = engine.figures("main")
+    assert figures.equity_usd == approx(30)
+    assert figures.maint_margin_usd == approx(15.72)
+    # IM = PV / L = 3930 / 10.
+    assert figures.init_margin_usd == approx(393)
+    assert figures.margin_ratio == approx(30 / 15.72)
+    assert figures.im_coverage == approx(30 / 393)
+    state = engine.state()["main"]
+    assert state["free_margin_usd"] == approx(30 - 393)
+    assert state["max_withdrawable_usd"] == 0.0
+    assert state["level"] == "normal"
+    [pos] = state["positions"]
+    assert pos["contracts"] == 10 and pos["avg_px"] == 40_000 and pos["mark"] == 39_300
+    assert pos["upl"] == approx(-70)
+    assert pos["position_value"] == approx(3930)
+
+
+def test_max_withdrawable() -> None:
+    # 5000 USDT cash, long 10 at 40000 marked at 40000: AE 5000, MM 16, IM 400.
+    # min(5000 - 400, 5000 - 1.2 * 16) = 4600.
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 5000, 1), position(BTC, 10, 40_000, 1), mark(BTC, 40_000, 1)])
+    assert engine.state()["main"]["max_withdrawable_usd"] == approx(4600)
+
+
+def test_levels_walk_down_and_recover_in_one_step() -> None:
+    engine = scenario_engine()
+    marks = [39_230, 39_180, 39_150, 39_130, 39_400]
+    alerts = run(engine, [mark(BTC, m, 2_000 + i) for i, m in enumerate(marks)])
+    changes = [(a.from_level, a.level) for a in alerts if a.kind == "level_changed"]
+    assert changes == [
+        ("normal", "warning"),
+        ("warning", "withdrawal_lock"),
+        ("withdrawal_lock", "deleverage"),
+        ("deleverage", "liquidation"),
+        ("liquidation", "normal"),
+    ]
+    warning = alerts[0]
+    assert warning.margin_ratio == approx(23 / 15.692)
+    assert warning.inst_id == BTC and warning.mark == 39_230
+    assert warning.ts == 2_000 and warning.emitted_ms == 2_001
+    assert warning.payload["threshold"] == 1.5
+    assert [a.kind for a in alerts].count("deleverage_plan") == 1
+
+
+def test_skipping_levels_is_one_alert() -> None:
+    engine = scenario_engine()
+    alerts = run(engine, [mark(BTC, 39_130, 2_000)])
+    assert [(a.kind, a.from_level, a.level) for a in alerts] == [
+        ("level_changed", "normal", "liquidation")
+    ]
+
+
+def test_hysteresis_prevents_flapping() -> None:
+    engine = scenario_engine()
+    # MR crosses 1.5 down, then wobbles between 1.4657 and 1.5037 (39236: AE 23.6,
+    # MM 15.6944), above 1.5 but under 1.52: one alert.
+    alerts = run(engine, [mark(BTC, m, 2_000 + i)
+                          for i, m in enumerate([39_230, 39_236, 39_230, 39_236])])
+    assert [a.kind for a in alerts] == ["level_changed"]
+    # 39245: AE 24.5, MM 15.698, MR 1.5607 >= 1.52: back to normal.
+    alerts = run(engine, [mark(BTC, 39_245, 3_000)])
+    assert [(a.from_level, a.level) for a in alerts] == [("warning", "normal")]
+
+
+def test_deleverage_plan_closes_lowest_upl_first() -> None:
+    # 200 USDT; long 10 BTC at 40000 and long 100 ETH (k = 0.1) at 2000, leverage 10.
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 200, 1), position(BTC, 10, 40_000, 1),
+                 position(ETH, 100, 2_000, 1), mark(ETH, 2_000, 1), mark(BTC, 40_000, 1)])
+    alerts = run(engine, [mark(ETH, 1_992, 2)])
+    # ETH 1992: UPL -80, AE 120, MM = 16 + 99.6 = 115.6, MR = 1.038 -> withdrawal_lock.
+    assert [a.level for a in alerts] == ["withdrawal_lock"]
+    alerts = run(engine, [mark(BTC, 39_940, 3)])
+    # BTC 39940: UPL -6, AE 114, MM = 15.976 + 99.6 = 115.576, MR 0.9864 -> deleverage.
+    kinds = [a.kind for a in alerts]
+    assert kinds == ["level_changed", "deleverage_plan"]
+    plan = alerts[1].payload
+    assert plan["target_margin_ratio"] == approx(1.02)
+    # Lowest UPL first: ETH (-80) before BTC (-6). MM must fall to 114 / 1.02 = 111.7647,
+    # an excess of 3.8113; each ETH contract carries 0.1 * 1992 * 0.005 = 0.996 of MM, so
+    # 3.8113 / 0.996 = 3.83 -> 4 whole contracts; BTC is not touched.
+    assert plan["orders"] == [
+        {"inst_id": ETH, "side": "sell", "size": 4.0, "reduce_only": True,
+         "ord_type": "market"}
+    ]
+    # Projected: MM = 15.976 + 96 * 0.996 = 111.592 -> 114 / 111.592.
+    assert plan["projected_margin_ratio"] == approx(114 / 111.592)
+
+
+def test_stop_loss_fires_once_with_orders_and_rearms() -> None:
+    rule = StopLossRule(name="guard-110", metric="im_coverage", below=1.10, action="close_all")
+    engine = MarginEngine(make_config(rules=(rule,)))
+    # 500 USDT, long 10 BTC at 40000, L 10: IM = PV / 10.
+    # At 40000: AE 500, IM 400: coverage 1.25.  At 39500: AE 450, IM 395: 1.139.
+    # At 39400: AE 440, IM 394: 1.1168. At 39300: AE 430, IM 393: 1.0941 -> fires.
+    events: list[Event] = [balance("USDT", 500, 1), position(BTC, 10, 40_000, 1),
+                           mark(BTC, 40_000, 1), mark(BTC, 39_500, 2), mark(BTC, 39_300, 3),
+                           mark(BTC, 39_200, 4)]
+    alerts = [a for a in run(engine, events) if a.kind == "stop_loss"]
+    assert len(alerts) == 1
+    payload = alerts[0].payload
+    assert payload["rule"] == "guard-110" and payload["dry_run"] is True
+    assert payload["value"] == approx(430 / 393)
+    assert payload["orders"] == [{"inst_id": BTC, "side": "sell", "size": 10,
+                                  "reduce_only": True, "ord_type": "market"}]
+    # 39400 is above 1.10 but inside the hysteresis (1.1168 < 1.12): no re-arm, no trigger.
+    assert not [a for a in run(engine, [mark(BTC, 39_400, 5), mark(BTC, 39_300, 6)])
+                if a.kind == "stop_loss"]
+    # 39500 gives 1.139 >= 1.12: re-armed; 39300 fires again.
+    again = run(engine, [mark(BTC, 39_500, 7), mark(BTC, 39_300, 8)])
+    assert [a.kind for a in again] == ["stop_loss"]
+
+
+def test_stop_loss_close_and_reduce_actions() -> None:
+    rules = (
+        StopLossRule(name="close-eth", metric="margin_ratio", below=5.0, action="close",
+                     inst_id=ETH),
+        StopLossRule(name="halve", metric="equity_usd", below=150.0, action="reduce",
+                     fraction=0.5),
+    )
+    engine = MarginEngine(make_config(rules=rules))
+    alerts = run(engine, [balance("USDT", 200, 1), position(BTC, 9, 40_000, 1),
+                          position(ETH, -7, 2_000, 1), mark(BTC, 40_000, 1),
+                          mark(ETH, 2_000, 1), mark(ETH, 2_080, 2)])
+    # ETH short 7 (k 0.1) from 2000 to 2080: UPL -56, AE 144 < 150 -> "halve";
+    # MM = 14.4 + 0.7 * 2080 * 0.005 = 14.4 + 7.28 = 21.68, MR 6.64: "close-eth" holds.
+    fired = [a.payload for a in alerts if a.kind == "stop_loss"]
+    assert [p["rule"] for p in fired] == ["halve"]
+    # Halving 9 BTC rounds up to 5 whole lots; 7 ETH to 4; the short is closed by buying.
+    assert [(o["inst_id"], o["side"], o["size"]) for o in fired[0]["orders"]] == [
+        (BTC, "sell", 5.0), (ETH, "buy", 4.0)]
+    # ETH to 2200: UPL -140, AE 60; MM = 14.4 + 7.7 = 22.1; MR 2.71 < 5 -> close ETH only.
+    fired = [a.payload for a in run(engine, [mark(ETH, 2_200, 3)]) if a.kind == "stop_loss"]
+    assert [p["rule"] for p in fired] == ["close-eth"]
+    assert fired[0]["orders"] == [{"inst_id": ETH, "side": "buy", "size": 7,
+                                   "reduce_only": True, "ord_type": "market"}]
+
+
+def test_debts_count_in_full_assets_after_haircut() -> None:
+    # Borrowed 1000 USDT (cash -1000), holds 1 BTC priced 50000 with factor 0.9,
+    # and 1,000,000 PEPE which is not collateral.
+    engine = MarginEngine(make_config())
+    run(engine, [index("BTC", "USDT", 50_000, 1), index("PEPE", "USDT", 0.00001, 1),
+                 BalanceUpdate("main", (CurrencyBalance("USDT", -1000, 1000, None),
+                                        CurrencyBalance("BTC", 1, None, None),
+                                        CurrencyBalance("PEPE", 1e6, None, None)),
+                               True, None, 1, 1)])
+    assert engine.figures("main").equity_usd == approx(-1000 + 50_000 * 0.9)
+    notices = engine.drain_notices()
+    assert [(n.kind, n.subject) for n in notices] == [("uncollateralised_currency", "PEPE")]
+    assert engine.drain_notices() == []
+
+
+def test_usdt_valued_by_its_index_when_fed() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 1000, 1), index("BTC", "USDT", 50_000, 1),
+                 balance("BTC", 1, 1), index("USDT", "USD", 0.998, 2)])
+    # USDT 1000 * 0.998 + BTC 1 * 50000 * 0.998 * 0.9.
+    assert engine.figures("main").equity_usd == approx(998 + 50_000 * 0.998 * 0.9)
+
+
+def test_interest_accrues_to_the_second_by_event_time() -> None:
+    engine = MarginEngine(make_config(interest={"USDT": 0.00002}))
+    run(engine, [index("BTC", "USDT", 50_000, 0),
+                 BalanceUpdate("main", (CurrencyBalance("USDT", -1000, None, None),
+                                        CurrencyBalance("BTC", 1, None, None)),
+                               True, None, 0, 0)])
+    base = -1000 + 45_000
+    # 1.5 s later only one whole second has accrued: 1000 * 0.00002 / 3600.
+    run(engine, [index("BTC", "USDT", 50_000, 1_500)])
+    assert engine.figures("main").equity_usd == approx(base - 0.02 / 3600, rel=1e-12)
+    # After one hour of event time: 0.02 USDT.
+    run(engine, [index("BTC", "USDT", 50_000, 3_600_000)])
+    assert engine.figures("main").equity_usd == approx(base - 0.02, rel=1e-12)
+    # A snapshot that carries the exchange's interest resets ours.
+    run(engine, [BalanceUpdate("main", (CurrencyBalance("USDT", -1000, 1000, 0.5),),
+                               False, None, 3_600_000, 3_600_000)])
+    assert engine.figures("main").equity_usd == approx(base - 0.5, rel=1e-12)
+
+
+def test_inverse_account_in_coin() -> None:
+    # 0.02 BTC cash; short 50 BTC-USD-SWAP (k 100) at 50000; BTC index 40000.
+    engine = MarginEngine(make_config())
+    run(engine, [index("BTC", "USDT", 40_000, 1), balance("BTC", 0.02, 1),
+                 position("BTC-USD-SWAP", -50, 50_000, 1, leverage=20),
+                 mark("BTC-USD-SWAP", 40_000, 1)])
+    # UPL = +0.025 BTC, eq = 0.045 BTC -> 0.045 * 40000 * 0.9 = 1620 USD.
+    # MM = 0.125 * 0.5% = 0.000625 BTC = 25 USD; IM = 0.125 / 20 BTC = 250 USD.
+    figures = engine.figures("main")
+    assert figures.equity_usd == approx(1620)
+    assert figures.maint_margin_usd == approx(25)
+    assert figures.init_margin_usd == approx(250)
+
+
+def test_orders_partial_fill_and_cancel() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 10_000, 1), mark(BTC, 42_000, 1),
+                 order("a", BTC, "buy", 10, 41_000, 2)])
+    # Flat, buy 10 at 41000 (B 4100), L 10: IM 410.
+    assert engine.figures("main").init_margin_usd == approx(410)
+    run(engine, [order("a", BTC, "buy", 10, 41_000, 3, filled=4),
+                 position(BTC, 4, 41_000, 3)])
+    # Remaining 6 (B 2460); long 4 marked 42000 (PV 1680): (1680 + 2460) / 10 = 414.
+    assert engine.figures("main").init_margin_usd == approx(414)
+    run(engine, [order("a", BTC, "buy", 10, 41_000, 4, filled=4, live=False)])
+    assert engine.figures("main").init_margin_usd == approx(168)
+    assert engine.state()["main"]["positions"][0]["init_margin"] == approx(168)
+
+
+def test_orders_snapshot_replaces_live_orders() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [mark(BTC, 40_000, 1), mark(ETH, 2_000, 1),
+                 order("a", BTC, "buy", 10, 40_000, 1), order("b", ETH, "sell", 5, 2_000, 1)])
+    snapshot = OrdersSnapshot("main", (Order("c", ETH, "buy", 1_900.0, 10, 0, False, 5.0),), 2, 2)
+    run(engine, [snapshot])
+    # Only order c remains: B = 10 * 0.1 * 1900 = 1900, L 5: IM 380.
+    assert engine.figures("main").init_margin_usd == approx(380)
+    assert list(engine.accounts["main"].exposures) == [ETH]
+
+
+def test_position_snapshot_closes_absent_positions() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [mark(BTC, 40_000, 1), mark(ETH, 2_000, 1), position(BTC, 1, 40_000, 1),
+                 position(ETH, 1, 2_000, 1)])
+    run(engine, [PositionSnapshot("main", (Position(ETH, 2, 2_000, 10),), 2, 2)])
+    assert [p["inst_id"] for p in engine.state()["main"]["positions"]] == [ETH]
+    assert engine.figures("main").maint_margin_usd == approx(2 * 0.1 * 2000 * 0.005)
+
+
+def test_stale_mark_and_recovery() -> None:
+    engine = scenario_engine()
+    # No BTC mark for more than 10 s of event time (other events keep the clock going).
+    alerts = run(engine, [index("BTC", "USDT", 39_000, t) for t in range(2_000, 13_000, 1000)])
+    stale = [a for a in alerts if a.kind == "feed_stale"]
+    assert len(stale) == 1
+    assert stale[0].inst_id == BTC and stale[0].payload["last_mark_ts"] == 1_000
+    assert engine.state()["main"]["stale_instruments"] == [BTC]
+    alerts = run(engine, [mark(BTC, 39_300, 13_500)])
+    assert [a.kind for a in alerts] == ["feed_recovered"]
+
+
+def test_reminders_while_in_deleverage() -> None:
+    engine = scenario_engine(risk=RiskConfig(repeat_interval_s=60))
+    run(engine, [mark(BTC, 39_150, 10_000)])
+    alerts = run(engine, [mark(BTC, 39_150, t) for t in range(11_000, 131_000, 1000)])
+    reminders = [a for a in alerts if a.kind == "reminder"]
+    assert [a.ts for a in reminders] == [70_000, 130_000]
+    assert all(a.level == "deleverage" for a in reminders)
+
+
+def test_liquidation_mark_solves_the_margin_ratio() -> None:
+    engine = scenario_engine()
+    # (0.1 m - 3900) / (0.0004 m) = 0.85  ->  m = 3900 / 0.09966.
+    [pos] = engine.state()["main"]["positions"]
+    assert pos["liquidation_mark"] == approx(3900 / 0.09966, rel=1e-9)
+    assert pos["liquidation_distance_pct"] == approx((3900 / 0.09966 - 39_300) / 393)
+
+
+def test_liquidation_mark_of_a_short() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 100, 1), position(BTC, -10, 40_000, 1), mark(BTC, 40_000, 1)])
+    # AE = 100 - 0.1 (m - 40000) = 4100 - 0.1 m; MM = 0.0004 m:
+    # 4100 - 0.1 m = 0.85 * 0.0004 m  ->  m = 4100 / 0.10034.
+    [pos] = engine.state()["main"]["positions"]
+    assert pos["liquidation_mark"] == approx(4100 / 0.10034, rel=1e-9)
+
+
+def test_unknown_instrument_counts_once_its_spec_arrives() -> None:
+    engine = MarginEngine(make_config())
+    sol = Instrument("SOL-USDT-SWAP", "linear", 1.0, 1.0, "SOL", "USDT", (Tier(1e15, 0.01),))
+    run(engine, [balance("USDT", 1000, 1), position("SOL-USDT-SWAP", 10, 100, 1),
+                 mark("SOL-USDT-SWAP", 100, 1)])
+    assert engine.figures("main").maint_margin_usd == 0
+    assert [n.kind for n in engine.drain_notices()] == ["unknown_instrument"]
+    run(engine, [InstrumentUpdate(sol, 2, 2)])
+    assert engine.figures("main").maint_margin_usd == approx(10.0)
+
+
+def test_configured_instrument_wins_over_the_feed() -> None:
+    engine = scenario_engine()
+    changed = Instrument(BTC, "linear", 1.0, 1.0, "BTC", "USDT", (Tier(1e15, 0.5),))
+    run(engine, [InstrumentUpdate(changed, 2, 2)])
+    assert engine.figures("main").maint_margin_usd == approx(15.72)
+
+
+def test_exchange_divergence_once_until_back_in_tolerance() -> None:
+    engine = scenario_engine()
+    ours = 30 / 15.72
+
+    def exchange(ratio: float, ts: int) -> BalanceUpdate:
+        figures = ExchangeAccountFigures(ratio, None, None, None)
+        return BalanceUpdate("main", (CurrencyBalance("USDT", 100, None, None),), False,
+                             figures, ts, ts)
+
+    alerts = run(engine, [exchange(ours * 1.01, 2), exchange(ours * 1.2, 3),
+                          exchange(ours * 1.3, 4), exchange(ours, 5), exchange(ours * 0.8, 6)])
+    divergences = [a for a in alerts if a.kind == "exchange_divergence"]
+    assert [a.ts for a in divergences] == [3, 6]
+    assert divergences[0].payload["theirs"] == approx(ours * 1.2)
+
+
+def test_feed_status_alerts() -> None:
+    engine = scenario_engine()
+    alerts = run(engine, [FeedStatus(None, "disconnected", "closed", 5, 5),
+                          FeedStatus("main", "connected", "login ok", 6, 6)])
+    assert [(a.kind, a.payload["feed"]) for a in alerts] == [
+        ("feed_disconnected", "public"), ("feed_connected", "private")]
+
+
+def test_same_input_gives_same_alert_ids() -> None:
+    def ids() -> list[str]:
+        engine = scenario_engine()
+        alerts = run(engine, [mark(BTC, m, 2_000) for m in (39_230, 39_180, 39_150, 39_400)])
+        return [a.id for a in alerts]
+
+    first = ids()
+    assert first == ids()
+    assert len(set(first)) == len(first)
+
+
+def test_tick_touches_only_accounts_holding_the_instrument() -> None:
+    engine = MarginEngine(make_config())
+    run(engine, [balance("USDT", 100, 1, account="a"), position(BTC, 1, 40_000, 1, account="a"),
+                 balance("USDT", 100, 1, account="b"), position(ETH, 1, 2_000, 1, account="b")])
+    before = engine.accounts["b"].updates
+    run(engine, [mark(BTC, 40_100, 2) for _ in range(10)])
+    assert engine.accounts["b"].updates == before
+    assert engine.accounts["a"].updates >= 10

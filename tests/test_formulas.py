@@ -1,0 +1,161 @@
+"""Every formula of SPEC section 1 against numbers worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.events import Order
+from monitor.formulas import (
+    exposure_figures,
+    one_way_initial_margin,
+    order_value,
+    position_value,
+    potential_loss,
+    unrealized_pnl,
+)
+from tests.builders import BTC_INVERSE, BTC_SWAP, ETH_SWAP
+
+approx = pytest.approx
+
+
+def limit(side: str, size: float, price: float | None, filled: float = 0.0,
+          reduce_only: bool = False) -> Order:
+    return Order("o", "X", "buy" if side == "buy" else "sell", price, size, filled,
+                 reduce_only, None)
+
+
+class TestLinear:
+    # BTC-USDT-SWAP: ct_val 0.01 BTC, ct_mult 1, so k = 0.01.
+    def test_long_value_and_pnl(self) -> None:
+        # PV = 10 * 0.01 * 42000 = 4200; UPL = 10 * 0.01 * (42000 - 40000) = 200.
+        assert position_value(False, 0.01, 10, 42_000) == approx(4200)
+        assert unrealized_pnl(False, 0.01, 10, 40_000, 42_000) == approx(200)
+
+    def test_short_value_and_pnl(self) -> None:
+        # Short 10: PV is still 4200; UPL = -10 * 0.01 * 2000 = -200.
+        assert position_value(False, 0.01, -10, 42_000) == approx(4200)
+        assert unrealized_pnl(False, 0.01, -10, 40_000, 42_000) == approx(-200)
+
+    def test_order_value(self) -> None:
+        # 5 contracts at 41000: 5 * 0.01 * 41000 = 2050.
+        assert order_value(False, 0.01, 5, 41_000) == approx(2050)
+
+    def test_potential_loss_buy_above_mark(self) -> None:
+        # Buying 5 at 42500 with the mark at 42000 loses 5 * 0.01 * 500 = 25 at once.
+        assert potential_loss(False, 0.01, True, 5, 42_500, 42_000) == approx(25)
+        # A buy below the mark costs nothing up front.
+        assert potential_loss(False, 0.01, True, 5, 41_000, 42_000) == 0.0
+
+    def test_potential_loss_sell_below_mark(self) -> None:
+        # Selling 3 at 41000 with the mark at 42000: 3 * 0.01 * 1000 = 30.
+        assert potential_loss(False, 0.01, False, 3, 41_000, 42_000) == approx(30)
+        assert potential_loss(False, 0.01, False, 3, 43_000, 42_000) == 0.0
+
+
+class TestInverse:
+    # BTC-USD-SWAP: ct_val 100 USD, so k = 100; figures in BTC.
+    def test_long_value_and_pnl(self) -> None:
+        # PV = 5 * 100 / 50000 = 0.01 BTC.
+        # UPL = 5 * 100 * (1/40000 - 1/50000) = 500 * 0.000005 = 0.0025 BTC.
+        assert position_value(True, 100, 5, 50_000) == approx(0.01)
+        assert unrealized_pnl(True, 100, 5, 40_000, 50_000) == approx(0.0025)
+
+    def test_short_pnl(self) -> None:
+        assert unrealized_pnl(True, 100, -5, 40_000, 50_000) == approx(-0.0025)
+
+    def test_order_value(self) -> None:
+        # 10 contracts at 40000: 10 * 100 / 40000 = 0.025 BTC.
+        assert order_value(True, 100, 10, 40_000) == approx(0.025)
+
+    def test_potential_loss(self) -> None:
+        # Buy 10 at 51000, mark 50000: 1000 * (1/50000 - 1/51000) = 1000 * 1000/2.55e9.
+        assert potential_loss(True, 100, True, 10, 51_000, 50_000) == approx(1000 / 2.55e6)
+        # Sell 10 at 49000, mark 50000: 1000 * (1/49000 - 1/50000) = 1000 * 1000/2.45e9.
+        assert potential_loss(True, 100, False, 10, 49_000, 50_000) == approx(1000 / 2.45e6)
+        assert potential_loss(True, 100, True, 10, 49_000, 50_000) == 0.0
+
+
+class TestTiers:
+    def test_first_tier_that_fits(self) -> None:
+        # Tiers: up to 5000 contracts 0.4%, beyond 0.6%.
+        assert BTC_SWAP.maintenance_rate(5000) == 0.004
+        assert BTC_SWAP.maintenance_rate(-5000) == 0.004
+        assert BTC_SWAP.maintenance_rate(5001) == 0.006
+
+    def test_maintenance_margin_uses_the_tier(self) -> None:
+        # 6000 contracts at 42000: PV = 6000 * 0.01 * 42000 = 2,520,000; MM = 0.6% = 15,120.
+        _, _, maint, _ = exposure_figures(BTC_SWAP, 6000, 42_000, 10, [], 42_000, 0, 0, True)
+        assert maint == approx(15_120)
+
+    def test_liquidation_fee_is_added_to_the_rate(self) -> None:
+        # 10 contracts, PV 4200, rate 0.4% + 0.1% fee: MM = 21.
+        _, _, maint, _ = exposure_figures(BTC_SWAP, 10, 42_000, 10, [], 42_000, 0.001, 0, True)
+        assert maint == approx(21)
+
+
+class TestInitialMargin:
+    def test_long_takes_the_larger_side(self) -> None:
+        # Long PV 4200, B 2050, S 8600, L 10: max(6250, 4400) / 10 = 625.
+        assert one_way_initial_margin(10, 4200, 2050, 8600, 10, 0) == approx(625)
+        # With a big enough sell side the sell exposure wins: S 9000 -> max(6250, ...)...
+        # S 12000: max(4200 + 2050, 12000 - 4200) = 7800 -> 780.
+        assert one_way_initial_margin(10, 4200, 2050, 12_000, 10, 0) == approx(780)
+
+    def test_short_takes_the_larger_side(self) -> None:
+        # Short PV 4200, B 9000, S 1000, L 10: max(9000 - 4200, 4200 + 1000) / 10 = 520.
+        assert one_way_initial_margin(-10, 4200, 9000, 1000, 10, 0) == approx(520)
+        # B 10000: max(5800, 5200) / 10 = 580.
+        assert one_way_initial_margin(-10, 4200, 10_000, 1000, 10, 0) == approx(580)
+
+    def test_potential_loss_is_added(self) -> None:
+        assert one_way_initial_margin(0, 0, 1000, 0, 5, 7.5) == approx(207.5)
+
+    def test_position_with_orders(self) -> None:
+        # Long 10 at 40000, mark 42000, L 10: PV 4200.
+        # Buy 10 filled 5 at 42500 (r = 5): B = 5 * 0.01 * 42500 = 2125, PL = 25.
+        # Sell 20 at 43000: S = 8600, PL 0.
+        # IM = max(4200 + 2125, 8600 - 4200) / 10 + 25 = 632.5 + 25 = 657.5.
+        orders = [limit("buy", 10, 42_500, filled=5), limit("sell", 20, 43_000)]
+        value, upl, maint, init = exposure_figures(BTC_SWAP, 10, 40_000, 10, orders, 42_000,
+                                                   0, 0, True)
+        assert [value, upl, maint] == approx([4200, 200, 16.8])
+        assert init == approx(657.5)
+
+    def test_reduce_only_orders_can_be_left_out(self) -> None:
+        # Long 10, PV 4200, L 10; a reduce-only sell of 30 at 43000 (S = 12900).
+        orders = [limit("sell", 30, 43_000, reduce_only=True)]
+        counted = exposure_figures(BTC_SWAP, 10, 40_000, 10, orders, 42_000, 0, 0, True)[3]
+        ignored = exposure_figures(BTC_SWAP, 10, 40_000, 10, orders, 42_000, 0, 0, False)[3]
+        # Counted: max(4200, 12900 - 4200) / 10 = 870; ignored: 4200 / 10 = 420.
+        assert counted == approx(870)
+        assert ignored == approx(420)
+
+    def test_market_order_uses_slipped_mark(self) -> None:
+        # Market buy 2 on ETH (k = 0.1), mark 2000, slippage 1%: px 2020.
+        # B = 2 * 0.1 * 2020 = 404; PL = 2 * 0.1 * 20 = 4; L 5: IM = 404/5 + 4 = 84.8.
+        orders = [limit("buy", 2, None)]
+        init = exposure_figures(ETH_SWAP, 0, 0, 5, orders, 2000, 0, 0.01, True)[3]
+        assert init == approx(84.8)
+        # Market sell: px 1980, S = 396, PL = 2 * 0.1 * 20 = 4; flat: max(0, 396)/5 + 4.
+        orders = [limit("sell", 2, None)]
+        init = exposure_figures(ETH_SWAP, 0, 0, 5, orders, 2000, 0, 0.01, True)[3]
+        assert init == approx(396 / 5 + 4)
+
+    def test_inverse_position_with_orders(self) -> None:
+        # Short 50 BTC-USD-SWAP at 50000, mark 40000 (k = 100): PV = 5000/40000 = 0.125.
+        # UPL = -50 * 100 * (1/50000 - 1/40000) = -5000 * (-0.000005) = 0.025 BTC.
+        # Buy 20 at 38000: B = 2000/38000; sell 10 at 42000: S = 1000/42000. L 20.
+        # IM = max(B - PV, PV + S)/20 = (0.125 + 1000/42000)/20; no potential loss.
+        orders = [limit("buy", 20, 38_000), limit("sell", 10, 42_000)]
+        value, upl, maint, init = exposure_figures(BTC_INVERSE, -50, 50_000, 20, orders,
+                                                   40_000, 0, 0, True)
+        assert value == approx(0.125)
+        assert upl == approx(0.025)
+        assert maint == approx(0.125 * 0.005)
+        assert init == approx((0.125 + 1000 / 42_000) / 20)
+
+    def test_without_a_mark_the_position_is_valued_at_entry(self) -> None:
+        # No mark yet: PV at the entry price 40000 = 4000, UPL 0, MM 16.
+        value, upl, maint, init = exposure_figures(BTC_SWAP, 10, 40_000, 10, [], None,
+                                                   0, 0, True)
+        assert [value, upl, maint, init] == approx([4000, 0, 16, 400])
