@@ -91,14 +91,18 @@ class CurrencyState:
         "interest",
         "liability",
         "maint",
+        "price",
         "rate",
         "upl",
+        "value",
     )
 
-    def __init__(self, currency: str, factor: float, rate: float) -> None:
+    def __init__(self, currency: str, factor: float, rate: float, price: float) -> None:
         self.currency = currency
         self.factor = factor
         self.rate = rate
+        self.price = price
+        self.value = 0.0  # this currency's term of the adjusted equity, in USD
         self.cash = 0.0
         self.interest = 0.0
         self.liability: float | None = None
@@ -117,11 +121,18 @@ class CurrencyState:
         """``eq_c = cash_c - int_c + UPL_c`` (SPEC 1.4)."""
         return self.cash - self.interest + self.upl
 
+    def adjusted_value(self) -> float:
+        """``value(eq_c)`` in USD: assets after their collateral haircut, debts in full
+        (seed 000)."""
+        eq = self.cash - self.interest + self.upl
+        return eq * self.price * self.factor if eq > 0.0 else eq * self.price
+
 
 class Exposure:
     """One account's position and live orders on one instrument, with its contribution."""
 
     __slots__ = (
+        "abs_qk",
         "account",
         "avg_price",
         "contracts",
@@ -129,10 +140,14 @@ class Exposure:
         "init",
         "inst_id",
         "instrument",
+        "inverse",
         "leverage",
         "maint",
+        "maint_rate",
         "orders",
         "position_leverage",
+        "qk",
+        "simple",
         "since_ms",
         "upl",
         "value",
@@ -150,6 +165,11 @@ class Exposure:
         self.orders: dict[str, Order] = {}
         self.since_ms = since_ms
         self.value = self.upl = self.maint = self.init = 0.0
+        # Constants of the mark-tick fast path, valid while ``simple`` (a known instrument,
+        # a position and no live orders); set by MarginEngine._refresh.
+        self.simple = False
+        self.inverse = False
+        self.qk = self.abs_qk = self.maint_rate = 0.0
 
     @property
     def empty(self) -> bool:
@@ -163,12 +183,15 @@ class AccountState:
         "config",
         "currencies",
         "divergent",
+        "equity_usd",
         "exchange",
         "exposures",
+        "init_usd",
         "last_alert_ts",
         "level",
         "level_high",
         "level_low",
+        "maint_usd",
         "name",
         "order_instruments",
         "reminder_due_ms",
@@ -193,6 +216,8 @@ class AccountState:
         self.updates = 0
         self.last_alert_ts = -1
         self.sequence = 0
+        # Running USD totals: adjusted equity, maintenance and initial margin.
+        self.equity_usd = self.maint_usd = self.init_usd = 0.0
 
 
 class MarginEngine:
@@ -219,7 +244,7 @@ class MarginEngine:
         self.debtors: dict[str, AccountState] = {}
         self.critical: dict[str, AccountState] = {}
         self.now_ms = 0
-        self._next_sweep_ms: int | None = None
+        self._next_sweep_ms = 0
         self._notices: list[Notice] = []
         self._noticed: set[tuple[str, str | None, str]] = set()
         self._stale_after_ms = int(config.risk.stale_after_s * 1000)
@@ -233,7 +258,10 @@ class MarginEngine:
         """Apply one event; return the alerts it causes, in a deterministic order."""
         alerts: list[Alert] = []
         if event.event_ms > self.now_ms:
-            self._advance_clock(event.event_ms, event.recv_ms, alerts)
+            self.now_ms = event.event_ms
+            if event.event_ms >= self._next_sweep_ms:
+                self._next_sweep_ms = event.event_ms + SWEEP_INTERVAL_MS
+                self._sweep(event.event_ms, event.recv_ms, alerts)
         match event:
             case MarkPrice():
                 self._on_mark(event, alerts)
@@ -254,6 +282,10 @@ class MarginEngine:
             case FeedStatus():
                 self._on_feed_status(event, alerts)
         return alerts
+
+    @property
+    def has_notices(self) -> bool:
+        return bool(self._notices)
 
     def drain_notices(self) -> list[Notice]:
         """Notices collected since the last call (each reported once per run)."""
@@ -328,10 +360,34 @@ class MarginEngine:
             for exposure in holders.values():
                 self._emit(alerts, exposure.account, "feed_recovered", event.event_ms,
                            event.recv_ms, inst_id, mark, {"inst_id": inst_id})
+        debtors = self.debtors
+        move = self._move
         for exposure in holders.values():
-            self._refresh(exposure)
-            self._evaluate(exposure.account, event.event_ms, event.recv_ms, inst_id, mark,
-                           alerts)
+            account = exposure.account
+            if exposure.simple:
+                # The fast path of _refresh for a position without orders: PV = |q| k m
+                # (inverse |q| k / m), IM = PV / L, MM = PV * rate (formulas.py).
+                if exposure.inverse:
+                    value = exposure.abs_qk / mark
+                    upl = exposure.qk * (1.0 / exposure.avg_price - 1.0 / mark)
+                else:
+                    value = exposure.abs_qk * mark
+                    upl = exposure.qk * (mark - exposure.avg_price)
+                move(exposure, value, upl, value * exposure.maint_rate,
+                     value / exposure.leverage)
+            else:
+                self._refresh(exposure)
+            # Nothing can happen while the ratio stays inside the level's band and no rule,
+            # reminder, interest or re-anchoring is pending: skip the full evaluation.
+            account.updates += 1
+            if (not account.rule_states and account.reminder_due_ms is None
+                    and account.updates < REANCHOR_EVERY and account.name not in debtors):
+                maint_usd = account.maint_usd
+                ratio = account.equity_usd / maint_usd if maint_usd > 0.0 else INFINITY
+                if account.level_low < ratio < account.level_high:
+                    continue
+            account.updates -= 1
+            self._evaluate(account, event.event_ms, event.recv_ms, inst_id, mark, alerts)
 
     def _on_index(self, event: IndexPrice, alerts: list[Alert]) -> None:
         self.index_prices[(event.base, event.quote)] = event.price
@@ -343,6 +399,11 @@ class MarginEngine:
         for currency in changed:
             affected.update(self.currency_holders.get(currency, {}))
         for account in affected.values():
+            for currency in changed:
+                state = account.currencies.get(currency)
+                if state is not None:
+                    state.price = self.usd_prices.get(currency, 0.0)
+            self._retotal(account)
             self._evaluate(account, event.event_ms, event.recv_ms, index_id, event.price,
                            alerts)
 
@@ -427,6 +488,7 @@ class MarginEngine:
                     state.cash = 0.0
                     state.interest = 0.0
                     state.liability = None
+        self._retotal(account)
         self._track_debt(account)
         if event.exchange is not None:
             account.exchange = event.exchange
@@ -459,16 +521,6 @@ class MarginEngine:
 
     # -- clock-driven work -------------------------------------------------------------
 
-    def _advance_clock(self, now_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
-        self.now_ms = now_ms
-        if self._next_sweep_ms is None:
-            self._next_sweep_ms = now_ms + SWEEP_INTERVAL_MS
-            return
-        if now_ms < self._next_sweep_ms:
-            return
-        self._next_sweep_ms = now_ms + SWEEP_INTERVAL_MS
-        self._sweep(now_ms, recv_ms, alerts)
-
     def _sweep(self, now_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
         """Once a second of event time: staleness, interest, reminders.
 
@@ -488,6 +540,10 @@ class MarginEngine:
                                inst_id, self.marks.get(inst_id),
                                {"inst_id": inst_id, "last_mark_ts": self.mark_ms.get(inst_id),
                                 "age_ms": now_ms - last})
+        for currency in self.currency_holders:
+            if currency not in self.usd_prices:
+                # Counted at zero until an index price arrives (SPEC 1: USD aggregates).
+                self._notice("unpriced_currency", None, currency)
         for account in list(self.debtors.values()) + list(self.critical.values()):
             self._evaluate(account, now_ms, recv_ms, None, None, alerts)
 
@@ -504,49 +560,46 @@ class MarginEngine:
             debt = state.debt
             if debt > 0.0:
                 state.interest += debt * state.rate * seconds / 3600.0
+                value = state.adjusted_value()
+                account.equity_usd += value - state.value
+                state.value = value
             state.accrual_ms += seconds * 1000
 
     # -- evaluation --------------------------------------------------------------------
 
-    def _figures(self, account: AccountState) -> Figures:
-        equity = maint = init = 0.0
-        prices = self.usd_prices
-        for currency, state in account.currencies.items():
-            price = prices.get(currency, 0.0)
-            eq = state.cash - state.interest + state.upl
-            # Seed 000: assets count after their collateral haircut, debts in full.
-            equity += eq * price * state.factor if eq > 0.0 else eq * price
-            maint += state.maint * price
-            init += state.init * price
-        return Figures(equity, maint, init)
+    @staticmethod
+    def _figures(account: AccountState) -> Figures:
+        return Figures(account.equity_usd, account.maint_usd, account.init_usd)
 
     def _evaluate(self, account: AccountState, ts: int, recv_ms: int, inst_id: str | None,
                   mark: float | None, alerts: list[Alert]) -> None:
-        self._accrue(account, ts)
+        if account.name in self.debtors:
+            self._accrue(account, ts)
         account.updates += 1
         if account.updates >= REANCHOR_EVERY:
             self._reanchor(account)
-        figures = self._figures(account)
-        ratio = (figures.equity_usd / figures.maint_margin_usd
-                 if figures.maint_margin_usd > 0.0 else INFINITY)
+        maint = account.maint_usd
+        ratio = account.equity_usd / maint if maint > 0.0 else INFINITY
         if not account.level_low < ratio < account.level_high:
             new_level = self.ladder.next_level(account.level, ratio)
             if new_level != account.level:
-                self._change_level(account, new_level, figures, ts, recv_ms, inst_id, mark,
-                                   alerts)
-        for rule_state in account.rule_states:
-            value = self._metric(rule_state.rule, figures)
-            metric = INFINITY if value is None else value
-            if rule_state.low <= metric < rule_state.high:
-                continue
-            if rule_state.step(value):
-                self._fire_rule(account, rule_state.rule, value, figures, ts, recv_ms,
-                                inst_id, mark, alerts)
+                self._change_level(account, new_level, self._figures(account), ts, recv_ms,
+                                   inst_id, mark, alerts)
+        if account.rule_states:
+            figures = self._figures(account)
+            for rule_state in account.rule_states:
+                value = self._metric(rule_state.rule, figures)
+                metric = INFINITY if value is None else value
+                if rule_state.low <= metric < rule_state.high:
+                    continue
+                if rule_state.step(value):
+                    self._fire_rule(account, rule_state.rule, value, figures, ts, recv_ms,
+                                    inst_id, mark, alerts)
         due = account.reminder_due_ms
         if due is not None and ts >= due:
             account.reminder_due_ms = ts + self._repeat_ms
             self._emit(alerts, account, "reminder", ts, recv_ms, inst_id, mark,
-                       {"since_level": account.level}, figures=figures)
+                       {"since_level": account.level})
 
     def _change_level(self, account: AccountState, new_level: Level, figures: Figures,
                       ts: int, recv_ms: int, inst_id: str | None, mark: float | None,
@@ -722,11 +775,10 @@ class MarginEngine:
             if factor is None:
                 factor = 0.0
                 self._notice("uncollateralised_currency", account.name, currency)
-            state = CurrencyState(currency, factor, self.config.interest.get(currency, 0.0))
+            state = CurrencyState(currency, factor, self.config.interest.get(currency, 0.0),
+                                  self.usd_prices.get(currency, 0.0))
             account.currencies[currency] = state
             self.currency_holders.setdefault(currency, {})[account.name] = account
-            if currency not in self.usd_prices:
-                self._notice("unpriced_currency", None, currency)
         return state
 
     def _set_balance(self, account: AccountState, balance: CurrencyBalance, now_ms: int) -> None:
@@ -812,17 +864,47 @@ class MarginEngine:
         )
 
     def _refresh(self, exposure: Exposure) -> None:
-        """Recompute one exposure and move the difference into its currency's sums."""
+        """Recompute one exposure in full and move the difference into the totals.
+
+        Also decides whether the exposure may take the mark-tick fast path, and caches
+        that path's constants: they change only with the position, orders or spec.
+        """
         value, upl, maint, init = self._contribution(exposure)
+        self._move(exposure, value, upl, maint, init)
+        instrument = exposure.instrument
+        exposure.simple = (instrument is not None and not exposure.orders
+                           and exposure.contracts != 0.0)
+        if instrument is not None:
+            exposure.inverse = instrument.contract_type == "inverse"
+            exposure.qk = exposure.contracts * instrument.multiplier
+            exposure.abs_qk = abs(exposure.contracts) * instrument.multiplier
+            exposure.maint_rate = (instrument.maintenance_rate(exposure.contracts)
+                                   + self.risk.liquidation_fee_rate)
+
+    @staticmethod
+    def _move(exposure: Exposure, value: float, upl: float, maint: float, init: float) -> None:
+        """Replace an exposure's contribution, adding the differences into its currency's
+        sums and its account's USD totals."""
         currency = exposure.currency
         if currency is not None:
+            maint_change = maint - exposure.maint
+            init_change = init - exposure.init
             currency.upl += upl - exposure.upl
-            currency.maint += maint - exposure.maint
-            currency.init += init - exposure.init
+            currency.maint += maint_change
+            currency.init += init_change
+            account = exposure.account
+            price = currency.price
+            eq = currency.cash - currency.interest + currency.upl
+            adjusted = eq * price * currency.factor if eq > 0.0 else eq * price
+            account.equity_usd += adjusted - currency.value
+            currency.value = adjusted
+            account.maint_usd += maint_change * price
+            account.init_usd += init_change * price
         exposure.value, exposure.upl, exposure.maint, exposure.init = value, upl, maint, init
 
     def _reanchor(self, account: AccountState) -> None:
-        """Rebuild the account's sums from its exposures' contributions."""
+        """Rebuild the account's sums from its exposures' contributions, so the drift of
+        adding differences cannot grow."""
         account.updates = 0
         for state in account.currencies.values():
             state.upl = state.maint = state.init = 0.0
@@ -832,6 +914,19 @@ class MarginEngine:
                 currency.upl += exposure.upl
                 currency.maint += exposure.maint
                 currency.init += exposure.init
+        self._retotal(account)
+
+    @staticmethod
+    def _retotal(account: AccountState) -> None:
+        """Rebuild the account's USD totals from its currencies (after a balance or a
+        price changed: O(currencies of the account))."""
+        equity = maint = init = 0.0
+        for state in account.currencies.values():
+            state.value = state.adjusted_value()
+            equity += state.value
+            maint += state.maint * state.price
+            init += state.init * state.price
+        account.equity_usd, account.maint_usd, account.init_usd = equity, maint, init
 
     def _reprice(self) -> list[str]:
         """Recompute USD prices from index prices; return the currencies that changed.

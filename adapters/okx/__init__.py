@@ -1,0 +1,1 @@
+"""OKX v5 feed adapter: wire decoding (pure) and, later, the live websocket client."""

@@ -1,0 +1,931 @@
+"""Pure decoder from OKX v5 frames and REST bodies to riskmon events (SPEC 3.1, 3.2).
+
+:class:`OkxDecoder` turns one line of a recording, one websocket frame or one REST response
+body into the exchange-agnostic events of :mod:`monitor.events`, or raises
+:class:`~monitor.errors.BadInput` with a reason a person can act on. It does no I/O, reads no
+clock and logs nothing: time comes in as ``recv_ms`` and from the frames themselves.
+
+A frame decodes entirely or not at all: rows are validated before any event is built or any
+decoder state changes, so the caller can quarantine the whole line and carry on.
+
+What is decoded (field names from https://www.okx.com/docs-v5/en/):
+
+- public ``mark-price`` -> :class:`MarkPrice`; ``index-tickers`` -> :class:`IndexPrice`.
+- public ``instruments`` channel and ``GET /api/v5/public/instruments``, together with
+  ``GET /api/v5/public/position-tiers`` -> :class:`InstrumentUpdate`, once both the spec and
+  the maintenance tiers of its instrument family are known (the decoder keeps both).
+- private ``orders`` channel -> :class:`OrderUpdate`; ``GET /api/v5/trade/orders-pending``
+  -> :class:`OrdersSnapshot`.
+- private ``positions`` channel -> :class:`PositionUpdate` / :class:`PositionSnapshot`.
+- private ``account`` channel -> :class:`BalanceUpdate`.
+
+Out of scope, skipped silently: ``SPOT``, ``MARGIN`` (spot margin) and ``OPTION`` rows of
+the instruments, orders and positions data. The margin model (SPEC 1) covers linear and
+inverse ``SWAP`` / ``FUTURES`` contracts only. (Mark prices are passed on whatever their
+type: the engine decides which it needs.)
+
+Event times are the exchange's own: ``ts`` of prices, ``uTime`` of orders and account
+pushes, and for positions the later of ``uTime`` (last change) and ``pTime`` (push time),
+so that a snapshot of positions untouched for days is not dated days ago. Instrument specs,
+tiers and ``orders-pending`` carry no time of their own and take ``recv_ms``.
+
+Operational frames carry no domain data and decode to ``[]``: subscribe / unsubscribe / login
+acknowledgements, ``error``, ``notice`` and ``channel-conn-count`` events, the text ``pong``,
+replies to websocket trade operations, and channels or REST paths this module does not know.
+
+Paged snapshots. OKX splits large ``positions`` and ``account`` snapshots into pages
+(``curPage`` 1, 2, ... and ``lastPage``). The decoder buffers the pages per account and emits
+one event on the last page. When a page of the snapshot in progress is lost (rejected as
+:class:`BadInput`, or missing from the sequence), the snapshot is *tainted*: its last page
+yields an update (:class:`PositionUpdate`, or :class:`BalanceUpdate` with
+``snapshot=False``) instead of a full snapshot, so that nothing absent from the surviving
+pages is wrongly closed or zeroed. A frame without an ``eventType`` is read as an update,
+for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Generic, Literal, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from monitor.errors import BadInput
+from monitor.events import (
+    BalanceUpdate,
+    CurrencyBalance,
+    Event,
+    ExchangeAccountFigures,
+    IndexPrice,
+    InstrumentUpdate,
+    MarkPrice,
+    Order,
+    OrdersSnapshot,
+    OrderUpdate,
+    Position,
+    PositionSnapshot,
+    PositionUpdate,
+)
+from monitor.instruments import Instrument, Tier, validate_tiers
+
+__all__ = ["OkxDecoder", "RestPath"]
+
+_INFINITY: Final = float("inf")
+_loads: Final = orjson.loads
+
+
+# Instrument types the margin model does not cover (see the module docstring).
+_OUT_OF_SCOPE_TYPES: Final = frozenset({"SPOT", "MARGIN", "OPTION"})
+_CONTRACT_TYPES: Final = frozenset({"SWAP", "FUTURES"})
+
+# Order states of the orders channel (docs: "WS / Order channel", field ``state``).
+_ORDER_STATE_LIVE: Final[dict[str, bool]] = {
+    "live": True,
+    "partially_filled": True,
+    "filled": False,
+    "canceled": False,
+    "mmp_canceled": False,
+}
+# Market orders carry ``px`` "" (and optimal_limit_ioc fills at the best available price):
+# the engine prices them at the mark (SPEC 1.3).
+_MARKET_ORDER_TYPES: Final = frozenset({"market", "optimal_limit_ioc"})
+# Order types that always rest at a stated price (docs: "POST / Place order", ``px`` is
+# "only applicable to limit, post_only, fok, ioc, mmp, mmp_and_post_only").
+_PRICED_ORDER_TYPES: Final = frozenset(
+    {"limit", "post_only", "fok", "ioc", "mmp", "mmp_and_post_only", "op_fok"}
+)
+
+_Bound = Literal["any", "non_negative", "positive"]
+
+
+class RestPath:
+    """The REST endpoints :meth:`OkxDecoder.decode_rest` understands (SPEC 3.1)."""
+
+    INSTRUMENTS: Final = "/api/v5/public/instruments"
+    POSITION_TIERS: Final = "/api/v5/public/position-tiers"
+    ORDERS_PENDING: Final = "/api/v5/trade/orders-pending"
+
+
+# --- the hot path -------------------------------------------------------------------------
+
+
+def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
+    """Mark price rows ``{instType, instId, markPx, ts}`` -> :class:`MarkPrice` events.
+
+    Docs: "Public Data > WebSocket > Mark price channel".
+    """
+    # Written flat on purpose: every mark-price tick of every instrument held goes through
+    # here (the replay benchmark pushes a million of them and needs the pipeline at >= 40 %
+    # of bare orjson.loads), so it avoids helper calls and intermediate objects. It makes the
+    # same checks as the generic helpers below; keep the two in step.
+    if type(data) is not list:
+        raise BadInput(f"mark-price data {_show(data)} is not an array")
+    events: list[Event] = []
+    for row in data:
+        if type(row) is not dict:
+            raise BadInput(f"mark-price data row {_show(row)} is not an object")
+        inst_id = row.get("instId")
+        if type(inst_id) is not str or not inst_id:
+            raise BadInput(f"mark-price instId {_show(inst_id)} is not an instrument id")
+        raw_price = row.get("markPx")
+        if type(raw_price) is str:
+            try:
+                price = float(raw_price)
+            except ValueError:
+                raise BadInput(
+                    f"mark-price {inst_id} markPx {_show(raw_price)} is not a number"
+                ) from None
+        elif type(raw_price) is float or type(raw_price) is int:
+            price = float(raw_price)
+        else:
+            raise BadInput(f"mark-price {inst_id} markPx {_show(raw_price)} is not a number")
+        # One comparison rejects NaN (every comparison with it is false), infinity and <= 0.
+        if not 0.0 < price < _INFINITY:
+            raise BadInput(
+                _bound_reason(f"mark-price {inst_id}", "markPx", raw_price, price, "positive")
+            )
+        raw_ts = row.get("ts")
+        try:
+            # int() alone, then the sign: cheaper than isdecimal() first, and it still
+            # rejects everything that is not a whole number.
+            event_ms = int(raw_ts) if type(raw_ts) is str or type(raw_ts) is int else -1
+        except ValueError:
+            event_ms = -1
+        if event_ms < 0:
+            raise BadInput(
+                f"mark-price {inst_id} ts {_show(raw_ts)} is not a millisecond timestamp"
+            )
+        # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
+        # which goes through object.__setattr__ per field and costs two thirds of an
+        # orjson.loads; the slot descriptors set the same fields (checked at import below).
+        mark = _new_object(MarkPrice)
+        _set_mark_inst_id(mark, inst_id)
+        _set_mark_price(mark, price)
+        _set_mark_event_ms(mark, event_ms)
+        _set_mark_recv_ms(mark, recv_ms)
+        events.append(mark)
+    return events
+
+
+_new_object: Final = object.__new__
+_set_mark_inst_id: Final = vars(MarkPrice)["inst_id"].__set__
+_set_mark_price: Final = vars(MarkPrice)["price"].__set__
+_set_mark_event_ms: Final = vars(MarkPrice)["event_ms"].__set__
+_set_mark_recv_ms: Final = vars(MarkPrice)["recv_ms"].__set__
+# The shortcut above is only equivalent to MarkPrice(...) while these are its only fields and
+# nothing runs after __init__: fail at import, not with half-built events, if that changes.
+if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms", "recv_ms"] or (
+    hasattr(MarkPrice, "__post_init__")
+):
+    raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
+
+
+# --- the decoder --------------------------------------------------------------------------
+
+_Item = TypeVar("_Item")
+
+
+@dataclass(slots=True)
+class _Pages(Generic[_Item]):
+    """The pages received so far of one account's snapshot."""
+
+    items: list[_Item] = field(default_factory=list)
+    next_page: int = 1
+    tainted: bool = False
+    latest_ms: int | None = None
+    figures: ExchangeAccountFigures | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """An instrument spec as received, waiting for (or combined with) its family's tiers."""
+
+    inst_type: str
+    family: str
+    instrument: Instrument  # with empty tiers
+
+
+class OkxDecoder:
+    """Turns OKX v5 frames and REST bodies into :mod:`monitor.events` events.
+
+    Stateful (instrument specs, family tiers and paged snapshots in progress) but pure: no
+    I/O, no clock, no logging. Use one decoder per feed (public and private frames of one
+    recording may share one). Every method raises :class:`BadInput` for input it cannot use,
+    and then leaves its state as it was, except that a rejected page of a snapshot marks
+    that snapshot as incomplete (see the module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, _Spec] = {}
+        # Instrument ids per (instType, family), in arrival order, for re-emission.
+        self._members: dict[tuple[str, str], dict[str, None]] = {}
+        # Maintenance tiers per (instType, family); instType None when the tiers body did not
+        # say which contract type it was for (then they apply to every type of the family).
+        self._tiers: dict[tuple[str | None, str], tuple[Tier, ...]] = {}
+        self._position_pages: dict[str, _Pages[Position]] = {}
+        self._balance_pages: dict[str, _Pages[CurrencyBalance]] = {}
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def decode_line(self, line: bytes | str) -> list[Event]:
+        """Decode one line of a recording (SPEC 3.2).
+
+        The line is ``{"recv_ts": ms, "account": name, "frame": {...}}`` (``account`` only
+        on private frames) or ``{"recv_ts": ms, "account": name, "rest": path, "body":
+        {...}}``. A blank line carries nothing and yields ``[]``.
+
+        Raises:
+            BadInput: the line is not JSON (truncated, for instance), not an object, has no
+                valid ``recv_ts``, no ``frame`` or ``rest``, or its content is unusable.
+        """
+        try:
+            record = _loads(line)
+        except orjson.JSONDecodeError as error:
+            if isinstance(line, bytes | str) and not line.strip():
+                return []
+            raise BadInput(f"line is not valid JSON ({error})") from error
+        if type(record) is not dict:
+            raise BadInput(f"line is a JSON {_json_kind(record)}, not an object")
+        recv_ms = record.get("recv_ts")
+        if type(recv_ms) is not int or recv_ms < 0:
+            if recv_ms is None:
+                raise BadInput("line has no recv_ts")
+            raise BadInput(f"line recv_ts {_show(recv_ms)} is not a millisecond timestamp")
+        frame = record.get("frame")
+        if type(frame) is dict:
+            # Mark prices first, with no call in between (see _decode_mark_prices).
+            arg = frame.get("arg")
+            if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
+                return _decode_mark_prices(frame.get("data"), recv_ms)
+            return self._decode_frame(frame, _account_of(record), recv_ms)
+        if frame is not None:
+            return self._decode_frame(frame, _account_of(record), recv_ms)
+        path = record.get("rest")
+        if path is not None:
+            if "body" not in record:
+                raise BadInput(f"REST line for {_show(path)} has no body")
+            return self._decode_rest(path, record["body"], _account_of(record), recv_ms)
+        raise BadInput("line has neither a frame nor a rest response")
+
+    def decode_frame(self, frame: Any, account: str | None, recv_ms: int) -> list[Event]:
+        """Decode one websocket frame as received (already JSON-decoded).
+
+        ``account`` names the private connection the frame came from (None on the public
+        one); private channels require it.
+
+        Raises:
+            BadInput: the frame is not usable (see the module docstring).
+        """
+        _check_recv_ms(recv_ms)
+        if type(frame) is dict:
+            arg = frame.get("arg")
+            if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
+                return _decode_mark_prices(frame.get("data"), recv_ms)
+        return self._decode_frame(frame, account, recv_ms)
+
+    def decode_rest(self, path: str, body: Any, account: str | None, recv_ms: int) -> list[Event]:
+        """Decode a REST response body ``{"code": "0", "msg": "", "data": [...]}``.
+
+        ``path`` is the request path, with or without its query string (the query tells
+        which ``instType`` a ``position-tiers`` body is for). Unknown paths yield ``[]``.
+
+        Raises:
+            BadInput: the body is not usable, or reports an error ``code``.
+        """
+        _check_recv_ms(recv_ms)
+        return self._decode_rest(path, body, account, recv_ms)
+
+    # -- websocket frames ------------------------------------------------------------------
+
+    def _decode_frame(self, frame: Any, account: str | None, recv_ms: int) -> list[Event]:
+        if type(frame) is not dict:
+            # The reply to our text "ping" keepalive (docs: "Overview > WebSocket > Connect").
+            if frame == "pong":
+                return []
+            raise BadInput(f"frame is a JSON {_json_kind(frame)}, not an object")
+        if "event" in frame:
+            # subscribe / unsubscribe / login acks, error, notice (64008: reconnect now),
+            # channel-conn-count[-error]: operational, for the live adapter to act on.
+            return []
+        arg = frame.get("arg")
+        if type(arg) is not dict:
+            if "op" in frame:
+                return []  # the reply to a websocket trade operation; riskmon places none
+            raise BadInput("frame has neither an event nor an arg")
+        channel = arg.get("channel")
+        if type(channel) is not str:
+            raise BadInput(f"frame arg.channel {_show(channel)} is not a channel name")
+        data = frame.get("data")
+        match channel:
+            case "mark-price":
+                return _decode_mark_prices(data, recv_ms)
+            case "index-tickers":
+                return _decode_index_tickers(_rows(data, channel), recv_ms)
+            case "instruments":
+                return self._apply_instruments(_rows(data, channel), recv_ms)
+            case "orders":
+                owner = _require(account, channel)
+                return _decode_orders(_rows(data, channel), owner, recv_ms)
+            case "positions":
+                owner = _require(account, channel)
+                try:
+                    return self._decode_positions(frame, data, owner, recv_ms)
+                except BadInput:
+                    _note_rejected_page(self._position_pages, owner, frame)
+                    raise
+            case "account":
+                owner = _require(account, channel)
+                try:
+                    return self._decode_account(frame, data, owner, recv_ms)
+                except BadInput:
+                    _note_rejected_page(self._balance_pages, owner, frame)
+                    raise
+            case _:
+                return []
+
+    def _decode_positions(
+        self, frame: dict[str, Any], data: Any, account: str, recv_ms: int
+    ) -> list[Event]:
+        """Positions push (docs: "Trading Account > WebSocket > Positions channel").
+
+        ``eventType`` is ``snapshot`` (initial and regular, paged by ``curPage`` /
+        ``lastPage``) or ``event_update`` (the positions an event changed).
+        """
+        event_type = frame.get("eventType")
+        rows = _rows(data, "positions")
+        positions: list[Position] = []
+        latest_ms: int | None = None
+        for row in rows:
+            parsed = _parse_position(row)
+            if parsed is None:
+                continue
+            position, row_ms = parsed
+            positions.append(position)
+            latest_ms = row_ms if latest_ms is None else max(latest_ms, row_ms)
+        if event_type != "snapshot":
+            _check_update_type(event_type, "positions")
+            if not positions:
+                return []
+            event_ms = recv_ms if latest_ms is None else latest_ms
+            return [PositionUpdate(account, tuple(positions), event_ms, recv_ms)]
+        current_page, last_page = _pagination(frame, "positions")
+        pages = _open_page(self._position_pages, account, current_page)
+        pages.items.extend(positions)
+        pages.latest_ms = _later(pages.latest_ms, latest_ms)
+        if not last_page:
+            return []
+        del self._position_pages[account]
+        event_ms = recv_ms if pages.latest_ms is None else pages.latest_ms
+        if pages.tainted:
+            if not pages.items:
+                return []
+            return [PositionUpdate(account, tuple(pages.items), event_ms, recv_ms)]
+        return [PositionSnapshot(account, tuple(pages.items), event_ms, recv_ms)]
+
+    def _decode_account(
+        self, frame: dict[str, Any], data: Any, account: str, recv_ms: int
+    ) -> list[Event]:
+        """Account push (docs: "Trading Account > WebSocket > Account channel").
+
+        Snapshots (initial and regular, paged like positions) list every currency with a
+        non-zero balance; ``event_update`` pushes only the currencies that changed.
+        """
+        event_type = frame.get("eventType")
+        rows = _rows(data, "account")
+        balances: list[CurrencyBalance] = []
+        figures: ExchangeAccountFigures | None = None
+        latest_ms: int | None = None
+        for row in rows:
+            row_ms = _timestamp(row, "uTime", "account")
+            if latest_ms is None or row_ms >= latest_ms:
+                latest_ms = row_ms
+                figures = _account_figures(row)
+            details = row.get("details")
+            if type(details) is not list:
+                raise BadInput(f"account details {_show(details)} is not an array")
+            for detail in details:
+                balances.append(_parse_balance(detail))
+        if event_type != "snapshot":
+            _check_update_type(event_type, "account")
+            if not rows:
+                return []
+            event_ms = recv_ms if latest_ms is None else latest_ms
+            return [BalanceUpdate(account, tuple(balances), False, figures, event_ms, recv_ms)]
+        current_page, last_page = _pagination(frame, "account")
+        pages = _open_page(self._balance_pages, account, current_page)
+        pages.items.extend(balances)
+        if latest_ms is not None and (pages.latest_ms is None or latest_ms >= pages.latest_ms):
+            pages.latest_ms = latest_ms
+            pages.figures = figures
+        if not last_page:
+            return []
+        del self._balance_pages[account]
+        event_ms = recv_ms if pages.latest_ms is None else pages.latest_ms
+        complete = not pages.tainted
+        if not complete and not pages.items and pages.figures is None:
+            return []
+        return [
+            BalanceUpdate(account, tuple(pages.items), complete, pages.figures, event_ms, recv_ms)
+        ]
+
+    # -- REST bodies -----------------------------------------------------------------------
+
+    def _decode_rest(self, path: Any, body: Any, account: str | None, recv_ms: int) -> list[Event]:
+        if type(path) is not str:
+            raise BadInput(f"REST path {_show(path)} is not a string")
+        split = urlsplit(path)
+        match split.path:
+            case RestPath.INSTRUMENTS:
+                return self._apply_instruments(_rest_rows(body, split.path), recv_ms)
+            case RestPath.POSITION_TIERS:
+                query = parse_qs(split.query)
+                # Cross and isolated tiers differ; the cross-margin model uses the cross ones.
+                if query.get("tdMode", ["cross"])[-1] != "cross":
+                    return []
+                inst_type = query.get("instType", [None])[-1]
+                return self._apply_tiers(_rest_rows(body, split.path), inst_type, recv_ms)
+            case RestPath.ORDERS_PENDING:
+                owner = _require(account, split.path)
+                rows = _rest_rows(body, split.path)
+                orders = tuple(
+                    order for order, live, _ in _parse_orders(rows, "orders-pending") if live
+                )
+                # The list is the state at the time of the response: event time = receive time.
+                return [OrdersSnapshot(owner, orders, recv_ms, recv_ms)]
+            case _:
+                return []
+
+    # -- instruments and tiers -------------------------------------------------------------
+
+    def _apply_instruments(self, rows: list[dict[str, Any]], recv_ms: int) -> list[Event]:
+        """Remember instrument specs; emit those whose family's tiers are known."""
+        specs = [spec for spec in map(_parse_instrument, rows) if spec is not None]
+        events: list[Event] = []
+        for spec in specs:
+            inst_id = spec.instrument.inst_id
+            previous = self._specs.get(inst_id)
+            if previous is not None:
+                self._members[(previous.inst_type, previous.family)].pop(inst_id, None)
+            self._specs[inst_id] = spec
+            self._members.setdefault((spec.inst_type, spec.family), {})[inst_id] = None
+            tiers = self._tiers_for(spec)
+            if tiers is not None:
+                instrument = replace(spec.instrument, tiers=tiers)
+                events.append(InstrumentUpdate(instrument, recv_ms, recv_ms))
+        return events
+
+    def _apply_tiers(
+        self, rows: list[dict[str, Any]], inst_type: str | None, recv_ms: int
+    ) -> list[Event]:
+        """Remember the tiers of each family in ``rows``; emit its known instruments.
+
+        Docs: "Public Data > REST API > Get position tiers". Rows carry no instType, so it
+        comes from the request's query string when there is one.
+        """
+        numbered: dict[str, list[tuple[int, Tier]]] = {}
+        for row in rows:
+            family = _optional_text(row, "instFamily", "position-tiers") or _optional_text(
+                row, "uly", "position-tiers"
+            )
+            if not family:
+                continue  # spot-margin borrowing tiers (keyed by instId / ccy): out of scope
+            numbered.setdefault(family, []).append(_parse_tier(row, family))
+        resolved: list[tuple[str, tuple[Tier, ...]]] = []
+        for family, family_rows in numbered.items():
+            family_rows.sort(key=lambda numbered_tier: numbered_tier[0])
+            numbers = [number for number, _ in family_rows]
+            if len(set(numbers)) != len(numbers):
+                raise BadInput(f"position-tiers {family} lists a tier number twice")
+            tiers = tuple(tier for _, tier in family_rows)
+            problem = validate_tiers(tiers)
+            if problem is not None:
+                raise BadInput(f"position-tiers {family}: {problem}")
+            resolved.append((family, tiers))
+        events: list[Event] = []
+        for family, tiers in resolved:
+            self._tiers[(inst_type, family)] = tiers
+            for spec in self._specs_of(inst_type, family):
+                if self._tiers_for(spec) is tiers:
+                    instrument = replace(spec.instrument, tiers=tiers)
+                    events.append(InstrumentUpdate(instrument, recv_ms, recv_ms))
+        return events
+
+    def _tiers_for(self, spec: _Spec) -> tuple[Tier, ...] | None:
+        """Tiers for the spec's own contract type, else those given for any type."""
+        exact = self._tiers.get((spec.inst_type, spec.family))
+        if exact is not None:
+            return exact
+        return self._tiers.get((None, spec.family))
+
+    def _specs_of(self, inst_type: str | None, family: str) -> list[_Spec]:
+        inst_types = sorted(_CONTRACT_TYPES) if inst_type is None else [inst_type]
+        return [
+            self._specs[inst_id]
+            for kind in inst_types
+            for inst_id in self._members.get((kind, family), {})
+        ]
+
+
+# --- row parsers --------------------------------------------------------------------------
+
+
+def _decode_index_tickers(rows: list[dict[str, Any]], recv_ms: int) -> list[Event]:
+    """Index rows ``{instId: "BTC-USDT", idxPx, ts, ...}`` -> :class:`IndexPrice`.
+
+    Docs: "Public Data > WebSocket > Index tickers channel"; the index id is
+    ``BASE-QUOTE`` with quote USD, USDT, USDC or BTC.
+    """
+    events: list[Event] = []
+    for row in rows:
+        index_id = _text(row, "instId", "index-tickers")
+        base, _, quote = index_id.partition("-")
+        if not base or not quote or "-" in quote:
+            raise BadInput(f"index-tickers instId {_show(index_id)} is not BASE-QUOTE")
+        context = f"index-tickers {index_id}"
+        price = _number(row, "idxPx", context, "positive")
+        event_ms = _timestamp(row, "ts", context)
+        events.append(IndexPrice(base, quote, price, event_ms, recv_ms))
+    return events
+
+
+def _decode_orders(rows: list[dict[str, Any]], account: str, recv_ms: int) -> list[Event]:
+    """Orders channel rows -> :class:`OrderUpdate` (docs: "WS / Order channel")."""
+    return [
+        OrderUpdate(account, order, live, event_ms, recv_ms)
+        for order, live, event_ms in _parse_orders(rows, "orders")
+    ]
+
+
+def _parse_orders(rows: list[dict[str, Any]], context: str) -> list[tuple[Order, bool, int]]:
+    """Orders in scope with their liveness and ``uTime``; shared by channel and REST."""
+    parsed: list[tuple[Order, bool, int]] = []
+    for row in rows:
+        if _optional_text(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
+            continue
+        inst_id = _text(row, "instId", context)
+        order_id = _text(row, "ordId", context)
+        where = f"{context} {inst_id} {order_id}"
+        side = row.get("side")
+        if side != "buy" and side != "sell":
+            raise BadInput(f"{where} side {_show(side)} is not buy or sell")
+        state = row.get("state")
+        live = _ORDER_STATE_LIVE.get(state) if type(state) is str else None
+        if live is None:
+            raise BadInput(f"{where} state {_show(state)} is not a known order state")
+        order_type = _text(row, "ordType", where)
+        price: float | None
+        if order_type in _MARKET_ORDER_TYPES:
+            price = None
+        elif order_type in _PRICED_ORDER_TYPES:
+            price = _number(row, "px", where, "positive")
+        else:
+            price = _optional_number(row, "px", where, "positive")
+        size = _number(row, "sz", where, "non_negative")
+        filled = _optional_number(row, "accFillSz", where, "non_negative") or 0.0
+        reduce_only = _flag(row, "reduceOnly", where)
+        leverage = _optional_number(row, "lever", where, "positive")
+        event_ms = _timestamp(row, "uTime", where)
+        order = Order(order_id, inst_id, side, price, size, filled, reduce_only, leverage)
+        parsed.append((order, live, event_ms))
+    return parsed
+
+
+def _parse_position(row: dict[str, Any]) -> tuple[Position, int] | None:
+    """A one-way position and its time, or None for a row out of scope.
+
+    The time is the later of ``uTime`` (last change of the position) and ``pTime`` (push
+    time): a snapshot of positions untouched for days is still news of now.
+    """
+    if _optional_text(row, "instType", "positions") in _OUT_OF_SCOPE_TYPES:
+        return None
+    inst_id = _text(row, "instId", "positions")
+    where = f"positions {inst_id}"
+    position_side = row.get("posSide")
+    if position_side == "long" or position_side == "short":
+        # Long/short (hedge) mode holds two positions per instrument; SPEC 1.2 models one.
+        raise BadInput(
+            f"{where}: hedge-mode positions are not supported (posSide {_show(position_side)})"
+        )
+    if position_side != "net":
+        raise BadInput(f"{where} posSide {_show(position_side)} is not net")
+    contracts = _number(row, "pos", where, "any")
+    if contracts == 0.0:
+        # A closed position: avgPx is "" (or "0") and means nothing.
+        average = _optional_number(row, "avgPx", where, "non_negative") or 0.0
+    else:
+        average = _number(row, "avgPx", where, "positive")
+    leverage = _optional_number(row, "lever", where, "positive")
+    event_ms = _timestamp(row, "uTime", where)
+    push_ms = _optional_timestamp(row, "pTime", where)
+    if push_ms is not None and push_ms > event_ms:
+        event_ms = push_ms
+    return Position(inst_id, contracts, average, leverage), event_ms
+
+
+def _parse_balance(detail: Any) -> CurrencyBalance:
+    """One ``details`` row of the account channel.
+
+    ``liab`` and ``interest`` are positive figures, "" when the account mode has none.
+    """
+    if type(detail) is not dict:
+        raise BadInput(f"account details row {_show(detail)} is not an object")
+    currency = _text(detail, "ccy", "account details")
+    where = f"account {currency}"
+    return CurrencyBalance(
+        currency=currency,
+        cash=_number(detail, "cashBal", where, "any"),
+        liability=_optional_number(detail, "liab", where, "non_negative"),
+        interest=_optional_number(detail, "interest", where, "non_negative"),
+    )
+
+
+def _account_figures(row: dict[str, Any]) -> ExchangeAccountFigures:
+    """The exchange's own account-level figures, kept for the divergence check (SPEC 3.1)."""
+    return ExchangeAccountFigures(
+        margin_ratio=_optional_number(row, "mgnRatio", "account", "any"),
+        adjusted_equity=_optional_number(row, "adjEq", "account", "any"),
+        init_margin=_optional_number(row, "imr", "account", "non_negative"),
+        maint_margin=_optional_number(row, "mmr", "account", "non_negative"),
+    )
+
+
+def _parse_instrument(row: dict[str, Any]) -> _Spec | None:
+    """A contract spec (docs: "Public Data > REST API > Get instruments"), or None.
+
+    None for types out of scope, and for listing announcements: a ``preopen`` instrument
+    carries "" in its contract fields until shortly before it lists.
+    """
+    inst_type = _text(row, "instType", "instruments")
+    if inst_type not in _CONTRACT_TYPES:
+        return None
+    inst_id = _text(row, "instId", "instruments")
+    where = f"instruments {inst_id}"
+    if row.get("state") == "preopen" and "" in (row.get("ctType"), row.get("ctVal")):
+        return None
+    contract_type = row.get("ctType")
+    if contract_type != "linear" and contract_type != "inverse":
+        raise BadInput(f"{where} ctType {_show(contract_type)} is not linear or inverse")
+    family = _optional_text(row, "instFamily", where) or _optional_text(row, "uly", where)
+    if not family:
+        raise BadInput(f"{where} has neither instFamily nor uly")
+    instrument = Instrument(
+        inst_id=inst_id,
+        contract_type=contract_type,
+        contract_value=_number(row, "ctVal", where, "positive"),
+        contract_multiplier=_number(row, "ctMult", where, "positive"),
+        contract_value_currency=_text(row, "ctValCcy", where),
+        settle_currency=_text(row, "settleCcy", where),
+        tiers=(),
+        max_leverage=_optional_number(row, "lever", where, "positive"),
+        lot_size=_optional_number(row, "lotSz", where, "positive"),
+    )
+    return _Spec(inst_type, family, instrument)
+
+
+def _parse_tier(row: dict[str, Any], family: str) -> tuple[int, Tier]:
+    """One tier row: its number and ``Tier(maxSz, mmr)``.
+
+    The last tier's ``maxSz`` may be "" (no upper bound) or merely huge; "" reads as
+    unbounded.
+    """
+    raw_number = row.get("tier")
+    if type(raw_number) is not str or not raw_number.isdecimal():
+        raise BadInput(f"position-tiers {family} tier {_show(raw_number)} is not a tier number")
+    number = int(raw_number)
+    where = f"position-tiers {family} tier {number}"
+    maximum = _optional_number(row, "maxSz", where, "positive")
+    rate = _number(row, "mmr", where, "non_negative")
+    return number, Tier(_INFINITY if maximum is None else maximum, rate)
+
+
+# --- paged snapshots ----------------------------------------------------------------------
+
+
+def _pagination(frame: dict[str, Any], context: str) -> tuple[int | None, bool]:
+    """``(curPage, lastPage)``; a snapshot without them is one complete page."""
+    current = frame.get("curPage")
+    if current is not None and (type(current) is not int or current < 1):
+        raise BadInput(f"{context} curPage {_show(current)} is not a page number")
+    last = frame.get("lastPage", True)
+    if type(last) is not bool:
+        raise BadInput(f"{context} lastPage {_show(last)} is not true or false")
+    return current, last
+
+
+def _open_page(pages: dict[str, _Pages[_Item]], account: str, current: int | None) -> _Pages[_Item]:
+    """The buffer a snapshot page of ``account`` goes into; page 1 starts a new one."""
+    buffer: _Pages[_Item] | None
+    if current is None or current == 1:
+        buffer = _Pages()
+        pages[account] = buffer
+    else:
+        buffer = pages.get(account)
+        if buffer is None:
+            # The first pages never arrived (lost before their channel could be known, or
+            # the recording starts mid-snapshot): what follows is not the whole account.
+            buffer = _Pages(tainted=True)
+            pages[account] = buffer
+        elif current != buffer.next_page:
+            buffer.tainted = True
+    buffer.next_page = (current or 1) + 1
+    return buffer
+
+
+def _note_rejected_page(
+    pages: dict[str, _Pages[_Item]], account: str, frame: dict[str, Any]
+) -> None:
+    """Account for a rejected push of a paged channel, so a partial snapshot is not taken whole.
+
+    An update, or anything without pagination that is not a snapshot, does not touch the
+    snapshot in progress.
+    """
+    current = frame.get("curPage")
+    last = frame.get("lastPage")
+    if frame.get("eventType") != "snapshot" and current is None and last is None:
+        return
+    starts = current is None or (type(current) is int and current == 1)
+    if starts or account not in pages:
+        if last is False:
+            following = current + 1 if type(current) is int else 0
+            pages[account] = _Pages(tainted=True, next_page=following)
+        else:
+            # A whole snapshot, or the last page of one we hold nothing of, was lost; any
+            # older, unfinished snapshot is superseded and must not merge with the next.
+            pages.pop(account, None)
+        return
+    if last is True:
+        del pages[account]  # the snapshot ends here, incomplete: nothing to emit
+    else:
+        pages[account].tainted = True
+
+
+def _later(first: int | None, second: int | None) -> int | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return max(first, second)
+
+
+def _check_update_type(event_type: Any, context: str) -> None:
+    # No eventType at all is read as an update: it can never close or zero anything.
+    if event_type is not None and event_type != "event_update":
+        raise BadInput(f"{context} eventType {_show(event_type)} is not snapshot or event_update")
+
+
+# --- field helpers ------------------------------------------------------------------------
+
+
+def _check_recv_ms(recv_ms: Any) -> None:
+    if type(recv_ms) is not int or recv_ms < 0:
+        raise BadInput(f"recv_ms {_show(recv_ms)} is not a millisecond timestamp")
+
+
+def _account_of(record: dict[str, Any]) -> str | None:
+    account = record.get("account")
+    if account is None:
+        return None
+    if type(account) is not str or not account:
+        raise BadInput(f"line account {_show(account)} is not an account name")
+    return account
+
+
+def _require(account: str | None, context: str) -> str:
+    if account is None:
+        raise BadInput(f"{context} is private data but no account was given")
+    return account
+
+
+def _rows(data: Any, context: str) -> list[dict[str, Any]]:
+    """``data`` as a list of objects."""
+    if type(data) is not list:
+        raise BadInput(f"{context} data {_show(data)} is not an array")
+    for row in data:
+        if type(row) is not dict:
+            raise BadInput(f"{context} data row {_show(row)} is not an object")
+    return data
+
+
+def _rest_rows(body: Any, path: str) -> list[dict[str, Any]]:
+    """The ``data`` rows of a successful REST body (``code`` "0")."""
+    if type(body) is not dict:
+        raise BadInput(f"{path} body is a JSON {_json_kind(body)}, not an object")
+    code = body.get("code")
+    if code != "0" and code != 0:
+        # An error response is no snapshot: reading it as "no data" would wipe state.
+        raise BadInput(f"{path} returned code {_show(code)}: {_show(body.get('msg', ''))}")
+    return _rows(body.get("data"), path)
+
+
+def _text(row: dict[str, Any], name: str, context: str) -> str:
+    """A required, non-empty string field."""
+    value = row.get(name)
+    if type(value) is not str or not value:
+        if value is None:
+            raise BadInput(f"{context} {name} is missing")
+        raise BadInput(f"{context} {name} {_show(value)} is not a non-empty string")
+    return value
+
+
+def _optional_text(row: dict[str, Any], name: str, context: str) -> str:
+    """A string field that may be absent or "" (returned as "")."""
+    value = row.get(name, "")
+    if type(value) is not str:
+        raise BadInput(f"{context} {name} {_show(value)} is not a string")
+    return value
+
+
+def _flag(row: dict[str, Any], name: str, context: str) -> bool:
+    """A boolean sent as "true" / "false" ("" or absent: false)."""
+    value = row.get(name, "")
+    if value == "true" or value is True:
+        return True
+    if value == "false" or value is False or value == "":
+        return False
+    raise BadInput(f"{context} {name} {_show(value)} is not true or false")
+
+
+def _parse_float(raw: Any, name: str, context: str) -> float:
+    if type(raw) is str:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BadInput(f"{context} {name} {_show(raw)} is not a number") from None
+    elif type(raw) is float or type(raw) is int:
+        value = float(raw)
+    else:
+        raise BadInput(f"{context} {name} {_show(raw)} is not a number")
+    if value != value or value in (_INFINITY, -_INFINITY):
+        raise BadInput(f"{context} {name} {_show(raw)} is not a finite number")
+    return value
+
+
+def _bounded(value: float, bound: _Bound, name: str, context: str, raw: Any) -> float:
+    if (bound == "positive" and not value > 0.0) or (bound == "non_negative" and value < 0.0):
+        raise BadInput(_bound_reason(context, name, raw, value, bound))
+    return value
+
+
+def _bound_reason(context: str, name: str, raw: Any, value: float, bound: _Bound) -> str:
+    if value != value or value in (_INFINITY, -_INFINITY):
+        return f"{context} {name} {_show(raw)} is not a finite number"
+    if bound == "positive":
+        return f"{context} {name} {_show(raw)} must be > 0"
+    return f"{context} {name} {_show(raw)} must not be negative"
+
+
+def _number(row: dict[str, Any], name: str, context: str, bound: _Bound) -> float:
+    """A required number: absent, "" or anything but a finite number is bad input."""
+    raw = row.get(name)
+    if raw is None:
+        raise BadInput(f"{context} {name} is missing")
+    if raw == "":
+        raise BadInput(f"{context} {name} is empty")
+    return _bounded(_parse_float(raw, name, context), bound, name, context, raw)
+
+
+def _optional_number(row: dict[str, Any], name: str, context: str, bound: _Bound) -> float | None:
+    """A number that may be absent or "" (OKX's "not applicable"), returned as None."""
+    raw = row.get(name, "")
+    if raw == "":
+        return None
+    return _bounded(_parse_float(raw, name, context), bound, name, context, raw)
+
+
+def _timestamp(row: dict[str, Any], name: str, context: str) -> int:
+    """A required millisecond timestamp: a string of digits (or a JSON integer), >= 0."""
+    raw = row.get(name)
+    if type(raw) is str and raw.isdecimal():
+        return int(raw)
+    if type(raw) is int and raw >= 0:
+        return raw
+    if raw is None:
+        raise BadInput(f"{context} {name} is missing")
+    raise BadInput(f"{context} {name} {_show(raw)} is not a millisecond timestamp")
+
+
+def _optional_timestamp(row: dict[str, Any], name: str, context: str) -> int | None:
+    if row.get(name, "") == "":
+        return None
+    return _timestamp(row, name, context)
+
+
+def _json_kind(value: Any) -> str:
+    if type(value) is list:
+        return "array"
+    if type(value) is str:
+        return "string"
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "boolean"
+    if type(value) is dict:
+        return "object"
+    return "number"
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short: a reason names the bad value, it does not copy the frame."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,66 @@
+"""Sinks for the pipeline: SQLite (durable) and structured logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from adapters.logging import get_logger, log_alert, log_quarantine
+from adapters.sqlite_store import SqliteStore
+from monitor.alerts import Alert, Level
+from monitor.engine import Notice
+from monitor.pipeline import Record
+from monitor.records import MarginPoint, QuarantineRecord
+
+
+class SqliteSink:
+    """Stores alerts (idempotently), quarantine, margin history and level state."""
+
+    name = "sqlite"
+
+    def __init__(self, store: SqliteStore, *, close_store: bool = True) -> None:
+        self.store = store
+        self._close_store = close_store
+
+    async def write(self, records: Sequence[Record]) -> None:
+        alerts = [r for r in records if isinstance(r, Alert)]
+        quarantine = [r for r in records if isinstance(r, QuarantineRecord)]
+        history = [r for r in records if isinstance(r, MarginPoint)]
+        if alerts:
+            await self.store.write_alerts(alerts)
+            levels: dict[str, Level] = {}
+            for alert in alerts:
+                if alert.kind == "level_changed":
+                    levels[alert.account] = alert.level
+            if levels:
+                await self.store.save_levels(levels, max(a.ts for a in alerts))
+        if quarantine:
+            await self.store.write_quarantine(quarantine)
+        if history:
+            await self.store.write_history(history)
+
+    async def close(self) -> None:
+        if self._close_store:
+            await self.store.close()
+
+
+class LogSink:
+    """Every alert, quarantined input and notice as one structured log event."""
+
+    name = "log"
+
+    def __init__(self) -> None:
+        self.logger = get_logger("riskmon.sink")
+
+    async def write(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if isinstance(record, Alert):
+                log_alert(self.logger, record)
+            elif isinstance(record, QuarantineRecord):
+                log_quarantine(self.logger, record)
+            elif isinstance(record, Notice):
+                self.logger.warning(
+                    "notice", notice=record.kind, account=record.account, subject=record.subject
+                )
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,527 @@
+"""The durable SQLite store: alerts, margin history, quarantine and level state (SPEC section 4).
+
+One :class:`SqliteStore` owns one aiosqlite connection (itself one worker thread), opened in
+WAL mode so that readers such as ``riskmon alerts --db`` never block the daemon's writes.
+Every public call is one transaction; every SQLite failure surfaces as
+:class:`~monitor.errors.SinkError` naming what was being done, never the row contents.
+
+Schema (version 1, see :data:`MIGRATIONS`)::
+
+    alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
+                    id TEXT UNIQUE NOT NULL                 the alert's stable id
+                    ts, emitted_ts INTEGER                  event time, emit time (ms)
+                    account, kind, level TEXT, from_level TEXT NULL
+                    margin_ratio REAL NULL, equity_usd, maint_margin_usd, init_margin_usd REAL
+                    inst_id TEXT NULL, mark REAL NULL
+                    payload TEXT                            JSON object (orjson)
+                    indexes (account, seq) and (ts)
+    margin_history  (account, ts) PRIMARY KEY, margin_ratio REAL NULL, equity_usd,
+                    maint_margin_usd, init_margin_usd REAL, level TEXT; index (ts)
+    quarantine      id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ts INTEGER NULL,
+                    stored_ts INTEGER, source, reason, raw TEXT; index (stored_ts)
+    level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER
+
+The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` step ``i`` takes a
+database from version ``i`` to ``i + 1``, and all pending steps run in one transaction at
+:meth:`SqliteStore.open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final, Self
+
+import aiosqlite
+import orjson
+
+from monitor.alerts import LEVELS, Alert, Level, alert_from_dict
+from monitor.errors import SinkError
+from monitor.records import MarginPoint, QuarantineRecord
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 0 -> 1: the initial schema.
+    (
+        """
+        CREATE TABLE alerts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            ts INTEGER NOT NULL,
+            emitted_ts INTEGER NOT NULL,
+            account TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            level TEXT NOT NULL,
+            from_level TEXT,
+            margin_ratio REAL,
+            equity_usd REAL NOT NULL,
+            maint_margin_usd REAL NOT NULL,
+            init_margin_usd REAL NOT NULL,
+            inst_id TEXT,
+            mark REAL,
+            payload TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX alerts_account_seq ON alerts (account, seq)",
+        "CREATE INDEX alerts_ts ON alerts (ts)",
+        # Keyed by (account, ts) so re-processing events after a restart replaces a sample
+        # instead of duplicating it.
+        """
+        CREATE TABLE margin_history (
+            account TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            margin_ratio REAL,
+            equity_usd REAL NOT NULL,
+            maint_margin_usd REAL NOT NULL,
+            init_margin_usd REAL NOT NULL,
+            level TEXT NOT NULL,
+            PRIMARY KEY (account, ts)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX margin_history_ts ON margin_history (ts)",
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            recv_ts INTEGER,
+            stored_ts INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            raw TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX quarantine_stored_ts ON quarantine (stored_ts)",
+        """
+        CREATE TABLE level_state (
+            account TEXT PRIMARY KEY,
+            level TEXT NOT NULL,
+            updated_ts INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
+)
+"""Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+"""The ``user_version`` of a fully migrated database."""
+
+_SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+_MS_PER_DAY: Final = 86_400_000
+
+_ALERT_COLUMNS: Final = (
+    "id, ts, emitted_ts, account, kind, level, from_level, margin_ratio, equity_usd,"
+    " maint_margin_usd, init_margin_usd, inst_id, mark, payload"
+)
+
+
+class SqliteStore:
+    """Alerts, margin history, quarantined input and level state in one SQLite file.
+
+    Create with :meth:`open`, release with :meth:`close`. Calls may come from several tasks:
+    they are serialised, so each runs as its own transaction.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
+        """Wrap an open, migrated connection; use :meth:`open` instead."""
+        self._db: aiosqlite.Connection | None = db
+        self._retention_ms = retention_ms
+        # One connection carries one transaction at a time; without the lock a second task
+        # could issue BEGIN while the first is between BEGIN and COMMIT.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        retention_days: float = 90.0,
+        synchronous: str = "FULL",
+    ) -> Self:
+        """Open (creating if needed) the database at ``path`` and migrate it.
+
+        ``path`` must name a file: the store needs WAL journal mode, which in-memory
+        databases lack. ``retention_days`` (positive) is how long :meth:`prune` keeps rows;
+        ``synchronous`` is SQLite's ``PRAGMA synchronous`` (``OFF``, ``NORMAL``, ``FULL``
+        or ``EXTRA``).
+
+        Raises :class:`ValueError` for an invalid argument and :class:`SinkError` when the
+        file cannot be opened, WAL cannot be enabled, or the database's schema version is
+        newer than this code knows.
+        """
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
+        if not (math.isfinite(retention_days) and retention_days > 0):
+            raise ValueError("retention_days must be a positive number")
+        location = os.fspath(path)
+        try:
+            # isolation_level=None: the sqlite3 module opens no implicit transactions; this
+            # class issues BEGIN/COMMIT itself.
+            db = await aiosqlite.connect(location, isolation_level=None)
+        except sqlite3.Error as e:
+            raise SinkError(f"cannot open SQLite database {location!r}: {e}") from e
+        try:
+            # Refuse a newer schema before changing anything in the file, the journal mode
+            # included; _migrate checks again under the write lock.
+            _check_version(int(await _fetch_value(db, "PRAGMA user_version")), location)
+            journal = await _fetch_value(db, "PRAGMA journal_mode = WAL")
+            if str(journal).lower() != "wal":
+                raise SinkError(f"cannot enable WAL journal mode on {location!r} (got {journal!r})")
+            await _execute(db, f"PRAGMA synchronous = {mode}")
+            await _migrate(db, location)
+        except sqlite3.Error as e:
+            await _close_quietly(db)
+            raise SinkError(f"cannot prepare SQLite database {location!r}: {e}") from e
+        except BaseException:
+            await _close_quietly(db)
+            raise
+        return cls(db, retention_ms=round(retention_days * _MS_PER_DAY))
+
+    async def close(self) -> None:
+        """Close the connection after any call in progress; closing twice is harmless."""
+        async with self._lock:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            try:
+                await db.close()
+            except sqlite3.Error as e:
+                raise SinkError(f"closing SQLite database failed: {e}") from e
+
+    async def write_alerts(self, alerts: Sequence[Alert]) -> int:
+        """Store ``alerts`` in one transaction, skipping ids already stored.
+
+        Returns how many were newly inserted, so writing the same alerts again returns 0.
+        Insertion order (``seq``) follows the order of ``alerts``.
+        """
+        if not alerts:
+            return 0
+        rows = [_alert_row(alert) for alert in alerts]
+        async with self._transaction(f"writing {len(rows)} alerts") as db:
+            return await _execute_many(
+                db, f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES ({_marks(14)})", rows
+            )
+
+    async def write_quarantine(self, records: Sequence[QuarantineRecord]) -> None:
+        """Store quarantined input with its reason, in one transaction.
+
+        ``stored_ts``, the time :meth:`prune` judges a row by, is the record's receive time
+        when known, else the wall clock at this call: input whose receive time is unknown
+        (such as an unparsable replay line) is then kept for the full retention from the
+        moment it was quarantined, rather than pruned at once.
+        """
+        if not records:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        rows = [
+            (
+                record.recv_ms,
+                record.recv_ms if record.recv_ms is not None else now_ms,
+                record.source,
+                record.reason,
+                record.raw,
+            )
+            for record in records
+        ]
+        async with self._transaction(f"writing {len(rows)} quarantine records") as db:
+            await _execute_many(
+                db,
+                "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
+                f" VALUES ({_marks(5)})",
+                rows,
+            )
+
+    async def write_history(self, points: Sequence[MarginPoint]) -> None:
+        """Store margin history samples in one transaction.
+
+        A sample for an (account, ts) already stored replaces it.
+        """
+        if not points:
+            return
+        rows = [
+            (
+                point.account,
+                point.ts,
+                point.margin_ratio,
+                point.equity_usd,
+                point.maint_margin_usd,
+                point.init_margin_usd,
+                point.level,
+            )
+            for point in points
+        ]
+        async with self._transaction(f"writing {len(rows)} margin history points") as db:
+            await _execute_many(
+                db,
+                "INSERT OR REPLACE INTO margin_history (account, ts, margin_ratio, equity_usd,"
+                f" maint_margin_usd, init_margin_usd, level) VALUES ({_marks(7)})",
+                rows,
+            )
+
+    async def save_levels(self, levels: Mapping[str, Level], updated_ms: int) -> None:
+        """Record each account's current level (insert or update), in one transaction."""
+        if not levels:
+            return
+        rows = [(account, level, updated_ms) for account, level in levels.items()]
+        async with self._transaction(f"saving levels of {len(rows)} accounts") as db:
+            await _execute_many(
+                db,
+                "INSERT INTO level_state (account, level, updated_ts) VALUES (?, ?, ?)"
+                " ON CONFLICT (account) DO UPDATE"
+                " SET level = excluded.level, updated_ts = excluded.updated_ts",
+                rows,
+            )
+
+    async def load_levels(self) -> dict[str, Level]:
+        """Every account's last saved level.
+
+        Raises :class:`SinkError` if a stored level is not one this code knows, rather than
+        guessing a level the engine would then act on.
+        """
+        async with self._transaction("loading levels", immediate=False) as db:
+            rows = await _fetch_all(db, "SELECT account, level FROM level_state", ())
+        levels: dict[str, Level] = {}
+        for account, stored in rows:
+            level = _known_level(stored)
+            if level is None:
+                raise SinkError(f"level_state of account {account!r} holds an unknown level")
+            levels[account] = level
+        return levels
+
+    async def prune(self, now_ms: int) -> int:
+        """Delete rows older than the retention window; returns how many were deleted.
+
+        Alerts and history go by event time (``ts``), quarantine by ``stored_ts`` (see
+        :meth:`write_quarantine`); a row exactly at the cutoff is kept. Level state is never
+        pruned: it is needed however old it is.
+        """
+        cutoff = now_ms - self._retention_ms
+        async with self._transaction("pruning") as db:
+            deleted = await _execute(db, "DELETE FROM alerts WHERE ts < ?", (cutoff,))
+            deleted += await _execute(db, "DELETE FROM margin_history WHERE ts < ?", (cutoff,))
+            deleted += await _execute(db, "DELETE FROM quarantine WHERE stored_ts < ?", (cutoff,))
+        return deleted
+
+    async def alerts(
+        self,
+        *,
+        account: str | None = None,
+        since: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        """Stored alerts in insertion order, optionally filtered.
+
+        ``since`` is an alert id: only alerts inserted after it are returned (the alert
+        itself is not); an id that is not stored, including one already pruned, raises
+        :class:`SinkError`. ``limit`` keeps the first ``limit`` matches, so a caller can page
+        forward by passing the last id it received as ``since``.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if account is not None:
+            conditions.append("account = ?")
+            parameters.append(account)
+        if kind is not None:
+            conditions.append("kind = ?")
+            parameters.append(kind)
+        async with self._transaction("reading alerts", immediate=False) as db:
+            if since is not None:
+                seq = await _fetch_value(db, "SELECT seq FROM alerts WHERE id = ?", (since,))
+                if seq is None:
+                    raise SinkError(f"unknown alert id {since!r}")
+                conditions.append("seq > ?")
+                parameters.append(seq)
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            # LIMIT -1 is SQLite's "no limit".
+            parameters.append(-1 if limit is None else limit)
+            rows = await _fetch_all(
+                db, f"SELECT {_ALERT_COLUMNS} FROM alerts{where} ORDER BY seq LIMIT ?", parameters
+            )
+        return [_alert_from_row(row) for row in rows]
+
+    async def quarantine_count(self) -> int:
+        """How many quarantine rows are stored."""
+        async with self._transaction("counting quarantine", immediate=False) as db:
+            count = await _fetch_value(db, "SELECT count(*) FROM quarantine", ())
+        return int(count)
+
+    @asynccontextmanager
+    async def _transaction(
+        self, action: str, *, immediate: bool = True
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the body in one transaction, rolled back on any exception.
+
+        Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
+        at BEGIN, not halfway through. ``action`` names the operation in a SinkError.
+        """
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise SinkError(f"{action} failed: the store is closed")
+            try:
+                await _execute(db, "BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield db
+                except BaseException:
+                    # SQLite may already have rolled back (after SQLITE_FULL, for one); the
+                    # original error is the one worth raising.
+                    with suppress(sqlite3.Error):
+                        await _execute(db, "ROLLBACK")
+                    raise
+                await _execute(db, "COMMIT")
+            except sqlite3.Error as e:
+                raise SinkError(f"{action} failed: {e}") from e
+
+
+async def _migrate(db: aiosqlite.Connection, location: str) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, all pending steps in one transaction."""
+    # IMMEDIATE, and the version read inside it, so two processes opening the same new
+    # file cannot both run the same step.
+    await _execute(db, "BEGIN IMMEDIATE")
+    try:
+        version = int(await _fetch_value(db, "PRAGMA user_version"))
+        _check_version(version, location)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                await _execute(db, statement)
+            # PRAGMA takes no bound parameters; step + 1 is an int from this code.
+            await _execute(db, f"PRAGMA user_version = {step + 1}")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            await _execute(db, "ROLLBACK")
+        raise
+    await _execute(db, "COMMIT")
+
+
+def _check_version(version: int, location: str) -> None:
+    """Raise SinkError unless this code can migrate or use a schema of ``version``."""
+    if not 0 <= version <= SCHEMA_VERSION:
+        raise SinkError(
+            f"SQLite database {location!r} has schema version {version}, but this riskmon"
+            f" knows versions up to {SCHEMA_VERSION}; upgrade riskmon to use it"
+        )
+
+
+async def _execute(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> int:
+    """Run one statement; returns its row count (-1 for statements without one)."""
+    async with db.execute(sql, parameters) as cursor:
+        return cursor.rowcount
+
+
+async def _execute_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> int:
+    """Run one statement per row; returns the summed row count of the changes."""
+    async with db.executemany(sql, rows) as cursor:
+        return cursor.rowcount
+
+
+async def _fetch_all(
+    db: aiosqlite.Connection, sql: str, parameters: Iterable[Any]
+) -> list[sqlite3.Row]:
+    """Run a query and return all its rows."""
+    async with db.execute(sql, parameters) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def _fetch_value(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> Any:
+    """Run a query and return the first column of its first row, or None without rows."""
+    async with db.execute(sql, parameters) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    """Close a connection whose setup failed, keeping the setup error as the one raised."""
+    with suppress(sqlite3.Error):
+        await db.close()
+
+
+def _marks(count: int) -> str:
+    """``count`` SQL parameter placeholders."""
+    return ", ".join("?" * count)
+
+
+def _json_default(value: Any) -> Any:
+    """Encode the non-dict mappings orjson does not know (a payload is any Mapping)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _alert_row(alert: Alert) -> tuple[Any, ...]:
+    """The alert as a row of the ``alerts`` table, in :data:`_ALERT_COLUMNS` order."""
+    try:
+        payload = orjson.dumps(alert.payload, default=_json_default).decode()
+    except orjson.JSONEncodeError as e:
+        raise SinkError(f"alert {alert.id}: payload cannot be encoded as JSON") from e
+    return (
+        alert.id,
+        alert.ts,
+        alert.emitted_ms,
+        alert.account,
+        alert.kind,
+        alert.level,
+        alert.from_level,
+        alert.margin_ratio,
+        alert.equity_usd,
+        alert.maint_margin_usd,
+        alert.init_margin_usd,
+        alert.inst_id,
+        alert.mark,
+        payload,
+    )
+
+
+def _alert_from_row(row: sqlite3.Row) -> Alert:
+    """Rebuild an alert from a row selected with :data:`_ALERT_COLUMNS`."""
+    (
+        id_,
+        ts,
+        emitted_ts,
+        account,
+        kind,
+        level,
+        from_level,
+        margin_ratio,
+        equity_usd,
+        maint_margin_usd,
+        init_margin_usd,
+        inst_id,
+        mark,
+        payload,
+    ) = row
+    try:
+        decoded = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise SinkError(f"alert {id_}: stored payload is not valid JSON") from e
+    return alert_from_dict(
+        {
+            "id": id_,
+            "ts": ts,
+            "emitted_ts": emitted_ts,
+            "account": account,
+            "kind": kind,
+            "level": level,
+            "from_level": from_level,
+            "margin_ratio": margin_ratio,
+            "equity_usd": equity_usd,
+            "maint_margin_usd": maint_margin_usd,
+            "init_margin_usd": init_margin_usd,
+            "inst_id": inst_id,
+            "mark": mark,
+            "payload": decoded,
+        }
+    )
+
+
+def _known_level(value: object) -> Level | None:
+    """``value`` as a :data:`Level`, or None if it is not one."""
+    for level in LEVELS:
+        if value == level:
+            return level
+    return None

@@ -1,0 +1,413 @@
+"""The SQLite store against real database files in ``tmp_path``."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
+from monitor.alerts import Alert, AlertKind, Level, alert_id
+from monitor.errors import SinkError
+from monitor.records import MarginPoint, QuarantineRecord
+
+BASE_TS = 1_700_000_000_000
+DAY_MS = 86_400_000
+
+
+def make_alert(
+    n: int,
+    *,
+    account: str = "main",
+    kind: AlertKind = "level_changed",
+    level: Level = "warning",
+    ts: int | None = None,
+    margin_ratio: float | None = 1.42,
+    payload: Mapping[str, Any] | None = None,
+) -> Alert:
+    """Alert number ``n``: distinct id, plausible figures."""
+    event_ts = BASE_TS + n * 1000 if ts is None else ts
+    return Alert(
+        id=alert_id(account, kind, event_ts, n, ""),
+        ts=event_ts,
+        emitted_ms=event_ts + 7,
+        account=account,
+        kind=kind,
+        level=level,
+        from_level="normal" if kind == "level_changed" else None,
+        margin_ratio=margin_ratio,
+        equity_usd=10_000.0 + n,
+        maint_margin_usd=7_000.5,
+        init_margin_usd=8_500.25,
+        inst_id="BTC-USDT-SWAP",
+        mark=37_123.4 + n,
+        payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
+    )
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Query the database file directly, outside the store."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(sql).fetchall()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "riskmon.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(db_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_writing_the_same_alerts_twice_stores_them_once(
+    store: SqliteStore, db_path: Path
+) -> None:
+    first = [make_alert(1), make_alert(2), make_alert(3)]
+
+    assert await store.write_alerts(first) == 3
+    assert await store.write_alerts(first) == 0
+    assert await store.write_alerts([make_alert(3), make_alert(4)]) == 1
+
+    assert rows(db_path, "SELECT count(*) FROM alerts") == [(4,)]
+    assert await store.alerts() == [*first, make_alert(4)]
+
+
+async def test_duplicates_inside_one_batch_count_once(store: SqliteStore) -> None:
+    assert await store.write_alerts([make_alert(1), make_alert(1)]) == 1
+    assert await store.alerts() == [make_alert(1)]
+
+
+async def test_alerts_come_back_in_insertion_order_not_time_order(store: SqliteStore) -> None:
+    written = [make_alert(3), make_alert(1)]
+    await store.write_alerts(written)
+    await store.write_alerts([make_alert(2)])
+
+    assert [alert.id for alert in await store.alerts()] == [
+        make_alert(3).id,
+        make_alert(1).id,
+        make_alert(2).id,
+    ]
+
+
+async def test_since_returns_only_alerts_inserted_after_the_given_one(
+    store: SqliteStore,
+) -> None:
+    alerts = [make_alert(n) for n in range(1, 6)]
+    await store.write_alerts(alerts)
+
+    assert await store.alerts(since=alerts[1].id) == alerts[2:]
+    assert await store.alerts(since=alerts[-1].id) == []
+    assert await store.alerts(since=alerts[1].id, limit=2) == alerts[2:4]
+    assert await store.alerts(since=alerts[3].id, limit=2) == alerts[4:]
+
+
+async def test_since_an_unknown_id_is_an_error(store: SqliteStore) -> None:
+    await store.write_alerts([make_alert(1)])
+
+    with pytest.raises(SinkError, match="unknown alert id 'no-such-id'"):
+        await store.alerts(since="no-such-id")
+
+
+async def test_since_a_pruned_id_is_an_error(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "p.db", retention_days=1)
+    try:
+        old = make_alert(1, ts=BASE_TS - 2 * DAY_MS)
+        await store.write_alerts([old, make_alert(2)])
+        await store.prune(BASE_TS)
+
+        with pytest.raises(SinkError, match="unknown alert id"):
+            await store.alerts(since=old.id)
+    finally:
+        await store.close()
+
+
+async def test_filters_by_account_and_kind(store: SqliteStore) -> None:
+    main_level = make_alert(1)
+    main_stale = make_alert(2, kind="feed_stale")
+    desk_level = make_alert(3, account="desk")
+    desk_stale = make_alert(4, account="desk", kind="feed_stale")
+    await store.write_alerts([main_level, main_stale, desk_level, desk_stale])
+
+    assert await store.alerts(account="desk") == [desk_level, desk_stale]
+    assert await store.alerts(kind="feed_stale") == [main_stale, desk_stale]
+    assert await store.alerts(account="main", kind="feed_stale") == [main_stale]
+    assert await store.alerts(account="desk", since=main_stale.id) == [desk_level, desk_stale]
+    assert await store.alerts(account="nobody") == []
+    assert await store.alerts(limit=1) == [main_level]
+    assert await store.alerts(limit=0) == []
+
+
+async def test_negative_limit_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await store.alerts(limit=-1)
+
+
+async def test_alerts_round_trip_exactly(store: SqliteStore, db_path: Path) -> None:
+    no_ratio = Alert(
+        id="0001700000000000-feedface",
+        ts=BASE_TS,
+        emitted_ms=BASE_TS + 3,
+        account="main",
+        kind="deleverage_plan",
+        level="deleverage",
+        from_level=None,
+        margin_ratio=None,
+        equity_usd=0.1 + 0.2,
+        maint_margin_usd=0.0,
+        init_margin_usd=1e-300,
+        inst_id=None,
+        mark=None,
+        payload={
+            "orders": [
+                {
+                    "inst_id": "BTC-USDT-SWAP",
+                    "side": "sell",
+                    "size": 12.5,
+                    "reduce_only": True,
+                    "ord_type": "market",
+                }
+            ],
+            "positions": [{"inst_id": "ETH-USD-SWAP", "upl_usd": -1234.5678901234567}],
+            "target_margin_ratio": 1.02,
+            "projected_margin_ratio": None,
+            "note": "ünïcødé ✓",
+            "empty": {},
+        },
+    )
+    full = make_alert(2, margin_ratio=0.8499999999999999, payload={"a": {"b": {"c": [1, 2]}}})
+    await store.write_alerts([no_ratio, full])
+
+    stored = await store.alerts()
+
+    assert stored == [no_ratio, full]
+    assert [alert.to_dict() for alert in stored] == [no_ratio.to_dict(), full.to_dict()]
+    assert stored[0].margin_ratio is None
+    assert isinstance(stored[0].ts, int)
+    assert rows(db_path, "SELECT margin_ratio, inst_id, mark FROM alerts ORDER BY seq")[0] == (
+        None,
+        None,
+        None,
+    )
+
+
+async def test_payload_that_cannot_be_encoded_stores_nothing(store: SqliteStore) -> None:
+    bad = make_alert(2, payload={"levels": {"warning", "normal"}})
+
+    with pytest.raises(SinkError, match=bad.id):
+        await store.write_alerts([make_alert(1), bad])
+
+    assert await store.alerts() == []
+
+
+async def test_wal_mode_and_schema_version(store: SqliteStore, db_path: Path) -> None:
+    assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert SCHEMA_VERSION >= 1
+
+
+async def test_an_empty_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+
+    store = await SqliteStore.open(path)
+    await store.close()
+
+    tables = {name for (name,) in rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"alerts", "margin_history", "quarantine", "level_state"} <= tables
+    assert rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_reopening_keeps_everything(db_path: Path) -> None:
+    store = await SqliteStore.open(db_path)
+    await store.write_alerts([make_alert(1), make_alert(2)])
+    await store.save_levels({"main": "warning"}, BASE_TS)
+    await store.write_quarantine([QuarantineRecord("feed", BASE_TS, "bad json", "{")])
+    await store.close()
+
+    reopened = await SqliteStore.open(db_path)
+    try:
+        assert await reopened.alerts() == [make_alert(1), make_alert(2)]
+        assert await reopened.load_levels() == {"main": "warning"}
+        assert await reopened.quarantine_count() == 1
+        assert await reopened.write_alerts([make_alert(2), make_alert(3)]) == 1
+    finally:
+        await reopened.close()
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_a_newer_schema_version_is_refused(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+    with pytest.raises(SinkError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        await SqliteStore.open(db_path)
+
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+    assert rows(db_path, "PRAGMA journal_mode") == [("delete",)]
+    assert rows(db_path, "SELECT name FROM sqlite_master") == []
+
+
+async def test_a_missing_directory_is_a_sink_error(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="cannot open"):
+        await SqliteStore.open(tmp_path / "no" / "such" / "dir.db")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"synchronous": "SOMETIMES"}, "synchronous"),
+        ({"retention_days": 0}, "retention_days"),
+        ({"retention_days": float("nan")}, "retention_days"),
+    ],
+)
+async def test_invalid_open_arguments(
+    db_path: Path, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await SqliteStore.open(db_path, **arguments)
+
+
+async def test_levels_save_load_and_upsert(store: SqliteStore, db_path: Path) -> None:
+    assert await store.load_levels() == {}
+
+    await store.save_levels({"main": "warning", "desk": "normal"}, BASE_TS)
+    await store.save_levels({"main": "deleverage"}, BASE_TS + 5)
+
+    assert await store.load_levels() == {"main": "deleverage", "desk": "normal"}
+    assert rows(db_path, "SELECT account, level, updated_ts FROM level_state ORDER BY account") == [
+        ("desk", "normal", BASE_TS),
+        ("main", "deleverage", BASE_TS + 5),
+    ]
+
+
+async def test_an_unknown_stored_level_is_refused(store: SqliteStore, db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO level_state VALUES ('main', 'panic', 0)")
+
+    with pytest.raises(SinkError, match="'main'"):
+        await store.load_levels()
+
+
+async def test_margin_history_rows(store: SqliteStore, db_path: Path) -> None:
+    await store.write_history(
+        [
+            MarginPoint("main", BASE_TS, 1.6, 100.0, 62.5, 80.0, "normal"),
+            MarginPoint("main", BASE_TS + 1000, None, 100.0, 0.0, 0.0, "normal"),
+            MarginPoint("desk", BASE_TS, 1.1, 50.0, 45.0, 48.0, "withdrawal_lock"),
+        ]
+    )
+    # The same (account, ts) again replaces the sample.
+    await store.write_history([MarginPoint("main", BASE_TS, 1.4, 90.0, 64.0, 81.0, "warning")])
+
+    assert rows(db_path, "SELECT * FROM margin_history ORDER BY account, ts") == [
+        ("desk", BASE_TS, 1.1, 50.0, 45.0, 48.0, "withdrawal_lock"),
+        ("main", BASE_TS, 1.4, 90.0, 64.0, 81.0, "warning"),
+        ("main", BASE_TS + 1000, None, 100.0, 0.0, 0.0, "normal"),
+    ]
+
+
+async def test_a_failing_batch_is_rolled_back_whole(store: SqliteStore, db_path: Path) -> None:
+    good = MarginPoint("main", BASE_TS, 1.6, 100.0, 62.5, 80.0, "normal")
+    # SQLite stores NaN as NULL, which the NOT NULL column rejects.
+    bad = MarginPoint("main", BASE_TS + 1, 1.6, float("nan"), 62.5, 80.0, "normal")
+
+    with pytest.raises(SinkError, match="writing 2 margin history points failed") as raised:
+        await store.write_history([good, bad])
+
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert rows(db_path, "SELECT count(*) FROM margin_history") == [(0,)]
+    await store.write_history([good])
+    assert rows(db_path, "SELECT count(*) FROM margin_history") == [(1,)]
+
+
+async def test_quarantine_rows_keep_reason_and_are_counted(
+    store: SqliteStore, db_path: Path
+) -> None:
+    before_ms = time.time_ns() // 1_000_000
+    await store.write_quarantine(
+        [
+            QuarantineRecord("replay.jsonl:3", BASE_TS, "frame is not JSON", "{oops"),
+            QuarantineRecord("replay.jsonl:9", None, "missing recv_ts", '{"frame": {}}'),
+        ]
+    )
+    after_ms = time.time_ns() // 1_000_000
+
+    assert await store.quarantine_count() == 2
+    stored = rows(db_path, "SELECT recv_ts, stored_ts, source, reason, raw FROM quarantine")
+    assert stored[0] == (BASE_TS, BASE_TS, "replay.jsonl:3", "frame is not JSON", "{oops")
+    recv_ts, stored_ts, source, reason, raw = stored[1]
+    assert (recv_ts, source, reason, raw) == (
+        None,
+        "replay.jsonl:9",
+        "missing recv_ts",
+        '{"frame": {}}',
+    )
+    assert before_ms <= stored_ts <= after_ms
+
+
+async def test_prune_removes_old_rows_and_keeps_new_ones(tmp_path: Path) -> None:
+    path = tmp_path / "prune.db"
+    now = time.time_ns() // 1_000_000
+    cutoff = now - DAY_MS
+    store = await SqliteStore.open(path, retention_days=1)
+    try:
+        old = make_alert(1, ts=cutoff - 1)
+        at_cutoff = make_alert(2, ts=cutoff)
+        recent = make_alert(3, ts=now - 1000)
+        await store.write_alerts([old, at_cutoff, recent])
+        await store.write_history(
+            [
+                MarginPoint("main", cutoff - 1, 1.3, 1.0, 1.0, 1.0, "warning"),
+                MarginPoint("main", now, 1.3, 1.0, 1.0, 1.0, "warning"),
+            ]
+        )
+        await store.write_quarantine(
+            [
+                QuarantineRecord("old", cutoff - 1, "bad", "x"),
+                QuarantineRecord("new", now, "bad", "y"),
+                QuarantineRecord("unknown time", None, "bad", "z"),
+            ]
+        )
+        await store.save_levels({"main": "warning"}, cutoff - DAY_MS)
+
+        assert await store.prune(now) == 3
+        assert await store.prune(now) == 0
+
+        assert await store.alerts() == [at_cutoff, recent]
+        assert await store.quarantine_count() == 2
+        assert await store.load_levels() == {"main": "warning"}
+    finally:
+        await store.close()
+    assert rows(path, "SELECT ts FROM margin_history") == [(now,)]
+    assert rows(path, "SELECT source FROM quarantine ORDER BY id") == [("new",), ("unknown time",)]
+
+
+async def test_concurrent_calls_are_serialised(store: SqliteStore) -> None:
+    written = await asyncio.gather(
+        *(store.write_alerts([make_alert(n)]) for n in range(20)),
+        store.save_levels({"main": "warning"}, BASE_TS),
+    )
+
+    assert written[:20] == [1] * 20
+    assert {alert.id for alert in await store.alerts()} == {make_alert(n).id for n in range(20)}
+
+
+async def test_a_closed_store_refuses_calls(db_path: Path) -> None:
+    store = await SqliteStore.open(db_path)
+    await store.close()
+    await store.close()
+
+    with pytest.raises(SinkError, match="closed"):
+        await store.write_alerts([make_alert(1)])
