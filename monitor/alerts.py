@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 
 Level = Literal["normal", "warning", "withdrawal_lock", "deleverage", "liquidation"]
-LEVELS: tuple[Level, ...] = ("normal", "warning", "withdrawal_lock", "deleverage", "liquidation")
+LEVELS: tuple[Level, ...] = get_args(Level)
 LEVEL_RANK: dict[Level, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
 AlertKind = Literal[
@@ -24,17 +24,7 @@ AlertKind = Literal[
     "reminder",
     "exchange_divergence",
 ]
-ALERT_KINDS: tuple[AlertKind, ...] = (
-    "level_changed",
-    "deleverage_plan",
-    "stop_loss",
-    "feed_stale",
-    "feed_recovered",
-    "feed_disconnected",
-    "feed_connected",
-    "reminder",
-    "exchange_divergence",
-)
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,10 @@ def load_config(path: str | Path) -> Config:
             raw = tomllib.load(handle)
     except FileNotFoundError as e:
         raise ConfigError("<file>", f"configuration file not found: {path}") from e
+    except OSError as e:
+        raise ConfigError("<file>", f"cannot read {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text (TOML must be)") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("<file>", f"not valid TOML: {e}") from e
     return parse_config(raw)
@@ -233,7 +237,7 @@ def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
                         "stop_loss"})
     rules = []
     names: set[str] = set()
-    for index, rule_raw in enumerate(_array(table, "stop_loss")):
+    for index, rule_raw in enumerate(_array(table, "stop_loss", path)):
         rule = _parse_rule(rule_raw, f"{path}.stop_loss[{index}]")
         if rule.name in names:
             raise ConfigError(f"{path}.stop_loss[{index}].name", "duplicate rule name")
@@ -268,9 +272,9 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
     fraction = table.get("fraction")
     if action == "close" and inst_id is None:
         raise ConfigError(f"{path}.inst_id", "required when action is 'close'")
-    if action == "reduce":
-        if fraction is None:
-            raise ConfigError(f"{path}.fraction", "required when action is 'reduce'")
+    if action == "reduce" and fraction is None:
+        raise ConfigError(f"{path}.fraction", "required when action is 'reduce'")
+    if fraction is not None:
         fraction = _number(fraction, f"{path}.fraction", low=0.0, high=1.0)
         if fraction <= 0:
             raise ConfigError(f"{path}.fraction", "must be above 0")
@@ -310,7 +314,7 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
 def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
     _only(table, "stream", {"host", "port", "tokens"})
     tokens = []
-    for index, raw in enumerate(_array(table, "tokens")):
+    for index, raw in enumerate(_array(table, "tokens", "stream")):
         path = f"stream.tokens[{index}]"
         token_table = _as_table(raw, path)
         _only(token_table, path, {"token_env", "accounts"})
@@ -340,8 +344,8 @@ def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return _as_table(raw.get(key, {}), key)
 
 
-def _array(raw: Mapping[str, Any], key: str) -> list[Any]:
-    return _as_array(raw.get(key, []), key)
+def _array(raw: Mapping[str, Any], key: str, path: str = "") -> list[Any]:
+    return _as_array(raw.get(key, []), f"{path}.{key}" if path else key)
 
 
 def _as_table(value: Any, path: str) -> Mapping[str, Any]:

@@ -1,0 +1,143 @@
+"""The dependency arrow (STYLE.md): ``adapters`` import ``monitor``, never the reverse.
+
+Only the composition root (``monitor/cli.py``) may reach into ``adapters``; the pure core
+reads no clock and does no I/O, so it imports no event loop, clock, logger or randomness.
+Imports are read with :mod:`ast`, including imports nested inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+MONITOR = ROOT / "monitor"
+
+# The composition root, and the ``python -m monitor`` entry point that only calls it.
+COMPOSITION_ROOT = {"monitor/cli.py", "monitor/__main__.py"}
+
+PURE_CORE = [
+    "monitor/engine.py",
+    "monitor/formulas.py",
+    "monitor/transitions.py",
+    "monitor/events.py",
+    "monitor/instruments.py",
+    "monitor/alerts.py",
+    "monitor/config.py",
+    "monitor/records.py",
+    "monitor/errors.py",
+]
+CORE_FORBIDDEN = ("asyncio", "time", "datetime", "logging", "structlog", "random")
+
+PURE_DECODER = "adapters/okx/decode.py"
+DECODER_FORBIDDEN = ("asyncio", "time", "logging", "structlog")
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line, dotted name)`` for every module the file imports.
+
+    ``from package import name`` yields both ``package`` and ``package.name`` (the name may
+    be a submodule); relative imports are resolved against the file's package.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = list(path.relative_to(ROOT).parent.parts)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if module:
+                yield node.lineno, module
+            for alias in node.names:
+                if alias.name != "*":
+                    yield node.lineno, f"{module}.{alias.name}" if module else alias.name
+
+
+def is_within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def violations(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+    """One ``file:line imports module`` entry per offending import (its shortest name)."""
+    reported: dict[int, list[str]] = {}
+    for line, module in sorted(set(imported_modules(path))):
+        if not any(is_within(module, name) for name in forbidden):
+            continue
+        if any(is_within(module, seen) for seen in reported.get(line, [])):
+            continue
+        reported.setdefault(line, []).append(module)
+    return [
+        f"{relative(path)}:{line} imports {module}"
+        for line, modules in sorted(reported.items())
+        for module in modules
+    ]
+
+
+def monitor_files() -> list[Path]:
+    return sorted(MONITOR.rglob("*.py"))
+
+
+def test_discovery_finds_the_monitor_package() -> None:
+    found = {relative(path) for path in monitor_files()}
+
+    assert not COMPOSITION_ROOT - found, f"missing: {COMPOSITION_ROOT - found}"
+    assert not set(PURE_CORE) - found, f"pure core modules missing: {set(PURE_CORE) - found}"
+    assert (ROOT / PURE_DECODER).is_file(), f"{PURE_DECODER} is missing"
+
+
+def test_the_import_reader_sees_the_composition_root_use_adapters() -> None:
+    # Guards against a reader that finds nothing and so passes every check below.
+    assert violations(MONITOR / "cli.py", ("adapters",))
+
+
+def test_monitor_never_imports_adapters_outside_the_composition_root() -> None:
+    found = [
+        problem
+        for path in monitor_files()
+        if relative(path) not in COMPOSITION_ROOT
+        for problem in violations(path, ("adapters",))
+    ]
+
+    assert not found, "monitor must not import adapters (only monitor/cli.py may):\n" + "\n".join(
+        found
+    )
+
+
+def test_main_module_reaches_adapters_only_through_the_cli() -> None:
+    path = MONITOR / "__main__.py"
+    project_imports = {
+        module
+        for _, module in imported_modules(path)
+        if is_within(module, "monitor") or is_within(module, "adapters")
+    }
+
+    assert project_imports <= {"monitor.cli", "monitor.cli.main"}, (
+        f"{relative(path)} imports {sorted(project_imports)}; it should only call monitor.cli"
+    )
+
+
+@pytest.mark.parametrize("module", PURE_CORE)
+def test_pure_core_reads_no_clock_and_does_no_io(module: str) -> None:
+    found = violations(ROOT / module, CORE_FORBIDDEN)
+
+    assert not found, "the pure core must not import a clock, logger or event loop:\n" + (
+        "\n".join(found)
+    )
+
+
+def test_okx_decoder_is_pure() -> None:
+    found = violations(ROOT / PURE_DECODER, DECODER_FORBIDDEN)
+
+    assert not found, "the OKX decoder must stay sans-I/O:\n" + "\n".join(found)

@@ -1,0 +1,418 @@
+"""Configuration loading and validation (SPEC section 6).
+
+Every rejected value must name its key (``ConfigError.key``), so the tests assert on that
+attribute rather than on message text; the message is only checked to mention the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from monitor.config import (
+    DEFAULT_COLLATERAL,
+    AccountConfig,
+    Config,
+    OkxConfig,
+    RiskConfig,
+    StopLossRule,
+    StorageConfig,
+    StreamConfig,
+    StreamToken,
+    load_config,
+    parse_config,
+)
+from monitor.errors import ConfigError, RiskmonError
+from monitor.instruments import Instrument, Tier
+
+# The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing
+# comment is shortened to fit the line length).
+SPEC_EXAMPLE = """\
+[risk]
+warning = 1.50
+withdrawal_lock = 1.20
+deleverage = 1.00
+liquidation = 0.85
+hysteresis = 0.02
+stale_after_s = 10
+repeat_interval_s = 300
+liquidation_fee_rate = 0.0
+market_order_slippage = 0.0
+
+[collateral]            # currency -> collateral factor in [0, 1]
+USDT = 1.0
+BTC = 0.90
+
+[interest]              # currency -> hourly interest rate on liabilities
+USDT = 0.00002
+
+[[instruments]]         # used when the feed does not supply the spec
+inst_id = "BTC-USDT-SWAP"
+ct_type = "linear"      # or "inverse"
+ct_val = 0.01
+ct_mult = 1
+ct_val_ccy = "BTC"
+settle_ccy = "USDT"
+max_leverage = 100
+tiers = [ { max_contracts = 5000, mmr = 0.004 }, { max_contracts = 1e15, mmr = 0.006 } ]
+
+[accounts.main]         # an account seen in a feed but not configured gets defaults
+api_key_env = "RISKMON_MAIN_API_KEY"          # live only; secret and passphrase likewise
+api_secret_env = "RISKMON_MAIN_API_SECRET"
+passphrase_env = "RISKMON_MAIN_PASSPHRASE"
+
+[[accounts.main.stop_loss]]
+name = "guard-110"
+metric = "im_coverage"  # "margin_ratio" | "im_coverage" | "equity_usd"
+below = 1.10
+action = "close_all"    # "close_all" | "close" (with inst_id) | "reduce" (with fraction)
+
+[okx]
+public_url = "wss://ws.okx.com:8443/ws/v5/public"
+private_url = "wss://ws.okx.com:8443/ws/v5/private"
+rest_url = "https://www.okx.com"
+
+[storage]
+sqlite_path = "riskmon.db"
+retention_days = 90
+
+[stream]                # alert subscribers (path /v1/alerts) and /healthz, /metrics
+host = "127.0.0.1"
+port = 8765
+tokens = [ { token_env = "RISKMON_TOKEN_DESK", accounts = ["main"] } ]   # none: loopback only
+"""
+
+# One valid instrument, as TOML lines keyed by field, for tables that break one field.
+_INSTRUMENT_LINES = {
+    "inst_id": '"BTC-USDT-SWAP"',
+    "ct_type": '"linear"',
+    "ct_val": "0.01",
+    "ct_val_ccy": '"BTC"',
+    "settle_ccy": '"USDT"',
+    "tiers": "[{ max_contracts = 5000, mmr = 0.004 }, { max_contracts = 1e15, mmr = 0.006 }]",
+}
+
+# One valid stop-loss rule of account "main".
+_RULE_LINES = {
+    "name": '"guard-110"',
+    "metric": '"im_coverage"',
+    "below": "1.10",
+    "action": '"close_all"',
+}
+
+
+def _block(header: str, base: dict[str, str], changes: dict[str, str | None]) -> str:
+    """A TOML array-of-tables entry: ``base`` with ``changes`` (None removes a key)."""
+    lines = {**base, **changes}
+    body = "".join(f"{key} = {value}\n" for key, value in lines.items() if value is not None)
+    return f"[[{header}]]\n{body}"
+
+
+def instrument(**changes: str | None) -> str:
+    """A ``[[instruments]]`` entry; keyword values are raw TOML, None drops the key."""
+    return _block("instruments", _INSTRUMENT_LINES, changes)
+
+
+def rule(**changes: str | None) -> str:
+    """A ``[[accounts.main.stop_loss]]`` entry; keyword values are raw TOML."""
+    return _block("accounts.main.stop_loss", _RULE_LINES, changes)
+
+
+def parse_toml(text: str) -> Config:
+    return parse_config(tomllib.loads(text))
+
+
+def write_config(directory: Path, text: str) -> Path:
+    path = directory / "riskmon.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+
+def test_empty_document_gives_every_default_of_the_spec(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, ""))
+
+    assert config.risk.warning == 1.50
+    assert config.risk.withdrawal_lock == 1.20
+    assert config.risk.deleverage == 1.00
+    assert config.risk.liquidation == 0.85
+    assert config.risk.hysteresis == 0.02
+    assert config.risk.stale_after_s == 10.0
+    assert config.risk.repeat_interval_s == 300.0
+    assert config.risk.liquidation_fee_rate == 0.0
+    assert config.risk.market_order_slippage == 0.0
+
+    # Seed 000: USDT at 100%, BTC at 90%, MATIC 75%, AVAX 80%; nothing else counts.
+    assert dict(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+    assert dict(config.interest) == {}
+    assert config.instruments == ()
+    assert dict(config.accounts) == {}
+
+    assert config.okx.public_url == "wss://ws.okx.com:8443/ws/v5/public"
+    assert config.okx.private_url == "wss://ws.okx.com:8443/ws/v5/private"
+    assert config.okx.rest_url == "https://www.okx.com"
+
+    assert config.storage.sqlite_path == "riskmon.db"
+    assert config.storage.retention_days == 90.0
+
+    assert config.stream.host == "127.0.0.1"
+    assert config.stream.port == 8765
+    assert config.stream.tokens == ()
+
+
+def test_empty_mapping_equals_the_dataclass_defaults() -> None:
+    assert parse_config({}) == Config()
+
+
+def test_spec_example_parses_into_the_expected_dataclasses(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, SPEC_EXAMPLE))
+
+    # The example repeats the defaults for [risk], [okx] and [storage].
+    assert config.risk == RiskConfig()
+    assert config.okx == OkxConfig()
+    assert config.storage == StorageConfig()
+    assert isinstance(config.risk.stale_after_s, float)  # TOML integer 10 read as a number
+
+    assert dict(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+    assert dict(config.interest) == {"USDT": 0.00002}
+
+    assert config.instruments == (
+        Instrument(
+            inst_id="BTC-USDT-SWAP",
+            contract_type="linear",
+            contract_value=0.01,
+            contract_multiplier=1.0,
+            contract_value_currency="BTC",
+            settle_currency="USDT",
+            tiers=(
+                Tier(max_contracts=5000.0, maintenance_rate=0.004),
+                Tier(max_contracts=1e15, maintenance_rate=0.006),
+            ),
+            max_leverage=100.0,
+            lot_size=None,
+        ),
+    )
+    assert config.instruments[0].multiplier == pytest.approx(0.01)
+
+    assert dict(config.accounts) == {
+        "main": AccountConfig(
+            name="main",
+            api_key_env="RISKMON_MAIN_API_KEY",
+            api_secret_env="RISKMON_MAIN_API_SECRET",
+            passphrase_env="RISKMON_MAIN_PASSPHRASE",
+            credentials_file=None,
+            stop_loss=(
+                StopLossRule(
+                    name="guard-110",
+                    metric="im_coverage",
+                    below=1.10,
+                    action="close_all",
+                    inst_id=None,
+                    fraction=None,
+                ),
+            ),
+        ),
+    }
+
+    assert config.stream == StreamConfig(
+        host="127.0.0.1",
+        port=8765,
+        tokens=(StreamToken(token_env="RISKMON_TOKEN_DESK", accounts=("main",)),),
+    )
+
+
+def test_close_and_reduce_rules_keep_their_instrument_and_fraction() -> None:
+    config = parse_toml(
+        rule(name='"cut-btc"', action='"close"', inst_id='"BTC-USDT-SWAP"')
+        + rule(name='"halve"', metric='"margin_ratio"', below="1.3", action='"reduce"',
+               fraction="0.5")
+    )
+
+    assert config.accounts["main"].stop_loss == (
+        StopLossRule(name="cut-btc", metric="im_coverage", below=1.10, action="close",
+                     inst_id="BTC-USDT-SWAP"),
+        StopLossRule(name="halve", metric="margin_ratio", below=1.3, action="reduce",
+                     fraction=0.5),
+    )
+
+
+# -- collateral -------------------------------------------------------------------------
+
+
+def test_collateral_entries_override_defaults_and_add_currencies() -> None:
+    config = parse_toml("[collateral]\nBTC = 0.5\nETH = 0.85\nPEPE = 0.0\n")
+
+    assert dict(config.collateral) == {
+        "USDT": 1.0,
+        "BTC": 0.5,
+        "MATIC": 0.75,
+        "AVAX": 0.80,
+        "ETH": 0.85,
+        "PEPE": 0.0,
+    }
+
+
+def test_collateral_override_leaves_the_module_defaults_alone() -> None:
+    parse_toml("[collateral]\nBTC = 0.5\nETH = 0.85\n")
+
+    assert dict(DEFAULT_COLLATERAL) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+    assert parse_config({}).collateral["BTC"] == 0.90
+    assert "ETH" not in parse_config({}).collateral
+
+
+# -- validation: every error names its key ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key"),
+    [
+        pytest.param("[colateral]\nBTC = 0.9\n", "colateral", id="unknown-top-level-key"),
+        pytest.param("[risk]\nwarnig = 1.4\n", "risk.warnig", id="unknown-risk-key"),
+        pytest.param('[risk]\nwarning = "1.5"\n', "risk.warning", id="threshold-not-a-number"),
+        pytest.param("[risk]\nwarning = true\n", "risk.warning", id="threshold-boolean"),
+        pytest.param("[risk]\ndeleverage = nan\n", "risk.deleverage", id="threshold-nan"),
+        pytest.param("[risk]\nwithdrawal_lock = 1.6\n", "risk.withdrawal_lock",
+                     id="withdrawal-lock-above-warning"),
+        pytest.param("[risk]\nliquidation = 1.0\n", "risk.liquidation",
+                     id="liquidation-equal-to-deleverage"),
+        pytest.param("[risk]\nhysteresis = -0.01\n", "risk.hysteresis", id="negative-hysteresis"),
+        pytest.param("[risk]\nstale_after_s = 0\n", "risk.stale_after_s", id="zero-staleness"),
+        pytest.param('[risk]\nexecute_triggers = "yes"\n', "risk.execute_triggers",
+                     id="flag-not-a-boolean"),
+        pytest.param("[collateral]\nBTC = 1.5\n", "collateral.BTC", id="collateral-factor-1.5"),
+        pytest.param("[collateral]\nBTC = -0.1\n", "collateral.BTC",
+                     id="negative-collateral-factor"),
+        pytest.param("[interest]\nUSDT = -0.00002\n", "interest.USDT", id="negative-interest"),
+        pytest.param(instrument(ct_val=None), "instruments[0].ct_val",
+                     id="instrument-missing-ct-val"),
+        pytest.param(instrument(ct_val="0"), "instruments[0].ct_val", id="instrument-zero-ct-val"),
+        pytest.param(instrument(ct_type='"quanto"'), "instruments[0].ct_type",
+                     id="instrument-ct-type-quanto"),
+        pytest.param(instrument(ct_value="0.01"), "instruments[0].ct_value",
+                     id="instrument-unknown-key"),
+        pytest.param(
+            instrument(tiers="[{ max_contracts = 5000, mmr = 0.004 },"
+                             " { max_contracts = 100, mmr = 0.006 }]"),
+            "instruments[0].tiers",
+            id="tiers-not-ascending",
+        ),
+        pytest.param(instrument(tiers="[]"), "instruments[0].tiers", id="no-tiers"),
+        pytest.param(instrument(tiers="[{ max_contracts = 5000, mmr = 1.5 }]"),
+                     "instruments[0].tiers[0].mmr", id="mmr-above-1"),
+        pytest.param(instrument(tiers="[{ max_contracts = 5000 }]"),
+                     "instruments[0].tiers[0].mmr", id="tier-missing-mmr"),
+        pytest.param(instrument() + instrument(), "instruments[1].inst_id",
+                     id="duplicate-inst-id"),
+        pytest.param(rule(metric='"pnl"'), "accounts.main.stop_loss[0].metric",
+                     id="stop-loss-metric-unknown"),
+        pytest.param(rule(action='"liquidate"'), "accounts.main.stop_loss[0].action",
+                     id="stop-loss-action-unknown"),
+        pytest.param(rule(action='"close"'), "accounts.main.stop_loss[0].inst_id",
+                     id="close-without-inst-id"),
+        pytest.param(rule(action='"reduce"'), "accounts.main.stop_loss[0].fraction",
+                     id="reduce-without-fraction"),
+        pytest.param(rule(action='"reduce"', fraction="0"), "accounts.main.stop_loss[0].fraction",
+                     id="reduce-fraction-0"),
+        pytest.param(rule(action='"reduce"', fraction="1.5"),
+                     "accounts.main.stop_loss[0].fraction", id="reduce-fraction-above-1"),
+        pytest.param(rule(below=None), "accounts.main.stop_loss[0].below",
+                     id="stop-loss-missing-threshold"),
+        pytest.param(rule() + rule(metric='"margin_ratio"'), "accounts.main.stop_loss[1].name",
+                     id="duplicate-rule-names"),
+        pytest.param('[accounts.main]\napi_key = "k"\n', "accounts.main.api_key",
+                     id="unknown-account-key"),
+        pytest.param("[stream]\nport = 70000\n", "stream.port", id="stream-port-70000"),
+        pytest.param("[stream]\nport = 8765.0\n", "stream.port", id="stream-port-float"),
+        pytest.param('[stream]\ntokens = [{ token_env = "T" }]\n', "stream.tokens[0].accounts",
+                     id="token-without-accounts"),
+        pytest.param('[okx]\npublic_url = ""\n', "okx.public_url", id="empty-url"),
+        pytest.param('risk = "strict"\n', "risk", id="string-for-risk-table"),
+        pytest.param('[accounts]\nmain = "RISKMON_MAIN"\n', "accounts.main",
+                     id="string-for-account-table"),
+        pytest.param('instruments = ["BTC-USDT-SWAP"]\n', "instruments[0]",
+                     id="string-for-instrument-table"),
+        pytest.param('[stream]\ntokens = ["RISKMON_TOKEN_DESK"]\n', "stream.tokens[0]",
+                     id="string-for-token-table"),
+    ],
+)
+def test_every_validation_error_names_the_offending_key(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(snippet)
+
+    assert caught.value.key == key
+    assert key in str(caught.value)
+    assert isinstance(caught.value, RiskmonError)
+
+
+def test_missing_file_is_a_config_error_about_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "absent.toml")
+
+    assert caught.value.key == "<file>"
+    assert "<file>" in str(caught.value)
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+def test_invalid_toml_is_a_config_error_about_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "[risk\nwarning = 1.5\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert caught.value.key == "<file>"
+    assert "<file>" in str(caught.value)
+    assert isinstance(caught.value.__cause__, tomllib.TOMLDecodeError)
+
+
+# -- regressions: defects found in monitor/config.py and fixed ----------------------------
+
+
+def test_fraction_on_a_close_all_rule_is_validated() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(rule(fraction='"half"'))
+
+    assert caught.value.key == "accounts.main.stop_loss[0].fraction"
+
+
+def test_negative_fraction_on_a_close_rule_is_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(rule(action='"close"', inst_id='"BTC-USDT-SWAP"', fraction="-3"))
+
+    assert caught.value.key == "accounts.main.stop_loss[0].fraction"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key"),
+    [
+        pytest.param('[accounts.main]\nstop_loss = "guard-110"\n', "accounts.main.stop_loss",
+                     id="stop-loss-not-an-array"),
+        pytest.param('[stream]\ntokens = "RISKMON_TOKEN_DESK"\n', "stream.tokens",
+                     id="tokens-not-an-array"),
+    ],
+)
+def test_nested_array_errors_name_the_full_key(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_toml(snippet)
+
+    assert caught.value.key == key
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "riskmon.toml"
+    path.write_bytes(b"[risk]\nwarning = 1.5  # \xff\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert caught.value.key == "<file>"
+
+
+def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+
+    assert caught.value.key == "<file>"
