@@ -251,8 +251,8 @@ class AlertLinesSink:
     name = "alerts-out"
 
     def __init__(self, target: str) -> None:
-        self._stdout = target == "-"
-        self._handle = None if self._stdout else open(target, "wb")  # noqa: SIM115
+        self._reader_gone = False
+        self._handle = None if target == "-" else open(target, "wb")  # noqa: SIM115
 
     async def write(self, records: Sequence[Record]) -> None:
         lines = [record.to_json() + b"\n" for record in records if isinstance(record, Alert)]
@@ -261,9 +261,14 @@ class AlertLinesSink:
         data = b"".join(lines)
         if self._handle is not None:
             self._handle.write(data)
-        else:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+        elif not self._reader_gone:
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                # The reader went away (``| head``): stop writing to it; the run and the
+                # durable sinks carry on.
+                self._reader_gone = True
 
     async def close(self) -> None:
         if self._handle is not None:
