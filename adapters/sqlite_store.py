@@ -158,6 +158,10 @@ class SqliteStore:
             raise ValueError("retention_days must be a positive number")
         location = os.fspath(path)
         try:
+            # Open once with plain sqlite3 first: when aiosqlite fails to connect it stops its
+            # worker thread without waiting, and that thread may then call into an event
+            # loop that has already closed. A path that cannot be opened fails here instead.
+            await asyncio.to_thread(_probe, location)
             # isolation_level=None: the sqlite3 module opens no implicit transactions; this
             # class issues BEGIN/COMMIT itself.
             db = await aiosqlite.connect(location, isolation_level=None)
@@ -397,6 +401,11 @@ async def _migrate(db: aiosqlite.Connection, location: str) -> None:
             await _execute(db, "ROLLBACK")
         raise
     await _execute(db, "COMMIT")
+
+
+def _probe(location: str) -> None:
+    """Open and close the database file (creating it if needed); raises sqlite3.Error."""
+    sqlite3.connect(location).close()
 
 
 def _check_version(version: int, location: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import closing
@@ -411,3 +412,17 @@ async def test_a_closed_store_refuses_calls(db_path: Path) -> None:
 
     with pytest.raises(SinkError, match="closed"):
         await store.write_alerts([make_alert(1)])
+
+
+async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
+    # aiosqlite stops the worker thread of a failed connect without waiting for it, and the
+    # thread may then call into a closed event loop (seen in CI as an unhandled thread
+    # exception). The store must fail before any such thread exists.
+    def workers() -> set[int | None]:
+        return {t.ident for t in threading.enumerate()
+                if "_connection_worker_thread" in t.name}
+
+    before = workers()
+    with pytest.raises(SinkError, match="cannot open"):
+        await SqliteStore.open(tmp_path / "no" / "such" / "dir.db")
+    assert workers() - before == set()
