@@ -5,14 +5,19 @@ Run from the repository root:  .venv/bin/python bench/replay_bench.py [--frames 
 Scenarios (mark-price frames as recorded lines, round-robin over the instruments held):
   a  one account with 20 positions on 20 instruments
   b  10,000 accounts with 5 positions each over 200 instruments (250 holders per instrument)
-  b0 the control for b: only the 250 accounts holding 5 instruments, ticking those 5
+  b0 250 accounts holding the same 5 instruments, ticking those 5 (250 holders per tick)
+  b1 b0's 250 accounts plus 9,750 accounts holding 195 other instruments, ticking the same 5
 
 For each it prints events per second of
   floor        orjson.loads of the same lines, nothing else
   incremental  riskmon's replay path: decode, engine.apply, alerts collected
   scratch      decode, engine.apply, then every account recomputed from scratch per event
-and the ratios. Targets: a's incremental at least 0.40 of the floor; b's per-event cost
-equal to b0's (the 9,750 accounts that do not hold the ticked instrument cost nothing).
+and the ratios. Targets: a's incremental at least 0.40 of the floor; b1's per-event cost
+equal to b0's: the same 250 holders per tick, with and without 9,750 accounts that do not
+hold the ticked instruments. b0 and b1 run alternately, several rounds, best of each, so
+machine noise hits both alike. (b itself ticks all 200 instruments, so each tick reaches a
+different 250 of the 10,000 accounts and runs with cold CPU caches; it is reported for the
+absolute rate, not for the independence check.)
 Speeds are measured in one run, on the same machine, so the ratios are meaningful even
 where absolute rates are noisy. The scratch rate is measured on a prefix of the frames
 (``--scratch-frames``) because it is orders of magnitude slower.
@@ -142,37 +147,53 @@ def measure(scenario: Scenario, frames: int, scratch_frames: int) -> dict[str, f
     return results
 
 
+def incremental_rate(scenario: Scenario, frames: int) -> float:
+    lines = make_lines(scenario, frames)
+    processor = LineProcessor(make_engine(scenario), OkxDecoder().decode_line, "bench",
+                              history_interval_ms=10**12)
+
+    def run() -> None:
+        for start in range(0, len(lines), 4096):
+            processor.feed_chunk(lines[start:start + 4096], start + 1)
+            processor.take()
+
+    return rate(len(lines), run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=1_000_000)
     parser.add_argument("--scratch-frames", type=int, default=2_000)
+    parser.add_argument("--control-frames", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("a", "b"), default=None)
     args = parser.parse_args()
-    scenarios = {
-        "a": [Scenario("a", 1, 20, 20, 20)],
-        "b": [Scenario("b", 10_000, 5, 200, 200), Scenario("b0", 250, 5, 5, 5)],
-    }
-    chosen = [s for key, group in scenarios.items() if args.only in (None, key) for s in group]
-    results = {}
+    chosen = [s for s in (Scenario("a", 1, 20, 20, 20), Scenario("b", 10_000, 5, 200, 200))
+              if args.only in (None, s.name)]
     print(f"{'scenario':<9}{'frames':>10}{'floor ev/s':>14}{'incremental':>14}{'scratch':>12}"
           f"{'incr/floor':>12}{'incr/scratch':>14}")
     for scenario in chosen:
         r = measure(scenario, args.frames, args.scratch_frames)
-        results[scenario.name] = r
         print(f"{scenario.name:<9}{args.frames:>10,}{r['floor']:>14,.0f}"
               f"{r['incremental']:>14,.0f}{r['scratch']:>12,.1f}"
               f"{r['incremental'] / r['floor']:>12.3f}{r['incremental'] / r['scratch']:>14,.1f}")
-    if "a" in results:
-        verdict = "meets" if results["a"]["incremental"] / results["a"]["floor"] >= 0.40 else \
-            "MISSES"
-        print(f"a: incremental / floor = {results['a']['incremental'] / results['a']['floor']:.3f}"
-              f" ({verdict} the 0.40 target)")
-    if "b" in results and "b0" in results:
-        # Both have 250 holders per ticked instrument; b also has 9,750 accounts that do
-        # not hold it. Equal per-event cost means those accounts cost nothing.
-        ratio = results["b0"]["incremental"] / results["b"]["incremental"]
-        print(f"b: per-event cost with 10,000 accounts / with only the 250 holders = {ratio:.3f}"
-              " (1.0 means independent of the accounts that do not hold the instrument)")
+        if scenario.name == "a":
+            ratio = r["incremental"] / r["floor"]
+            print(f"a: incremental / floor = {ratio:.3f} "
+                  f"({'meets' if ratio >= 0.40 else 'MISSES'} the 0.40 target)")
+    if args.only in (None, "b"):
+        alone = Scenario("b0", 250, 5, 5, 5)
+        crowded = Scenario("b1", 10_000, 5, 200, 5)
+        best = {"b0": 0.0, "b1": 0.0}
+        for _ in range(args.rounds):
+            for scenario in (alone, crowded):
+                best[scenario.name] = max(best[scenario.name],
+                                          incremental_rate(scenario, args.control_frames))
+        print(f"b0 (250 accounts)    {best['b0']:>10,.0f} ev/s, 250 holders per tick")
+        print(f"b1 (10,000 accounts) {best['b1']:>10,.0f} ev/s, the same 250 holders per tick")
+        print(f"b: per-event cost with 9,750 non-holders / without = "
+              f"{best['b0'] / best['b1']:.3f} (1.0: independent of the accounts that do not "
+              "hold the instrument)")
 
 
 if __name__ == "__main__":
