@@ -846,6 +846,9 @@ class MarginEngine:
             del self.holders[exposure.inst_id]
             if exposure.inst_id in self.stale:
                 del self.stale[exposure.inst_id]
+        # Subtracting a departed exposure leaves the rounding of its whole history in the
+        # sums (a closed book would show 1e-9 of margin); rebuild them from what remains.
+        self._reanchor(account)
 
     def _contribution(self, exposure: Exposure) -> tuple[float, float, float, float]:
         instrument = exposure.instrument

@@ -133,7 +133,6 @@ def assert_matches(engine: MarginEngine) -> None:
                 name, field, ours, theirs)
 
 
-@settings(max_examples=300, deadline=None)
 @given(event_sequences())
 def test_incremental_equals_recomputation(events: list[Event]) -> None:
     rules = (StopLossRule(name="r", metric="margin_ratio", below=2.0, action="close_all"),)
@@ -143,7 +142,7 @@ def test_incremental_equals_recomputation(events: list[Event]) -> None:
         assert_matches(engine)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(event_sequences())
 def test_replay_is_deterministic(events: list[Event]) -> None:
     def alerts() -> list[tuple[str, str, str]]:
