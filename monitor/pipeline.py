@@ -58,11 +58,8 @@ class Stats:
 
 
 class LineProcessor:
-    """Decode one line, apply its events, collect what came out.
-
-    A line that cannot be decoded is quarantined whole: its events are never applied, so
-    the account state is untouched by it (the decoder raises before returning anything).
-    """
+    """Decode lines, apply their events, collect what came out (alerts, quarantine
+    records, margin history, notices) for the sinks."""
 
     def __init__(self, engine: MarginEngine, decode: LineDecoder, source: str,
                  history_interval_ms: int = 60_000) -> None:
@@ -74,36 +71,19 @@ class LineProcessor:
         self._history_interval_ms = history_interval_ms
         self._next_history_ms = 0
 
-    def feed(self, line: bytes, line_number: int) -> list[Event]:
-        """Process one line; returns the events it held (for pacing)."""
-        self.stats.lines += 1
-        try:
-            events = self.decode(line)
-        except BadInput as e:
-            self.quarantine(f"{self.source}:{line_number}", e.reason, line)
-            return []
-        apply = self.engine.apply
-        outbox = self.outbox
-        for event in events:
-            alerts = apply(event)
-            if alerts:
-                self._collect(alerts)
-        self.stats.events += len(events)
-        if self.engine.now_ms >= self._next_history_ms:
-            self._sample_history()
-        if self.engine.has_notices:
-            outbox.extend(self.engine.drain_notices())
-        return events
+    def feed_chunk(self, lines: list[bytes], first_line_number: int) -> int | None:
+        """Decode and apply lines; return the receive time of the last event applied.
 
-    def feed_chunk(self, lines: list[bytes], first_line_number: int) -> None:
-        """Process many lines: :meth:`feed` with the lookups hoisted out of the loop.
-
-        The replay's hot loop; blank lines are skipped (counted as lines, not events).
+        The replay's hot loop (lookups hoisted out of it). A line that cannot be decoded
+        is quarantined whole: its events are never applied, so the account state is
+        untouched by it (the decoder raises before returning anything). Blank lines decode
+        to nothing.
         """
         decode = self.decode
         apply = self.engine.apply
         stats = self.stats
         events_seen = 0
+        last_recv_ms: int | None = None
         line_number = first_line_number - 1
         for line in lines:
             line_number += 1
@@ -116,6 +96,7 @@ class LineProcessor:
                 alerts = apply(event)
                 if alerts:
                     self._collect(alerts)
+                last_recv_ms = event.recv_ms
             events_seen += len(events)
             if self.engine.now_ms >= self._next_history_ms:
                 self._sample_history()
@@ -123,6 +104,7 @@ class LineProcessor:
         stats.events += events_seen
         if self.engine.has_notices:
             self.outbox.extend(self.engine.drain_notices())
+        return last_recv_ms
 
     def quarantine(self, source: str, reason: str, raw: bytes | str) -> None:
         """Record one unusable input."""
@@ -302,12 +284,12 @@ async def replay_file(
             else:
                 for line in chunk:
                     line_number += 1
-                    events = processor.feed(line, line_number)
-                    if not events:
+                    recv = processor.feed_chunk([line], line_number)
+                    if recv is None:
                         continue
                     if first_recv is None:
-                        first_recv = events[0].recv_ms
-                    due = (events[0].recv_ms - first_recv) / 1000 / speed
+                        first_recv = recv
+                    due = (recv - first_recv) / 1000 / speed
                     wait = due - (time.monotonic() - start_wall)
                     if wait > 0:
                         await _flush(processor, head)
