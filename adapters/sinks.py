@@ -6,14 +6,15 @@ from collections.abc import Sequence
 
 from adapters.logging import get_logger, log_alert, log_quarantine
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert, Level
+from monitor.alerts import Alert
 from monitor.engine import Notice
 from monitor.pipeline import Record
-from monitor.records import MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
 
 
 class SqliteSink:
-    """Stores alerts (idempotently), quarantine, margin history and level state."""
+    """Stores alerts (idempotently), quarantine, margin history and account checkpoints,
+    a whole batch in one transaction (see SqliteStore.write_batch)."""
 
     name = "sqlite"
 
@@ -22,21 +23,14 @@ class SqliteSink:
         self._close_store = close_store
 
     async def write(self, records: Sequence[Record]) -> None:
-        alerts = [r for r in records if isinstance(r, Alert)]
-        quarantine = [r for r in records if isinstance(r, QuarantineRecord)]
-        history = [r for r in records if isinstance(r, MarginPoint)]
-        if alerts:
-            await self.store.write_alerts(alerts)
-            levels: dict[str, Level] = {}
-            for alert in alerts:
-                if alert.kind == "level_changed":
-                    levels[alert.account] = alert.level
-            if levels:
-                await self.store.save_levels(levels, max(a.ts for a in alerts))
-        if quarantine:
-            await self.store.write_quarantine(quarantine)
-        if history:
-            await self.store.write_history(history)
+        # A checkpoint later in the batch supersedes an earlier one of the same account.
+        checkpoints = {r.account: r for r in records if isinstance(r, AccountCheckpoint)}
+        await self.store.write_batch(
+            alerts=[r for r in records if isinstance(r, Alert)],
+            quarantine=[r for r in records if isinstance(r, QuarantineRecord)],
+            history=[r for r in records if isinstance(r, MarginPoint)],
+            checkpoints=list(checkpoints.values()),
+        )
 
     async def close(self) -> None:
         if self._close_store:

@@ -5,7 +5,7 @@ WAL mode so that readers such as ``riskmon alerts --db`` never block the daemon'
 Every public call is one transaction; every SQLite failure surfaces as
 :class:`~monitor.errors.SinkError` naming what was being done, never the row contents.
 
-Schema (version 1, see :data:`MIGRATIONS`)::
+Schema (version 2, see :data:`MIGRATIONS`)::
 
     alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
                     id TEXT UNIQUE NOT NULL                 the alert's stable id
@@ -19,7 +19,8 @@ Schema (version 1, see :data:`MIGRATIONS`)::
                     maint_margin_usd, init_margin_usd REAL, level TEXT; index (ts)
     quarantine      id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ts INTEGER NULL,
                     stored_ts INTEGER, source, reason, raw TEXT; index (stored_ts)
-    level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER
+    level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER,
+                    reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2)
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` step ``i`` takes a
 database from version ``i`` to ``i + 1``, and all pending steps run in one transaction at
@@ -42,7 +43,7 @@ import orjson
 
 from monitor.alerts import LEVELS, Alert, Level, alert_from_dict
 from monitor.errors import SinkError
-from monitor.records import MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 0 -> 1: the initial schema.
@@ -101,6 +102,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_ts INTEGER NOT NULL
         ) WITHOUT ROWID
         """,
+    ),
+    # 1 -> 2: the rest of an account's checkpoint (monitor.records.AccountCheckpoint).
+    (
+        "ALTER TABLE level_state ADD COLUMN reminder_due_ts INTEGER",
+        "ALTER TABLE level_state ADD COLUMN disarmed_rules TEXT NOT NULL DEFAULT '[]'",
     ),
 )
 """Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
@@ -201,99 +207,128 @@ class SqliteStore:
         Returns how many were newly inserted, so writing the same alerts again returns 0.
         Insertion order (``seq``) follows the order of ``alerts``.
         """
-        if not alerts:
-            return 0
-        rows = [_alert_row(alert) for alert in alerts]
-        async with self._transaction(f"writing {len(rows)} alerts") as db:
-            return await _execute_many(
-                db, f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES ({_marks(14)})", rows
-            )
+        return await self.write_batch(alerts=alerts)
 
     async def write_quarantine(self, records: Sequence[QuarantineRecord]) -> None:
-        """Store quarantined input with its reason, in one transaction.
-
-        ``stored_ts``, the time :meth:`prune` judges a row by, is the record's receive time
-        when known, else the wall clock at this call: input whose receive time is unknown
-        (such as an unparsable replay line) is then kept for the full retention from the
-        moment it was quarantined, rather than pruned at once.
-        """
-        if not records:
-            return
-        now_ms = time.time_ns() // 1_000_000
-        rows = [
-            (
-                record.recv_ms,
-                record.recv_ms if record.recv_ms is not None else now_ms,
-                record.source,
-                record.reason,
-                record.raw,
-            )
-            for record in records
-        ]
-        async with self._transaction(f"writing {len(rows)} quarantine records") as db:
-            await _execute_many(
-                db,
-                "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
-                f" VALUES ({_marks(5)})",
-                rows,
-            )
+        """Store quarantined input with its reason, in one transaction (see write_batch)."""
+        await self.write_batch(quarantine=records)
 
     async def write_history(self, points: Sequence[MarginPoint]) -> None:
         """Store margin history samples in one transaction.
 
         A sample for an (account, ts) already stored replaces it.
         """
-        if not points:
-            return
-        rows = [
-            (
-                point.account,
-                point.ts,
-                point.margin_ratio,
-                point.equity_usd,
-                point.maint_margin_usd,
-                point.init_margin_usd,
-                point.level,
-            )
-            for point in points
-        ]
-        async with self._transaction(f"writing {len(rows)} margin history points") as db:
-            await _execute_many(
-                db,
-                "INSERT OR REPLACE INTO margin_history (account, ts, margin_ratio, equity_usd,"
-                f" maint_margin_usd, init_margin_usd, level) VALUES ({_marks(7)})",
-                rows,
-            )
+        await self.write_batch(history=points)
 
-    async def save_levels(self, levels: Mapping[str, Level], updated_ms: int) -> None:
-        """Record each account's current level (insert or update), in one transaction."""
-        if not levels:
-            return
-        rows = [(account, level, updated_ms) for account, level in levels.items()]
-        async with self._transaction(f"saving levels of {len(rows)} accounts") as db:
-            await _execute_many(
-                db,
-                "INSERT INTO level_state (account, level, updated_ts) VALUES (?, ?, ?)"
-                " ON CONFLICT (account) DO UPDATE"
-                " SET level = excluded.level, updated_ts = excluded.updated_ts",
-                rows,
-            )
+    async def save_checkpoints(self, checkpoints: Sequence[AccountCheckpoint]) -> None:
+        """Record accounts' checkpoints (insert or update), in one transaction."""
+        await self.write_batch(checkpoints=checkpoints)
 
-    async def load_levels(self) -> dict[str, Level]:
-        """Every account's last saved level.
+    async def write_batch(
+        self,
+        *,
+        alerts: Sequence[Alert] = (),
+        quarantine: Sequence[QuarantineRecord] = (),
+        history: Sequence[MarginPoint] = (),
+        checkpoints: Sequence[AccountCheckpoint] = (),
+    ) -> int:
+        """Store everything in ONE transaction (one commit, one fsync); returns how many
+        alerts were newly inserted.
 
-        Raises :class:`SinkError` if a stored level is not one this code knows, rather than
-        guessing a level the engine would then act on.
+        The pipeline's unit of durability: the alerts of a batch and the checkpoints they
+        moved are stored together or not at all, so a crash between them cannot make a
+        restart repeat or lose a transition.
+
+        Quarantine rows get ``stored_ts``, the time :meth:`prune` judges them by: the
+        record's receive time when known, else the wall clock at this call (input whose
+        receive time is unknown, such as an unparsable replay line, is then kept for the
+        full retention from the moment it was quarantined rather than pruned at once).
         """
-        async with self._transaction("loading levels", immediate=False) as db:
-            rows = await _fetch_all(db, "SELECT account, level FROM level_state", ())
-        levels: dict[str, Level] = {}
-        for account, stored in rows:
+        if not (alerts or quarantine or history or checkpoints):
+            return 0
+        alert_rows = [_alert_row(alert) for alert in alerts]
+        now_ms = time.time_ns() // 1_000_000
+        quarantine_rows = [
+            (record.recv_ms, record.recv_ms if record.recv_ms is not None else now_ms,
+             record.source, record.reason, record.raw)
+            for record in quarantine
+        ]
+        history_rows = [
+            (point.account, point.ts, point.margin_ratio, point.equity_usd,
+             point.maint_margin_usd, point.init_margin_usd, point.level)
+            for point in history
+        ]
+        checkpoint_rows = [
+            (cp.account, cp.level, cp.ts, cp.reminder_due_ms,
+             orjson.dumps(list(cp.disarmed_rules)).decode())
+            for cp in checkpoints
+        ]
+        parts = [f"{len(rows)} {what}" for rows, what in (
+            (alert_rows, "alerts"), (quarantine_rows, "quarantine records"),
+            (history_rows, "margin history points"), (checkpoint_rows, "checkpoints"),
+        ) if rows]
+        action = f"writing {', '.join(parts)}"
+        inserted = 0
+        async with self._transaction(action) as db:
+            if alert_rows:
+                inserted = await _execute_many(
+                    db, f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES ({_marks(14)})",
+                    alert_rows,
+                )
+            if quarantine_rows:
+                await _execute_many(
+                    db,
+                    "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
+                    f" VALUES ({_marks(5)})",
+                    quarantine_rows,
+                )
+            if history_rows:
+                await _execute_many(
+                    db,
+                    "INSERT OR REPLACE INTO margin_history (account, ts, margin_ratio,"
+                    " equity_usd, maint_margin_usd, init_margin_usd, level)"
+                    f" VALUES ({_marks(7)})",
+                    history_rows,
+                )
+            if checkpoint_rows:
+                await _execute_many(
+                    db,
+                    "INSERT INTO level_state (account, level, updated_ts, reminder_due_ts,"
+                    " disarmed_rules) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE"
+                    " SET level = excluded.level, updated_ts = excluded.updated_ts,"
+                    " reminder_due_ts = excluded.reminder_due_ts,"
+                    " disarmed_rules = excluded.disarmed_rules",
+                    checkpoint_rows,
+                )
+        return inserted
+
+    async def load_checkpoints(self) -> list[AccountCheckpoint]:
+        """Every account's last saved checkpoint, ordered by account name.
+
+        Raises :class:`SinkError` if a stored row is not one this code understands, rather
+        than guessing a state the engine would then act on.
+        """
+        async with self._transaction("loading checkpoints", immediate=False) as db:
+            rows = await _fetch_all(
+                db,
+                "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules"
+                " FROM level_state ORDER BY account",
+                (),
+            )
+        checkpoints: list[AccountCheckpoint] = []
+        for account, stored, updated_ts, reminder_due_ts, disarmed in rows:
             level = _known_level(stored)
             if level is None:
                 raise SinkError(f"level_state of account {account!r} holds an unknown level")
-            levels[account] = level
-        return levels
+            try:
+                rules = orjson.loads(disarmed)
+            except orjson.JSONDecodeError:
+                rules = None
+            if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+                raise SinkError(f"level_state of account {account!r} holds unreadable rules")
+            checkpoints.append(AccountCheckpoint(account, level, reminder_due_ts,
+                                                 tuple(rules), updated_ts))
+        return checkpoints
 
     async def prune(self, now_ms: int) -> int:
         """Delete rows older than the retention window; returns how many were deleted.

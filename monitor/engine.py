@@ -16,14 +16,16 @@ are rebuilt from its exposures so float drift cannot grow.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, StopLossRule
 from monitor.events import (
+    UNTIMED,
     BalanceUpdate,
+    ClockTick,
     CurrencyBalance,
     Event,
     ExchangeAccountFigures,
@@ -40,6 +42,7 @@ from monitor.events import (
 )
 from monitor.formulas import exposure_figures, position_value, unrealized_pnl
 from monitor.instruments import Instrument, round_up_to_lot
+from monitor.records import AccountCheckpoint
 from monitor.transitions import INFINITY, LevelLadder, RuleState
 
 REANCHOR_EVERY = 4096
@@ -197,6 +200,7 @@ class AccountState:
         "reminder_due_ms",
         "rule_states",
         "sequence",
+        "syncing",
         "updates",
     )
 
@@ -211,6 +215,9 @@ class AccountState:
         self.level_low, self.level_high = ladder.band("normal")
         self.rule_states = [RuleState(rule, hysteresis) for rule in config.stop_loss]
         self.reminder_due_ms: int | None = None
+        # Set on an account restored from a checkpoint: the snapshots still to come before
+        # its figures mean anything (see MarginEngine.restore).
+        self.syncing: set[str] | None = None
         self.exchange: ExchangeAccountFigures | None = None
         self.divergent = False
         self.updates = 0
@@ -246,6 +253,9 @@ class MarginEngine:
         self.now_ms = 0
         self._next_sweep_ms = 0
         self._notices: list[Notice] = []
+        # Accounts whose checkpoint (level, reminder, fired rules) changed since the last
+        # drain_checkpoints(): an ordered set, like the others.
+        self._changed: dict[str, AccountState] = {}
         self._noticed: set[tuple[str, str | None, str]] = set()
         self._stale_after_ms = int(config.risk.stale_after_s * 1000)
         self._repeat_ms = int(config.risk.repeat_interval_s * 1000)
@@ -262,6 +272,10 @@ class MarginEngine:
             if event.event_ms >= self._next_sweep_ms:
                 self._next_sweep_ms = event.event_ms + SWEEP_INTERVAL_MS
                 self._sweep(event.event_ms, event.recv_ms, alerts)
+        elif event.event_ms == UNTIMED:
+            # Dated by the engine's clock (the receive time before any event), never moving
+            # it: see monitor.events.
+            event = replace(event, event_ms=self.now_ms or event.recv_ms)
         match event:
             case MarkPrice():
                 self._on_mark(event, alerts)
@@ -281,6 +295,8 @@ class MarginEngine:
                 self._on_instrument(event, alerts)
             case FeedStatus():
                 self._on_feed_status(event, alerts)
+            case ClockTick():
+                pass  # its only work is the sweep above
         return alerts
 
     @property
@@ -326,17 +342,44 @@ class MarginEngine:
         return Figures(equity, maint_usd, init_usd)
 
     def levels(self) -> dict[str, Level]:
-        """Every account's current level (persisted so a restart repeats no transition)."""
+        """Every account's current level."""
         return {name: account.level for name, account in self.accounts.items()}
 
-    def restore_levels(self, levels: Mapping[str, Level]) -> None:
-        """Set levels saved by a previous run, before any event is applied."""
-        for name, level in levels.items():
-            account = self._account(name)
-            account.level = level
-            account.level_low, account.level_high = self.ladder.band(level)
-            if LEVEL_RANK[level] >= DELEVERAGE_RANK:
-                self.critical[name] = account
+    @property
+    def has_checkpoints(self) -> bool:
+        return bool(self._changed)
+
+    def drain_checkpoints(self) -> list[AccountCheckpoint]:
+        """Checkpoints of the accounts whose level, reminder or rules changed since the
+        last call. The pipeline stores them with the alerts of the same batch."""
+        changed, self._changed = self._changed, {}
+        return [self._checkpoint(account) for account in changed.values()]
+
+    def restore(self, checkpoints: Iterable[AccountCheckpoint]) -> None:
+        """Resume from checkpoints saved by a previous run, before any event is applied.
+
+        The restored level is where the next transition starts from, so a restart that
+        finds the account where it left it emits nothing, and one that finds it elsewhere
+        emits exactly the transition from the stored level. A rule that fired stays
+        disarmed until its metric recovers; a reminder stays due when it was due.
+
+        A restored account is not evaluated until a full balance snapshot and a full
+        positions snapshot have arrived (the private feed sends both on subscribing): the
+        half-loaded state in between (cash but no positions yet) would otherwise read as
+        a recovery and a relapse, two transitions that never happened.
+        """
+        for checkpoint in checkpoints:
+            account = self._account(checkpoint.account)
+            account.syncing = {"balances", "positions"}
+            account.level = checkpoint.level
+            account.level_low, account.level_high = self.ladder.band(checkpoint.level)
+            if LEVEL_RANK[checkpoint.level] >= DELEVERAGE_RANK:
+                self.critical[account.name] = account
+                account.reminder_due_ms = checkpoint.reminder_due_ms
+            disarmed = set(checkpoint.disarmed_rules)
+            for rule_state in account.rule_states:
+                if rule_state.rule.name in disarmed:
+                    rule_state.disarm()
 
     def state(self) -> dict[str, Any]:
         """The ``accounts`` object of ``--state-out`` (SPEC 7)."""
@@ -462,6 +505,7 @@ class MarginEngine:
             self._refresh(exposure)
             self._discard_if_empty(exposure)
         if snapshot:
+            self._synced(account, "positions")
             # SPEC 3.1: positions absent from a full snapshot are closed.
             for inst_id, exposure in list(account.exposures.items()):
                 if inst_id not in listed and exposure.contracts != 0.0:
@@ -483,6 +527,7 @@ class MarginEngine:
             listed.add(balance.currency)
             self._set_balance(account, balance, event.event_ms)
         if event.snapshot:
+            self._synced(account, "balances")
             for currency, state in account.currencies.items():
                 if currency not in listed:
                     state.cash = 0.0
@@ -547,6 +592,13 @@ class MarginEngine:
         for account in list(self.debtors.values()) + list(self.critical.values()):
             self._evaluate(account, now_ms, recv_ms, None, None, alerts)
 
+    @staticmethod
+    def _synced(account: AccountState, part: str) -> None:
+        if account.syncing is not None:
+            account.syncing.discard(part)
+            if not account.syncing:
+                account.syncing = None
+
     def _accrue(self, account: AccountState, now_ms: int) -> None:
         """Interest on liabilities, to the second, by event time (seed 000)."""
         if account.name not in self.debtors:
@@ -573,6 +625,8 @@ class MarginEngine:
 
     def _evaluate(self, account: AccountState, ts: int, recv_ms: int, inst_id: str | None,
                   mark: float | None, alerts: list[Alert]) -> None:
+        if account.syncing is not None:
+            return
         if account.name in self.debtors:
             self._accrue(account, ts)
         account.updates += 1
@@ -592,12 +646,16 @@ class MarginEngine:
                 metric = INFINITY if value is None else value
                 if rule_state.low <= metric < rule_state.high:
                     continue
+                armed = rule_state.armed
                 if rule_state.step(value):
                     self._fire_rule(account, rule_state.rule, value, figures, ts, recv_ms,
                                     inst_id, mark, alerts)
+                if rule_state.armed != armed:
+                    self._changed[account.name] = account
         due = account.reminder_due_ms
         if due is not None and ts >= due:
             account.reminder_due_ms = ts + self._repeat_ms
+            self._changed[account.name] = account
             self._emit(alerts, account, "reminder", ts, recv_ms, inst_id, mark,
                        {"since_level": account.level})
 
@@ -606,6 +664,7 @@ class MarginEngine:
                       alerts: list[Alert]) -> None:
         old_level = account.level
         account.level = new_level
+        self._changed[account.name] = account
         account.level_low, account.level_high = self.ladder.band(new_level)
         self._emit(alerts, account, "level_changed", ts, recv_ms, inst_id, mark,
                    {"from": old_level, "to": new_level,
@@ -991,6 +1050,16 @@ class MarginEngine:
         ))
 
     # -- reporting ---------------------------------------------------------------------
+
+    def _checkpoint(self, account: AccountState) -> AccountCheckpoint:
+        return AccountCheckpoint(
+            account=account.name,
+            level=account.level,
+            reminder_due_ms=account.reminder_due_ms,
+            disarmed_rules=tuple(state.rule.name for state in account.rule_states
+                                 if not state.armed),
+            ts=self.now_ms,
+        )
 
     def _account_state(self, account: AccountState) -> dict[str, Any]:
         self._accrue(account, self.now_ms)

@@ -3,17 +3,25 @@
 Adapters turn wire frames into these; the engine consumes nothing else. Every event carries
 ``event_ms`` (exchange time, the engine's clock) and ``recv_ms`` (local receive time). Numbers
 are already parsed and validated: finite, and positive where a price is meant.
+
+Some events have no exchange time of their own: a REST response (live orders, instrument
+specs) and a connection's change of state. They carry ``event_ms = UNTIMED``; the engine
+dates them by its own clock and never lets them move it, so a daemon replaying an old
+recording (or a host whose clock is off) cannot push the engine's clock out of the feed's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from monitor.instruments import Instrument
 
 Side = Literal["buy", "sell"]
 FeedState = Literal["connected", "disconnected"]
+
+UNTIMED: Final = 0
+"""``event_ms`` of an event that has no exchange time (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,18 @@ class FeedStatus:
     recv_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class ClockTick:
+    """Time passed with no event: the daemon's estimate of exchange time during silence.
+
+    A live feed that goes quiet must still make positions stale and reminders due; the
+    daemon sends the last event time plus the wall-clock time elapsed since it arrived.
+    """
+
+    event_ms: int
+    recv_ms: int
+
+
 Event = (
     InstrumentUpdate
     | MarkPrice
@@ -178,4 +198,5 @@ Event = (
     | PositionSnapshot
     | BalanceUpdate
     | FeedStatus
+    | ClockTick
 )

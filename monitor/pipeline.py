@@ -27,9 +27,9 @@ from monitor.alerts import Alert
 from monitor.engine import MarginEngine, Notice
 from monitor.errors import BadInput, SinkError
 from monitor.events import Event
-from monitor.records import MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
 
-Record = Alert | QuarantineRecord | MarginPoint | Notice
+Record = Alert | QuarantineRecord | MarginPoint | Notice | AccountCheckpoint
 LineDecoder = Callable[[bytes], list[Event]]
 
 RAW_LIMIT = 4096
@@ -102,9 +102,16 @@ class LineProcessor:
                 self._sample_history()
         stats.lines += len(lines)
         stats.events += events_seen
-        if self.engine.has_notices:
-            self.outbox.extend(self.engine.drain_notices())
+        self._collect_engine_records()
         return last_recv_ms
+
+    def _collect_engine_records(self) -> None:
+        """Notices and checkpoints, after the alerts that came with them (same batch)."""
+        engine = self.engine
+        if engine.has_notices:
+            self.outbox.extend(engine.drain_notices())
+        if engine.has_checkpoints:
+            self.outbox.extend(engine.drain_checkpoints())
 
     def quarantine(self, source: str, reason: str, raw: bytes | str) -> None:
         """Record one unusable input."""

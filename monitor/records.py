@@ -32,3 +32,19 @@ class MarginPoint:
     maint_margin_usd: float
     init_margin_usd: float
     level: Level
+
+
+@dataclass(frozen=True, slots=True)
+class AccountCheckpoint:
+    """The part of an account's state a restart needs so that it neither repeats nor loses
+    a transition: its level, when the next reminder is due, and which stop-loss rules have
+    fired and not yet re-armed. Everything else is rebuilt from the feed's snapshots.
+
+    Written in the same transaction as the alerts that changed it.
+    """
+
+    account: str
+    level: Level
+    reminder_due_ms: int | None
+    disarmed_rules: tuple[str, ...]
+    ts: int

@@ -124,3 +124,8 @@ class RuleState:
             (self.rule.below, INFINITY) if self.armed else (-INFINITY, self.rearm_bound)
         )
         return fired
+
+    def disarm(self) -> None:
+        """Restore the state "fired, not yet re-armed" (from a checkpoint)."""
+        self.armed = False
+        self.low, self.high = -INFINITY, self.rearm_bound

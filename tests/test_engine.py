@@ -15,6 +15,7 @@ so MR(m) = (0.1 m - 3900) / (0.0004 m). Worked values:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,7 +24,9 @@ from monitor.alerts import Alert
 from monitor.config import RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
+    UNTIMED,
     BalanceUpdate,
+    ClockTick,
     CurrencyBalance,
     Event,
     ExchangeAccountFigures,
@@ -35,6 +38,7 @@ from monitor.events import (
     PositionSnapshot,
 )
 from monitor.instruments import Instrument, Tier
+from monitor.records import AccountCheckpoint
 from tests.builders import balance, index, make_config, mark, order, position
 
 approx = pytest.approx
@@ -42,7 +46,7 @@ BTC = "BTC-USDT-SWAP"
 ETH = "ETH-USDT-SWAP"
 
 
-def run(engine: MarginEngine, events: list[Event]) -> list[Alert]:
+def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
     alerts: list[Alert] = []
     for event in events:
         alerts.extend(engine.apply(event))
@@ -387,3 +391,71 @@ def test_tick_touches_only_accounts_holding_the_instrument() -> None:
     run(engine, [mark(BTC, 40_100, 2) for _ in range(10)])
     assert engine.accounts["b"].updates == before
     assert engine.accounts["a"].updates >= 10
+
+
+def test_untimed_events_are_dated_by_the_engine_clock_and_never_move_it() -> None:
+    engine = scenario_engine()  # clock at 1_000
+    far_future = 9_000_000_000_000
+    alerts = run(engine, [FeedStatus(None, "connected", "subscribed", UNTIMED, far_future),
+                          OrdersSnapshot("main", (), UNTIMED, far_future)])
+    assert engine.now_ms == 1_000
+    assert [(a.kind, a.ts, a.emitted_ms) for a in alerts] == [
+        ("feed_connected", 1_000, far_future)]
+    # The clock was not pushed ahead: a mark 9 s later is not stale.
+    assert not [a for a in run(engine, [mark(BTC, 39_300, 10_000)]) if a.kind == "feed_stale"]
+
+
+def test_an_untimed_event_before_any_event_takes_its_receive_time() -> None:
+    engine = MarginEngine(make_config())
+    [alert] = run(engine, [FeedStatus("main", "connected", "login ok", UNTIMED, 4_321)])
+    assert alert.ts == 4_321 and engine.now_ms == 0
+
+
+def test_clock_ticks_make_a_silent_feed_stale_and_keep_reminders_due() -> None:
+    engine = scenario_engine(risk=RiskConfig(repeat_interval_s=60))
+    run(engine, [mark(BTC, 39_150, 2_000)])  # deleverage; reminder due at 62_000
+    alerts = run(engine, [ClockTick(t, t) for t in range(3_000, 63_000, 1000)])
+    assert [(a.kind, a.ts) for a in alerts] == [("feed_stale", 13_000), ("reminder", 62_000)]
+
+
+def test_checkpoints_follow_levels_rules_and_reminders() -> None:
+    rule = StopLossRule(name="guard", metric="margin_ratio", below=1.0, action="close_all")
+    engine = scenario_engine(rules=(rule,), risk=RiskConfig(repeat_interval_s=60))
+    engine.drain_checkpoints()
+    run(engine, [mark(BTC, 39_300, 2_000)])
+    assert not engine.has_checkpoints  # nothing moved
+    run(engine, [mark(BTC, 39_150, 3_000)])  # MR 0.958: deleverage, and the rule fires
+    assert engine.drain_checkpoints() == [
+        AccountCheckpoint("main", "deleverage", 63_000, ("guard",), 3_000)]
+    run(engine, [mark(BTC, 39_150, 63_000)])  # a reminder moves the next one
+    assert engine.drain_checkpoints() == [
+        AccountCheckpoint("main", "deleverage", 123_000, ("guard",), 63_000)]
+
+
+def test_a_restart_from_a_checkpoint_neither_repeats_nor_loses_a_transition() -> None:
+    rule = StopLossRule(name="guard", metric="margin_ratio", below=1.0, action="close_all")
+    ticks = [mark(BTC, m, 2_000 + i * 1000) for i, m in enumerate(
+        (39_230, 39_150, 39_150, 39_180, 39_400, 39_150, 39_130, 39_400))]
+
+    def snapshots(ts: int) -> list[Event]:
+        """What the private feed sends on (re)subscribing: balances, then positions."""
+        return [BalanceUpdate("main", (CurrencyBalance("USDT", 100, None, None),), True, None,
+                              ts, ts),
+                PositionSnapshot("main", (Position(BTC, 10, 40_000, 10),), ts, ts)]
+
+    whole = MarginEngine(make_config(rules=(rule,)))
+    expected = run(whole, [*snapshots(1_000), mark(BTC, 39_300, 1_000), *ticks])
+    assert len({a.kind for a in expected}) >= 3  # transitions, a plan and a stop-loss
+    for cut in range(1, len(ticks) + 1):
+        first = MarginEngine(make_config(rules=(rule,)))
+        alerts = run(first, [*snapshots(1_000), mark(BTC, 39_300, 1_000), *ticks[:cut]])
+        saved = first.drain_checkpoints()
+        # The restarted daemon gets the state anew from the feed (the last mark comes first
+        # here, as it may on a real reconnect), and the checkpoint from the store.
+        second = MarginEngine(make_config(rules=(rule,)))
+        second.restore(saved)
+        last = ticks[cut - 1]
+        assert run(second, [last, *snapshots(last.event_ms)]) == [], f"restart after {cut}"
+        alerts += run(second, ticks[cut:])
+        assert [(a.kind, a.level, a.ts) for a in alerts] == [
+            (a.kind, a.level, a.ts) for a in expected], f"restart after {cut} ticks"

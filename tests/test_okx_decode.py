@@ -16,6 +16,7 @@ import pytest
 from adapters.okx.decode import OkxDecoder, RestPath
 from monitor.errors import BadInput
 from monitor.events import (
+    UNTIMED,
     BalanceUpdate,
     CurrencyBalance,
     ExchangeAccountFigures,
@@ -541,7 +542,7 @@ def test_instruments_then_tiers() -> None:
     # Specs alone are not instruments yet: OKX instruments carry no maintenance tiers.
     assert decoder.decode_line(rest_line(RestPath.INSTRUMENTS + "?instType=SWAP", body)) == []
     events = decoder.decode_line(rest_line(SWAP_TIERS_PATH, ok(BTC_USDT_TIERS)))
-    assert events == [InstrumentUpdate(BTC_USDT_SWAP, RECV, RECV)]
+    assert events == [InstrumentUpdate(BTC_USDT_SWAP, UNTIMED, RECV)]
 
 
 def test_tiers_then_instruments_channel() -> None:
@@ -549,7 +550,7 @@ def test_tiers_then_instruments_channel() -> None:
     assert decoder.decode_rest(SWAP_TIERS_PATH, ok(BTC_USDT_TIERS), None, RECV) == []
     push = {"arg": {"channel": "instruments", "instType": "SWAP"}, "data": [swap_instrument()]}
     events = decoder.decode_frame(push, None, RECV + 1)
-    assert events == [InstrumentUpdate(BTC_USDT_SWAP, RECV + 1, RECV + 1)]
+    assert events == [InstrumentUpdate(BTC_USDT_SWAP, UNTIMED, RECV + 1)]
 
 
 def test_resent_spec_and_tiers_are_emitted_again() -> None:
@@ -561,7 +562,7 @@ def test_resent_spec_and_tiers_are_emitted_again() -> None:
         RestPath.INSTRUMENTS, ok([swap_instrument(lotSz="0.1", lever="75")]), None, RECV + 1
     )
     changed = dataclasses.replace(BTC_USDT_SWAP, lot_size=0.1, max_leverage=75.0)
-    assert relisted == [InstrumentUpdate(changed, RECV + 1, RECV + 1)]
+    assert relisted == [InstrumentUpdate(changed, UNTIMED, RECV + 1)]
     new_tiers = [
         tier_row("BTC-USDT", 1, "0", "4000", "0.004"),
         tier_row("BTC-USDT", 2, "4000", "999999999999", "0.008"),
@@ -570,7 +571,7 @@ def test_resent_spec_and_tiers_are_emitted_again() -> None:
     expected = dataclasses.replace(
         changed, tiers=(Tier(4000.0, 0.004), Tier(999_999_999_999.0, 0.008))
     )
-    assert retiered == [InstrumentUpdate(expected, RECV + 2, RECV + 2)]
+    assert retiered == [InstrumentUpdate(expected, UNTIMED, RECV + 2)]
 
 
 def test_tiers_are_kept_per_contract_type() -> None:
@@ -581,7 +582,7 @@ def test_tiers_are_kept_per_contract_type() -> None:
     decoder.decode_rest(RestPath.INSTRUMENTS, ok([swap_instrument(), quarterly]), None, RECV)
     # Swap tiers: only the swap. (Tier rows do not say their instType; the query does.)
     swap_events = decoder.decode_rest(SWAP_TIERS_PATH, ok(BTC_USDT_TIERS), None, RECV)
-    assert swap_events == [InstrumentUpdate(BTC_USDT_SWAP, RECV, RECV)]
+    assert swap_events == [InstrumentUpdate(BTC_USDT_SWAP, UNTIMED, RECV)]
     # Tiers with no instType known apply to the family's other contracts, not the swap.
     futures_tiers = [tier_row("BTC-USDT", 1, "0", "", "0.006")]
     untyped = decoder.decode_rest(RestPath.POSITION_TIERS, ok(futures_tiers), None, RECV + 1)
@@ -596,7 +597,7 @@ def test_tiers_are_kept_per_contract_type() -> None:
         max_leverage=100.0,
         lot_size=0.01,
     )
-    assert untyped == [InstrumentUpdate(expected, RECV + 1, RECV + 1)]
+    assert untyped == [InstrumentUpdate(expected, UNTIMED, RECV + 1)]
 
 
 def test_isolated_tiers_are_ignored() -> None:
@@ -627,7 +628,7 @@ def test_inverse_instrument() -> None:
         max_leverage=125.0,
         lot_size=1.0,
     )
-    assert events == [InstrumentUpdate(expected, RECV, RECV)]
+    assert events == [InstrumentUpdate(expected, UNTIMED, RECV)]
 
 
 def test_rejected_instruments_body_changes_nothing() -> None:
@@ -736,7 +737,7 @@ def test_orders_pending_rest() -> None:
     )
     events = OkxDecoder().decode_line(rest_line(RestPath.ORDERS_PENDING, body, ACCOUNT))
     short_exit = Order("680800019749904399", "ETH-USDT-SWAP", "sell", 2300.0, 25.0, 2.0, True, 5.0)
-    assert events == [OrdersSnapshot(ACCOUNT, (LIMIT_BUY, short_exit), RECV, RECV)]
+    assert events == [OrdersSnapshot(ACCOUNT, (LIMIT_BUY, short_exit), UNTIMED, RECV)]
 
 
 def test_orders_pending_error_response_is_bad_input() -> None:

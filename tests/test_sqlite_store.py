@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
+from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from monitor.alerts import Alert, AlertKind, Level, alert_id
 from monitor.errors import SinkError
-from monitor.records import MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
 
 BASE_TS = 1_700_000_000_000
 DAY_MS = 86_400_000
@@ -50,6 +50,11 @@ def make_alert(
         mark=37_123.4 + n,
         payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
     )
+
+
+def checkpoint(account: str, level: Level, ts: int, *, reminder: int | None = None,
+               rules: tuple[str, ...] = ()) -> AccountCheckpoint:
+    return AccountCheckpoint(account, level, reminder, rules, ts)
 
 
 def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -233,14 +238,14 @@ async def test_an_empty_file_is_migrated(tmp_path: Path) -> None:
 async def test_reopening_keeps_everything(db_path: Path) -> None:
     store = await SqliteStore.open(db_path)
     await store.write_alerts([make_alert(1), make_alert(2)])
-    await store.save_levels({"main": "warning"}, BASE_TS)
+    await store.save_checkpoints([checkpoint("main", "warning", BASE_TS)])
     await store.write_quarantine([QuarantineRecord("feed", BASE_TS, "bad json", "{")])
     await store.close()
 
     reopened = await SqliteStore.open(db_path)
     try:
         assert await reopened.alerts() == [make_alert(1), make_alert(2)]
-        assert await reopened.load_levels() == {"main": "warning"}
+        assert await reopened.load_checkpoints() == [checkpoint("main", "warning", BASE_TS)]
         assert await reopened.quarantine_count() == 1
         assert await reopened.write_alerts([make_alert(2), make_alert(3)]) == 1
     finally:
@@ -280,25 +285,63 @@ async def test_invalid_open_arguments(
         await SqliteStore.open(db_path, **arguments)
 
 
-async def test_levels_save_load_and_upsert(store: SqliteStore, db_path: Path) -> None:
-    assert await store.load_levels() == {}
+async def test_checkpoints_save_load_and_upsert(store: SqliteStore, db_path: Path) -> None:
+    assert await store.load_checkpoints() == []
 
-    await store.save_levels({"main": "warning", "desk": "normal"}, BASE_TS)
-    await store.save_levels({"main": "deleverage"}, BASE_TS + 5)
+    await store.save_checkpoints([checkpoint("main", "warning", BASE_TS, rules=("guard",)),
+                                  checkpoint("desk", "normal", BASE_TS)])
+    main = checkpoint("main", "deleverage", BASE_TS + 5, reminder=BASE_TS + 300_005)
+    await store.save_checkpoints([main])
 
-    assert await store.load_levels() == {"main": "deleverage", "desk": "normal"}
-    assert rows(db_path, "SELECT account, level, updated_ts FROM level_state ORDER BY account") == [
-        ("desk", "normal", BASE_TS),
-        ("main", "deleverage", BASE_TS + 5),
+    assert await store.load_checkpoints() == [checkpoint("desk", "normal", BASE_TS), main]
+    assert rows(db_path, "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules"
+                         " FROM level_state ORDER BY account") == [
+        ("desk", "normal", BASE_TS, None, "[]"),
+        ("main", "deleverage", BASE_TS + 5, BASE_TS + 300_005, "[]"),
     ]
+
+
+async def test_a_batch_is_one_transaction(store: SqliteStore, db_path: Path) -> None:
+    # The checkpoint insert fails after the alerts went in: nothing of the batch may stay.
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON level_state"
+                   " BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    alerts = [make_alert(1)]
+    checkpoints = [checkpoint("main", "warning", BASE_TS)]
+
+    with pytest.raises(SinkError, match="refused"):
+        await store.write_batch(alerts=alerts, checkpoints=checkpoints)
+
+    assert await store.alerts() == []
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("DROP TRIGGER refuse")
+    assert await store.write_batch(alerts=alerts, checkpoints=checkpoints) == 1
+    assert await store.alerts() == [make_alert(1)]
+    assert await store.load_checkpoints() == [checkpoint("main", "warning", BASE_TS)]
+
+
+async def test_a_version_1_database_is_migrated_keeping_its_levels(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as db, db:
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO level_state VALUES ('main', 'warning', 7)")
+        db.execute("PRAGMA user_version = 1")
+
+    store = await SqliteStore.open(db_path)
+    try:
+        assert await store.load_checkpoints() == [checkpoint("main", "warning", 7)]
+    finally:
+        await store.close()
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 async def test_an_unknown_stored_level_is_refused(store: SqliteStore, db_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as db, db:
-        db.execute("INSERT INTO level_state VALUES ('main', 'panic', 0)")
+        db.execute("INSERT INTO level_state (account, level, updated_ts)"
+                   " VALUES ('main', 'panic', 0)")
 
     with pytest.raises(SinkError, match="'main'"):
-        await store.load_levels()
+        await store.load_checkpoints()
 
 
 async def test_margin_history_rows(store: SqliteStore, db_path: Path) -> None:
@@ -381,14 +424,14 @@ async def test_prune_removes_old_rows_and_keeps_new_ones(tmp_path: Path) -> None
                 QuarantineRecord("unknown time", None, "bad", "z"),
             ]
         )
-        await store.save_levels({"main": "warning"}, cutoff - DAY_MS)
+        await store.save_checkpoints([checkpoint("main", "warning", cutoff - DAY_MS)])
 
         assert await store.prune(now) == 3
         assert await store.prune(now) == 0
 
         assert await store.alerts() == [at_cutoff, recent]
         assert await store.quarantine_count() == 2
-        assert await store.load_levels() == {"main": "warning"}
+        assert await store.load_checkpoints() == [checkpoint("main", "warning", cutoff - DAY_MS)]
     finally:
         await store.close()
     assert rows(path, "SELECT ts FROM margin_history") == [(now,)]
@@ -398,7 +441,7 @@ async def test_prune_removes_old_rows_and_keeps_new_ones(tmp_path: Path) -> None
 async def test_concurrent_calls_are_serialised(store: SqliteStore) -> None:
     written = await asyncio.gather(
         *(store.write_alerts([make_alert(n)]) for n in range(20)),
-        store.save_levels({"main": "warning"}, BASE_TS),
+        store.save_checkpoints([checkpoint("main", "warning", BASE_TS)]),
     )
 
     assert written[:20] == [1] * 20

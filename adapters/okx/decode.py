@@ -27,7 +27,8 @@ type: the engine decides which it needs.)
 Event times are the exchange's own: ``ts`` of prices, ``uTime`` of orders and account
 pushes, and for positions the later of ``uTime`` (last change) and ``pTime`` (push time),
 so that a snapshot of positions untouched for days is not dated days ago. Instrument specs,
-tiers and ``orders-pending`` carry no time of their own and take ``recv_ms``.
+tiers and ``orders-pending`` carry no time of their own: their events are ``UNTIMED`` and
+the engine dates them by its clock.
 
 Operational frames carry no domain data and decode to ``[]``: subscribe / unsubscribe / login
 acknowledgements, ``error``, ``notice`` and ``channel-conn-count`` events, the text ``pong``,
@@ -53,6 +54,7 @@ import orjson
 
 from monitor.errors import BadInput
 from monitor.events import (
+    UNTIMED,
     BalanceUpdate,
     CurrencyBalance,
     Event,
@@ -451,8 +453,9 @@ class OkxDecoder:
                 orders = tuple(
                     order for order, live, _ in _parse_orders(rows, "orders-pending") if live
                 )
-                # The list is the state at the time of the response: event time = receive time.
-                return [OrdersSnapshot(owner, orders, recv_ms, recv_ms)]
+                # The list is the state at the time of the response, which has no exchange
+                # time of its own.
+                return [OrdersSnapshot(owner, orders, UNTIMED, recv_ms)]
             case _:
                 return []
 
@@ -472,7 +475,7 @@ class OkxDecoder:
             tiers = self._tiers_for(spec)
             if tiers is not None:
                 instrument = replace(spec.instrument, tiers=tiers)
-                events.append(InstrumentUpdate(instrument, recv_ms, recv_ms))
+                events.append(InstrumentUpdate(instrument, UNTIMED, recv_ms))
         return events
 
     def _apply_tiers(
@@ -508,7 +511,7 @@ class OkxDecoder:
             for spec in self._specs_of(inst_type, family):
                 if self._tiers_for(spec) is tiers:
                     instrument = replace(spec.instrument, tiers=tiers)
-                    events.append(InstrumentUpdate(instrument, recv_ms, recv_ms))
+                    events.append(InstrumentUpdate(instrument, UNTIMED, recv_ms))
         return events
 
     def _tiers_for(self, spec: _Spec) -> tuple[Tier, ...] | None:
