@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 from adapters.logging import get_logger, log_alert, log_quarantine
@@ -18,9 +20,15 @@ class SqliteSink:
 
     name = "sqlite"
 
-    def __init__(self, store: SqliteStore, *, close_store: bool = True) -> None:
+    PRUNE_EVERY_S = 3600.0
+
+    def __init__(self, store: SqliteStore, *, close_store: bool = True,
+                 prune: bool = False) -> None:
+        """``prune``: delete rows past retention once an hour (by the wall clock), between
+        writes: the daemon's choice; a replay keeps what it stored."""
         self.store = store
         self._close_store = close_store
+        self._next_prune_s = 0.0 if prune else math.inf
 
     async def write(self, records: Sequence[Record]) -> None:
         # A checkpoint later in the batch supersedes an earlier one of the same account.
@@ -31,6 +39,10 @@ class SqliteSink:
             history=[r for r in records if isinstance(r, MarginPoint)],
             checkpoints=list(checkpoints.values()),
         )
+        now = time.time()
+        if now >= self._next_prune_s:
+            self._next_prune_s = now + self.PRUNE_EVERY_S
+            await self.store.prune(int(now * 1000))
 
     async def close(self) -> None:
         if self._close_store:

@@ -69,9 +69,17 @@ class AccountConfig:
 
 @dataclass(frozen=True, slots=True)
 class OkxConfig:
+    """``[okx]``. Beyond SPEC 6's URLs, the keepalive and reconnect timing: OKX closes a
+    connection silent for 30 s, so ``ping_after_s`` must stay below that."""
+
     public_url: str = "wss://ws.okx.com:8443/ws/v5/public"
     private_url: str = "wss://ws.okx.com:8443/ws/v5/private"
     rest_url: str = "https://www.okx.com"
+    ping_after_s: float = 25.0
+    pong_timeout_s: float = 10.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    request_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,7 @@ class StorageConfig:
     sqlite_path: str = "riskmon.db"
     retention_days: float = 90.0
     history_interval_s: float = 60.0
+    synchronous: str = "FULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,18 +297,34 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
     )
 
 
+_OKX_URLS = ("public_url", "private_url", "rest_url")
+_OKX_SECONDS = ("ping_after_s", "pong_timeout_s", "backoff_initial_s", "backoff_max_s",
+                "request_timeout_s")
+
+
 def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
-    _only(table, "okx", {"public_url", "private_url", "rest_url"})
+    _only(table, "okx", {*_OKX_URLS, *_OKX_SECONDS})
     defaults = OkxConfig()
-    return OkxConfig(**{
-        key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}")
-        for key in ("public_url", "private_url", "rest_url")
-    })
+    values: dict[str, Any] = {
+        key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}") for key in _OKX_URLS
+    }
+    for key in _OKX_SECONDS:
+        values[key] = _positive(table.get(key, getattr(defaults, key)), f"okx.{key}")
+    if values["ping_after_s"] >= 30:
+        raise ConfigError("okx.ping_after_s", "must be below 30 (OKX drops silent connections)")
+    if values["backoff_max_s"] < values["backoff_initial_s"]:
+        raise ConfigError("okx.backoff_max_s", "must not be below okx.backoff_initial_s")
+    return OkxConfig(**values)
 
 
 def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
-    _only(table, "storage", {"sqlite_path", "retention_days", "history_interval_s"})
+    _only(table, "storage", {"sqlite_path", "retention_days", "history_interval_s",
+                             "synchronous"})
     defaults = StorageConfig()
+    synchronous = _string(table.get("synchronous", defaults.synchronous),
+                          "storage.synchronous").upper()
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("storage.synchronous", "must be 'OFF', 'NORMAL', 'FULL' or 'EXTRA'")
     return StorageConfig(
         sqlite_path=_string(table.get("sqlite_path", defaults.sqlite_path),
                             "storage.sqlite_path"),
@@ -308,6 +333,7 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
         history_interval_s=_positive(table.get("history_interval_s",
                                                defaults.history_interval_s),
                                      "storage.history_interval_s"),
+        synchronous=synchronous,
     )
 
 

@@ -251,6 +251,9 @@ class MarginEngine:
         self.debtors: dict[str, AccountState] = {}
         self.critical: dict[str, AccountState] = {}
         self.now_ms = 0
+        # Moves whenever the set of instruments or currencies in use changes (see
+        # instruments_in_use): a live feed follows it with its subscriptions.
+        self.interest_version = 0
         self._next_sweep_ms = 0
         self._notices: list[Notice] = []
         # Accounts whose checkpoint (level, reminder, fired rules) changed since the last
@@ -384,6 +387,14 @@ class MarginEngine:
     def state(self) -> dict[str, Any]:
         """The ``accounts`` object of ``--state-out`` (SPEC 7)."""
         return {name: self._account_state(account) for name, account in self.accounts.items()}
+
+    def instruments_in_use(self) -> list[str]:
+        """Instruments some account holds or has live orders on: the mark prices needed."""
+        return [inst_id for inst_id, holders in self.holders.items() if holders]
+
+    def currencies_in_use(self) -> list[str]:
+        """Currencies some account holds: the index prices needed."""
+        return [currency for currency, holders in self.currency_holders.items() if holders]
 
     def account_names(self) -> Iterator[str]:
         return iter(self.accounts)
@@ -837,7 +848,10 @@ class MarginEngine:
             state = CurrencyState(currency, factor, self.config.interest.get(currency, 0.0),
                                   self.usd_prices.get(currency, 0.0))
             account.currencies[currency] = state
-            self.currency_holders.setdefault(currency, {})[account.name] = account
+            holders = self.currency_holders.setdefault(currency, {})
+            if not holders:
+                self.interest_version += 1
+            holders[account.name] = account
         return state
 
     def _set_balance(self, account: AccountState, balance: CurrencyBalance, now_ms: int) -> None:
@@ -860,7 +874,10 @@ class MarginEngine:
         if exposure is None:
             exposure = Exposure(account, inst_id, now_ms)
             account.exposures[inst_id] = exposure
-            self.holders.setdefault(inst_id, {})[account.name] = exposure
+            holders = self.holders.setdefault(inst_id, {})
+            if not holders:
+                self.interest_version += 1
+            holders[account.name] = exposure
             self._bind_instrument(exposure)
         return exposure
 
@@ -903,6 +920,7 @@ class MarginEngine:
         del holders[account.name]
         if not holders:
             del self.holders[exposure.inst_id]
+            self.interest_version += 1
             if exposure.inst_id in self.stale:
                 del self.stale[exposure.inst_id]
         # Subtracting a departed exposure leaves the rounding of its whole history in the

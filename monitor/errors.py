@@ -5,7 +5,8 @@ Every exception riskmon raises on purpose derives from :class:`RiskmonError`::
     RiskmonError
     ├── ConfigError        a configuration value is missing or invalid (names the key)
     ├── BadInput           one feed line or frame cannot be used (quarantined, never fatal)
-    └── SinkError          a sink could not store what it was given
+    ├── SinkError          a sink could not store what it was given
+    └── FeedError          a feed connection, login or REST call failed (retried with backoff)
 
 Bad input is data, not a crash: whoever catches :class:`BadInput` records it in quarantine
 with its ``reason`` and carries on with the next line.
@@ -37,3 +38,8 @@ class BadInput(RiskmonError):
 
 class SinkError(RiskmonError):
     """A sink failed to store a record."""
+
+
+class FeedError(RiskmonError):
+    """A feed connection, login or REST call failed. The feed retries with backoff; the
+    message says what failed and never holds a credential."""

@@ -105,6 +105,18 @@ class LineProcessor:
         self._collect_engine_records()
         return last_recv_ms
 
+    def feed_events(self, events: list[Event]) -> None:
+        """Apply events that did not come from a line (a live feed's decoded frame)."""
+        apply = self.engine.apply
+        for event in events:
+            alerts = apply(event)
+            if alerts:
+                self._collect(alerts)
+        self.stats.events += len(events)
+        if self.engine.now_ms >= self._next_history_ms:
+            self._sample_history()
+        self._collect_engine_records()
+
     def _collect_engine_records(self) -> None:
         """Notices and checkpoints, after the alerts that came with them (same batch)."""
         engine = self.engine
@@ -113,11 +125,13 @@ class LineProcessor:
         if engine.has_checkpoints:
             self.outbox.extend(engine.drain_checkpoints())
 
-    def quarantine(self, source: str, reason: str, raw: bytes | str) -> None:
+    def quarantine(self, source: str, reason: str, raw: bytes | str,
+                   recv_ms: int | None = None) -> None:
         """Record one unusable input."""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         self.stats.quarantined += 1
-        self.outbox.append(QuarantineRecord(source, None, reason, text.rstrip("\n")[:RAW_LIMIT]))
+        self.outbox.append(QuarantineRecord(source, recv_ms, reason,
+                                            text.rstrip("\n")[:RAW_LIMIT]))
 
     def take(self) -> list[Record]:
         """Everything collected since the last call."""
@@ -179,6 +193,19 @@ class SinkTask:
         if self.task is not None and self.task.done():
             self.task.result()  # surfaces the sink's failure to the producer
         await self.queue.put(records)
+
+    def alive(self) -> bool:
+        """False once this sink's task, or a follower's, has failed."""
+        tasks = [self.task] + [f.task for f in self.followers]
+        return all(t is None or not t.done() or t.cancelled() or t.exception() is None
+                   for t in tasks) and all(f.alive() for f in self.followers)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Batches waiting, per sink name, this sink and its followers."""
+        depths = {self.sink.name: self.queue.qsize()}
+        for follower in self.followers:
+            depths.update(follower.queue_depths())
+        return depths
 
     async def drain_and_close(self) -> None:
         """Write everything queued, then close this sink and its followers."""

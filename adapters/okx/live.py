@@ -1,0 +1,393 @@
+"""The live OKX v5 feed: websocket connections, keepalive, reconnects and REST loads (SPEC 3.1).
+
+One public connection carries ``mark-price`` for every instrument the engine needs (held or
+ordered, subscribed and unsubscribed as that set changes: :meth:`OkxFeed.want`) and
+``index-tickers`` for collateral currencies. One private connection per account logs in
+and subscribes ``orders``, ``positions`` and ``account`` (``instType`` ANY).
+
+Every connection runs the same loop: connect, open (log in; load REST state; subscribe),
+read until the connection fails, report, back off, again. Choices:
+
+- *Order of opening.* A private connection loads live orders from REST after login and
+  before subscribing: the orders channel has no snapshot, and the positions and account
+  channels push theirs on subscribing, so the engine sees orders, then balances, then
+  positions, then updates. (An order placed in the instant between the REST response and
+  the subscription would be missed until its next update; OKX offers no sequence number
+  to close that gap.)
+- *Keepalive.* After ``ping_after_s`` without a message the text ``ping`` is sent; without
+  any message in ``pong_timeout_s`` after it the connection is dropped and reopened.
+  websockets' own protocol pings are off: OKX documents the text form.
+- *Backoff.* ``min(max, initial * 2^n)``, jittered to a uniformly random value between half
+  and all of it; ``n`` counts failures since the last successful open, so a login that
+  keeps failing backs off further each time. ``notice`` 64008 (service upgrade) reconnects
+  at once.
+- *What is delivered.* Data frames (and any text that is not JSON, for quarantine) go to
+  the inbox as :class:`~monitor.feed.Frame`; REST responses as
+  :class:`~monitor.feed.RestBody`; connection changes as :class:`~monitor.feed.LinkChange`.
+  Acknowledgements, errors and notices are handled and logged here.
+- *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
+  FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
+  family the first time one of its instruments is wanted.
+
+Credentials never leave :class:`~adapters.okx.auth.Credentials` except inside the login
+frame and REST headers; nothing here logs a frame it sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from adapters.logging import get_logger
+from adapters.okx.auth import Credentials, login_request
+from adapters.okx.rest import INSTRUMENTS, POSITION_TIERS, OkxRest
+from monitor.config import OkxConfig
+from monitor.errors import FeedError
+from monitor.feed import FeedItem, Frame, LinkChange, RestBody
+
+__all__ = ["OkxFeed", "backoff_delay", "instrument_family"]
+
+RECONNECT_NOW_CODE: Final = "64008"
+SUBSCRIBE_BATCH: Final = 100  # args per subscribe request, well inside OKX's 64 KB limit
+PRIVATE_CHANNELS: Final = (
+    {"channel": "orders", "instType": "ANY"},
+    {"channel": "positions", "instType": "ANY"},
+    {"channel": "account"},
+)
+_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # large snapshots arrive as one frame
+
+
+class _ReconnectNow(Exception):
+    """The connection must be dropped and reopened (no pong, notice 64008, closed)."""
+
+    def __init__(self, reason: str, *, immediately: bool = False) -> None:
+        super().__init__(reason)
+        self.immediately = immediately
+
+
+def backoff_delay(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (see the module docstring)."""
+    cap = min(max_s, initial_s * float(2 ** min(failures, 32)))
+    return cap / 2 + rng.random() * cap / 2
+
+
+def instrument_family(inst_id: str) -> tuple[str, str] | None:
+    """``(instType, instFamily)`` of a SWAP or FUTURES instrument id, else None.
+
+    OKX ids: ``BTC-USDT-SWAP`` (SWAP, family ``BTC-USDT``), ``BTC-USD-250328`` (FUTURES,
+    family ``BTC-USD``). Spot pairs and options (more or fewer parts) are out of scope.
+    """
+    parts = inst_id.split("-")
+    if len(parts) != 3:
+        return None
+    family = f"{parts[0]}-{parts[1]}"
+    if parts[2] == "SWAP":
+        return "SWAP", family
+    if parts[2].isdigit():
+        return "FUTURES", family
+    return None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class OkxFeed:
+    """The public connection and one private connection per account."""
+
+    def __init__(
+        self,
+        config: OkxConfig,
+        credentials: Mapping[str, Credentials],
+        deliver: Callable[[FeedItem], None],
+        *,
+        load_instruments: bool,
+        collateral: Collection[str] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.collateral = frozenset(collateral)
+        self.deliver = deliver
+        self.load_instruments = load_instruments
+        self.rest = OkxRest(config.rest_url, timeout_s=config.request_timeout_s)
+        self.rng = rng or random.Random()
+        self.log = get_logger("riskmon.feed")
+        self.public = _PublicLink(self)
+        self.private = {name: _PrivateLink(self, name, creds)
+                        for name, creds in credentials.items()}
+        self._families_loaded: set[tuple[str, str]] = set()
+        self._families_wanted: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+        """Subscribe mark prices of ``instruments`` and index prices of ``currencies``
+        and of every configured collateral currency (priced in USDT; USD and USDT count
+        at 1). The collateral currencies are always subscribed, so the public connection
+        has its subscriptions before any account state has arrived."""
+        args = [{"channel": "mark-price", "instId": inst_id} for inst_id in sorted(instruments)]
+        args += [{"channel": "index-tickers", "instId": f"{ccy}-USDT"}
+                 for ccy in sorted(self.collateral | set(currencies))
+                 if ccy not in ("USD", "USDT")]
+        self.public.set_wanted(args)
+        if self.load_instruments:
+            for inst_id in instruments:
+                family = instrument_family(inst_id)
+                if family is not None and family not in self._families_loaded:
+                    self._families_loaded.add(family)
+                    self._families_wanted.put_nowait(family)
+
+    async def run(self) -> None:
+        """Run every connection until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.public.run(), name="okx-public")
+            for name, link in self.private.items():
+                group.create_task(link.run(), name=f"okx-private-{name}")
+            if self.load_instruments:
+                group.create_task(self._load_tiers(), name="okx-tiers")
+
+    async def _load_tiers(self) -> None:
+        """Fetch the cross-margin tiers of each family the first time it is wanted."""
+        while True:
+            family = await self._families_wanted.get()
+            inst_type, name = family
+            try:
+                path, body = await self.rest.get(
+                    POSITION_TIERS, {"instType": inst_type, "tdMode": "cross",
+                                     "instFamily": name})
+            except FeedError as e:
+                self.log.warning("tiers_load_failed", family=name, error=str(e))
+                self._families_loaded.discard(family)  # retried when next wanted
+                await asyncio.sleep(self.config.backoff_initial_s)
+                continue
+            self.deliver(RestBody(_now_ms(), None, path, body))
+
+
+class _Link:
+    """One websocket connection and its reconnect loop."""
+
+    feed_name = "public"
+
+    def __init__(self, feed: OkxFeed, url: str, account: str | None) -> None:
+        self.feed = feed
+        self.url = url
+        self.account = account
+        self.ws: ClientConnection | None = None
+        self.log = feed.log.bind(feed=self.feed_name, account=account)
+        self._last_rx = 0.0
+        self._dead: str | None = None
+
+    async def run(self) -> None:
+        config = self.feed.config
+        failures = 0
+        while True:
+            connected = False
+            immediately = False
+            try:
+                async with connect(self.url, ping_interval=None, close_timeout=2,
+                                   open_timeout=config.request_timeout_s,
+                                   max_size=_MAX_MESSAGE_BYTES) as ws:
+                    self.ws = ws
+                    await self.open(ws)
+                    connected = True
+                    failures = 0
+                    self.feed.deliver(LinkChange(_now_ms(), self.account, True, "subscribed"))
+                    self.log.info("feed_connected", url=self.url)
+                    await self.read(ws)
+                reason = "closed"
+            except _ReconnectNow as e:
+                reason, immediately = str(e), e.immediately
+            except FeedError as e:
+                reason = str(e)
+            except (OSError, TimeoutError, WebSocketException) as e:
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            finally:
+                self.ws = None
+                self.closed()
+            if connected:
+                self.feed.deliver(LinkChange(_now_ms(), self.account, False, reason))
+                self.log.warning("feed_disconnected", reason=reason)
+            delay = 0.0 if immediately else backoff_delay(
+                failures, config.backoff_initial_s, config.backoff_max_s, self.feed.rng)
+            failures += 1
+            self.log.warning("feed_reconnecting", reason=reason, delay_s=round(delay, 3),
+                             failures=failures)
+            await asyncio.sleep(delay)
+
+    async def open(self, ws: ClientConnection) -> None:
+        """Log in, load REST state and subscribe; raise to reconnect."""
+        raise NotImplementedError
+
+    def closed(self) -> None:
+        """The connection is gone (subscriptions with it)."""
+
+    async def read(self, ws: ClientConnection) -> None:
+        """Deliver messages until the connection fails.
+
+        Keepalive runs in a watchdog task beside the reader, so receiving a message costs
+        no timer: the reader only notes when the last message came.
+        """
+        self._last_rx = time.monotonic()
+        self._dead = None
+        watchdog = asyncio.create_task(self._watchdog(ws))
+        try:
+            async for message in ws:
+                self._last_rx = time.monotonic()
+                self.handle(message)
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        if self._dead is not None:
+            raise _ReconnectNow(self._dead)
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        """Text ``ping`` after ``ping_after_s`` of silence; no message ``pong_timeout_s``
+        later: abort the connection, which ends the reader."""
+        config = self.feed.config
+        check_s = min(1.0, config.ping_after_s / 5, config.pong_timeout_s / 5)
+        ping_sent: float | None = None
+        while True:
+            await asyncio.sleep(check_s)
+            now = time.monotonic()
+            if now - self._last_rx < config.ping_after_s:
+                ping_sent = None
+            elif ping_sent is None or ping_sent < self._last_rx:
+                await ws.send("ping")
+                ping_sent = now
+            elif now - ping_sent >= config.pong_timeout_s:
+                self._dead = f"no pong within {config.pong_timeout_s:g} s of a ping"
+                ws.transport.abort()
+                return
+
+    def handle(self, message: str | bytes) -> None:
+        recv_ms = _now_ms()
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        if text == "pong":
+            return
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.feed.deliver(Frame(recv_ms, self.account, None, text))
+            return
+        if isinstance(frame, dict) and "event" in frame and "data" not in frame:
+            self.on_event(frame)
+            return
+        key: str | None = None
+        if isinstance(frame, dict):
+            arg = frame.get("arg")
+            if isinstance(arg, dict) and arg.get("channel") == "mark-price":
+                inst_id = arg.get("instId")
+                key = inst_id if isinstance(inst_id, str) else None
+        self.feed.deliver(Frame(recv_ms, self.account, frame, None, key))
+
+    def on_event(self, frame: dict[str, Any]) -> None:
+        event = frame.get("event")
+        if event == "error":
+            self.log.warning("feed_error", code=frame.get("code"), msg=frame.get("msg"))
+        elif event == "notice":
+            self.log.warning("feed_notice", code=frame.get("code"), msg=frame.get("msg"))
+            if str(frame.get("code")) == RECONNECT_NOW_CODE:
+                raise _ReconnectNow(f"notice {RECONNECT_NOW_CODE}: {frame.get('msg')}",
+                                    immediately=True)
+        else:
+            self.log.debug("feed_event", feed_event=event, arg=frame.get("arg"))
+
+    async def subscribe(self, ws: ClientConnection, op: str, args: list[dict[str, str]]) -> None:
+        for start in range(0, len(args), SUBSCRIBE_BATCH):
+            batch = args[start:start + SUBSCRIBE_BATCH]
+            await ws.send(orjson.dumps({"op": op, "args": batch}).decode())
+
+
+class _PublicLink(_Link):
+    def __init__(self, feed: OkxFeed) -> None:
+        super().__init__(feed, feed.config.public_url, None)
+        self.wanted: dict[str, dict[str, str]] = {
+            f"index-tickers:{ccy}-USDT": {"channel": "index-tickers", "instId": f"{ccy}-USDT"}
+            for ccy in sorted(feed.collateral) if ccy not in ("USD", "USDT")}
+        self.subscribed: dict[str, dict[str, str]] = {}
+        self._changed = asyncio.Event()
+
+    def set_wanted(self, args: list[dict[str, str]]) -> None:
+        wanted = {f"{a['channel']}:{a['instId']}": a for a in args}
+        if wanted.keys() != self.wanted.keys():
+            self.wanted = wanted
+            self._changed.set()
+
+    async def open(self, ws: ClientConnection) -> None:
+        feed = self.feed
+        if feed.load_instruments:
+            for inst_type in ("SWAP", "FUTURES"):
+                path, body = await feed.rest.get(INSTRUMENTS, {"instType": inst_type})
+                feed.deliver(RestBody(_now_ms(), None, path, body))
+        await self._sync(ws)
+
+    def closed(self) -> None:
+        self.subscribed = {}
+
+    async def read(self, ws: ClientConnection) -> None:
+        # Subscription changes are sent from a task beside the reader, so a change
+        # never waits for the next message.
+        syncer = asyncio.create_task(self._keep_synced(ws))
+        try:
+            await super().read(ws)
+        finally:
+            syncer.cancel()
+            await asyncio.gather(syncer, return_exceptions=True)
+
+    async def _keep_synced(self, ws: ClientConnection) -> None:
+        while True:
+            await self._changed.wait()
+            await self._sync(ws)
+
+    async def _sync(self, ws: ClientConnection) -> None:
+        self._changed.clear()
+        wanted = self.wanted
+        removed = [arg for key, arg in self.subscribed.items() if key not in wanted]
+        added = [arg for key, arg in wanted.items() if key not in self.subscribed]
+        self.subscribed = dict(wanted)
+        if removed:
+            await self.subscribe(ws, "unsubscribe", removed)
+        if added:
+            await self.subscribe(ws, "subscribe", added)
+
+
+class _PrivateLink(_Link):
+    feed_name = "private"
+
+    def __init__(self, feed: OkxFeed, account: str, credentials: Credentials) -> None:
+        super().__init__(feed, feed.config.private_url, account)
+        self.credentials = credentials
+
+    async def open(self, ws: ClientConnection) -> None:
+        feed = self.feed
+        await ws.send(orjson.dumps(login_request(self.credentials, int(time.time()))).decode())
+        await self._await_login(ws)
+        path, body = await feed.rest.orders_pending(self.credentials)
+        feed.deliver(RestBody(_now_ms(), self.account, path, body))
+        await self.subscribe(ws, "subscribe", [dict(arg) for arg in PRIVATE_CHANNELS])
+
+    async def _await_login(self, ws: ClientConnection) -> None:
+        timeout = self.feed.config.request_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FeedError(f"login: no answer within {timeout:g} s")
+            message = await asyncio.wait_for(ws.recv(), remaining)
+            try:
+                frame = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                continue  # "pong" or noise before the answer
+            if not isinstance(frame, dict):
+                continue
+            if frame.get("event") == "login" and str(frame.get("code")) == "0":
+                return
+            if frame.get("event") in ("error", "login"):
+                self.log.error("login_failed", code=frame.get("code"), msg=frame.get("msg"))
+                raise FeedError(f"login rejected: OKX code {frame.get('code')!r}: "
+                                f"{frame.get('msg')!r}")

@@ -1,0 +1,221 @@
+"""The live daemon's core loop: feed items in, one engine task, sinks out (SPEC 3.1, 4, 5).
+
+Shape (STYLE: one owner per resource)::
+
+    feed readers --put--> Inbox --> engine task --> SQLite sink --> log, subscribers
+
+- The feed's reader tasks only parse and ``put``; they never wait on the engine or a sink.
+- The engine task is the only one that touches the decoder and the engine. It takes every
+  waiting item at once, applies it, and hands the records to the head sink's bounded
+  queue. When a sink is slow that queue fills, the engine task waits on it, the inbox
+  grows, and the inbox conflates mark prices (monitor.feed): the feed never stalls, and
+  order, position and balance events are never dropped.
+- Persist before publish: followers get a batch only after the head (SQLite) stored it.
+- Time: the engine runs on exchange time. During silence the daemon sends
+  :class:`~monitor.events.ClockTick` events (the last event time plus the wall time since
+  it arrived, once a second) so that a silent feed still goes stale and reminders fire.
+- Stop: :meth:`Daemon.run` returns when ``stop`` is set, after cancelling the feed,
+  applying what is still in the inbox and draining every sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from monitor.engine import MarginEngine
+from monitor.errors import BadInput
+from monitor.events import UNTIMED, ClockTick, FeedStatus
+from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
+from monitor.metrics import Metrics
+from monitor.pipeline import LineProcessor, SinkTask
+
+TICK_INTERVAL_S = 1.0
+RAW_LIMIT = 4096
+
+
+class Daemon:
+    """Runs a feed into the engine and the engine into the sinks, until stopped."""
+
+    def __init__(
+        self,
+        engine: MarginEngine,
+        decoder: FeedDecoder,
+        feed: Feed,
+        inbox: Inbox,
+        head: SinkTask,
+        *,
+        history_interval_ms: int = 60_000,
+        wall_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.decoder = decoder
+        self.feed = feed
+        self.inbox = inbox
+        self.head = head
+        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms)
+        self.metrics = Metrics(started_s=wall_s())
+        self.wall_s = wall_s
+        self.last_loop_s = wall_s()
+        self._interest_version = -1
+        # Exchange time of the last event that moved the engine's clock, and when it came.
+        self._anchor_event_ms = 0
+        self._anchor_wall_s = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set; then drain and return. A sink failure raises."""
+        self.head.start()
+        self._follow_interest()
+        feed_task = asyncio.create_task(self.feed.run(), name="feed")
+        ticker = asyncio.create_task(self._tick_every_second(), name="ticker")
+        stopper = asyncio.create_task(self._wake_on(stop), name="stopper")
+        try:
+            while not stop.is_set():
+                await self.inbox.wait()
+                self._process(self.inbox.take())
+                self._tick()
+                await self._flush()
+                if feed_task.done():
+                    feed_task.result()  # a feed that ended by itself is a bug: surface it
+        finally:
+            for task in (feed_task, ticker, stopper):
+                task.cancel()
+            await asyncio.gather(feed_task, ticker, stopper, return_exceptions=True)
+            self._process(self.inbox.take())
+            await self._flush()
+            await self.head.drain_and_close()
+
+    # -- the engine task ---------------------------------------------------------------
+
+    def _process(self, items: list[FeedItem]) -> None:
+        processor = self.processor
+        decoder = self.decoder
+        metrics = self.metrics
+        metrics.frames += len(items)
+        for item in items:
+            try:
+                if isinstance(item, Frame):
+                    if item.frame is None:
+                        raise BadInput("frame is not JSON")
+                    events = decoder.decode_frame(item.frame, item.account, item.recv_ms)
+                elif isinstance(item, RestBody):
+                    events = decoder.decode_rest(item.path, item.body, item.account,
+                                                 item.recv_ms)
+                else:
+                    events = [self._link_change(item)]
+            except BadInput as e:
+                processor.quarantine(_source(item), e.reason, _raw(item), item.recv_ms)
+                continue
+            if events:
+                before = self.engine.now_ms
+                processor.feed_events(events)
+                last = events[-1]
+                if self.engine.now_ms > before:
+                    self._anchor_event_ms = self.engine.now_ms
+                    self._anchor_wall_s = self.wall_s()
+                if last.event_ms != UNTIMED:
+                    metrics.feed_lag_s = (last.recv_ms - last.event_ms) / 1000
+        self._follow_interest()
+        self.last_loop_s = self.wall_s()
+
+    def _link_change(self, item: LinkChange) -> FeedStatus:
+        name = "public" if item.account is None else f"private:{item.account}"
+        self.metrics.feeds_connected[name] = item.connected
+        return FeedStatus(item.account, "connected" if item.connected else "disconnected",
+                          item.reason, UNTIMED, item.recv_ms)
+
+    def _tick(self) -> None:
+        """A ClockTick when a second or more has passed since the last event moved the
+        clock (see the module docstring)."""
+        if self._anchor_event_ms == 0:
+            return  # no exchange time seen yet: nothing to extrapolate from
+        elapsed_ms = int((self.wall_s() - self._anchor_wall_s) * 1000)
+        if elapsed_ms < TICK_INTERVAL_S * 1000:
+            return
+        now_ms = self._anchor_event_ms + elapsed_ms
+        if now_ms > self.engine.now_ms:
+            wall_ms = int(self.wall_s() * 1000)
+            self.processor.feed_events([ClockTick(now_ms, wall_ms)])
+
+    def _follow_interest(self) -> None:
+        engine = self.engine
+        if engine.interest_version != self._interest_version:
+            self._interest_version = engine.interest_version
+            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use())
+
+    async def _flush(self) -> None:
+        records = self.processor.take()
+        metrics = self.metrics
+        stats = self.processor.stats
+        metrics.events = stats.events
+        metrics.quarantined = stats.quarantined
+        metrics.alerts_by_kind = dict(stats.alerts_by_kind)
+        metrics.conflated = self.inbox.conflated
+        if records:
+            await self.head.put(records)
+
+    # -- helpers for the loop ----------------------------------------------------------
+
+    async def _tick_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            self.inbox.wake()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.inbox.wake()
+
+    def refresh_gauges(self) -> None:
+        """Gauges that are read from the engine, not counted (called before a scrape)."""
+        metrics = self.metrics
+        metrics.inbox_depth = len(self.inbox)
+        metrics.sink_queue_depth = self.head.queue_depths()
+        for name, account in self.engine.accounts.items():
+            maint = account.maint_usd
+            metrics.margin_ratio[name] = account.equity_usd / maint if maint > 0 else None
+
+    def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, details)`` for ``/healthz``: the engine loop turned within the last
+        five seconds (it turns at least once a second) and every sink task is alive."""
+        loop_age = now_s - self.last_loop_s
+        sinks_ok = self.head.alive()
+        healthy = loop_age < 5 * TICK_INTERVAL_S and sinks_ok
+        return healthy, {
+            "status": "ok" if healthy else "unhealthy",
+            "engine_loop_age_s": round(loop_age, 3),
+            "sinks_ok": sinks_ok,
+            "feeds": dict(self.metrics.feeds_connected),
+            "event_time_ms": self.engine.now_ms,
+        }
+
+
+def _no_lines(line: bytes) -> list[Any]:
+    raise BadInput("the daemon decodes feed items, not lines")
+
+
+def _source(item: FeedItem) -> str:
+    feed = "public" if item.account is None else f"private:{item.account}"
+    if isinstance(item, RestBody):
+        return f"rest:{item.path.split('?', 1)[0]}"
+    return f"feed:{feed}"
+
+
+def _raw(item: FeedItem) -> str:
+    if isinstance(item, Frame):
+        if item.text is not None:
+            return item.text[:RAW_LIMIT]
+        return _dumps(item.frame)
+    if isinstance(item, RestBody):
+        return _dumps(item.body)
+    return repr(item)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()[:RAW_LIMIT]
+    except TypeError:
+        return repr(value)[:RAW_LIMIT]

@@ -1,0 +1,126 @@
+"""What a live feed hands the daemon, and the inbox that holds it until the engine runs.
+
+A feed adapter (``adapters/okx/live.py``) delivers three kinds of item, in the order it
+received them: :class:`Frame` (one websocket message, parsed or not), :class:`RestBody` (a
+REST response it fetched) and :class:`LinkChange` (a connection came up or went down).
+These are exactly the lines of a recording (SPEC 3.2), which is how ``riskmon record``
+writes them.
+
+:class:`Inbox` is the one buffer between the feed's reader tasks and the engine task.
+Readers never wait on it: ``put`` is synchronous and never blocks, so a slow engine or sink
+cannot stall the sockets (and make the exchange drop us). Under pressure, when more than
+``conflate_after`` items are waiting, a mark-price frame replaces the waiting one of the
+same instrument (it moves to the newer one's place in the order): only the latest mark
+matters to the margin figures. Orders, positions, balances, REST bodies and link changes
+are never dropped or merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from itertools import count
+from typing import Any, Protocol
+
+from monitor.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One websocket message. ``frame`` is the parsed JSON, or None when the text was not
+    JSON (``text`` then holds it, for quarantine). ``conflate_key`` is set by the adapter
+    on frames that may be conflated (mark prices: the instrument)."""
+
+    recv_ms: int
+    account: str | None
+    frame: Any
+    text: str | None = None
+    conflate_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestBody:
+    """A REST response: ``path`` as requested (with its query) and the decoded body."""
+
+    recv_ms: int
+    account: str | None
+    path: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """A feed connection came up (``connected``) or went down, with the reason."""
+
+    recv_ms: int
+    account: str | None
+    connected: bool
+    reason: str
+
+
+FeedItem = Frame | RestBody | LinkChange
+
+
+class Feed(Protocol):
+    """A live feed adapter."""
+
+    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+        """The instruments whose mark prices and the currencies whose index prices the
+        engine needs now; the feed subscribes and unsubscribes to match."""
+
+    async def run(self) -> None:
+        """Connect, deliver items, reconnect, until cancelled."""
+
+
+class FeedDecoder(Protocol):
+    """Turns a feed's frames and REST bodies into events (raises BadInput)."""
+
+    def decode_frame(self, frame: Any, account: str | None, recv_ms: Any) -> list[Event]: ...
+
+    def decode_rest(self, path: str, body: Any, account: str | None,
+                    recv_ms: Any) -> list[Event]: ...
+
+
+class Inbox:
+    """Items waiting for the engine task; see the module docstring for conflation."""
+
+    def __init__(self, *, conflate_after: int = 1000) -> None:
+        self.conflate_after = conflate_after
+        self.conflated = 0
+        self._items: dict[Any, FeedItem] = {}
+        self._serial = count()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: FeedItem) -> None:
+        """Add an item; never blocks."""
+        items = self._items
+        key: Any = None
+        if isinstance(item, Frame) and item.conflate_key is not None:
+            key = item.conflate_key
+            if len(items) >= self.conflate_after and items.pop(key, None) is not None:
+                self.conflated += 1
+            elif key in items:
+                key = None  # no pressure: keep both
+        if key is None:
+            key = next(self._serial)
+        items[key] = item
+        self._ready.set()
+
+    def take(self) -> list[FeedItem]:
+        """Everything waiting, in order."""
+        items = list(self._items.values())
+        self._items.clear()
+        self._ready.clear()
+        return items
+
+    async def wait(self) -> None:
+        """Until something is waiting, or :meth:`wake` was called."""
+        await self._ready.wait()
+
+    def wake(self) -> None:
+        """Make :meth:`wait` return (a timer or a stop request)."""
+        self._ready.set()
