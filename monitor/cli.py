@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from adapters.http_server import HttpServer
 from adapters.logging import configure_logging, get_logger
+from adapters.okx.auth import Credentials, load_credentials
 from adapters.okx.decode import OkxDecoder
+from adapters.okx.live import OkxFeed
+from adapters.okx.replay_server import Faults, serve
+from adapters.recording import RecordingWriter
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.config import Config, load_config
+from monitor.daemon import Daemon
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, RiskmonError, SinkError
+from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import (
     AlertLinesSink,
     LineProcessor,
@@ -54,6 +65,40 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--db", type=Path, default=None,
                         help="also store alerts, history and quarantine in this SQLite file")
 
+    run = commands.add_parser("run", help="the live daemon, until SIGTERM or SIGINT")
+    run.add_argument("--config", type=Path, required=True, help="TOML configuration")
+    run.add_argument("--state-out", type=Path, default=None,
+                     help="at shutdown, write every account's figures (as replay does)")
+
+    record = commands.add_parser("record", help="write what the live feed delivers to a "
+                                                "recording (SPEC 3.2)")
+    record.add_argument("file", type=Path, help="recording to write (JSON lines)")
+    record.add_argument("--config", type=Path, required=True, help="TOML configuration")
+    record.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (default: at SIGTERM or SIGINT)")
+
+    server = commands.add_parser("replay-server",
+                                 help="serve a recording over the OKX v5 protocol")
+    server.add_argument("file", type=Path, help="recording (JSON lines, SPEC 3.2)")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8443)
+    server.add_argument("--speed", type=float, default=1.0,
+                        help="pace at N times the recorded pace; 0: as fast as possible")
+    faults = server.add_argument_group("fault injection (for tests)")
+    faults.add_argument("--drop-after", type=int, default=None, metavar="N",
+                        help="drop the connection of the next frame after every N frames")
+    faults.add_argument("--drop-times", type=int, default=1, metavar="K",
+                        help="how many times --drop-after drops (default 1)")
+    faults.add_argument("--garbage-after", type=int, default=None, metavar="N",
+                        help="once, after N frames, send a frame that is not JSON")
+    faults.add_argument("--stall-after", type=int, default=None, metavar="N",
+                        help="once, after N frames, go silent for --stall-s seconds")
+    faults.add_argument("--stall-s", type=float, default=40.0)
+    faults.add_argument("--fail-logins", type=int, default=0, metavar="N",
+                        help="refuse the first N logins")
+    faults.add_argument("--notice-after", type=int, default=None, metavar="N",
+                        help="once, after N frames, send notice 64008 and close")
+
     alerts = commands.add_parser("alerts", help="print stored alerts as JSON lines")
     alerts.add_argument("--db", type=Path, required=True)
     alerts.add_argument("--account", default=None)
@@ -72,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         match args.command:
             case "replay":
                 return asyncio.run(_replay(args))
+            case "run":
+                return asyncio.run(_run(args))
+            case "record":
+                return asyncio.run(_record(args))
+            case "replay-server":
+                return asyncio.run(_replay_server(args))
             case "alerts":
                 return asyncio.run(_alerts(args))
     except ConfigError as e:
@@ -121,6 +172,136 @@ async def _replay(args: argparse.Namespace) -> int:
              quarantined=stats.quarantined, alerts=stats.alerts)
     if args.state_out is not None:
         args.state_out.write_bytes(state_document(engine, stats) + b"\n")
+    return 0
+
+
+def _credentials(config: Config) -> dict[str, Credentials]:
+    if not config.accounts:
+        raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
+    return {name: load_credentials(account) for name, account in config.accounts.items()}
+
+
+def _check_stream_exposure(config: Config) -> None:
+    """SPEC 6: without tokens the stream port stays on loopback."""
+    host = config.stream.host
+    if config.stream.tokens:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError("stream.host", f"{host!r} is not a loopback address and "
+                                         "[stream] has no tokens: refusing to serve alerts "
+                                         "unauthenticated")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def _status(document: dict[str, Any]) -> None:
+    """One JSON line on standard output: what scripts and tests read (ports, progress)."""
+    sys.stdout.buffer.write(orjson.dumps(document) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _build_daemon(config: Config, credentials: dict[str, Credentials], head: SinkTask,
+                  tap: Callable[[FeedItem], None] | None = None) -> Daemon:
+    inbox = Inbox()
+    deliver = inbox.put
+    if tap is not None:
+        def deliver(item: FeedItem) -> None:
+            tap(item)
+            inbox.put(item)
+    feed = OkxFeed(config.okx, credentials, deliver, load_instruments=not config.instruments,
+                   collateral=config.collateral.keys())
+    return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
+                  history_interval_ms=int(config.storage.history_interval_s * 1000))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    credentials = _credentials(config)
+    _check_stream_exposure(config)
+    log = get_logger("riskmon.daemon")
+    store = await SqliteStore.open(config.storage.sqlite_path,
+                                   retention_days=config.storage.retention_days,
+                                   synchronous=config.storage.synchronous)
+
+    def on_retry(name: str, attempt: int, error: SinkError) -> None:
+        log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
+
+    head = SinkTask(SqliteSink(store, prune=True), followers=[SinkTask(LogSink())],
+                    on_retry=on_retry)
+    daemon = _build_daemon(config, credentials, head)
+    daemon.engine.restore(await store.load_checkpoints())
+
+    def metrics_text(now: float) -> str:
+        daemon.refresh_gauges()
+        return daemon.metrics.render(now)
+
+    http = HttpServer(daemon.health, metrics_text)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    port = await http.start(config.stream.host, config.stream.port)
+    _status({"event": "listening", "http": f"http://{config.stream.host}:{port}",
+             "port": port})
+    log.info("daemon_started", port=port, accounts=sorted(credentials),
+             database=config.storage.sqlite_path)
+    try:
+        await daemon.run(stop)
+    finally:
+        await http.close()
+    stats = daemon.processor.stats
+    if args.state_out is not None:
+        args.state_out.write_bytes(state_document(daemon.engine, stats) + b"\n")
+    log.info("daemon_stopped", events=stats.events, alerts=stats.alerts,
+             quarantined=stats.quarantined)
+    return 0
+
+
+async def _record(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    credentials = _credentials(config)
+    log = get_logger("riskmon.record")
+    writer = RecordingWriter(args.file)
+    daemon = _build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    if args.duration is not None:
+        asyncio.get_running_loop().call_later(args.duration, stop.set)
+    log.info("record_started", file=str(args.file), accounts=sorted(credentials))
+    try:
+        await daemon.run(stop)
+    finally:
+        writer.close()
+    log.info("record_finished", file=str(args.file), lines=writer.lines)
+    return 0
+
+
+async def _replay_server(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"riskmon: recording not found: {args.file}", file=sys.stderr)
+        return 2
+    if args.speed < 0:
+        raise ConfigError("--speed", "must be 0 (no pacing) or a positive number")
+    faults = Faults(drop_after=args.drop_after, drop_times=args.drop_times,
+                    garbage_after=args.garbage_after, stall_after=args.stall_after,
+                    stall_s=args.stall_s, fail_logins=args.fail_logins,
+                    notice_after=args.notice_after)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    task = asyncio.create_task(serve(args.file, args.host, args.port, args.speed or None,
+                                     faults, _status))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     return 0
 
 

@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
@@ -239,6 +239,9 @@ class _Link:
             async for message in ws:
                 self._last_rx = time.monotonic()
                 self.handle(message)
+        except ConnectionClosed:
+            if self._dead is None:
+                raise
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
