@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from monitor.cli import build_parser
 from monitor.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,3 +31,35 @@ def test_example_recording_is_what_its_generator_writes(tmp_path: Path) -> None:
                    check=True, timeout=60)
     generated = (tmp_path / "examples" / "story.jsonl").read_bytes()
     assert generated == (ROOT / "examples" / "story.jsonl").read_bytes()
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_unit_runs_the_daemon_with_a_valid_command_line() -> None:
+    settings = unit_settings((ROOT / "deploy" / "riskmon.service").read_text())
+    [exec_start] = settings["ExecStart"]
+    program, *arguments = shlex.split(exec_start)
+    assert program.endswith("/riskmon")
+    args = build_parser().parse_args(arguments)
+    assert args.command == "run" and str(args.config) == "/etc/riskmon/riskmon.toml"
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["KillSignal"] == ["SIGTERM"]
+    assert settings["NoNewPrivileges"] == ["yes"] and settings["ProtectSystem"] == ["strict"]
+    # Secrets come from a root-only environment file, never the command line.
+    assert settings["EnvironmentFile"] == ["/etc/riskmon/riskmon.env"]
+
+
+def test_container_file_runs_the_daemon_with_a_valid_command_line() -> None:
+    text = (ROOT / "deploy" / "Containerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M)[1])  # type: ignore[index]
+    command = json.loads(re.search(r"^CMD (.+)$", text, re.M)[1])  # type: ignore[index]
+    args = build_parser().parse_args(entrypoint[1:] + command)
+    assert args.command == "run"
+    assert "USER riskmon" in text and "STOPSIGNAL SIGTERM" in text
