@@ -45,7 +45,7 @@ for the same reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -168,7 +168,9 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
     return events
 
 
-_new_object: Final = object.__new__
+# MarkPrice.__new__ is object.__new__ for the interpreted class, and the only allocator a
+# class compiled by mypyc accepts.
+_new_object: Final = MarkPrice.__new__
 _set_mark_inst_id: Final = vars(MarkPrice)["inst_id"].__set__
 _set_mark_price: Final = vars(MarkPrice)["price"].__set__
 _set_mark_event_ms: Final = vars(MarkPrice)["event_ms"].__set__
@@ -186,15 +188,21 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
 _Item = TypeVar("_Item")
 
 
-@dataclass(slots=True)
 class _Pages(Generic[_Item]):
-    """The pages received so far of one account's snapshot."""
+    """The pages received so far of one account's snapshot.
 
-    items: list[_Item] = field(default_factory=list)
-    next_page: int = 1
-    tainted: bool = False
-    latest_ms: int | None = None
-    figures: ExchangeAccountFigures | None = None
+    Not a dataclass: mypyc cannot compile a generic one (the class fails at import with
+    "attribute '__dict__' of 'type' objects is not writable", mypyc/mypyc#827).
+    """
+
+    __slots__ = ("figures", "items", "latest_ms", "next_page", "tainted")
+
+    def __init__(self, *, next_page: int = 1, tainted: bool = False) -> None:
+        self.items: list[_Item] = []
+        self.next_page = next_page
+        self.tainted = tainted
+        self.latest_ms: int | None = None
+        self.figures: ExchangeAccountFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +276,10 @@ class OkxDecoder:
             return self._decode_rest(path, record["body"], _account_of(record), recv_ms)
         raise BadInput("line has neither a frame nor a rest response")
 
-    def decode_frame(self, frame: Any, account: str | None, recv_ms: int) -> list[Event]:
+    # recv_ms is Any in the two entry points below, which check it themselves: a function
+    # compiled by mypyc checks an int argument on entry (TypeError, or a bool taken as 0 or
+    # 1) before the check here could raise BadInput.
+    def decode_frame(self, frame: Any, account: str | None, recv_ms: Any) -> list[Event]:
         """Decode one websocket frame as received (already JSON-decoded).
 
         ``account`` names the private connection the frame came from (None on the public
@@ -284,7 +295,7 @@ class OkxDecoder:
                 return _decode_mark_prices(frame.get("data"), recv_ms)
         return self._decode_frame(frame, account, recv_ms)
 
-    def decode_rest(self, path: str, body: Any, account: str | None, recv_ms: int) -> list[Event]:
+    def decode_rest(self, path: str, body: Any, account: str | None, recv_ms: Any) -> list[Event]:
         """Decode a REST response body ``{"code": "0", "msg": "", "data": [...]}``.
 
         ``path`` is the request path, with or without its query string (the query tells
