@@ -158,14 +158,36 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             )
         # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
         # which goes through object.__setattr__ per field and costs two thirds of an
-        # orjson.loads; the slot descriptors set the same fields (checked at import below).
+        # orjson.loads: compiled by mypyc, plain stores into the new object; interpreted,
+        # the slot descriptors, which set the same fields (both checked at import below).
         mark = _new_object(MarkPrice)
-        _set_mark_inst_id(mark, inst_id)
-        _set_mark_price(mark, price)
-        _set_mark_event_ms(mark, event_ms)
-        _set_mark_recv_ms(mark, recv_ms)
+        if _ASSIGN_MARK_FIELDS:
+            mark.inst_id = inst_id  # type: ignore[misc]
+            mark.price = price  # type: ignore[misc]
+            mark.event_ms = event_ms  # type: ignore[misc]
+            mark.recv_ms = recv_ms  # type: ignore[misc]
+        else:
+            _set_mark_inst_id(mark, inst_id)
+            _set_mark_price(mark, price)
+            _set_mark_event_ms(mark, event_ms)
+            _set_mark_recv_ms(mark, recv_ms)
         events.append(mark)
     return events
+
+
+def _can_assign_mark_fields() -> bool:
+    """Whether this module can assign the fields of a new MarkPrice.
+
+    Only when mypyc compiled it together with monitor.events: an assignment is then a store
+    into the native object (the frozen dataclass's __setattr__ is not called), and cheaper
+    than a descriptor call. Interpreted, the frozen dataclass refuses it.
+    """
+    mark = _new_object(MarkPrice)
+    try:
+        mark.inst_id = ""  # type: ignore[misc]
+    except AttributeError:  # dataclasses.FrozenInstanceError
+        return False
+    return True
 
 
 # MarkPrice.__new__ is object.__new__ for the interpreted class, and the only allocator a
@@ -181,6 +203,7 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
     hasattr(MarkPrice, "__post_init__")
 ):
     raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
+_ASSIGN_MARK_FIELDS: Final = _can_assign_mark_fields()
 
 
 # --- the decoder --------------------------------------------------------------------------
