@@ -9,7 +9,8 @@ Why a build came out pure is printed on standard error (``pip install -v`` shows
 Both builds hold the same modules with the same behaviour; the compiled one is faster. It keeps
 every ``.py`` file and adds an extension module next to each module of :data:`COMPILED`, plus
 the group's shared library (``riskmon__mypyc``); Python imports the extension module when both
-are there.
+are there. ``./dev bench`` builds and measures it; ``./dev test`` checks that it behaves like
+the pure build (``tests/test_native_parity.py``).
 
 Editable installs (``pip install -e .``) are always pure Python: an extension module keeps
 running the code it was compiled from, whatever is edited in its ``.py`` file afterwards.
