@@ -1,6 +1,7 @@
 """Replay throughput benchmark (issue: "The margin engine and offline replay").
 
-Run from the repository root:  .venv/bin/python bench/replay_bench.py [--frames N]
+Run from the repository root:  ./dev bench [--frames N]  (the build compiled by mypyc),
+or ./dev bench --pure [--frames N]  (pure Python, the developer virtualenv).
 
 Scenarios (mark-price frames as recorded lines, round-robin over the instruments held):
   a  one account with 20 positions on 20 instruments
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import orjson
 
+import monitor.engine
 from adapters.okx.decode import OkxDecoder
 from monitor.config import Config, RiskConfig
 from monitor.engine import MarginEngine
@@ -168,6 +170,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("a", "b"), default=None)
     args = parser.parse_args()
+    compiled = not monitor.engine.__file__.endswith(".py")
+    print(f"riskmon {'compiled by mypyc' if compiled else 'pure Python'}: "
+          f"{monitor.engine.__file__}")
     chosen = [s for s in (Scenario("a", 1, 20, 20, 20), Scenario("b", 10_000, 5, 200, 200))
               if args.only in (None, s.name)]
     print(f"{'scenario':<9}{'frames':>10}{'floor ev/s':>14}{'incremental':>14}{'scratch':>12}"

@@ -415,7 +415,6 @@ class MarginEngine:
                 self._emit(alerts, exposure.account, "feed_recovered", event.event_ms,
                            event.recv_ms, inst_id, mark, {"inst_id": inst_id})
         debtors = self.debtors
-        move = self._move
         for exposure in holders.values():
             account = exposure.account
             if exposure.simple:
@@ -427,8 +426,9 @@ class MarginEngine:
                 else:
                     value = exposure.abs_qk * mark
                     upl = exposure.qk * (mark - exposure.avg_price)
-                move(exposure, value, upl, value * exposure.maint_rate,
-                     value / exposure.leverage)
+                # self._move, not a local bound to it: mypyc compiles this to a direct call.
+                self._move(exposure, value, upl, value * exposure.maint_rate,
+                           value / exposure.leverage)
             else:
                 self._refresh(exposure)
             # Nothing can happen while the ratio stays inside the level's band and no rule,

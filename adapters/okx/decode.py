@@ -46,7 +46,7 @@ for the same reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -160,17 +160,41 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             )
         # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
         # which goes through object.__setattr__ per field and costs two thirds of an
-        # orjson.loads; the slot descriptors set the same fields (checked at import below).
+        # orjson.loads: compiled by mypyc, plain stores into the new object; interpreted,
+        # the slot descriptors, which set the same fields (both checked at import below).
         mark = _new_object(MarkPrice)
-        _set_mark_inst_id(mark, inst_id)
-        _set_mark_price(mark, price)
-        _set_mark_event_ms(mark, event_ms)
-        _set_mark_recv_ms(mark, recv_ms)
+        if _ASSIGN_MARK_FIELDS:
+            mark.inst_id = inst_id  # type: ignore[misc]
+            mark.price = price  # type: ignore[misc]
+            mark.event_ms = event_ms  # type: ignore[misc]
+            mark.recv_ms = recv_ms  # type: ignore[misc]
+        else:
+            _set_mark_inst_id(mark, inst_id)
+            _set_mark_price(mark, price)
+            _set_mark_event_ms(mark, event_ms)
+            _set_mark_recv_ms(mark, recv_ms)
         events.append(mark)
     return events
 
 
-_new_object: Final = object.__new__
+def _can_assign_mark_fields() -> bool:
+    """Whether this module can assign the fields of a new MarkPrice.
+
+    Only when mypyc compiled it together with monitor.events: an assignment is then a store
+    into the native object (the frozen dataclass's __setattr__ is not called), and cheaper
+    than a descriptor call. Interpreted, the frozen dataclass refuses it.
+    """
+    mark = _new_object(MarkPrice)
+    try:
+        mark.inst_id = ""  # type: ignore[misc]
+    except AttributeError:  # dataclasses.FrozenInstanceError
+        return False
+    return True
+
+
+# MarkPrice.__new__ is object.__new__ for the interpreted class, and the only allocator a
+# class compiled by mypyc accepts.
+_new_object: Final = MarkPrice.__new__
 _set_mark_inst_id: Final = vars(MarkPrice)["inst_id"].__set__
 _set_mark_price: Final = vars(MarkPrice)["price"].__set__
 _set_mark_event_ms: Final = vars(MarkPrice)["event_ms"].__set__
@@ -181,6 +205,7 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
     hasattr(MarkPrice, "__post_init__")
 ):
     raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
+_ASSIGN_MARK_FIELDS: Final = _can_assign_mark_fields()
 
 
 # --- the decoder --------------------------------------------------------------------------
@@ -188,15 +213,21 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
 _Item = TypeVar("_Item")
 
 
-@dataclass(slots=True)
 class _Pages(Generic[_Item]):
-    """The pages received so far of one account's snapshot."""
+    """The pages received so far of one account's snapshot.
 
-    items: list[_Item] = field(default_factory=list)
-    next_page: int = 1
-    tainted: bool = False
-    latest_ms: int | None = None
-    figures: ExchangeAccountFigures | None = None
+    Not a dataclass: mypyc cannot compile a generic one (the class fails at import with
+    "attribute '__dict__' of 'type' objects is not writable", mypyc/mypyc#827).
+    """
+
+    __slots__ = ("figures", "items", "latest_ms", "next_page", "tainted")
+
+    def __init__(self, *, next_page: int = 1, tainted: bool = False) -> None:
+        self.items: list[_Item] = []
+        self.next_page = next_page
+        self.tainted = tainted
+        self.latest_ms: int | None = None
+        self.figures: ExchangeAccountFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +301,10 @@ class OkxDecoder:
             return self._decode_rest(path, record["body"], _account_of(record), recv_ms)
         raise BadInput("line has neither a frame nor a rest response")
 
-    def decode_frame(self, frame: Any, account: str | None, recv_ms: int) -> list[Event]:
+    # recv_ms is Any in the two entry points below, which check it themselves: a function
+    # compiled by mypyc checks an int argument on entry (TypeError, or a bool taken as 0 or
+    # 1) before the check here could raise BadInput.
+    def decode_frame(self, frame: Any, account: str | None, recv_ms: Any) -> list[Event]:
         """Decode one websocket frame as received (already JSON-decoded).
 
         ``account`` names the private connection the frame came from (None on the public
@@ -286,7 +320,7 @@ class OkxDecoder:
                 return _decode_mark_prices(frame.get("data"), recv_ms)
         return self._decode_frame(frame, account, recv_ms)
 
-    def decode_rest(self, path: str, body: Any, account: str | None, recv_ms: int) -> list[Event]:
+    def decode_rest(self, path: str, body: Any, account: str | None, recv_ms: Any) -> list[Event]:
         """Decode a REST response body ``{"code": "0", "msg": "", "data": [...]}``.
 
         ``path`` is the request path, with or without its query string (the query tells
