@@ -411,9 +411,9 @@ class SqliteStore:
                     # SQLite may already have rolled back (after SQLITE_FULL, for one); the
                     # original error is the one worth raising.
                     with suppress(sqlite3.Error):
-                        await _execute(db, "ROLLBACK")
+                        await db.rollback()
                     raise
-                await _execute(db, "COMMIT")
+                await db.commit()
             except sqlite3.Error as e:
                 raise SinkError(f"{action} failed: {e}") from e
 
@@ -453,15 +453,20 @@ def _check_version(version: int, location: str) -> None:
 
 
 async def _execute(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> int:
-    """Run one statement; returns its row count (-1 for statements without one)."""
-    async with db.execute(sql, parameters) as cursor:
-        return cursor.rowcount
+    """Run one statement that returns no rows; returns its row count (-1 for statements
+    without one).
+
+    One trip to the connection's worker thread: the cursor of a statement without rows
+    holds nothing open, so it is left to the garbage collector instead of being closed with
+    a second trip. Each trip waits for the worker and then for the event loop (and for the
+    GIL both ways), and the alert path of the daemon makes a few per transaction.
+    """
+    return (await db.execute(sql, parameters)).rowcount
 
 
 async def _execute_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> int:
-    """Run one statement per row; returns the summed row count of the changes."""
-    async with db.executemany(sql, rows) as cursor:
-        return cursor.rowcount
+    """Run one statement per row; returns the summed row count of the changes (one trip)."""
+    return (await db.executemany(sql, rows)).rowcount
 
 
 async def _fetch_all(

@@ -126,7 +126,7 @@ from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
 from monitor.config import Config, parse_config
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
 from monitor.pipeline import Record, SinkTask
@@ -1146,6 +1146,7 @@ def main() -> None:
     if args.refine is None:
         args.refine = 1 if args.quick else 3
     configure_logging(json=True, stream=sys.stderr, level="warning")
+    tune_interpreter()  # as `riskmon run` does
     with tempfile.TemporaryDirectory(prefix="riskmon-live-bench-") as temporary:
         directory = Path(temporary)
         commits = storage_floor(directory, 100 if args.quick else 400)

@@ -29,7 +29,7 @@ from adapters.recording import RecordingWriter
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.config import Config, load_config
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, RiskmonError, SinkError
 from monitor.feed import FeedItem, Inbox
@@ -227,6 +227,7 @@ async def _run(args: argparse.Namespace) -> int:
     credentials = _credentials(config)
     _check_stream_exposure(config)
     log = get_logger("riskmon.daemon")
+    tune_interpreter()
     store = await SqliteStore.open(config.storage.sqlite_path,
                                    retention_days=config.storage.retention_days,
                                    synchronous=config.storage.synchronous)

@@ -21,6 +21,7 @@ Shape (STYLE: one owner per resource)::
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,24 @@ from monitor.pipeline import LineProcessor, SinkTask
 
 TICK_INTERVAL_S = 1.0
 RAW_LIMIT = 4096
+
+SWITCH_INTERVAL_S = 0.0002
+"""The thread switch interval a daemon process runs with (Python's default: 5 ms).
+
+The event loop thread runs Python almost without pause under load, and SQLite runs on
+aiosqlite's worker thread: when the worker finishes a commit it needs the GIL to hand the
+result back, and waits until the loop thread yields it, at the latest after the switch
+interval. At the default that adds up to 5 ms to an alert's receive-to-stored time; at
+0.2 ms the extra switching costs little (the worker is idle most of the time)."""
+
+
+def tune_interpreter() -> None:
+    """Set :data:`SWITCH_INTERVAL_S` for this process; ``riskmon run`` calls it at start.
+
+    A process-wide setting, so the daemon's entry point makes it, not :class:`Daemon`: a
+    program that embeds a daemon decides for itself.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class Daemon:
