@@ -10,6 +10,7 @@ from adapters.logging import get_logger, log_alert, log_quarantine
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
 from monitor.engine import Notice
+from monitor.errors import SinkError
 from monitor.pipeline import Record
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
 
@@ -21,6 +22,7 @@ class SqliteSink:
     name = "sqlite"
 
     PRUNE_EVERY_S = 3600.0
+    PRUNE_RETRY_S = 60.0
 
     def __init__(self, store: SqliteStore, *, close_store: bool = True,
                  prune: bool = False) -> None:
@@ -29,11 +31,14 @@ class SqliteSink:
         self.store = store
         self._close_store = close_store
         self._next_prune_s = 0.0 if prune else math.inf
+        self._logger = get_logger("riskmon.sink")
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, records: Sequence[Record]) -> list[Record]:
+        """Store the batch; the followers get it with a StoredAlert added per newly
+        inserted alert."""
         # A checkpoint later in the batch supersedes an earlier one of the same account.
         checkpoints = {r.account: r for r in records if isinstance(r, AccountCheckpoint)}
-        await self.store.write_batch(
+        stored = await self.store.write_batch(
             alerts=[r for r in records if isinstance(r, Alert)],
             quarantine=[r for r in records if isinstance(r, QuarantineRecord)],
             history=[r for r in records if isinstance(r, MarginPoint)],
@@ -42,7 +47,15 @@ class SqliteSink:
         now = time.time()
         if now >= self._next_prune_s:
             self._next_prune_s = now + self.PRUNE_EVERY_S
-            await self.store.prune(int(now * 1000))
+            try:
+                await self.store.prune(int(now * 1000))
+            except SinkError as e:
+                # The batch is stored: failing the write now would make the pipeline write
+                # it again, and the retry would find its alerts stored and report none as
+                # newly inserted to the followers. Try pruning again sooner instead.
+                self._next_prune_s = now + self.PRUNE_RETRY_S
+                self._logger.warning("prune_failed", error=str(e))
+        return [*records, *stored]
 
     async def close(self) -> None:
         if self._close_store:

@@ -34,7 +34,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, Self
 
@@ -43,7 +43,7 @@ import orjson
 
 from monitor.alerts import LEVELS, Alert, Level, alert_from_dict
 from monitor.errors import SinkError
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 0 -> 1: the initial schema.
@@ -114,13 +114,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The ``user_version`` of a fully migrated database."""
 
+_OLDEST_SQLITE: Final = (3, 35, 0)
 _SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _MS_PER_DAY: Final = 86_400_000
 
-_ALERT_COLUMNS: Final = (
-    "id, ts, emitted_ts, account, kind, level, from_level, margin_ratio, equity_usd,"
-    " maint_margin_usd, init_margin_usd, inst_id, mark, payload"
+_ALERT_COLUMN_NAMES: Final = (
+    "id", "ts", "emitted_ts", "account", "kind", "level", "from_level", "margin_ratio",
+    "equity_usd", "maint_margin_usd", "init_margin_usd", "inst_id", "mark", "payload",
 )
+_ALERT_COLUMNS: Final = ", ".join(_ALERT_COLUMN_NAMES)
+
+# SQLite (3.32 and later) binds at most 32,766 parameters per statement.
+_ROWS_PER_INSERT: Final = 32_766 // len(_ALERT_COLUMN_NAMES)
 
 
 class SqliteStore:
@@ -163,6 +168,9 @@ class SqliteStore:
         if not (math.isfinite(retention_days) and retention_days > 0):
             raise ValueError("retention_days must be a positive number")
         location = os.fspath(path)
+        if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
+            raise SinkError(f"riskmon needs SQLite {'.'.join(map(str, _OLDEST_SQLITE))} or"
+                            f" newer (RETURNING); this Python has {sqlite3.sqlite_version}")
         try:
             # Open once with plain sqlite3 first: when aiosqlite fails to connect it stops its
             # worker thread without waiting, and that thread may then call into an event
@@ -207,7 +215,7 @@ class SqliteStore:
         Returns how many were newly inserted, so writing the same alerts again returns 0.
         Insertion order (``seq``) follows the order of ``alerts``.
         """
-        return await self.write_batch(alerts=alerts)
+        return len(await self.write_batch(alerts=alerts))
 
     async def write_quarantine(self, records: Sequence[QuarantineRecord]) -> None:
         """Store quarantined input with its reason, in one transaction (see write_batch)."""
@@ -231,9 +239,10 @@ class SqliteStore:
         quarantine: Sequence[QuarantineRecord] = (),
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
-    ) -> int:
-        """Store everything in ONE transaction (one commit, one fsync); returns how many
-        alerts were newly inserted.
+    ) -> list[StoredAlert]:
+        """Store everything in ONE transaction (one commit, one fsync); returns the alerts
+        newly inserted, with their ``seq``, in insertion order (an alert whose id was
+        already stored is skipped and not returned).
 
         The pipeline's unit of durability: the alerts of a batch and the checkpoints they
         moved are stored together or not at all, so a crash between them cannot make a
@@ -245,7 +254,7 @@ class SqliteStore:
         full retention from the moment it was quarantined rather than pruned at once).
         """
         if not (alerts or quarantine or history or checkpoints):
-            return 0
+            return []
         alert_rows = [_alert_row(alert) for alert in alerts]
         now_ms = time.time_ns() // 1_000_000
         quarantine_rows = [
@@ -268,13 +277,23 @@ class SqliteStore:
             (history_rows, "margin history points"), (checkpoint_rows, "checkpoints"),
         ) if rows]
         action = f"writing {', '.join(parts)}"
-        inserted = 0
+        stored: list[StoredAlert] = []
         async with self._transaction(action) as db:
-            if alert_rows:
-                inserted = await _execute_many(
-                    db, f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES ({_marks(14)})",
-                    alert_rows,
+            for start in range(0, len(alert_rows), _ROWS_PER_INSERT):
+                chunk = alert_rows[start:start + _ROWS_PER_INSERT]
+                # One multi-row statement per chunk, one trip to the worker thread: RETURNING
+                # reports the rows actually inserted (not those IGNOREd), in no promised
+                # order, hence the id.
+                values = ", ".join([f"({_marks(len(_ALERT_COLUMN_NAMES))})"] * len(chunk))
+                returned = await db.execute_fetchall(
+                    f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES {values}"
+                    " RETURNING seq, id",
+                    [value for row in chunk for value in row],
                 )
+                seqs = {id_: seq for seq, id_ in returned}
+                stored.extend(StoredAlert(seqs[alert.id], alert)
+                              for alert in alerts[start:start + _ROWS_PER_INSERT]
+                              if seqs.get(alert.id) is not None)
             if quarantine_rows:
                 await _execute_many(
                     db,
@@ -300,7 +319,9 @@ class SqliteStore:
                     " disarmed_rules = excluded.disarmed_rules",
                     checkpoint_rows,
                 )
-        return inserted
+        # A batch holding the same id twice inserts the first; report it once.
+        unique = {entry.seq: entry for entry in stored}
+        return sorted(unique.values(), key=lambda entry: entry.seq)
 
     async def load_checkpoints(self) -> list[AccountCheckpoint]:
         """Every account's last saved checkpoint, ordered by account name.
@@ -359,30 +380,55 @@ class SqliteStore:
         :class:`SinkError`. ``limit`` keeps the first ``limit`` matches, so a caller can page
         forward by passing the last id it received as ``since``.
         """
+        after = 0
+        if since is not None:
+            seq = await self.alert_seq(since)
+            if seq is None:
+                raise SinkError(f"unknown alert id {since!r}")
+            after = seq
+        stored = await self.stored_alerts(
+            after, accounts=None if account is None else [account],
+            kinds=None if kind is None else [kind], limit=limit,
+        )
+        return [entry.alert for entry in stored]
+
+    async def alert_seq(self, alert_id: str) -> int | None:
+        """The insertion number of a stored alert, or None if it is not stored."""
+        async with self._transaction("reading alerts", immediate=False) as db:
+            seq = await _fetch_value(db, "SELECT seq FROM alerts WHERE id = ?", (alert_id,))
+        return None if seq is None else int(seq)
+
+    async def stored_alerts(
+        self,
+        after_seq: int,
+        *,
+        accounts: Collection[str] | None = None,
+        kinds: Collection[str] | None = None,
+        levels: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> list[StoredAlert]:
+        """Stored alerts inserted after ``after_seq`` (0: all), in insertion order, with
+        their ``seq``; each of ``accounts``, ``kinds`` and ``levels`` (None: any) keeps
+        those whose field is one of the values. ``limit`` keeps the first ``limit``."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        if account is not None:
-            conditions.append("account = ?")
-            parameters.append(account)
-        if kind is not None:
-            conditions.append("kind = ?")
-            parameters.append(kind)
+        conditions = ["seq > ?"]
+        parameters: list[Any] = [after_seq]
+        for column, values in (("account", accounts), ("kind", kinds), ("level", levels)):
+            if values is not None:
+                wanted = sorted(set(values))
+                conditions.append(f"{column} IN ({_marks(len(wanted))})")
+                parameters.extend(wanted)
+        # LIMIT -1 is SQLite's "no limit".
+        parameters.append(-1 if limit is None else limit)
         async with self._transaction("reading alerts", immediate=False) as db:
-            if since is not None:
-                seq = await _fetch_value(db, "SELECT seq FROM alerts WHERE id = ?", (since,))
-                if seq is None:
-                    raise SinkError(f"unknown alert id {since!r}")
-                conditions.append("seq > ?")
-                parameters.append(seq)
-            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-            # LIMIT -1 is SQLite's "no limit".
-            parameters.append(-1 if limit is None else limit)
             rows = await _fetch_all(
-                db, f"SELECT {_ALERT_COLUMNS} FROM alerts{where} ORDER BY seq LIMIT ?", parameters
+                db,
+                f"SELECT seq, {_ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(conditions)}"
+                " ORDER BY seq LIMIT ?",
+                parameters,
             )
-        return [_alert_from_row(row) for row in rows]
+        return [StoredAlert(row[0], _alert_from_row(row[1:])) for row in rows]
 
     async def quarantine_count(self) -> int:
         """How many quarantine rows are stored."""
@@ -526,7 +572,7 @@ def _alert_row(alert: Alert) -> tuple[Any, ...]:
     )
 
 
-def _alert_from_row(row: sqlite3.Row) -> Alert:
+def _alert_from_row(row: Sequence[Any]) -> Alert:
     """Rebuild an alert from a row selected with :data:`_ALERT_COLUMNS`."""
     (
         id_,

@@ -130,7 +130,7 @@ from monitor.daemon import Daemon, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
 from monitor.pipeline import Record, SinkTask
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"
@@ -507,7 +507,7 @@ class TimedStore(SqliteStore):
         quarantine: Sequence[QuarantineRecord] = (),
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
-    ) -> int:
+    ) -> list[StoredAlert]:
         start = time.time()
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints)

@@ -27,9 +27,9 @@ from monitor.alerts import Alert
 from monitor.engine import MarginEngine, Notice
 from monitor.errors import BadInput, SinkError
 from monitor.events import Event
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 
-Record = Alert | QuarantineRecord | MarginPoint | Notice | AccountCheckpoint
+Record = Alert | QuarantineRecord | MarginPoint | Notice | AccountCheckpoint | StoredAlert
 LineDecoder = Callable[[bytes], list[Event]]
 
 RAW_LIMIT = 4096
@@ -37,11 +37,16 @@ READ_CHUNK_BYTES = 1 << 20
 
 
 class Sink(Protocol):
-    """Something records are written to. ``write`` raises SinkError on failure."""
+    """Something records are written to. ``write`` raises SinkError on failure.
+
+    What ``write`` returns is what the sink's followers get: None passes the batch on as
+    it is; a durable sink may return the batch with what storing it produced added (the
+    SQLite sink adds a :class:`~monitor.records.StoredAlert` per newly inserted alert).
+    """
 
     name: str
 
-    async def write(self, records: Sequence[Record]) -> None: ...
+    async def write(self, records: Sequence[Record]) -> Sequence[Record] | None: ...
 
     async def close(self) -> None: ...
 
@@ -233,9 +238,10 @@ class SinkTask:
 
     async def _write(self, batch: list[Record]) -> None:
         delay = 0.05
+        passed: Sequence[Record] | None = None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                await self.sink.write(batch)
+                passed = await self.sink.write(batch)
                 break
             except SinkError as e:
                 if attempt == self.max_attempts:
@@ -244,8 +250,9 @@ class SinkTask:
                     self.on_retry(self.sink.name, attempt, e)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
+        onward = batch if passed is None else passed
         for follower in self.followers:
-            await follower.put(list(batch))
+            await follower.put(list(onward))
 
 
 class Relay:

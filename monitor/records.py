@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitor.alerts import Level
+from monitor.alerts import Alert, Level
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,18 @@ class AccountCheckpoint:
     reminder_due_ms: int | None
     disarmed_rules: tuple[str, ...]
     ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """An alert that the durable store has just inserted, with its insertion number.
+
+    ``seq`` grows with every insert and is never reused, so it orders alerts exactly as a
+    catch-up read from the store does; the alert stream uses it to join catch-up and live
+    alerts with no gap and no duplicate (monitor.stream). The SQLite sink hands these to
+    its followers after the commit, one per newly inserted alert, in ``seq`` order; an
+    alert the store already held (a re-processed event after a restart) gets none.
+    """
+
+    seq: int
+    alert: Alert

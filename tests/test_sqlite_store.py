@@ -315,7 +315,7 @@ async def test_a_batch_is_one_transaction(store: SqliteStore, db_path: Path) -> 
     assert await store.alerts() == []
     with closing(sqlite3.connect(db_path)) as db, db:
         db.execute("DROP TRIGGER refuse")
-    assert await store.write_batch(alerts=alerts, checkpoints=checkpoints) == 1
+    assert len(await store.write_batch(alerts=alerts, checkpoints=checkpoints)) == 1
     assert await store.alerts() == [make_alert(1)]
     assert await store.load_checkpoints() == [checkpoint("main", "warning", BASE_TS)]
 
