@@ -41,14 +41,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from monitor.config import StreamToken
+from monitor.errors import ConfigError
 from monitor.stream import (
     EARLIEST,
     AlertFilter,
@@ -69,6 +72,23 @@ GOING_AWAY: Final = 1001
 _FIELDS: Final = frozenset({"op", "token", "accounts", "kinds", "min_level", "since"})
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close frame's reason fits in 123 bytes
 _ERROR_SEND_TIMEOUT_S: Final = 2.0
+
+
+def load_tokens(tokens: Iterable[StreamToken],
+                environ: Mapping[str, str] = os.environ) -> dict[str, frozenset[str]]:
+    """``[stream] tokens`` resolved: token value -> its accounts. A token variable that is
+    unset or empty is a ConfigError naming the variable (never a value)."""
+    resolved: dict[str, frozenset[str]] = {}
+    for index, token in enumerate(tokens):
+        value = environ.get(token.token_env, "")
+        if not value:
+            raise ConfigError(f"stream.tokens[{index}].token_env",
+                              f"environment variable {token.token_env} is not set")
+        if value in resolved:
+            raise ConfigError(f"stream.tokens[{index}].token_env",
+                              f"{token.token_env} holds the same token as another entry")
+        resolved[value] = frozenset(token.accounts)
+    return resolved
 
 
 class Refused(Exception):

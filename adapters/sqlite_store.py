@@ -392,6 +392,12 @@ class SqliteStore:
         )
         return [entry.alert for entry in stored]
 
+    async def last_alert_id(self) -> str | None:
+        """The id of the alert stored last, or None when none is."""
+        async with self._transaction("reading alerts", immediate=False) as db:
+            value = await _fetch_value(db, "SELECT id FROM alerts ORDER BY seq DESC LIMIT 1")
+        return None if value is None else str(value)
+
     async def alert_seq(self, alert_id: str) -> int | None:
         """The insertion number of a stored alert, or None if it is not stored."""
         async with self._transaction("reading alerts", immediate=False) as db:

@@ -10,29 +10,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from adapters.http_server import HttpServer
 from adapters.logging import configure_logging, get_logger
-from adapters.okx.auth import Credentials, load_credentials
 from adapters.okx.decode import OkxDecoder
-from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import Faults, serve
 from adapters.recording import RecordingWriter
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.config import Config, load_config
-from monitor.daemon import Daemon, tune_interpreter
+from monitor.daemon import tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, RiskmonError, SinkError
-from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import (
     AlertLinesSink,
     LineProcessor,
@@ -41,6 +36,7 @@ from monitor.pipeline import (
     replay_file,
     state_document,
 )
+from monitor.service import Monitor, build_daemon, load_all_credentials
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,27 +171,6 @@ async def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _credentials(config: Config) -> dict[str, Credentials]:
-    if not config.accounts:
-        raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
-    return {name: load_credentials(account) for name, account in config.accounts.items()}
-
-
-def _check_stream_exposure(config: Config) -> None:
-    """SPEC 6: without tokens the stream port stays on loopback."""
-    host = config.stream.host
-    if config.stream.tokens:
-        return
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError("stream.host", f"{host!r} is not a loopback address and "
-                                         "[stream] has no tokens: refusing to serve alerts "
-                                         "unauthenticated")
-
-
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -208,68 +183,36 @@ def _status(document: dict[str, Any]) -> None:
     sys.stdout.buffer.flush()
 
 
-def _build_daemon(config: Config, credentials: dict[str, Credentials], head: SinkTask,
-                  tap: Callable[[FeedItem], None] | None = None) -> Daemon:
-    inbox = Inbox()
-    deliver = inbox.put
-    if tap is not None:
-        def deliver(item: FeedItem) -> None:
-            tap(item)
-            inbox.put(item)
-    feed = OkxFeed(config.okx, credentials, deliver, load_instruments=not config.instruments,
-                   collateral=config.collateral.keys())
-    return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
-                  history_interval_ms=int(config.storage.history_interval_s * 1000))
-
-
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    credentials = _credentials(config)
-    _check_stream_exposure(config)
-    log = get_logger("riskmon.daemon")
     tune_interpreter()
-    store = await SqliteStore.open(config.storage.sqlite_path,
-                                   retention_days=config.storage.retention_days,
-                                   synchronous=config.storage.synchronous)
-
-    def on_retry(name: str, attempt: int, error: SinkError) -> None:
-        log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
-
-    head = SinkTask(SqliteSink(store, prune=True), followers=[SinkTask(LogSink())],
-                    on_retry=on_retry)
-    daemon = _build_daemon(config, credentials, head)
-    daemon.engine.restore(await store.load_checkpoints())
-
-    def metrics_text(now: float) -> str:
-        daemon.refresh_gauges()
-        return daemon.metrics.render(now)
-
-    http = HttpServer(daemon.health, metrics_text)
+    monitor = await Monitor.open(config)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    port = await http.start(config.stream.host, config.stream.port)
-    _status({"event": "listening", "http": f"http://{config.stream.host}:{port}",
-             "port": port})
-    log.info("daemon_started", port=port, accounts=sorted(credentials),
-             database=config.storage.sqlite_path)
-    try:
-        await daemon.run(stop)
-    finally:
-        await http.close()
-    stats = daemon.processor.stats
+    runner = asyncio.create_task(monitor.run(stop), name="monitor")
+    started = asyncio.create_task(monitor.started.wait())
+    await asyncio.wait([runner, started], return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if monitor.started.is_set():
+        port = monitor.port
+        _status({"event": "listening", "http": f"http://{config.stream.host}:{port}",
+                 "port": port})
+        get_logger("riskmon.daemon").info(
+            "daemon_started", port=port, accounts=sorted(config.accounts),
+            database=config.storage.sqlite_path)
+    await runner
     if args.state_out is not None:
-        args.state_out.write_bytes(state_document(daemon.engine, stats) + b"\n")
-    log.info("daemon_stopped", events=stats.events, alerts=stats.alerts,
-             quarantined=stats.quarantined)
+        args.state_out.write_bytes(
+            state_document(monitor.daemon.engine, monitor.daemon.processor.stats) + b"\n")
     return 0
 
 
 async def _record(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    credentials = _credentials(config)
+    credentials = load_all_credentials(config)
     log = get_logger("riskmon.record")
     writer = RecordingWriter(args.file)
-    daemon = _build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write)
+    daemon = build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write)
     stop = asyncio.Event()
     _stop_on_signals(stop)
     if args.duration is not None:

@@ -98,9 +98,15 @@ class StreamToken:
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
+    """``[stream]``: the alert stream and /healthz, /metrics. ``heartbeat_s``: a heartbeat
+    after that long without a message; ``queue_size``: alerts a subscriber may fall
+    behind before it is cut off (both riskmon's choices; SPEC 6 names neither)."""
+
     host: str = "127.0.0.1"
     port: int = 8765
     tokens: tuple[StreamToken, ...] = ()
+    heartbeat_s: float = 15.0
+    queue_size: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +344,7 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
 
 
 def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
-    _only(table, "stream", {"host", "port", "tokens"})
+    _only(table, "stream", {"host", "port", "tokens", "heartbeat_s", "queue_size"})
     tokens = []
     for index, raw in enumerate(_array(table, "tokens", "stream")):
         path = f"stream.tokens[{index}]"
@@ -353,8 +359,14 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
     port = table.get("port", defaults.port)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ConfigError("stream.port", "must be an integer in [0, 65535]")
+    queue_size = table.get("queue_size", defaults.queue_size)
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+        raise ConfigError("stream.queue_size", "must be a positive integer")
     return StreamConfig(host=_string(table.get("host", defaults.host), "stream.host"),
-                        port=port, tokens=tuple(tokens))
+                        port=port, tokens=tuple(tokens),
+                        heartbeat_s=_positive(table.get("heartbeat_s", defaults.heartbeat_s),
+                                              "stream.heartbeat_s"),
+                        queue_size=queue_size)
 
 
 # -- small typed readers ---------------------------------------------------------------

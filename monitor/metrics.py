@@ -23,6 +23,8 @@ class Metrics:
     sink_queue_depth: dict[str, int] = field(default_factory=dict)
     margin_ratio: dict[str, float | None] = field(default_factory=dict)
     feeds_connected: dict[str, bool] = field(default_factory=dict)
+    stream_subscribers: int = 0
+    stream_cut_off: int = 0
     started_s: float = 0.0
 
     def render(self, now_s: float) -> str:
@@ -59,6 +61,10 @@ class Metrics:
                 if v is not None})
         family("riskmon_feed_connected", "gauge", "1 while a feed connection is up.",
                {f'feed="{_escape(k)}"': float(v) for k, v in self.feeds_connected.items()})
+        family("riskmon_stream_subscribers", "gauge",
+               "Alert stream subscriptions receiving live alerts.", self.stream_subscribers)
+        family("riskmon_stream_cut_off_total", "counter",
+               "Alert stream subscriptions cut off for falling behind.", self.stream_cut_off)
         family("riskmon_uptime_seconds", "gauge", "Seconds since the daemon started.",
                max(0.0, now_s - self.started_s))
         return "\n".join(lines) + "\n"

@@ -1,8 +1,9 @@
 """The dependency arrow (STYLE.md): ``adapters`` import ``monitor``, never the reverse.
 
-Only the composition root (``monitor/cli.py``) may reach into ``adapters``; the pure core
-reads no clock and does no I/O, so it imports no event loop, clock, logger or randomness.
-Imports are read with :mod:`ast`, including imports nested inside functions.
+Only the composition roots (``monitor/cli.py`` and ``monitor/service.py``) may reach into
+``adapters``; the pure core reads no clock and does no I/O, so it imports no event loop,
+clock, logger or randomness. Imports are read with :mod:`ast`, including imports nested
+inside functions.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 ROOT = Path(__file__).parents[1]
 MONITOR = ROOT / "monitor"
 
-# The composition root, and the ``python -m monitor`` entry point that only calls it.
-COMPOSITION_ROOT = {"monitor/cli.py", "monitor/__main__.py"}
+# The composition roots (the command line, and the embedding API it runs the daemon
+# with), and the ``python -m monitor`` entry point that only calls the first.
+COMPOSITION_ROOT = {"monitor/cli.py", "monitor/__main__.py", "monitor/service.py"}
 
 PURE_CORE = [
     "monitor/engine.py",

@@ -1,0 +1,182 @@
+"""riskmon inside a program: the daemon of ``riskmon run``, as an object (SPEC 4, 5).
+
+A composition root like monitor/cli.py (it wires the OKX feed, the engine, SQLite and the
+HTTP face together); ``riskmon run`` is this class plus signal handling. A program that
+embeds riskmon runs one and iterates its alerts::
+
+    monitor = await Monitor.open(load_config("riskmon.toml"))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(monitor.run(stop))
+    async for alert in monitor.subscribe(accounts=["main"], min_level="deleverage"):
+        ...                      # e.g. stop opening positions
+    stop.set(); await runner
+
+:meth:`Monitor.subscribe` has the filter semantics of the websocket stream (monitor.stream,
+adapters/alert_stream.py): alerts reach a subscription only after SQLite stored them;
+``since`` an alert id (or ``"earliest"``) first replays what is stored after it; a
+subscription that falls more than ``[stream] queue_size`` alerts behind raises
+:class:`~monitor.stream.SubscriberOverflow` (after the alerts it holds), and another
+subscription ``since`` the last id received carries on without a gap. Tokens restrict
+remote clients only: a program in the same process sees every account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Collection, Mapping
+
+from adapters.alert_stream import AlertStreamHandler, load_tokens
+from adapters.http_server import HttpServer
+from adapters.logging import get_logger
+from adapters.okx.auth import Credentials, load_credentials
+from adapters.okx.decode import OkxDecoder
+from adapters.okx.live import OkxFeed
+from adapters.sinks import LogSink, SqliteSink
+from adapters.sqlite_store import SqliteStore
+from monitor.config import Config
+from monitor.daemon import Daemon
+from monitor.engine import MarginEngine
+from monitor.errors import ConfigError, SinkError
+from monitor.feed import FeedItem, Inbox
+from monitor.pipeline import SinkTask
+from monitor.stream import AlertFilter, AlertHub, Subscription
+
+
+class Monitor:
+    """The live daemon with its store, alert hub and (optionally) HTTP face."""
+
+    def __init__(self, config: Config, daemon: Daemon, store: SqliteStore,
+                 reader: SqliteStore, hub: AlertHub, tokens: Mapping[str, frozenset[str]],
+                 *, serve_http: bool) -> None:
+        """Use :meth:`open`."""
+        self.config = config
+        self.daemon = daemon
+        self.store = store
+        self.hub = hub
+        self._reader = reader
+        self._tokens = tokens
+        self._serve_http = serve_http
+        self.port: int | None = None
+        self.started = asyncio.Event()
+
+    @classmethod
+    async def open(cls, config: Config, *,
+                   credentials: Mapping[str, Credentials] | None = None,
+                   serve_http: bool = True) -> Monitor:
+        """Open the store (restoring the accounts' level state) and build the daemon.
+
+        ``credentials`` default to those the configuration names (environment or a 0600
+        file). ``serve_http``: serve ``/healthz``, ``/metrics`` and the alert stream on
+        ``[stream] host:port`` while running. Raises ConfigError (a missing secret or
+        stream token, an unsafe stream address) and SinkError (the database).
+        """
+        if credentials is None:
+            credentials = load_all_credentials(config)
+        tokens = load_tokens(config.stream.tokens)
+        if serve_http:
+            check_stream_exposure(config)
+        log = get_logger("riskmon.daemon")
+        path = config.storage.sqlite_path
+        store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
+                                       synchronous=config.storage.synchronous)
+        try:
+            # Catch-up reads for subscribers use a connection of their own: in WAL mode
+            # they then never wait for, nor delay, the alert writes.
+            reader = await SqliteStore.open(path, retention_days=config.storage.retention_days)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            hub = AlertHub(reader, queue_size=config.stream.queue_size,
+                           last_id=await reader.last_alert_id())
+
+            def on_retry(name: str, attempt: int, error: SinkError) -> None:
+                log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
+
+            head = SinkTask(SqliteSink(store, prune=True),
+                            followers=[SinkTask(LogSink()), SinkTask(hub)], on_retry=on_retry)
+            daemon = build_daemon(config, credentials, head)
+            daemon.engine.restore(await store.load_checkpoints())
+        except BaseException:
+            await reader.close()
+            await store.close()
+            raise
+        return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http)
+
+    def subscribe(self, *, accounts: Collection[str] | None = None,
+                  kinds: Collection[str] | None = None, min_level: str = "normal",
+                  since: str | None = None) -> Subscription:
+        """Alerts matching the filter, as an async iterator (see the module docstring).
+
+        Without ``since`` it delivers alerts stored from this call on. Raises ValueError
+        for an unknown kind or level; an unknown ``since`` raises
+        :class:`~monitor.stream.UnknownAlertId` when iteration starts.
+        """
+        return self.hub.subscribe(AlertFilter.of(accounts, kinds, min_level), since=since)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain every sink (subscriptions end after the
+        last stored alert) and close the store. Runs once."""
+        log = get_logger("riskmon.daemon")
+        http: HttpServer | None = None
+        try:
+            if self._serve_http:
+                http = HttpServer(self.daemon.health, self._metrics_text,
+                                  AlertStreamHandler(self.hub, self._tokens,
+                                                     heartbeat_s=self.config.stream.heartbeat_s))
+                self.port = await http.start(self.config.stream.host, self.config.stream.port)
+            self.started.set()
+            await self.daemon.run(stop)
+        finally:
+            if http is not None:
+                await http.close()
+            await self._reader.close()
+            log.info("daemon_stopped", events=self.daemon.processor.stats.events,
+                     alerts=self.daemon.processor.stats.alerts,
+                     quarantined=self.daemon.processor.stats.quarantined)
+
+    def _metrics_text(self, now: float) -> str:
+        self.daemon.refresh_gauges()
+        self.daemon.metrics.stream_subscribers = self.hub.subscribers
+        self.daemon.metrics.stream_cut_off = self.hub.cut_off
+        return self.daemon.metrics.render(now)
+
+
+def load_all_credentials(config: Config) -> dict[str, Credentials]:
+    """Every configured account's API credentials; a live feed needs at least one."""
+    if not config.accounts:
+        raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
+    return {name: load_credentials(account) for name, account in config.accounts.items()}
+
+
+def check_stream_exposure(config: Config) -> None:
+    """SPEC 6: without tokens the stream port stays on loopback."""
+    host = config.stream.host
+    if config.stream.tokens:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError("stream.host", f"{host!r} is not a loopback address and "
+                                         "[stream] has no tokens: refusing to serve alerts "
+                                         "unauthenticated")
+
+
+def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: SinkTask,
+                 tap: Callable[[FeedItem], None] | None = None) -> Daemon:
+    """The OKX feed, inbox, engine and decoder around the sink chain ``head``; ``tap``
+    sees every feed item first (``riskmon record``)."""
+    inbox = Inbox()
+    deliver = inbox.put
+    if tap is not None:
+        def deliver(item: FeedItem) -> None:
+            tap(item)
+            inbox.put(item)
+    feed = OkxFeed(config.okx, dict(credentials), deliver,
+                   load_instruments=not config.instruments,
+                   collateral=config.collateral.keys())
+    return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
+                  history_interval_ms=int(config.storage.history_interval_s * 1000))
