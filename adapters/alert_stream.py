@@ -206,7 +206,13 @@ class AlertStreamHandler:
         hub = self.hub
         while True:
             try:
-                stored = await asyncio.wait_for(subscription.next_stored(), self.heartbeat_s)
+                if subscription.pending:
+                    # An alert is waiting: no heartbeat timer (a task and a timer per
+                    # message would be most of the cost of a busy stream).
+                    stored = await subscription.next_stored()
+                else:
+                    stored = await asyncio.wait_for(subscription.next_stored(),
+                                                    self.heartbeat_s)
             except TimeoutError:
                 await ws.send(orjson.dumps({"event": "heartbeat",
                                             "ts": time.time_ns() // 1_000_000}).decode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from adapters.okx.replay_server import Faults, serve
 from adapters.recording import RecordingWriter
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
+from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
 from monitor.config import Config, load_config
 from monitor.daemon import tune_interpreter
 from monitor.engine import MarginEngine
@@ -101,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--since", default=None, metavar="ID",
                         help="only alerts stored after this alert id")
     alerts.add_argument("--kind", default=None)
+    tail = commands.add_parser("tail", help="subscribe to a running riskmon's alerts and "
+                                            "print them as JSON lines")
+    tail.add_argument("--url", default=DEFAULT_URL, help=f"alert stream (default {DEFAULT_URL})")
+    tail.add_argument("--token", default=None,
+                      help=f"stream token (default: ${TOKEN_ENV}, which keeps it out of the "
+                           "process list)")
+    tail.add_argument("--account", action="append", default=None, metavar="A",
+                      help="only this account (repeatable; default: all the token may see)")
+    tail.add_argument("--kind", action="append", default=None, metavar="K",
+                      help="only this alert kind (repeatable)")
+    tail.add_argument("--min-level", default=None, metavar="LEVEL",
+                      help="only alerts at this level or worse")
+    tail.add_argument("--since", default=None, metavar="ID",
+                      help="first the stored alerts after this id ('earliest': all stored)")
+    tail.add_argument("--count", type=int, default=None, metavar="N",
+                      help="exit 0 after N alerts")
     return parser
 
 
@@ -121,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_replay_server(args))
             case "alerts":
                 return asyncio.run(_alerts(args))
+            case "tail":
+                return asyncio.run(_tail(args))
     except ConfigError as e:
         print(f"riskmon: configuration error: {e}", file=sys.stderr)
         return 2
@@ -262,6 +282,26 @@ async def _alerts(args: argparse.Namespace) -> int:
     for alert in alerts:
         out.write(orjson.dumps(alert.to_dict()) + b"\n")
     out.flush()
+    return 0
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise ConfigError("--count", "must be a positive integer")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    request = TailRequest(token=token, accounts=args.account, kinds=args.kind,
+                          min_level=args.min_level, since=args.since)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    try:
+        await tail(args.url, request, sys.stdout.buffer, sys.stderr, count=args.count,
+                   stop=stop)
+    except TailRefused as e:
+        print(f"riskmon tail: refused: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"riskmon tail: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -162,11 +162,14 @@ class AlertHub:
 
     async def write(self, records: Sequence[object]) -> None:
         """Publish the batch's newly stored alerts; never waits."""
-        for record in records:
-            if isinstance(record, StoredAlert):
-                self.last_id = record.alert.id
-                for subscription in list(self._live):
-                    subscription._offer(record)
+        stored = [record for record in records if isinstance(record, StoredAlert)]
+        if not stored:
+            return
+        self.last_id = stored[-1].alert.id
+        # A copy: a subscription cut off while offered leaves the set.
+        for subscription in list(self._live):
+            for record in stored:
+                subscription._offer(record)
 
     async def close(self) -> None:
         """End every subscription (after what each holds); new ones end at once."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from monitor.alerts import Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
 from monitor.events import (
     BalanceUpdate,
@@ -116,4 +120,37 @@ def order(order_id: str, inst_id: str, side: str, size: float, price: float | No
         live=live,
         event_ms=ts,
         recv_ms=ts + 1,
+    )
+
+
+ALERT_BASE_TS = 1_700_000_000_000
+
+
+def make_alert(
+    n: int,
+    *,
+    account: str = "main",
+    kind: AlertKind = "level_changed",
+    level: Level = "warning",
+    ts: int | None = None,
+    margin_ratio: float | None = 1.42,
+    payload: Mapping[str, Any] | None = None,
+) -> Alert:
+    """Alert number ``n``: distinct id, plausible figures."""
+    event_ts = ALERT_BASE_TS + n * 1000 if ts is None else ts
+    return Alert(
+        id=alert_id(account, kind, event_ts, n, ""),
+        ts=event_ts,
+        emitted_ms=event_ts + 7,
+        account=account,
+        kind=kind,
+        level=level,
+        from_level="normal" if kind == "level_changed" else None,
+        margin_ratio=margin_ratio,
+        equity_usd=10_000.0 + n,
+        maint_margin_usd=7_000.5,
+        init_margin_usd=8_500.25,
+        inst_id="BTC-USDT-SWAP",
+        mark=37_123.4 + n,
+        payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
     )

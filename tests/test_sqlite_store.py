@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -14,42 +14,13 @@ from typing import Any
 import pytest
 
 from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
-from monitor.alerts import Alert, AlertKind, Level, alert_id
+from monitor.alerts import Alert, Level
 from monitor.errors import SinkError
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from tests.builders import make_alert
 
 BASE_TS = 1_700_000_000_000
 DAY_MS = 86_400_000
-
-
-def make_alert(
-    n: int,
-    *,
-    account: str = "main",
-    kind: AlertKind = "level_changed",
-    level: Level = "warning",
-    ts: int | None = None,
-    margin_ratio: float | None = 1.42,
-    payload: Mapping[str, Any] | None = None,
-) -> Alert:
-    """Alert number ``n``: distinct id, plausible figures."""
-    event_ts = BASE_TS + n * 1000 if ts is None else ts
-    return Alert(
-        id=alert_id(account, kind, event_ts, n, ""),
-        ts=event_ts,
-        emitted_ms=event_ts + 7,
-        account=account,
-        kind=kind,
-        level=level,
-        from_level="normal" if kind == "level_changed" else None,
-        margin_ratio=margin_ratio,
-        equity_usd=10_000.0 + n,
-        maint_margin_usd=7_000.5,
-        init_margin_usd=8_500.25,
-        inst_id="BTC-USDT-SWAP",
-        mark=37_123.4 + n,
-        payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
-    )
 
 
 def checkpoint(account: str, level: Level, ts: int, *, reminder: int | None = None,
