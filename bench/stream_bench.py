@@ -13,11 +13,12 @@ Two processes on this machine:
             producer task puts alerts into the head, one batch each, with a unique id and
             ``{"bench_index": k, "produced": time.time()}`` as the payload.
   clients   this file with ``--clients N`` (a subprocess per run): N websocket clients with
-            websockets' defaults (permessage-deflate offered, as most clients do;
-            ``--no-compression`` offers none), each subscribed with ``{"op": "subscribe"}``
-            and acked before the run starts. Each notes ``time.time()`` on receiving every
-            alert until the run's end marker, then closes; the process reports every
-            subscriber's indices and times as one JSON line on standard output.
+            websockets' defaults (permessage-deflate offered, as most clients do; the
+            server accepts none, see adapters/http_server.py), each subscribed with
+            ``{"op": "subscribe"}`` and acked before the run starts. Each notes
+            ``time.time()`` on receiving every alert until the run's end marker, then
+            closes; the process reports every subscriber's indices and times as one JSON
+            line on standard output.
 
 Runs, 1 subscriber (the baseline) and ``--subscribers`` (default 100) in turns, each with a
 fresh client process:
@@ -77,7 +78,7 @@ DRAIN_TIMEOUT_S: Final = 30.0
 # --- the clients (a subprocess) -------------------------------------------------------------
 
 
-async def run_clients(port: int, count: int, compression: bool) -> None:
+async def run_clients(port: int, count: int) -> None:
     """Connect and subscribe ``count`` clients, say "ready", receive until the end marker,
     then write what each received as one JSON line (see the module docstring)."""
     url = f"ws://127.0.0.1:{port}{ALERTS_PATH}"
@@ -85,7 +86,7 @@ async def run_clients(port: int, count: int, compression: bool) -> None:
 
     async def subscribe() -> ClientConnection:
         async with gate:
-            ws = await connect(url, compression="deflate" if compression else None)
+            ws = await connect(url)
             await ws.send('{"op": "subscribe"}')
             ack = orjson.loads(await ws.recv())
             if ack.get("event") != "subscribed":
@@ -229,8 +230,6 @@ class Bench:
             await asyncio.sleep(0.01)
         command = [sys.executable, __file__, "--clients", str(subscribers),
                    "--port", str(self.port)]
-        if self.args.no_compression:
-            command.append("--no-compression")
         process = await asyncio.create_subprocess_exec(
             *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             limit=1 << 28)
@@ -442,13 +441,11 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 200.0],
                         help="paced rates, alerts/s (default 100 200)")
     parser.add_argument("--subscribers", type=int, default=100)
-    parser.add_argument("--no-compression", action="store_true",
-                        help="clients offer no permessage-deflate")
     parser.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients:
-        asyncio.run(run_clients(args.port, args.clients, not args.no_compression))
+        asyncio.run(run_clients(args.port, args.clients))
         return
     if args.seconds is None:
         args.seconds = 1.5 if args.quick else 5.0
