@@ -4,8 +4,11 @@ stream tests (no feed: tests publish alerts directly)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 
+from adapters.alert_stream import AlertStreamHandler
+from adapters.http_server import HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
@@ -44,9 +47,11 @@ class Chain:
     name = "hub"
 
     def __init__(self, store: SqliteStore, reader: SqliteStore | DelayedSource, *,
-                 queue_size: int = 1000, page_size: int = 500) -> None:
+                 queue_size: int = 1000, page_size: int = 500,
+                 last_id: str | None = None) -> None:
         self.store = store
-        self.hub = AlertHub(reader, queue_size=queue_size, page_size=page_size)
+        self.hub = AlertHub(reader, queue_size=queue_size, page_size=page_size,
+                            last_id=last_id)
         self.head = SinkTask(SqliteSink(store, close_store=False), followers=[SinkTask(self)])
         self.head.start()
         self.published: set[str] = set()
@@ -71,3 +76,59 @@ class Chain:
             while not self.published <= self.passed:
                 self.moved.clear()
                 await self.moved.wait()
+
+
+class StreamServer:
+    """What ``riskmon run`` serves on ``/v1/alerts``, without the feed: a store on ``db``,
+    the hub and the websocket handler on 127.0.0.1. Stop and start it again (same port,
+    same file) to play a daemon restart."""
+
+    def __init__(self, db: Path, *, tokens: Mapping[str, frozenset[str]] | None = None,
+                 queue_size: int = 1000, heartbeat_s: float = 15.0,
+                 subscribe_timeout_s: float = 10.0) -> None:
+        self.db = db
+        self.tokens = tokens
+        self.queue_size = queue_size
+        self.heartbeat_s = heartbeat_s
+        self.subscribe_timeout_s = subscribe_timeout_s
+        self.port = 0
+        self._parts: tuple[HttpServer, Chain, SqliteStore, SqliteStore] | None = None
+
+    @property
+    def chain(self) -> Chain:
+        assert self._parts is not None, "the server is not running"
+        return self._parts[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/alerts"
+
+    async def start(self) -> StreamServer:
+        store = await SqliteStore.open(self.db, synchronous="OFF")
+        reader = await SqliteStore.open(self.db)
+        chain = Chain(store, reader, queue_size=self.queue_size,
+                      last_id=await reader.last_alert_id())
+        handler = AlertStreamHandler(chain.hub, self.tokens, heartbeat_s=self.heartbeat_s,
+                                     subscribe_timeout_s=self.subscribe_timeout_s)
+        http = HttpServer(lambda now: (True, {}), lambda now: "", handler)
+        self.port = await http.start("127.0.0.1", self.port)
+        self._parts = (http, chain, store, reader)
+        return self
+
+    async def stop(self) -> None:
+        """As at SIGTERM: drain the sinks (subscribers get what is stored, then 1001)."""
+        if self._parts is None:
+            return
+        http, chain, store, reader = self._parts
+        self._parts = None
+        await chain.head.drain_and_close()
+        await http.close()
+        await reader.close()
+        await store.close()
+
+
+async def until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
+    """Poll ``condition`` (state another process or task changes) until it holds."""
+    async with asyncio.timeout(within_s):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on: it is polled state)
+            await asyncio.sleep(0.01)

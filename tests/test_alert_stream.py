@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +14,28 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from adapters.alert_stream import AlertStreamHandler, load_tokens
-from adapters.http_server import HttpServer
-from adapters.sqlite_store import SqliteStore
+from adapters.alert_stream import load_tokens
 from monitor.alerts import Alert
 from monitor.config import StreamToken
 from monitor.errors import ConfigError
 from tests.builders import make_alert
-from tests.stream_harness import Chain
+from tests.stream_harness import StreamServer
 
 TOKENS = {"tok-main-7f3a": frozenset({"main"}), "tok-both-91c2": frozenset({"main", "desk"})}
 
 
-@dataclass
-class Server:
-    chain: Chain
-    url: str
-
-
 @pytest.fixture
 async def make_server(tmp_path: Path) -> AsyncIterator[Any]:
-    opened: list[tuple[HttpServer, Chain, SqliteStore, SqliteStore]] = []
+    started: list[StreamServer] = []
 
-    async def make(*, tokens: Mapping[str, frozenset[str]] | None = None,
-                   queue_size: int = 1000, heartbeat_s: float = 15.0,
-                   subscribe_timeout_s: float = 10.0) -> Server:
-        store = await SqliteStore.open(tmp_path / "stream.db", synchronous="OFF")
-        reader = await SqliteStore.open(tmp_path / "stream.db")
-        chain = Chain(store, reader, queue_size=queue_size)
-        handler = AlertStreamHandler(chain.hub, tokens, heartbeat_s=heartbeat_s,
-                                     subscribe_timeout_s=subscribe_timeout_s)
-        http = HttpServer(lambda now: (True, {}), lambda now: "", handler)
-        port = await http.start("127.0.0.1", 0)
-        opened.append((http, chain, store, reader))
-        return Server(chain, f"ws://127.0.0.1:{port}/v1/alerts")
+    async def make(**options: Any) -> StreamServer:
+        server = await StreamServer(tmp_path / "stream.db", **options).start()
+        started.append(server)
+        return server
 
     yield make
-    for http, chain, store, reader in opened:
-        await http.close()
-        await chain.head.drain_and_close()
-        await reader.close()
-        await store.close()
+    for server in started:
+        await server.stop()
 
 
 async def subscribe(url: str, **request: Any) -> tuple[ClientConnection, dict[str, Any]]:
@@ -89,7 +69,7 @@ def ids(alerts: list[Alert] | list[dict[str, Any]]) -> list[str]:
 
 async def test_catch_up_then_live_with_no_gap_and_no_duplicate_while_alerts_flow(
         make_server: Any) -> None:
-    server: Server = await make_server()
+    server: StreamServer = await make_server()
     chain = server.chain
     await chain.publish([make_alert(n) for n in range(1, 31)])
     await chain.settle()
@@ -148,7 +128,7 @@ async def test_catch_up_then_live_with_no_gap_and_no_duplicate_while_alerts_flow
 
 async def test_a_stuck_subscriber_is_cut_off_while_a_healthy_one_gets_everything(
         make_server: Any) -> None:
-    server: Server = await make_server(queue_size=40)
+    server: StreamServer = await make_server(queue_size=40)
     chain = server.chain
     # Big alerts, so that the stuck client's socket buffers (a few MB) fill up soon.
     pad = "x" * 50_000
@@ -193,7 +173,7 @@ async def test_a_stuck_subscriber_is_cut_off_while_a_healthy_one_gets_everything
 
 
 async def test_tokens_limit_each_client_to_its_accounts(make_server: Any) -> None:
-    server: Server = await make_server(tokens=TOKENS)
+    server: StreamServer = await make_server(tokens=TOKENS)
     main_only, ack = await subscribe(server.url, token="tok-main-7f3a")
     assert ack["event"] == "subscribed" and ack["accounts"] == ["main"]
     both, ack = await subscribe(server.url, token="tok-both-91c2", accounts=["desk"])
@@ -220,7 +200,7 @@ async def test_tokens_limit_each_client_to_its_accounts(make_server: Any) -> Non
 )
 async def test_auth_refusals_say_why_and_close(make_server: Any, request_fields: dict[str, Any],
                                                code: str, close_code: int, message: str) -> None:
-    server: Server = await make_server(tokens=TOKENS)
+    server: StreamServer = await make_server(tokens=TOKENS)
     ws, error = await subscribe(server.url, **request_fields)
     assert error == {"event": "error", "code": code, "msg": message}
     with pytest.raises(ConnectionClosed):
@@ -230,7 +210,7 @@ async def test_auth_refusals_say_why_and_close(make_server: Any, request_fields:
 
 
 async def test_without_tokens_any_client_may_subscribe(make_server: Any) -> None:
-    server: Server = await make_server()
+    server: StreamServer = await make_server()
     ws, ack = await subscribe(server.url, token="anything")
     assert ack["event"] == "subscribed"
     await ws.close()
@@ -256,7 +236,7 @@ async def test_without_tokens_any_client_may_subscribe(make_server: Any) -> None
 )
 async def test_bad_requests_are_refused_with_the_reason(make_server: Any, raw: str,
                                                         message: str) -> None:
-    server: Server = await make_server()
+    server: StreamServer = await make_server()
     ws = await connect(server.url)
     await ws.send(raw)
     error, close_code, _ = await refusal(ws)
@@ -266,7 +246,7 @@ async def test_bad_requests_are_refused_with_the_reason(make_server: Any, raw: s
 
 
 async def test_a_client_that_never_subscribes_is_closed(make_server: Any) -> None:
-    server: Server = await make_server(subscribe_timeout_s=0.2)
+    server: StreamServer = await make_server(subscribe_timeout_s=0.2)
     ws = await connect(server.url)
     error, close_code, _ = await refusal(ws)
     assert (error["code"], close_code) == ("bad_request", 4400)
@@ -274,7 +254,7 @@ async def test_a_client_that_never_subscribes_is_closed(make_server: Any) -> Non
 
 
 async def test_since_an_alert_that_is_not_stored_is_refused(make_server: Any) -> None:
-    server: Server = await make_server()
+    server: StreamServer = await make_server()
     await server.chain.publish([make_alert(1)])
     ws, error = await subscribe(server.url, since="1700000000000-0000000000000000")
     assert error["code"] == "unknown_since"
@@ -284,7 +264,7 @@ async def test_since_an_alert_that_is_not_stored_is_refused(make_server: Any) ->
 
 
 async def test_heartbeats_keep_a_quiet_stream_alive(make_server: Any) -> None:
-    server: Server = await make_server(heartbeat_s=0.1)
+    server: StreamServer = await make_server(heartbeat_s=0.1)
     ws, _ = await subscribe(server.url)
     beats = [orjson.loads(await ws.recv()) for _ in range(3)]
     assert all(beat["event"] == "heartbeat" and isinstance(beat["ts"], int) for beat in beats)
@@ -294,7 +274,7 @@ async def test_heartbeats_keep_a_quiet_stream_alive(make_server: Any) -> None:
 
 
 async def test_subscribers_are_told_when_riskmon_stops(make_server: Any) -> None:
-    server: Server = await make_server()
+    server: StreamServer = await make_server()
     ws, _ = await subscribe(server.url)
     await server.chain.publish([make_alert(1), make_alert(2)])
     await server.chain.head.drain_and_close()  # what a SIGTERM does to the sinks
