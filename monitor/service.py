@@ -125,12 +125,20 @@ class Monitor:
                 http = HttpServer(self.daemon.health, self._metrics_text,
                                   AlertStreamHandler(self.hub, self._tokens,
                                                      heartbeat_s=self.config.stream.heartbeat_s))
-                self.port = await http.start(self.config.stream.host, self.config.stream.port)
+                host, port = self.config.stream.host, self.config.stream.port
+                try:
+                    self.port = await http.start(host, port)
+                except OSError as e:
+                    raise ConfigError("stream.port", f"cannot listen on {host}:{port}:"
+                                                     f" {e.strerror or e}") from e
             self.started.set()
             await self.daemon.run(stop)
         finally:
             if http is not None:
                 await http.close()
+            # The sink chain closed the store if the daemon ran; if it never started (the
+            # port was taken) this does, or its worker thread would keep the process alive.
+            await self.store.close()
             await self._reader.close()
             log.info("daemon_stopped", events=self.daemon.processor.stats.events,
                      alerts=self.daemon.processor.stats.alerts,

@@ -9,6 +9,7 @@ live feed's would, which a replay needs to be comparable.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,18 @@ def test_run_refuses_missing_credentials_naming_the_variable(tmp_path: Path) -> 
     assert process.popen.wait(30) == 2
     process.terminate()
     assert any("RISKMON_MAIN_API_KEY" in line for line in process.stderr_lines)
+
+
+def test_run_reports_a_stream_port_in_use_as_a_configuration_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = live_config(tmp_path, 9)
+        config.write_text(config.read_text().replace("[stream]\nport = 0\n",
+                                                     f"[stream]\nport = {port}\n"))
+        process = Process(["run", "--config", str(config)], env=LIVE_ENV)
+        assert process.popen.wait(30) == 2
+        process.close()
+    assert any("'stream.port'" in line and f"127.0.0.1:{port}" in line
+               for line in process.stderr_lines)
