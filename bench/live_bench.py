@@ -1,6 +1,9 @@
 """Live-path benchmark on loopback (issue 3: the daemon, ``riskmon run``).
 
 Run from the repository root:  .venv/bin/python bench/live_bench.py [--quick]
+(pure Python), or .venv-native/bin/python bench/live_bench.py for the build compiled by
+mypyc. Run as a script, the bench's own directory, not the repository root, is on sys.path,
+so the installed package is what gets imported; the first line printed says which build.
 
 Two processes on this machine:
 
@@ -552,10 +555,15 @@ class ReceiveTap:
         self.times: dict[tuple[str, str, str], float] = {}
 
     def __call__(self, item: FeedItem) -> None:
-        if type(item) is Frame and item.conflate_key is not None:
-            row = item.frame["data"][0]
-            self.times[(row["instId"], row["ts"], row["markPx"])] = time.time()
+        if type(item) is not Frame or item.conflate_key is None:
+            self.put(item)
+            return
+        now = time.time()
         self.put(item)
+        # The feed delivers frames unparsed: parsed here for the key, after the frame is
+        # in the inbox (the engine task runs later, in this same thread).
+        row = orjson.loads(item.text)["data"][0]
+        self.times[(row["instId"], row["ts"], row["markPx"])] = now
 
     def received(self, alert: Alert) -> float | None:
         if alert.mark is None or alert.inst_id is None:
@@ -1111,6 +1119,13 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
     print(f"  load average at the end: {_load()}")
 
 
+def build_name() -> str:
+    """Which riskmon was imported, and from where: the build compiled by mypyc keeps the
+    engine in an extension module (setup.py), pure Python in ``engine.py``."""
+    path = str(sys.modules[MarginEngine.__module__].__file__)
+    return f"{'pure Python' if path.endswith('.py') else 'compiled by mypyc'}: {path}"
+
+
 def _load() -> str:
     try:
         return " ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -1152,6 +1167,7 @@ def main() -> None:
         commits = storage_floor(directory, 100 if args.quick else 400)
         process, port = start_sender(scenario)
         try:
+            print(f"riskmon {build_name()}")
             print(f"live_bench: sender pid {process.pid} on 127.0.0.1:{port}; 1 account, "
                   f"{scenario.instruments} positions; period {scenario.period} frames; "
                   f"SQLite synchronous=FULL in {directory} ({filesystem_of(directory)})")

@@ -4,12 +4,13 @@ Shape (STYLE: one owner per resource)::
 
     feed readers --put--> Inbox --> engine task --> SQLite sink --> log, subscribers
 
-- The feed's reader tasks only parse and ``put``; they never wait on the engine or a sink.
+- The feed's reader tasks only ``put`` what they receive, unparsed (monitor.feed); they
+  never wait on the engine or a sink.
 - The engine task is the only one that touches the decoder and the engine. It takes every
-  waiting item at once, applies it, and hands the records to the head sink's bounded
-  queue. When a sink is slow that queue fills, the engine task waits on it, the inbox
-  grows, and the inbox conflates mark prices (monitor.feed): the feed never stalls, and
-  order, position and balance events are never dropped.
+  waiting item at once, parses and decodes it, applies it, and hands the records to the
+  head sink's bounded queue. When a sink is slow that queue fills, the engine task waits
+  on it, the inbox grows, and the inbox conflates mark prices (monitor.feed): the feed
+  never stalls, and order, position and balance events are never dropped.
 - Persist before publish: followers get a batch only after the head (SQLite) stored it.
 - Time: the engine runs on exchange time. During silence the daemon sends
   :class:`~monitor.events.ClockTick` events (the last event time plus the wall time since
@@ -111,7 +112,7 @@ class Daemon:
     # -- the engine task ---------------------------------------------------------------
 
     def _process(self, items: list[FeedItem]) -> None:
-        """Decode every waiting item, then apply all their events in one call.
+        """Parse and decode every waiting item, then apply all their events in one call.
 
         The decoder does not depend on the engine, so decoding the whole batch first gives
         the events in the same order; the bookkeeping (history sample, clock anchor, lag
@@ -124,9 +125,7 @@ class Daemon:
         for item in items:
             try:
                 if isinstance(item, Frame):
-                    if item.frame is None:
-                        raise BadInput("frame is not JSON")
-                    events += decoder.decode_frame(item.frame, item.account, item.recv_ms)
+                    events += decoder.decode_message(item.text, item.account, item.recv_ms)
                 elif isinstance(item, RestBody):
                     events += decoder.decode_rest(item.path, item.body, item.account,
                                                   item.recv_ms)
@@ -231,9 +230,7 @@ def _source(item: FeedItem) -> str:
 
 def _raw(item: FeedItem) -> str:
     if isinstance(item, Frame):
-        if item.text is not None:
-            return item.text[:RAW_LIMIT]
-        return _dumps(item.frame)
+        return item.text[:RAW_LIMIT]
     if isinstance(item, RestBody):
         return _dumps(item.body)
     return repr(item)
