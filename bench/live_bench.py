@@ -497,11 +497,14 @@ async def run_sender(scenario: Scenario) -> None:
 
 class TimedStore(SqliteStore):
     """The real store, noting when each alert's ``write_batch`` (BEGIN ... COMMIT, one
-    transaction) started and ended, to split the latency into its stages."""
+    transaction) started and ended, to split the latency into its stages (while ``noting``:
+    during the latency runs, so that the alerts of the sustained-rate search do not pile up
+    in this process's memory, which the daemon would not do)."""
 
     def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
         super().__init__(db, retention_ms=retention_ms)
         self.spans: dict[str, tuple[float, float]] = {}
+        self.noting = False
 
     async def write_batch(
         self,
@@ -515,19 +518,22 @@ class TimedStore(SqliteStore):
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints)
         end = time.time()
-        for alert in alerts:
-            self.spans[alert.id] = (start, end)
+        if self.noting:
+            for alert in alerts:
+                self.spans[alert.id] = (start, end)
         return inserted
 
 
 class StoredProbe:
     """A follower Sink: the wall time at which each alert's batch reached it, which is
-    after SQLite committed the batch (persist before publish)."""
+    after SQLite committed the batch (persist before publish). Alerts are kept only while
+    ``noting`` (as :class:`TimedStore`); they are counted always."""
 
     name = "latency-probe"
 
     def __init__(self) -> None:
         self.stored: list[tuple[float, Alert]] = []
+        self.noting = False
         self.alerts_seen = 0
         self.batches_with_alerts = 0
 
@@ -536,7 +542,8 @@ class StoredProbe:
         count = 0
         for record in records:
             if type(record) is Alert:
-                self.stored.append((now, record))
+                if self.noting:
+                    self.stored.append((now, record))
                 count += 1
         if count:
             self.alerts_seen += count
@@ -915,11 +922,13 @@ async def measure_latency(control: Control, daemon: DaemonUnderTest, rate: float
     daemon.store.spans.clear()
     batches_before = probe.batches_with_alerts
     daemon.tap_receive_times(True)
+    probe.noting = daemon.store.noting = True
     try:
         result = await run_probe(control, daemon, rate, seconds)
         await poll(daemon.stored_everything, 30.0)
     finally:
         daemon.tap_receive_times(False)
+        probe.noting = daemon.store.noting = False
     by_emitted = sorted((stored - alert.emitted_ms / 1000) * 1000
                         for stored, alert in probe.stored)
     exact, to_sqlite, in_sqlite, to_follower = [], [], [], []
@@ -936,8 +945,11 @@ async def measure_latency(control: Control, daemon: DaemonUnderTest, rate: float
             to_sqlite.append((span[0] - received) * 1000)
             in_sqlite.append((span[1] - span[0]) * 1000)
             to_follower.append((stored - span[1]) * 1000)
+    alerts = len(probe.stored)
     tap.times.clear()
-    return LatencyResult(result, len(probe.stored), probe.batches_with_alerts - batches_before,
+    probe.stored.clear()
+    daemon.store.spans.clear()
+    return LatencyResult(result, alerts, probe.batches_with_alerts - batches_before,
                          by_emitted, sorted(exact), unmatched, sorted(to_sqlite),
                          sorted(in_sqlite), sorted(to_follower))
 
