@@ -5,8 +5,9 @@ One JSON line per frame or REST response, in the order the feed delivered them:
 "body"}``. A message that was not JSON is recorded as a string ``frame``, so a replay
 quarantines it just as the live daemon did. Connection changes are not part of the format.
 
-Lines are written to a buffered file from the feed's reader tasks (a memory copy) and
-reach the disk when the buffer fills and at :meth:`RecordingWriter.close`.
+Lines are written to a buffered file from the feed's reader tasks (the feed delivers a
+frame as text: it is parsed here, then serialised into the line, a memory copy) and reach
+the disk when the buffer fills and at :meth:`RecordingWriter.close`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class RecordingWriter:
         if item.account is not None:
             line["account"] = item.account
         if isinstance(item, Frame):
-            line["frame"] = item.frame if item.text is None else item.text
+            line["frame"] = _parsed(item.text)
         elif isinstance(item, RestBody):
             line["rest"] = item.path
             line["body"] = item.body
@@ -42,3 +43,15 @@ class RecordingWriter:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _parsed(text: str) -> Any:
+    """The frame a message's text holds, or the text itself when it is not JSON.
+
+    The feed delivers frames unparsed (monitor.feed); parsing here keeps the recording's
+    frames JSON values rather than strings of JSON.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text

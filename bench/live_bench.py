@@ -1,6 +1,9 @@
 """Live-path benchmark on loopback (issue 3: the daemon, ``riskmon run``).
 
 Run from the repository root:  .venv/bin/python bench/live_bench.py [--quick]
+(pure Python), or .venv-native/bin/python bench/live_bench.py for the build compiled by
+mypyc. Run as a script, the bench's own directory, not the repository root, is on sys.path,
+so the installed package is what gets imported; the first line printed says which build.
 
 Two processes on this machine:
 
@@ -494,11 +497,14 @@ async def run_sender(scenario: Scenario) -> None:
 
 class TimedStore(SqliteStore):
     """The real store, noting when each alert's ``write_batch`` (BEGIN ... COMMIT, one
-    transaction) started and ended, to split the latency into its stages."""
+    transaction) started and ended, to split the latency into its stages (while ``noting``:
+    during the latency runs, so that the alerts of the sustained-rate search do not pile up
+    in this process's memory, which the daemon would not do)."""
 
     def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
         super().__init__(db, retention_ms=retention_ms)
         self.spans: dict[str, tuple[float, float]] = {}
+        self.noting = False
 
     async def write_batch(
         self,
@@ -512,19 +518,22 @@ class TimedStore(SqliteStore):
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints)
         end = time.time()
-        for alert in alerts:
-            self.spans[alert.id] = (start, end)
+        if self.noting:
+            for alert in alerts:
+                self.spans[alert.id] = (start, end)
         return inserted
 
 
 class StoredProbe:
     """A follower Sink: the wall time at which each alert's batch reached it, which is
-    after SQLite committed the batch (persist before publish)."""
+    after SQLite committed the batch (persist before publish). Alerts are kept only while
+    ``noting`` (as :class:`TimedStore`); they are counted always."""
 
     name = "latency-probe"
 
     def __init__(self) -> None:
         self.stored: list[tuple[float, Alert]] = []
+        self.noting = False
         self.alerts_seen = 0
         self.batches_with_alerts = 0
 
@@ -533,7 +542,8 @@ class StoredProbe:
         count = 0
         for record in records:
             if type(record) is Alert:
-                self.stored.append((now, record))
+                if self.noting:
+                    self.stored.append((now, record))
                 count += 1
         if count:
             self.alerts_seen += count
@@ -552,10 +562,15 @@ class ReceiveTap:
         self.times: dict[tuple[str, str, str], float] = {}
 
     def __call__(self, item: FeedItem) -> None:
-        if type(item) is Frame and item.conflate_key is not None:
-            row = item.frame["data"][0]
-            self.times[(row["instId"], row["ts"], row["markPx"])] = time.time()
+        if type(item) is not Frame or item.conflate_key is None:
+            self.put(item)
+            return
+        now = time.time()
         self.put(item)
+        # The feed delivers frames unparsed: parsed here for the key, after the frame is
+        # in the inbox (the engine task runs later, in this same thread).
+        row = orjson.loads(item.text)["data"][0]
+        self.times[(row["instId"], row["ts"], row["markPx"])] = now
 
     def received(self, alert: Alert) -> float | None:
         if alert.mark is None or alert.inst_id is None:
@@ -907,11 +922,13 @@ async def measure_latency(control: Control, daemon: DaemonUnderTest, rate: float
     daemon.store.spans.clear()
     batches_before = probe.batches_with_alerts
     daemon.tap_receive_times(True)
+    probe.noting = daemon.store.noting = True
     try:
         result = await run_probe(control, daemon, rate, seconds)
         await poll(daemon.stored_everything, 30.0)
     finally:
         daemon.tap_receive_times(False)
+        probe.noting = daemon.store.noting = False
     by_emitted = sorted((stored - alert.emitted_ms / 1000) * 1000
                         for stored, alert in probe.stored)
     exact, to_sqlite, in_sqlite, to_follower = [], [], [], []
@@ -928,8 +945,11 @@ async def measure_latency(control: Control, daemon: DaemonUnderTest, rate: float
             to_sqlite.append((span[0] - received) * 1000)
             in_sqlite.append((span[1] - span[0]) * 1000)
             to_follower.append((stored - span[1]) * 1000)
+    alerts = len(probe.stored)
     tap.times.clear()
-    return LatencyResult(result, len(probe.stored), probe.batches_with_alerts - batches_before,
+    probe.stored.clear()
+    daemon.store.spans.clear()
+    return LatencyResult(result, alerts, probe.batches_with_alerts - batches_before,
                          by_emitted, sorted(exact), unmatched, sorted(to_sqlite),
                          sorted(in_sqlite), sorted(to_follower))
 
@@ -1111,6 +1131,13 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
     print(f"  load average at the end: {_load()}")
 
 
+def build_name() -> str:
+    """Which riskmon was imported, and from where: the build compiled by mypyc keeps the
+    engine in an extension module (setup.py), pure Python in ``engine.py``."""
+    path = str(sys.modules[MarginEngine.__module__].__file__)
+    return f"{'pure Python' if path.endswith('.py') else 'compiled by mypyc'}: {path}"
+
+
 def _load() -> str:
     try:
         return " ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -1152,6 +1179,7 @@ def main() -> None:
         commits = storage_floor(directory, 100 if args.quick else 400)
         process, port = start_sender(scenario)
         try:
+            print(f"riskmon {build_name()}")
             print(f"live_bench: sender pid {process.pid} on 127.0.0.1:{port}; 1 account, "
                   f"{scenario.instruments} positions; period {scenario.period} frames; "
                   f"SQLite synchronous=FULL in {directory} ({filesystem_of(directory)})")

@@ -1,10 +1,15 @@
 """What a live feed hands the daemon, and the inbox that holds it until the engine runs.
 
 A feed adapter (``adapters/okx/live.py``) delivers three kinds of item, in the order it
-received them: :class:`Frame` (one websocket message, parsed or not), :class:`RestBody` (a
-REST response it fetched) and :class:`LinkChange` (a connection came up or went down).
-These are exactly the lines of a recording (SPEC 3.2), which is how ``riskmon record``
-writes them.
+received them: :class:`Frame` (one websocket message, as text), :class:`RestBody` (a REST
+response it fetched) and :class:`LinkChange` (a connection came up or went down). These are
+exactly the lines of a recording (SPEC 3.2), which is how ``riskmon record`` writes them.
+
+A frame is delivered unparsed: the engine task parses it (:meth:`FeedDecoder.decode_message`),
+so a frame that conflation drops is never parsed at all, and a reader task does little more
+per message than the websockets library does. The adapter reads from the text whatever it
+must know at once: the conflation key of a mark-price push, and the operational messages
+(acknowledgements, errors, notices) it acts on itself instead of delivering.
 
 :class:`Inbox` is the one buffer between the feed's reader tasks and the engine task.
 Readers never wait on it: ``put`` is synchronous and never blocks, so a slow engine or sink
@@ -21,21 +26,24 @@ import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import count
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from monitor.events import Event
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One websocket message. ``frame`` is the parsed JSON, or None when the text was not
-    JSON (``text`` then holds it, for quarantine). ``conflate_key`` is set by the adapter
-    on frames that may be conflated (mark prices: the instrument)."""
+class Frame(NamedTuple):
+    """One websocket message as received: ``text`` unparsed (it may not even be JSON; the
+    decoder decides, and quarantines what it cannot use). ``conflate_key`` is set by the
+    adapter on frames that may be conflated (mark prices: the instrument).
+
+    A named tuple, not a frozen dataclass like the other items: one is built per message
+    received, in the reader task, and a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``, which costs about three times as much.
+    """
 
     recv_ms: int
     account: str | None
-    frame: Any
-    text: str | None = None
+    text: str
     conflate_key: str | None = None
 
 
@@ -74,9 +82,10 @@ class Feed(Protocol):
 
 
 class FeedDecoder(Protocol):
-    """Turns a feed's frames and REST bodies into events (raises BadInput)."""
+    """Turns a feed's messages and REST bodies into events (raises BadInput)."""
 
-    def decode_frame(self, frame: Any, account: str | None, recv_ms: Any) -> list[Event]: ...
+    def decode_message(self, text: str, account: str | None, recv_ms: Any) -> list[Event]:
+        """One websocket message as received (its text, not yet parsed)."""
 
     def decode_rest(self, path: str, body: Any, account: str | None,
                     recv_ms: Any) -> list[Event]: ...
@@ -98,17 +107,20 @@ class Inbox:
     def put(self, item: FeedItem) -> None:
         """Add an item; never blocks."""
         items = self._items
-        key: Any = None
-        if isinstance(item, Frame) and item.conflate_key is not None:
-            key = item.conflate_key
-            if len(items) >= self.conflate_after and items.pop(key, None) is not None:
-                self.conflated += 1
+        if not items:
+            # Only :meth:`take` clears the event, and it empties the inbox: while anything
+            # is waiting, the event is set already.
+            self._ready.set()
+        key: Any = item.conflate_key if type(item) is Frame else None
+        if key is not None:
+            if len(items) >= self.conflate_after:
+                if items.pop(key, None) is not None:
+                    self.conflated += 1
             elif key in items:
                 key = None  # no pressure: keep both
         if key is None:
             key = next(self._serial)
         items[key] = item
-        self._ready.set()
 
     def take(self) -> list[FeedItem]:
         """Everything waiting, in order."""

@@ -1,43 +1,53 @@
 """The daemon loop in process, with a fake feed and a deliberately slow sink: the feed's
-deliveries never wait, marks are conflated only under pressure, nothing else is dropped,
-and a stop drains everything into the sink."""
+deliveries never wait, marks are conflated only under pressure (and never parsed then),
+nothing else is dropped, text that is not JSON is quarantined, and a stop drains everything
+into the sink."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
+from typing import Any
+
+import orjson
 
 from adapters.okx.decode import OkxDecoder
 from monitor.alerts import Alert
 from monitor.daemon import Daemon
 from monitor.engine import MarginEngine
+from monitor.events import Event
 from monitor.feed import Frame, Inbox, LinkChange
 from monitor.pipeline import Record, SinkTask
+from monitor.records import QuarantineRecord
 from tests.builders import make_config
 
 BTC = "BTC-USDT-SWAP"
 
 
+def text(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
 def mark(price: float, ts: int) -> Frame:
     frame = {"arg": {"channel": "mark-price", "instId": BTC},
              "data": [{"instId": BTC, "instType": "SWAP", "markPx": str(price), "ts": str(ts)}]}
-    return Frame(ts, None, frame, None, BTC)
+    return Frame(ts, None, text(frame), BTC)
 
 
 def account_frame(cash: float, ts: int) -> Frame:
-    return Frame(ts, "main", {
+    return Frame(ts, "main", text({
         "arg": {"channel": "account"}, "eventType": "snapshot", "curPage": 1, "lastPage": True,
         "data": [{"uTime": str(ts), "details": [{"ccy": "USDT", "cashBal": str(cash),
-                                                  "uTime": str(ts)}]}]})
+                                                  "uTime": str(ts)}]}]}))
 
 
 def positions_frame(contracts: int, ts: int) -> Frame:
-    return Frame(ts, "main", {
+    return Frame(ts, "main", text({
         "arg": {"channel": "positions", "instType": "ANY"}, "eventType": "snapshot",
         "curPage": 1, "lastPage": True,
         "data": [{"instType": "SWAP", "instId": BTC, "mgnMode": "cross", "posSide": "net",
                   "pos": str(contracts), "avgPx": "40000", "lever": "10", "uTime": str(ts),
-                  "pTime": str(ts)}]})
+                  "pTime": str(ts)}]}))
 
 
 class BurstFeed:
@@ -60,6 +70,22 @@ class BurstFeed:
                 await asyncio.sleep(0)
         self.delivered.set()
         await asyncio.Event().wait()
+
+
+class CountingDecoder:
+    """The OKX decoder, counting the messages it was given (it parses each one)."""
+
+    def __init__(self) -> None:
+        self.decoder = OkxDecoder()
+        self.messages = 0
+
+    def decode_message(self, text: str, account: str | None, recv_ms: Any) -> list[Event]:
+        self.messages += 1
+        return self.decoder.decode_message(text, account, recv_ms)
+
+    def decode_rest(self, path: str, body: Any, account: str | None,
+                    recv_ms: Any) -> list[Event]:
+        return self.decoder.decode_rest(path, body, account, recv_ms)
 
 
 class SlowSink:
@@ -90,7 +116,8 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
         items.append(account_frame(100 + cycle / 1000, ts))  # never conflated
     feed = BurstFeed(inbox, items)
     sink = SlowSink()
-    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(sink, maxsize=1))
+    decoder = CountingDecoder()
+    daemon = Daemon(engine, decoder, feed, inbox, SinkTask(sink, maxsize=1))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     await asyncio.wait_for(feed.delivered.wait(), 10)
@@ -99,6 +126,9 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
 
     assert feed.wanted[-1] == [BTC]
     assert inbox.conflated > 0  # the slow sink made the inbox conflate marks
+    # A conflated mark was never parsed: the engine task parses only what it takes.
+    frames = sum(isinstance(item, Frame) for item in items)
+    assert decoder.messages == frames - inbox.conflated
     # Every account frame was applied: the last cash is the engine's.
     assert engine.accounts["main"].currencies["USDT"].cash == 100.039
     # Everything the engine emitted reached the sink before run() returned.
@@ -106,3 +136,28 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     assert len(alerts) == daemon.processor.stats.alerts
     assert alerts[0].kind == "feed_connected"
     assert engine.accounts["main"].level == "deleverage"
+
+
+async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on() -> None:
+    engine = MarginEngine(make_config())
+    inbox = Inbox()
+    truncated = text({"arg": {"channel": "orders"}, "data": []})[:20]
+    # Shaped like a mark-price push, so it carries a conflation key, but not JSON.
+    shaped = '{"arg":{"channel":"mark-price","instId":"' + BTC + '"},"data":[{oops}]}'
+    items: list[Frame | LinkChange] = [
+        account_frame(100, 1_000), positions_frame(10, 1_000),
+        Frame(1_001, "main", truncated), Frame(1_002, None, shaped, BTC), mark(39_300, 1_003)]
+    feed = BurstFeed(inbox, items)
+    sink = SlowSink()
+    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(sink))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    await asyncio.wait_for(feed.delivered.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+
+    quarantined = [r for r in sink.records if isinstance(r, QuarantineRecord)]
+    assert [(r.source, r.recv_ms, r.reason, r.raw) for r in quarantined] == [
+        ("feed:private:main", 1_001, "frame is not JSON", truncated),
+        ("feed:public", 1_002, "frame is not JSON", shaped)]
+    assert engine.marks[BTC] == 39_300  # the mark after them was applied

@@ -503,6 +503,30 @@ def test_mark_price_push_with_several_rows_through_decode_frame() -> None:
     ]
 
 
+def test_a_message_is_decoded_from_its_text_like_the_frame_it_holds() -> None:
+    # The live feed delivers messages unparsed; decode_message parses, then decodes.
+    decoder = OkxDecoder()
+    for frame in (mark_price_push(), {"event": "subscribe", "arg": {"channel": "mark-price"}},
+                  {"arg": {"channel": "no-such-channel"}, "data": []}):
+        text = orjson.dumps(frame).decode()
+        assert decoder.decode_message(text, None, RECV) == decoder.decode_frame(frame, None, RECV)
+    assert decoder.decode_message(orjson.dumps(mark_price_push()).decode(), None, RECV) == [
+        MarkPrice("BTC-USDT-SWAP", 42133.7, 1_700_000_000_123, RECV)]
+    assert decoder.decode_message('"pong"', None, RECV) == []
+
+
+@pytest.mark.parametrize("text", ["{oops", "", "pong", '{"arg":{"channel":"mark-price"'])
+def test_a_message_that_is_not_json_is_bad_input(text: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        OkxDecoder().decode_message(text, None, RECV)
+    assert raised.value.reason == "frame is not JSON"
+
+
+def test_a_message_with_a_bad_receive_time_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="recv"):
+        OkxDecoder().decode_message(orjson.dumps(mark_price_push()).decode(), None, -1)
+
+
 def test_mark_price_events_are_ordinary_frozen_events() -> None:
     # The hot path builds MarkPrice without its __init__; the result must be the same thing.
     (event,) = OkxDecoder().decode_line(public_line(mark_price_push()))

@@ -1,21 +1,28 @@
 """The live OKX adapter's parts: signing, credentials, backoff, instrument families, the
-inbox, the REST client (against the real replay server) and the metrics text."""
+inbox, the REST client (against the real replay server), the metrics text, and what the
+reader delivers (against a websockets server on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.server import Server, ServerConnection, serve
 
 from adapters.okx.auth import Credentials, load_credentials, login_request, rest_headers, sign
-from adapters.okx.live import backoff_delay, instrument_family
+from adapters.okx.live import OkxFeed, backoff_delay, instrument_family, mark_price_key
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
-from monitor.config import AccountConfig
+from adapters.recording import RecordingWriter
+from monitor.config import AccountConfig, OkxConfig
 from monitor.errors import ConfigError, FeedError
 from monitor.feed import FeedItem, Frame, Inbox, LinkChange, RestBody
 from monitor.metrics import Metrics
@@ -113,7 +120,7 @@ def test_instrument_family(inst_id: str, family: tuple[str, str] | None) -> None
 
 
 def mark_frame(inst_id: str, n: int) -> Frame:
-    return Frame(n, None, {"n": n}, None, inst_id)
+    return Frame(n, None, f'{{"n":{n}}}', inst_id)
 
 
 def test_inbox_keeps_everything_in_order_without_pressure() -> None:
@@ -128,13 +135,13 @@ def test_inbox_keeps_everything_in_order_without_pressure() -> None:
 
 def test_inbox_conflates_only_marks_under_pressure() -> None:
     inbox = Inbox(conflate_after=3)
-    order_frame = Frame(2, "a", {"arg": {"channel": "orders"}})
+    order_frame = Frame(2, "a", '{"arg":{"channel":"orders"}}')
     items: list[FeedItem] = [mark_frame("BTC", 1), order_frame, mark_frame("ETH", 3),
-                 mark_frame("BTC", 4), Frame(5, "a", {"x": 1}), mark_frame("BTC", 6)]
+                 mark_frame("BTC", 4), Frame(5, "a", '{"x":1}'), mark_frame("BTC", 6)]
     for item in items:
         inbox.put(item)
     # BTC 1 and BTC 4 were replaced by the newer BTC mark, which takes the newer place.
-    assert inbox.take() == [order_frame, mark_frame("ETH", 3), Frame(5, "a", {"x": 1}),
+    assert inbox.take() == [order_frame, mark_frame("ETH", 3), Frame(5, "a", '{"x":1}'),
                             mark_frame("BTC", 6)]
     assert inbox.conflated == 2
 
@@ -191,3 +198,214 @@ def test_metrics_render_in_prometheus_text_format() -> None:
     assert samples['riskmon_feed_connected{feed="private:main"}'] == "0"
     assert samples["riskmon_uptime_seconds"] == "60"
     assert "# TYPE riskmon_events_total counter" in text
+
+
+# --- reading without parsing: the conflation key from the text, events in the reader --------
+
+BTC_SWAP = "BTC-USDT-SWAP"
+# A mark-price push as OKX sends it (docs: "Public Data > WebSocket > Mark price channel").
+MARK_PUSH = ('{"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"},"data":[{"instType":'
+             '"SWAP","instId":"BTC-USDT-SWAP","markPx":"42133.7","ts":"1700000000123"}]}')
+
+
+def test_the_key_of_a_mark_price_push_is_its_instrument() -> None:
+    assert mark_price_key(MARK_PUSH) == BTC_SWAP
+    several = MARK_PUSH.replace("}]}", '},{"instId":"BTC-USDT-SWAP","markPx":"1","ts":"2"}]}')
+    assert mark_price_key(several) == BTC_SWAP
+    # The shape is all that is checked: the decoder rejects bad content later.
+    assert mark_price_key('{"arg":{"channel":"mark-price","instId":"X"},"data":[{oops}]}') == "X"
+
+
+@pytest.mark.parametrize("text", [
+    # Keys that would change what the frame is, after or inside the usual ones.
+    MARK_PUSH[:-1] + ',"event":"error"}',
+    MARK_PUSH[:-1] + ',"event":["x"]}',
+    MARK_PUSH[:-1] + ',"arg":{"channel":"orders"}}',
+    MARK_PUSH.replace('"instId":"BTC-USDT-SWAP"},', '"instId":"BTC-USDT-SWAP","x":1},', 1),
+    MARK_PUSH.replace('"data":[', '"event":"subscribe","data":[', 1),
+    # Escapes: an instId with a quote or a backslash, so its end is not the first quote.
+    MARK_PUSH.replace('"instId":"BTC-USDT-SWAP"},', '"instId":"BTC\\"},\\"-SWAP"},', 1),
+    MARK_PUSH.replace('"instId":"BTC-USDT-SWAP"},', '"instId":"BTC\\u0022-SWAP"},', 1),
+    # Arrays inside the data, which could hide the end of the data array.
+    MARK_PUSH.replace('"ts":"1700000000123"}]}', '"ts":"1"}],"event":[{"a":"b"}]}'),
+    MARK_PUSH.replace('"ts":"1700000000123"}', '"ts":["1"]}'),
+    # Other shapes: spaces, another order, another channel, empty or missing pieces.
+    MARK_PUSH.replace('"data":[', '"data": [', 1),
+    MARK_PUSH.replace("}]}", "}] }"),
+    '{"data":[{"instId":"BTC-USDT-SWAP","markPx":"1","ts":"1"}],'
+    '"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"}}',
+    MARK_PUSH.replace("mark-price", "index-tickers"),
+    MARK_PUSH.replace('"instId":"BTC-USDT-SWAP"},', '"instId":""},', 1),
+    MARK_PUSH[:60],  # truncated
+    '{"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"}}',
+    "pong",
+    "",
+])
+def test_only_a_certain_mark_price_push_has_a_key(text: str) -> None:
+    assert mark_price_key(text) is None
+
+
+_KEYS = st.sampled_from(["arg", "data", "event", "op", "code", "instId"])
+_STRINGS = st.sampled_from(["", "x", "]", "[", '"', "\\", "event", '"event"', "}]}",
+                            "mark-price", BTC_SWAP, '"},"data":[', "\u00e9"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-9, 9) | _STRINGS,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(_KEYS | _STRINGS, children, max_size=3),
+    max_leaves=8,
+)
+_MARK_ARG = {"channel": "mark-price", "instId": BTC_SWAP}
+_ARGS = st.sampled_from([
+    _MARK_ARG,
+    {"channel": "mark-price", "instId": 'B"},"data":['},
+    {"channel": "mark-price", "instId": BTC_SWAP, "x": "y"},
+    {"instId": BTC_SWAP, "channel": "mark-price"},
+    {"channel": "index-tickers", "instId": BTC_SWAP},
+]) | _VALUES
+_ROWS = st.lists(st.dictionaries(_KEYS | _STRINGS, _STRINGS, max_size=4), max_size=3)
+
+
+@st.composite
+def frame_texts(draw: st.DrawFn) -> str:
+    """JSON texts around the mark-price shape: often the shape itself, else keys in any
+    order, repeated keys (written by hand, as a dict cannot hold them), values that mimic
+    the delimiters, and cuts."""
+    usual = draw(st.booleans())
+    members = [("arg", _MARK_ARG if usual else draw(_ARGS)),
+               ("data", draw(_ROWS if usual else _VALUES))]
+    members += draw(st.lists(st.tuples(_KEYS, _VALUES), max_size=2))
+    if not usual:
+        members = draw(st.permutations(members))
+    body = ",".join(orjson.dumps(key).decode() + ":" + orjson.dumps(value).decode()
+                    for key, value in members)
+    text = "{" + body + "}"
+    if draw(st.integers(0, 3)) == 0:
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.sampled_from(["", "]", "}", "]}", "}]}"]))
+    return text
+
+
+@given(frame_texts())
+def test_a_key_is_only_given_to_what_parses_as_a_mark_price_push(text: str) -> None:
+    key = mark_price_key(text)
+    if key is None:
+        return
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return  # not JSON at all: the engine task quarantines it
+    # As the decoder will see it: orjson keeps the last of repeated keys.
+    assert list(frame) == ["arg", "data"]
+    assert frame["arg"] == {"channel": "mark-price", "instId": key}
+
+
+class PublicServer:
+    """A websockets server on loopback that answers the public connection's subscribe
+    and then sends ``script`` (text, or bytes for a binary frame) once."""
+
+    def __init__(self, script: list[str | bytes]) -> None:
+        self.script = script
+        self.connections = 0
+        self.server: Server | None = None
+
+    async def handle(self, connection: ServerConnection) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        async for message in connection:
+            request = orjson.loads(message)
+            for arg in request["args"]:
+                await connection.send(orjson.dumps(
+                    {"event": request["op"], "arg": arg, "connId": "c1"}).decode())
+            if first:
+                for item in self.script:
+                    await connection.send(item)
+
+    async def start(self) -> int:
+        self.server = await serve(self.handle, "127.0.0.1", 0, compression=None)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
+    order_like = ('{"arg":{"channel":"index-tickers","instId":"BTC-USDT"},"data":[{"instId":'
+                  '"BTC-USDT","idxPx":"42000.1","ts":"1700000000200","note":"event"}]}')
+    mark_with_event = MARK_PUSH[:-1] + ',"event":"x"}'
+    garbage = MARK_PUSH[:70]
+    script: list[str | bytes] = [
+        MARK_PUSH,
+        MARK_PUSH.encode(),  # a binary frame: decoded as UTF-8
+        order_like,  # "event" in a value: parsed by the reader, and delivered
+        mark_with_event,  # an event key beside the data: delivered, never conflated
+        garbage,  # not JSON: delivered for quarantine
+        '{"event":"error","code":"60012","msg":"Invalid request","connId":"c1"}',
+        "pong",
+        '{"event":"notice","code":"64008","msg":"Service upgrade","connId":"c1"}',
+    ]
+    server = PublicServer(script)
+    port = await server.start()
+    items: list[FeedItem] = []
+    config = OkxConfig(public_url=f"ws://127.0.0.1:{port}/ws/v5/public",
+                       backoff_initial_s=30, backoff_max_s=60)
+    feed = OkxFeed(config, {}, items.append, load_instruments=False)
+    feed.want([BTC_SWAP], [])
+    runner = asyncio.create_task(feed.run())
+    try:
+        # The notice makes the link reconnect at once (despite the 30 s backoff).
+        await until(lambda: sum(type(i) is LinkChange and i.connected for i in items) == 2)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await server.close()
+
+    frames = [(i.account, i.text, i.conflate_key) for i in items if isinstance(i, Frame)]
+    assert frames == [(None, MARK_PUSH, BTC_SWAP), (None, MARK_PUSH, BTC_SWAP),
+                      (None, order_like, None), (None, mark_with_event, None),
+                      (None, garbage, None)]
+    changes = [(i.connected, i.reason) for i in items if isinstance(i, LinkChange)]
+    assert changes == [(True, "subscribed"), (False, "notice 64008: Service upgrade"),
+                       (True, "subscribed")]
+    # The acknowledgements, the error and the pong were handled, not delivered.
+    assert len(items) == len(frames) + len(changes)
+
+
+async def test_the_inbox_wakes_its_reader_whenever_items_arrive() -> None:
+    inbox = Inbox()
+    for round_number in range(3):
+        inbox.put(mark_frame("BTC", round_number))
+        inbox.put(mark_frame("ETH", round_number))
+        await asyncio.wait_for(inbox.wait(), 1)
+        assert len(inbox.take()) == 2
+    waiter = asyncio.create_task(inbox.wait())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # nothing waiting: the engine task sleeps
+    inbox.put(RestBody(9, None, "/p", {}))
+    await asyncio.wait_for(waiter, 1)
+
+
+def test_a_recording_holds_frames_as_json_and_other_text_as_strings(tmp_path: Path) -> None:
+    writer = RecordingWriter(tmp_path / "rec.jsonl")
+    items: list[FeedItem] = [Frame(1, None, MARK_PUSH, BTC_SWAP), Frame(2, "main", "{oops"),
+                             RestBody(3, "main", "/api/v5/trade/orders-pending", {"data": []}),
+                             LinkChange(4, None, False, "closed")]
+    for item in items:
+        writer.write(item)
+    writer.close()
+    lines = [orjson.loads(line) for line in (tmp_path / "rec.jsonl").read_bytes().splitlines()]
+    assert lines == [
+        {"recv_ts": 1, "frame": orjson.loads(MARK_PUSH)},
+        {"recv_ts": 2, "account": "main", "frame": "{oops"},
+        {"recv_ts": 3, "account": "main", "rest": "/api/v5/trade/orders-pending",
+         "body": {"data": []}},
+    ]

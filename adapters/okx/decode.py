@@ -301,7 +301,7 @@ class OkxDecoder:
             return self._decode_rest(path, record["body"], _account_of(record), recv_ms)
         raise BadInput("line has neither a frame nor a rest response")
 
-    # recv_ms is Any in the two entry points below, which check it themselves: a function
+    # recv_ms is Any in the three entry points below, which check it themselves: a function
     # compiled by mypyc checks an int argument on entry (TypeError, or a bool taken as 0 or
     # 1) before the check here could raise BadInput.
     def decode_frame(self, frame: Any, account: str | None, recv_ms: Any) -> list[Event]:
@@ -315,6 +315,28 @@ class OkxDecoder:
         """
         _check_recv_ms(recv_ms)
         if type(frame) is dict:
+            arg = frame.get("arg")
+            if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
+                return _decode_mark_prices(frame.get("data"), recv_ms)
+        return self._decode_frame(frame, account, recv_ms)
+
+    def decode_message(self, text: str, account: str | None, recv_ms: Any) -> list[Event]:
+        """Decode one websocket message as received: its text, parsed here.
+
+        The live feed delivers messages unparsed (monitor.feed), so that a mark price it
+        conflates away is never parsed; this is :meth:`decode_frame` after ``orjson.loads``.
+
+        Raises:
+            BadInput: the text is not JSON ("frame is not JSON"), or the frame is not
+                usable (see :meth:`decode_frame`).
+        """
+        _check_recv_ms(recv_ms)
+        try:
+            frame = _loads(text)
+        except orjson.JSONDecodeError:
+            raise BadInput("frame is not JSON") from None
+        if type(frame) is dict:
+            # Mark prices first, with no call in between (see _decode_mark_prices).
             arg = frame.get("arg")
             if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
                 return _decode_mark_prices(frame.get("data"), recv_ms)

@@ -22,9 +22,19 @@ read until the connection fails, report, back off, again. Choices:
   keeps failing backs off further each time. ``notice`` 64008 (service upgrade) reconnects
   at once.
 - *What is delivered.* Data frames (and any text that is not JSON, for quarantine) go to
-  the inbox as :class:`~monitor.feed.Frame`; REST responses as
+  the inbox as :class:`~monitor.feed.Frame`, unparsed; REST responses as
   :class:`~monitor.feed.RestBody`; connection changes as :class:`~monitor.feed.LinkChange`.
-  Acknowledgements, errors and notices are handled and logged here.
+  Acknowledgements, errors and notices (``{"event": ...}`` without ``data``) are handled
+  and logged here.
+- *Reading without parsing.* Messages go to the inbox as text, and the engine task parses
+  them (``OkxDecoder.decode_message``), so under pressure a conflated mark price costs no
+  parsing at all. The reader parses a message only when its text could be an event: when
+  it contains ``"event"`` or a backslash (without one, a key can only be spelled
+  literally). A mark-price push is recognised by its exact shape as OKX sends it
+  (:func:`mark_price_key`), which also gives the conflation key, its instrument; a text in
+  any other shape is delivered without a key and never conflated. (A text in that shape
+  that is not JSON is quarantined by the engine task, unless a newer mark of the same
+  instrument replaces it under pressure first.)
 - *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
   FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
   family the first time one of its instruments is wanted.
@@ -52,7 +62,7 @@ from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
 
-__all__ = ["OkxFeed", "backoff_delay", "instrument_family"]
+__all__ = ["OkxFeed", "backoff_delay", "instrument_family", "mark_price_key"]
 
 RECONNECT_NOW_CODE: Final = "64008"
 SUBSCRIBE_BATCH: Final = 100  # args per subscribe request, well inside OKX's 64 KB limit
@@ -95,8 +105,41 @@ def instrument_family(inst_id: str) -> tuple[str, str] | None:
     return None
 
 
+_time_ns: Final = time.time_ns
+
+
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
+
+
+# How OKX starts every mark-price push (docs: "Public Data > WebSocket > Mark price channel").
+_MARK_PUSH_HEAD: Final = '{"arg":{"channel":"mark-price","instId":"'
+_MARK_PUSH_HEAD_LENGTH: Final = len(_MARK_PUSH_HEAD)
+
+
+def mark_price_key(text: str) -> str | None:
+    """The instrument of a mark-price push, read from its text without parsing it; None
+    unless the text is certain to be one (or is not JSON at all).
+
+    Certain means the text is ``{"arg":{"channel":"mark-price","instId":"X"},"data":[...]}``
+    with no ``]`` inside the data array (the rows of a mark-price push hold only strings
+    without one) and no quote or backslash in ``X``. Parsed, such a text is an object with
+    exactly the keys ``arg``, which is channel and instId and nothing else, and ``data``:
+    no ``event`` key, no second ``arg`` (JSON allows duplicate keys, the last one winning),
+    whatever the rows say. Anything else (spaces, other keys, other key orders) is None, so
+    the message is treated as any other: parsed if it may be an event, never conflated.
+    """
+    if not text.startswith(_MARK_PUSH_HEAD):
+        return None
+    start = _MARK_PUSH_HEAD_LENGTH
+    end = text.find('"},"data":[', start)
+    inst_id = text[start:end]
+    # The first "]" closes the data array and is the last but one character: nothing
+    # follows the array but the object's closing brace.
+    if (end <= start or '"' in inst_id or "\\" in inst_id
+            or text.find("]", end) != len(text) - 2):
+        return None
+    return inst_id
 
 
 class OkxFeed:
@@ -268,25 +311,24 @@ class _Link:
                 return
 
     def handle(self, message: str | bytes) -> None:
-        recv_ms = _now_ms()
+        """Deliver one message, or act on it if it is an event (see the module docstring)."""
+        recv_ms = _time_ns() // 1_000_000
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        key = mark_price_key(text)
+        if key is not None:
+            self.feed.deliver(Frame(recv_ms, self.account, text, key))
+            return
         if text == "pong":
             return
-        try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            self.feed.deliver(Frame(recv_ms, self.account, None, text))
-            return
-        if isinstance(frame, dict) and "event" in frame and "data" not in frame:
-            self.on_event(frame)
-            return
-        key: str | None = None
-        if isinstance(frame, dict):
-            arg = frame.get("arg")
-            if isinstance(arg, dict) and arg.get("channel") == "mark-price":
-                inst_id = arg.get("instId")
-                key = inst_id if isinstance(inst_id, str) else None
-        self.feed.deliver(Frame(recv_ms, self.account, frame, None, key))
+        if '"event"' in text or "\\" in text:
+            try:
+                frame = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                frame = None  # delivered: quarantined by the engine task
+            if type(frame) is dict and "event" in frame and "data" not in frame:
+                self.on_event(frame)
+                return
+        self.feed.deliver(Frame(recv_ms, self.account, text))
 
     def on_event(self, frame: dict[str, Any]) -> None:
         event = frame.get("event")
