@@ -56,9 +56,9 @@ def tune_interpreter() -> None:
 
     Freezing (``gc.freeze``): the modules, classes and configuration loaded at start live
     as long as the process, yet every full collection would walk them again. Those
-    collections stop the event loop while they run (about 10 ms each in live_bench, enough
-    for a backlog of a thousand frames at 100,000 frames/s); frozen, they walk only what
-    the daemon created since.
+    collections stop the event loop while they run (several ms each in live_bench, and
+    10 ms is a backlog of a thousand frames at 100,000 frames/s); frozen, they walk only
+    what the daemon created since.
 
     Process-wide settings, so the daemon's entry point makes them, not :class:`Daemon`: a
     program that embeds a daemon decides for itself.

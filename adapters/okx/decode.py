@@ -34,6 +34,10 @@ Operational frames carry no domain data and decode to ``[]``: subscribe / unsubs
 acknowledgements, ``error``, ``notice`` and ``channel-conn-count`` events, the text ``pong``,
 replies to websocket trade operations, and channels or REST paths this module does not know.
 
+The live feed's reader hands messages on unparsed; :func:`mark_price_key` reads the
+instrument of a mark-price push from its text (for conflation) without parsing it, and is
+certain about what it recognises.
+
 Paged snapshots. OKX splits large ``positions`` and ``account`` snapshots into pages
 (``curPage`` 1, 2, ... and ``lastPage``). The decoder buffers the pages per account and emits
 one event on the last page. When a page of the snapshot in progress is lost (rejected as
@@ -71,7 +75,7 @@ from monitor.events import (
 )
 from monitor.instruments import Instrument, Tier, validate_tiers
 
-__all__ = ["OkxDecoder", "RestPath"]
+__all__ = ["OkxDecoder", "RestPath", "mark_price_key"]
 
 _INFINITY: Final = float("inf")
 _loads: Final = orjson.loads
@@ -206,6 +210,38 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
 ):
     raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
 _ASSIGN_MARK_FIELDS: Final = _can_assign_mark_fields()
+
+
+# --- reading a mark-price push without parsing it (the live feed's reader) ----------------
+
+# How OKX starts every mark-price push (docs: "Public Data > WebSocket > Mark price channel").
+_MARK_PUSH_HEAD: Final = '{"arg":{"channel":"mark-price","instId":"'
+_MARK_PUSH_HEAD_LENGTH: Final = len(_MARK_PUSH_HEAD)
+
+
+def mark_price_key(text: str) -> str | None:
+    """The instrument of a mark-price push, read from its text without parsing it; None
+    unless the text is certain to be one (or is not JSON at all).
+
+    Certain means the text is ``{"arg":{"channel":"mark-price","instId":"X"},"data":[...]}``
+    with no ``]`` inside the data array (the rows of a mark-price push hold only strings
+    without one) and no quote or backslash in ``X``. Parsed, such a text is an object with
+    exactly the keys ``arg``, which is channel and instId and nothing else, and ``data``:
+    no ``event`` key, no second ``arg`` (JSON allows duplicate keys, the last one winning),
+    whatever the rows say. Anything else (spaces, other keys, other key orders) is None, so
+    the message is treated as any other: parsed if it may be an event, never conflated.
+    """
+    if not text.startswith(_MARK_PUSH_HEAD):
+        return None
+    start = _MARK_PUSH_HEAD_LENGTH
+    end = text.find('"},"data":[', start)
+    inst_id = text[start:end]
+    # The first "]" closes the data array and is the last but one character: nothing
+    # follows the array but the object's closing brace.
+    if (end <= start or '"' in inst_id or "\\" in inst_id
+            or text.find("]", end) != len(text) - 2):
+        return None
+    return inst_id
 
 
 # --- the decoder --------------------------------------------------------------------------

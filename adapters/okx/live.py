@@ -31,10 +31,11 @@ read until the connection fails, report, back off, again. Choices:
   parsing at all. The reader parses a message only when its text could be an event: when
   it contains ``"event"`` or a backslash (without one, a key can only be spelled
   literally). A mark-price push is recognised by its exact shape as OKX sends it
-  (:func:`mark_price_key`), which also gives the conflation key, its instrument; a text in
-  any other shape is delivered without a key and never conflated. (A text in that shape
-  that is not JSON is quarantined by the engine task, unless a newer mark of the same
-  instrument replaces it under pressure first.)
+  (``mark_price_key`` in ``adapters/okx/decode.py``, compiled with the decoder), which
+  also gives the conflation key, its instrument; a text in any other shape is delivered
+  without a key and never conflated. (A text in that shape that is not JSON is quarantined
+  by the engine task, unless a newer mark of the same instrument replaces it under
+  pressure first.)
 - *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
   FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
   family the first time one of its instruments is wanted.
@@ -57,12 +58,13 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
+from adapters.okx.decode import mark_price_key
 from adapters.okx.rest import INSTRUMENTS, POSITION_TIERS, OkxRest
 from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
 
-__all__ = ["OkxFeed", "backoff_delay", "instrument_family", "mark_price_key"]
+__all__ = ["OkxFeed", "backoff_delay", "instrument_family"]
 
 RECONNECT_NOW_CODE: Final = "64008"
 SUBSCRIBE_BATCH: Final = 100  # args per subscribe request, well inside OKX's 64 KB limit
@@ -110,36 +112,6 @@ _time_ns: Final = time.time_ns
 
 def _now_ms() -> int:
     return _time_ns() // 1_000_000
-
-
-# How OKX starts every mark-price push (docs: "Public Data > WebSocket > Mark price channel").
-_MARK_PUSH_HEAD: Final = '{"arg":{"channel":"mark-price","instId":"'
-_MARK_PUSH_HEAD_LENGTH: Final = len(_MARK_PUSH_HEAD)
-
-
-def mark_price_key(text: str) -> str | None:
-    """The instrument of a mark-price push, read from its text without parsing it; None
-    unless the text is certain to be one (or is not JSON at all).
-
-    Certain means the text is ``{"arg":{"channel":"mark-price","instId":"X"},"data":[...]}``
-    with no ``]`` inside the data array (the rows of a mark-price push hold only strings
-    without one) and no quote or backslash in ``X``. Parsed, such a text is an object with
-    exactly the keys ``arg``, which is channel and instId and nothing else, and ``data``:
-    no ``event`` key, no second ``arg`` (JSON allows duplicate keys, the last one winning),
-    whatever the rows say. Anything else (spaces, other keys, other key orders) is None, so
-    the message is treated as any other: parsed if it may be an event, never conflated.
-    """
-    if not text.startswith(_MARK_PUSH_HEAD):
-        return None
-    start = _MARK_PUSH_HEAD_LENGTH
-    end = text.find('"},"data":[', start)
-    inst_id = text[start:end]
-    # The first "]" closes the data array and is the last but one character: nothing
-    # follows the array but the object's closing brace.
-    if (end <= start or '"' in inst_id or "\\" in inst_id
-            or text.find("]", end) != len(text) - 2):
-        return None
-    return inst_id
 
 
 class OkxFeed:
