@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 import aiosqlite
 import orjson
 
-from monitor.alerts import LEVELS, Alert, Level, alert_from_dict
+from monitor.alerts import Alert, alert_from_dict, level_named
 from monitor.errors import SinkError
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 
@@ -338,7 +338,7 @@ class SqliteStore:
             )
         checkpoints: list[AccountCheckpoint] = []
         for account, stored, updated_ts, reminder_due_ts, disarmed in rows:
-            level = _known_level(stored)
+            level = level_named(stored)
             if level is None:
                 raise SinkError(f"level_state of account {account!r} holds an unknown level")
             try:
@@ -619,10 +619,3 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
         }
     )
 
-
-def _known_level(value: object) -> Level | None:
-    """``value`` as a :data:`Level`, or None if it is not one."""
-    for level in LEVELS:
-        if value == level:
-            return level
-    return None

@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from adapters.alert_stream import CLOSE_CODES
-from adapters.okx.live import backoff_delay
+from adapters.backoff import backoff_delay
 from monitor.errors import RiskmonError
 from monitor.stream import EARLIEST
 

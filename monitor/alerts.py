@@ -13,6 +13,14 @@ Level = Literal["normal", "warning", "withdrawal_lock", "deleverage", "liquidati
 LEVELS: tuple[Level, ...] = get_args(Level)
 LEVEL_RANK: dict[Level, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
+
+def level_named(value: object) -> Level | None:
+    """``value`` as a :data:`Level`, or None if it names none."""
+    for level in LEVELS:
+        if value == level:
+            return level
+    return None
+
 AlertKind = Literal[
     "level_changed",
     "deleverage_plan",

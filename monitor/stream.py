@@ -38,7 +38,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level
+from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level, level_named
 from monitor.errors import RiskmonError
 from monitor.records import StoredAlert
 
@@ -95,7 +95,7 @@ class AlertFilter:
             if unknown:
                 raise ValueError(f"unknown alert kind {unknown[0]!r}; kinds are "
                                  f"{', '.join(ALERT_KINDS)}")
-        level = _level(min_level)
+        level = level_named(min_level)
         if level is None:
             raise ValueError(f"unknown level {min_level!r}; levels are {', '.join(LEVELS)}")
         return cls(None if accounts is None else frozenset(accounts),
@@ -322,9 +322,3 @@ class Subscription:
         self._finished = True
         self._wake.set()
 
-
-def _level(value: str) -> Level | None:
-    for level in LEVELS:
-        if value == level:
-            return level
-    return None

@@ -17,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from adapters.backoff import backoff_delay
 from adapters.okx.auth import Credentials, load_credentials, login_request, rest_headers, sign
 from adapters.okx.decode import mark_price_key
-from adapters.okx.live import OkxFeed, backoff_delay, instrument_family
+from adapters.okx.live import OkxFeed, instrument_family
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.recording import RecordingWriter

@@ -56,6 +56,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
 from adapters.okx.decode import mark_price_key
@@ -64,7 +65,7 @@ from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
 
-__all__ = ["OkxFeed", "backoff_delay", "instrument_family"]
+__all__ = ["OkxFeed", "instrument_family"]
 
 RECONNECT_NOW_CODE: Final = "64008"
 SUBSCRIBE_BATCH: Final = 100  # args per subscribe request, well inside OKX's 64 KB limit
@@ -84,10 +85,6 @@ class _ReconnectNow(Exception):
         self.immediately = immediately
 
 
-def backoff_delay(failures: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Seconds to wait after ``failures`` consecutive failures (see the module docstring)."""
-    cap = min(max_s, initial_s * float(2 ** min(failures, 32)))
-    return cap / 2 + rng.random() * cap / 2
 
 
 def instrument_family(inst_id: str) -> tuple[str, str] | None:
