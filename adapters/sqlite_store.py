@@ -2,7 +2,8 @@
 
 One :class:`SqliteStore` owns one aiosqlite connection (itself one worker thread), opened in
 WAL mode so that readers such as ``riskmon alerts --db`` never block the daemon's writes.
-Every public call is one transaction; every SQLite failure surfaces as
+Every public call is one transaction, made in one call on that thread; every SQLite failure
+surfaces as
 :class:`~monitor.errors.SinkError` naming what was being done, never the row contents.
 
 Schema (version 2, see :data:`MIGRATIONS`)::
@@ -34,9 +35,10 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
-from typing import Any, Final, Self
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import suppress
+from functools import partial
+from typing import Any, Final, Self, TypeVar
 
 import aiosqlite
 import orjson
@@ -117,6 +119,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 _OLDEST_SQLITE: Final = (3, 35, 0)
 _SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _MS_PER_DAY: Final = 86_400_000
+_T = TypeVar("_T")
 
 _ALERT_COLUMN_NAMES: Final = (
     "id", "ts", "emitted_ts", "account", "kind", "level", "from_level", "margin_ratio",
@@ -168,6 +171,7 @@ class SqliteStore:
         if not (math.isfinite(retention_days) and retention_days > 0):
             raise ValueError("retention_days must be a positive number")
         location = os.fspath(path)
+        _check_aiosqlite()
         if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
             raise SinkError(f"riskmon needs SQLite {'.'.join(map(str, _OLDEST_SQLITE))} or"
                             f" newer (RETURNING); this Python has {sqlite3.sqlite_version}")
@@ -276,42 +280,37 @@ class SqliteStore:
             (alert_rows, "alerts"), (quarantine_rows, "quarantine records"),
             (history_rows, "margin history points"), (checkpoint_rows, "checkpoints"),
         ) if rows]
-        action = f"writing {', '.join(parts)}"
-        stored: list[StoredAlert] = []
-        async with self._transaction(action) as db:
+        def write(db: sqlite3.Connection) -> list[StoredAlert]:
+            stored: list[StoredAlert] = []
             for start in range(0, len(alert_rows), _ROWS_PER_INSERT):
                 chunk = alert_rows[start:start + _ROWS_PER_INSERT]
-                # One multi-row statement per chunk, one trip to the worker thread: RETURNING
-                # reports the rows actually inserted (not those IGNOREd), in no promised
-                # order, hence the id.
+                # One multi-row statement per chunk: RETURNING reports the rows actually
+                # inserted (not those IGNOREd), in no promised order, hence the id.
                 values = ", ".join([f"({_marks(len(_ALERT_COLUMN_NAMES))})"] * len(chunk))
-                returned = await db.execute_fetchall(
+                returned = db.execute(
                     f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES {values}"
                     " RETURNING seq, id",
                     [value for row in chunk for value in row],
-                )
+                ).fetchall()
                 seqs = {id_: seq for seq, id_ in returned}
                 stored.extend(StoredAlert(seqs[alert.id], alert)
                               for alert in alerts[start:start + _ROWS_PER_INSERT]
                               if seqs.get(alert.id) is not None)
             if quarantine_rows:
-                await _execute_many(
-                    db,
+                db.executemany(
                     "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
                     f" VALUES ({_marks(5)})",
                     quarantine_rows,
                 )
             if history_rows:
-                await _execute_many(
-                    db,
+                db.executemany(
                     "INSERT OR REPLACE INTO margin_history (account, ts, margin_ratio,"
                     " equity_usd, maint_margin_usd, init_margin_usd, level)"
                     f" VALUES ({_marks(7)})",
                     history_rows,
                 )
             if checkpoint_rows:
-                await _execute_many(
-                    db,
+                db.executemany(
                     "INSERT INTO level_state (account, level, updated_ts, reminder_due_ts,"
                     " disarmed_rules) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE"
                     " SET level = excluded.level, updated_ts = excluded.updated_ts,"
@@ -319,6 +318,9 @@ class SqliteStore:
                     " disarmed_rules = excluded.disarmed_rules",
                     checkpoint_rows,
                 )
+            return stored
+
+        stored = await self._transaction(f"writing {', '.join(parts)}", write)
         # A batch holding the same id twice inserts the first; report it once.
         unique = {entry.seq: entry for entry in stored}
         return sorted(unique.values(), key=lambda entry: entry.seq)
@@ -329,13 +331,11 @@ class SqliteStore:
         Raises :class:`SinkError` if a stored row is not one this code understands, rather
         than guessing a state the engine would then act on.
         """
-        async with self._transaction("loading checkpoints", immediate=False) as db:
-            rows = await _fetch_all(
-                db,
-                "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules"
-                " FROM level_state ORDER BY account",
-                (),
-            )
+        rows = await self._read(
+            "loading checkpoints",
+            "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules"
+            " FROM level_state ORDER BY account",
+        )
         checkpoints: list[AccountCheckpoint] = []
         for account, stored, updated_ts, reminder_due_ts, disarmed in rows:
             level = level_named(stored)
@@ -359,11 +359,15 @@ class SqliteStore:
         pruned: it is needed however old it is.
         """
         cutoff = now_ms - self._retention_ms
-        async with self._transaction("pruning") as db:
-            deleted = await _execute(db, "DELETE FROM alerts WHERE ts < ?", (cutoff,))
-            deleted += await _execute(db, "DELETE FROM margin_history WHERE ts < ?", (cutoff,))
-            deleted += await _execute(db, "DELETE FROM quarantine WHERE stored_ts < ?", (cutoff,))
-        return deleted
+
+        def prune(db: sqlite3.Connection) -> int:
+            return sum(db.execute(statement, (cutoff,)).rowcount for statement in (
+                "DELETE FROM alerts WHERE ts < ?",
+                "DELETE FROM margin_history WHERE ts < ?",
+                "DELETE FROM quarantine WHERE stored_ts < ?",
+            ))
+
+        return await self._transaction("pruning", prune)
 
     async def alerts(
         self,
@@ -394,15 +398,15 @@ class SqliteStore:
 
     async def last_alert_id(self) -> str | None:
         """The id of the alert stored last, or None when none is."""
-        async with self._transaction("reading alerts", immediate=False) as db:
-            value = await _fetch_value(db, "SELECT id FROM alerts ORDER BY seq DESC LIMIT 1")
-        return None if value is None else str(value)
+        rows = await self._read("reading alerts",
+                                "SELECT id FROM alerts ORDER BY seq DESC LIMIT 1")
+        return str(rows[0][0]) if rows else None
 
     async def alert_seq(self, alert_id: str) -> int | None:
         """The insertion number of a stored alert, or None if it is not stored."""
-        async with self._transaction("reading alerts", immediate=False) as db:
-            seq = await _fetch_value(db, "SELECT seq FROM alerts WHERE id = ?", (alert_id,))
-        return None if seq is None else int(seq)
+        rows = await self._read("reading alerts", "SELECT seq FROM alerts WHERE id = ?",
+                                (alert_id,))
+        return int(rows[0][0]) if rows else None
 
     async def stored_alerts(
         self,
@@ -427,26 +431,23 @@ class SqliteStore:
                 parameters.extend(wanted)
         # LIMIT -1 is SQLite's "no limit".
         parameters.append(-1 if limit is None else limit)
-        async with self._transaction("reading alerts", immediate=False) as db:
-            rows = await _fetch_all(
-                db,
-                f"SELECT seq, {_ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(conditions)}"
-                " ORDER BY seq LIMIT ?",
-                parameters,
-            )
+        rows = await self._read(
+            "reading alerts",
+            f"SELECT seq, {_ALERT_COLUMNS} FROM alerts WHERE {' AND '.join(conditions)}"
+            " ORDER BY seq LIMIT ?",
+            parameters,
+        )
         return [StoredAlert(row[0], _alert_from_row(row[1:])) for row in rows]
 
     async def quarantine_count(self) -> int:
         """How many quarantine rows are stored."""
-        async with self._transaction("counting quarantine", immediate=False) as db:
-            count = await _fetch_value(db, "SELECT count(*) FROM quarantine", ())
-        return int(count)
+        rows = await self._read("counting quarantine", "SELECT count(*) FROM quarantine")
+        return int(rows[0][0])
 
-    @asynccontextmanager
-    async def _transaction(
-        self, action: str, *, immediate: bool = True
-    ) -> AsyncIterator[aiosqlite.Connection]:
-        """Run the body in one transaction, rolled back on any exception.
+    async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T], *,
+                           immediate: bool = True) -> _T:
+        """``work(connection)`` as one transaction, rolled back if it raises, in ONE call
+        on the connection's worker thread (see :func:`_on_worker_thread`).
 
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
         at BEGIN, not halfway through. ``action`` names the operation in a SinkError.
@@ -456,18 +457,59 @@ class SqliteStore:
             if db is None:
                 raise SinkError(f"{action} failed: the store is closed")
             try:
-                await _execute(db, "BEGIN IMMEDIATE" if immediate else "BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    # SQLite may already have rolled back (after SQLITE_FULL, for one); the
-                    # original error is the one worth raising.
-                    with suppress(sqlite3.Error):
-                        await db.rollback()
-                    raise
-                await db.commit()
+                return await _on_worker_thread(db, partial(_transact, work, immediate))
             except sqlite3.Error as e:
                 raise SinkError(f"{action} failed: {e}") from e
+
+    async def _read(self, action: str, sql: str,
+                    parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one query, read in one transaction (one call on the worker)."""
+
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, tuple(parameters)).fetchall()
+
+        return await self._transaction(action, read, immediate=False)
+
+
+def _transact(work: Callable[[sqlite3.Connection], _T], immediate: bool,
+              db: sqlite3.Connection) -> _T:
+    """Run on the worker thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised."""
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        result = work(db)
+    except BaseException:
+        # SQLite may already have rolled back (after SQLITE_FULL, for one); the original
+        # error is the one worth raising.
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+async def _on_worker_thread(db: aiosqlite.Connection,
+                            function: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``function(connection)`` on the connection's worker thread, in one call.
+
+    aiosqlite's public methods each make one trip to its worker thread: a statement, a
+    fetch, a commit. The daemon's event loop thread is busy under load, and every trip
+    back needs the GIL from it, so a transaction of four or five trips took 2.8-4.6 ms at
+    p99 in bench/live_bench.py at 10,000 frames/s, against 1.8-2.1 ms as one call. A whole
+    transaction goes through ``Connection._execute``, the method every public call of
+    aiosqlite is built on, with ``Connection._conn``, its sqlite3 connection. Both are
+    private, so pyproject.toml bounds aiosqlite to the releases tested, and
+    :meth:`SqliteStore.open` checks that they are there (:func:`_check_aiosqlite`).
+    """
+    result: _T = await db._execute(function, db._conn)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _check_aiosqlite() -> None:
+    """Raise SinkError unless aiosqlite has what :func:`_on_worker_thread` uses."""
+    if not (callable(getattr(aiosqlite.Connection, "_execute", None))
+            and isinstance(getattr(aiosqlite.Connection, "_conn", None), property)):
+        raise SinkError(f"riskmon does not support aiosqlite {aiosqlite.__version__}: its"
+                        " Connection lacks _execute or _conn (see pyproject.toml)")
 
 
 async def _migrate(db: aiosqlite.Connection, location: str) -> None:
@@ -514,19 +556,6 @@ async def _execute(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any]
     GIL both ways), and the alert path of the daemon makes a few per transaction.
     """
     return (await db.execute(sql, parameters)).rowcount
-
-
-async def _execute_many(db: aiosqlite.Connection, sql: str, rows: Iterable[Iterable[Any]]) -> int:
-    """Run one statement per row; returns the summed row count of the changes (one trip)."""
-    return (await db.executemany(sql, rows)).rowcount
-
-
-async def _fetch_all(
-    db: aiosqlite.Connection, sql: str, parameters: Iterable[Any]
-) -> list[sqlite3.Row]:
-    """Run a query and return all its rows."""
-    async with db.execute(sql, parameters) as cursor:
-        return list(await cursor.fetchall())
 
 
 async def _fetch_value(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> Any:
