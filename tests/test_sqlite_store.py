@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
 from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
@@ -440,3 +441,34 @@ async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="cannot open"):
         await SqliteStore.open(tmp_path / "no" / "such" / "dir.db")
     assert workers() - before == set()
+
+
+async def test_a_cancelled_write_is_stored_whole_or_not_at_all(store: SqliteStore) -> None:
+    # A write is one call on the worker thread: cancelling the caller cannot leave a
+    # transaction open halfway (the next call would fail at BEGIN) or half a batch stored.
+    batch = [make_alert(n) for n in range(50)]
+    batch_ids = {alert.id for alert in batch}
+    for ticks in range(4):
+        task = asyncio.create_task(store.write_batch(
+            alerts=batch, checkpoints=[checkpoint("main", "warning", BASE_TS + ticks)]))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+        stored = {alert.id for alert in await store.alerts()}
+        assert stored & batch_ids in (set(), batch_ids)
+        assert await store.write_alerts([make_alert(100 + ticks)]) == 1
+        assert make_alert(100 + ticks).id in {alert.id for alert in await store.alerts()}
+
+
+async def test_an_aiosqlite_without_the_worker_call_is_refused_at_open(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store runs each transaction through aiosqlite's private Connection._execute; a
+    # release without it must fail at open, naming the version, before touching the file.
+    monkeypatch.delattr(aiosqlite.Connection, "_execute")
+
+    with pytest.raises(SinkError, match=f"aiosqlite {aiosqlite.__version__}"):
+        await SqliteStore.open(db_path)
+    assert not await asyncio.to_thread(db_path.exists)
