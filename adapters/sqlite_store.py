@@ -2,9 +2,9 @@
 
 One :class:`SqliteStore` owns one aiosqlite connection (itself one worker thread), opened in
 WAL mode so that readers such as ``riskmon alerts --db`` never block the daemon's writes.
-Every public call is one transaction, made in one call on that thread; every SQLite failure
-surfaces as
-:class:`~monitor.errors.SinkError` naming what was being done, never the row contents.
+Every public call is one transaction, made in one call on that thread; every SQLite
+failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
+row contents.
 
 Schema (version 2, see :data:`MIGRATIONS`)::
 
@@ -473,17 +473,19 @@ class SqliteStore:
 
 def _transact(work: Callable[[sqlite3.Connection], _T], immediate: bool,
               db: sqlite3.Connection) -> _T:
-    """Run on the worker thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised."""
+    """Run on the worker thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised,
+    the COMMIT included (a failed COMMIT can leave the transaction open, and every later
+    BEGIN on this connection would then fail)."""
     db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         result = work(db)
+        db.execute("COMMIT")
     except BaseException:
         # SQLite may already have rolled back (after SQLITE_FULL, for one); the original
         # error is the one worth raising.
         with suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
     return result
 
 
