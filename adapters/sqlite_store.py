@@ -516,22 +516,19 @@ def _check_aiosqlite() -> None:
 
 async def _migrate(db: aiosqlite.Connection, location: str) -> None:
     """Bring the schema to :data:`SCHEMA_VERSION`, all pending steps in one transaction."""
-    # IMMEDIATE, and the version read inside it, so two processes opening the same new
-    # file cannot both run the same step.
-    await _execute(db, "BEGIN IMMEDIATE")
-    try:
-        version = int(await _fetch_value(db, "PRAGMA user_version"))
+
+    def migrate(connection: sqlite3.Connection) -> None:
+        # IMMEDIATE (see _transact), and the version read inside it, so two processes
+        # opening the same new file cannot both run the same step.
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
         _check_version(version, location)
         for step in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[step]:
-                await _execute(db, statement)
+                connection.execute(statement)
             # PRAGMA takes no bound parameters; step + 1 is an int from this code.
-            await _execute(db, f"PRAGMA user_version = {step + 1}")
-    except BaseException:
-        with suppress(sqlite3.Error):
-            await _execute(db, "ROLLBACK")
-        raise
-    await _execute(db, "COMMIT")
+            connection.execute(f"PRAGMA user_version = {step + 1}")
+
+    await _on_worker_thread(db, partial(_transact, migrate, True))
 
 
 def _probe(location: str) -> None:
@@ -549,14 +546,9 @@ def _check_version(version: int, location: str) -> None:
 
 
 async def _execute(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> int:
-    """Run one statement that returns no rows; returns its row count (-1 for statements
-    without one).
-
-    One trip to the connection's worker thread: the cursor of a statement without rows
-    holds nothing open, so it is left to the garbage collector instead of being closed with
-    a second trip. Each trip waits for the worker and then for the event loop (and for the
-    GIL both ways), and the alert path of the daemon makes a few per transaction.
-    """
+    """Run one statement that returns no rows (at open); returns its row count (-1 for
+    statements without one). The cursor holds nothing open, so it is left to the garbage
+    collector instead of being closed with a second trip to the worker thread."""
     return (await db.execute(sql, parameters)).rowcount
 
 
