@@ -78,8 +78,10 @@ Measured, in one run:
             a few frames without the lag growing does not fail a rate, (2) and (4) fail one
             that needs conflation to keep up. A failed probe is run once more (not with
             ``--quick``), so one noisy second of a shared machine does not end the search.
-  floor     the same search for a bare websockets client (same ``connect`` options as
-            OkxFeed) on the same sender that only receives and ``orjson.loads`` each frame;
+  floor     the same search for a bare websockets client (``connect`` with OkxFeed's
+            options, but websockets' own connection class, not riskmon's PushConnection:
+            ``async for message in ws``) on the same sender that only receives and
+            ``orjson.loads`` each frame;
             its lag is the wall clock minus the ``ts`` of the last frame parsed. The two
             searches advance in turns, one probe each, so the machine's noise falls on
             both alike; the ratio is printed with the bounds its two search brackets allow.
@@ -659,7 +661,8 @@ class FloorClient:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, port: int, inst_ids: list[str]) -> None:
-        # The connect options of adapters.okx.live._Link.run.
+        # The connect options of adapters.okx.live._Link.run, but websockets' own connection
+        # class (recv() per message): the floor is the library as it comes.
         self.ws = await connect(f"ws://127.0.0.1:{port}{PUBLIC_PATH}?client=floor",
                                 ping_interval=None, close_timeout=2,
                                 max_size=MAX_MESSAGE_BYTES)

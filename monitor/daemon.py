@@ -2,10 +2,10 @@
 
 Shape (STYLE: one owner per resource)::
 
-    feed readers --put--> Inbox --> engine task --> SQLite sink --> log, subscribers
+    feed connections --put--> Inbox --> engine task --> SQLite sink --> log, subscribers
 
-- The feed's reader tasks only ``put`` what they receive, unparsed (monitor.feed); they
-  never wait on the engine or a sink.
+- The feed's connections only ``put`` what they receive, unparsed, as it arrives
+  (monitor.feed); they never wait on the engine or a sink.
 - The engine task is the only one that touches the decoder and the engine. It takes every
   waiting item at once, parses and decodes it, applies it, and hands the records to the
   head sink's bounded queue. When a sink is slow that queue fills, the engine task waits

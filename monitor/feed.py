@@ -6,13 +6,13 @@ response it fetched) and :class:`LinkChange` (a connection came up or went down)
 exactly the lines of a recording (SPEC 3.2), which is how ``riskmon record`` writes them.
 
 A frame is delivered unparsed: the engine task parses it (:meth:`FeedDecoder.decode_message`),
-so a frame that conflation drops is never parsed at all, and a reader task does little more
+so a frame that conflation drops is never parsed at all, and the feed does little more
 per message than the websockets library does. The adapter reads from the text whatever it
 must know at once: the conflation key of a mark-price push, and the operational messages
 (acknowledgements, errors, notices) it acts on itself instead of delivering.
 
-:class:`Inbox` is the one buffer between the feed's reader tasks and the engine task.
-Readers never wait on it: ``put`` is synchronous and never blocks, so a slow engine or sink
+:class:`Inbox` is the one buffer between the feed's connections and the engine task.
+The feed never waits on it: ``put`` is synchronous and never blocks, so a slow engine or sink
 cannot stall the sockets (and make the exchange drop us). Under pressure, when more than
 ``conflate_after`` items are waiting, a mark-price frame replaces the waiting one of the
 same instrument (it moves to the newer one's place in the order): only the latest mark
@@ -37,7 +37,7 @@ class Frame(NamedTuple):
     adapter on frames that may be conflated (mark prices: the instrument).
 
     A named tuple, not a frozen dataclass like the other items: one is built per message
-    received, in the reader task, and a frozen dataclass's ``__init__`` sets each field
+    received, as it arrives, and a frozen dataclass's ``__init__`` sets each field
     through ``object.__setattr__``, which costs about three times as much.
     """
 

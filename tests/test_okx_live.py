@@ -9,23 +9,26 @@ import os
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from adapters.backoff import backoff_delay
 from adapters.okx.auth import Credentials, load_credentials, login_request, rest_headers, sign
-from adapters.okx.decode import mark_price_key
+from adapters.okx.decode import OkxDecoder, mark_price_key
 from adapters.okx.live import OkxFeed, instrument_family
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.recording import RecordingWriter
 from monitor.config import AccountConfig, OkxConfig
-from monitor.errors import ConfigError, FeedError
+from monitor.errors import BadInput, ConfigError, FeedError
 from monitor.feed import FeedItem, Frame, Inbox, LinkChange, RestBody
 from monitor.metrics import Metrics
 
@@ -301,18 +304,30 @@ def test_a_key_is_only_given_to_what_parses_as_a_mark_price_push(text: str) -> N
     assert frame["arg"] == {"channel": "mark-price", "instId": key}
 
 
+class NotUtf8Text(bytes):
+    """Sent as a text frame although it is not UTF-8."""
+
+
+Message = str | bytes | list[str]
+
+
 class PublicServer:
     """A websockets server on loopback that answers the public connection's subscribe
-    and then sends ``script`` (text, or bytes for a binary frame) once."""
+    and then sends ``script`` once: text, bytes for a binary frame, a list of strings for
+    a message in fragments, NotUtf8Text for a text frame that is not UTF-8. ``greeting``
+    is sent as soon as a connection opens, before the client has sent anything."""
 
-    def __init__(self, script: list[str | bytes]) -> None:
+    def __init__(self, script: list[Message], greeting: str | None = None) -> None:
         self.script = script
+        self.greeting = greeting
         self.connections = 0
         self.server: Server | None = None
 
     async def handle(self, connection: ServerConnection) -> None:
         self.connections += 1
         first = self.connections == 1
+        if first and self.greeting is not None:
+            await connection.send(self.greeting)
         async for message in connection:
             request = orjson.loads(message)
             for arg in request["args"]:
@@ -320,7 +335,10 @@ class PublicServer:
                     {"event": request["op"], "arg": arg, "connId": "c1"}).decode())
             if first:
                 for item in self.script:
-                    await connection.send(item)
+                    if isinstance(item, NotUtf8Text):
+                        await connection.send(bytes(item), text=True)
+                    else:
+                        await connection.send(item)
 
     async def start(self) -> int:
         self.server = await serve(self.handle, "127.0.0.1", 0, compression=None)
@@ -345,17 +363,21 @@ async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
                   '"BTC-USDT","idxPx":"42000.1","ts":"1700000000200","note":"event"}]}')
     mark_with_event = MARK_PUSH[:-1] + ',"event":"x"}'
     garbage = MARK_PUSH[:70]
-    script: list[str | bytes] = [
+    eth_push = MARK_PUSH.replace("BTC", "ETH")
+    script: list[Message] = [
         MARK_PUSH,
         MARK_PUSH.encode(),  # a binary frame: decoded as UTF-8
+        [MARK_PUSH[:50], MARK_PUSH[50:90], MARK_PUSH[90:]],  # in fragments: delivered whole
         order_like,  # "event" in a value: parsed by the reader, and delivered
         mark_with_event,  # an event key beside the data: delivered, never conflated
         garbage,  # not JSON: delivered for quarantine
+        NotUtf8Text(b'{"note":"caf\xe9"}'),  # not UTF-8: delivered for quarantine
+        b'{"note":"\xff"}',  # the same in a binary frame
         '{"event":"error","code":"60012","msg":"Invalid request","connId":"c1"}',
         "pong",
         '{"event":"notice","code":"64008","msg":"Service upgrade","connId":"c1"}',
     ]
-    server = PublicServer(script)
+    server = PublicServer(script, greeting=eth_push)
     port = await server.start()
     items: list[FeedItem] = []
     config = OkxConfig(public_url=f"ws://127.0.0.1:{port}/ws/v5/public",
@@ -372,14 +394,37 @@ async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
         await server.close()
 
     frames = [(i.account, i.text, i.conflate_key) for i in items if isinstance(i, Frame)]
-    assert frames == [(None, MARK_PUSH, BTC_SWAP), (None, MARK_PUSH, BTC_SWAP),
+    assert frames == [(None, eth_push, "ETH-USDT-SWAP"),
+                      (None, MARK_PUSH, BTC_SWAP), (None, MARK_PUSH, BTC_SWAP),
+                      (None, MARK_PUSH, BTC_SWAP),
                       (None, order_like, None), (None, mark_with_event, None),
-                      (None, garbage, None)]
+                      (None, garbage, None),
+                      (None, '{"note":"caf\\xe9"}', None), (None, '{"note":"\\xff"}', None)]
+    # Bytes that are not UTF-8 are shown as \xNN, which no JSON parser accepts: the engine
+    # task quarantines those messages, with the bytes visible.
+    for _, text, _ in frames[-2:]:
+        with pytest.raises(BadInput):
+            OkxDecoder().decode_message(text, None, 1)
     changes = [(i.connected, i.reason) for i in items if isinstance(i, LinkChange)]
     assert changes == [(True, "subscribed"), (False, "notice 64008: Service upgrade"),
                        (True, "subscribed")]
+    # The greeting came before the link was open: held, and delivered after the change.
+    assert isinstance(items[0], LinkChange) and items[1] == Frame(items[1].recv_ms, None,
+                                                                  eth_push, "ETH-USDT-SWAP")
     # The acknowledgements, the error and the pong were handled, not delivered.
     assert len(items) == len(frames) + len(changes)
+
+
+def test_a_websockets_without_the_message_hook_is_refused(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The feed's connections override websockets' ClientConnection.process_event, which is
+    # not public API: a release without it must be refused at once, naming the version.
+    monkeypatch.delattr(ClientConnection, "process_event")
+    monkeypatch.delattr(Connection, "process_event")
+
+    with pytest.raises(FeedError, match=f"websockets {version('websockets')}"):
+        OkxFeed(OkxConfig(), {}, lambda item: None, load_instruments=False)
 
 
 async def test_the_inbox_wakes_its_reader_whenever_items_arrive() -> None:

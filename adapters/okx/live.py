@@ -26,16 +26,20 @@ read until the connection fails, report, back off, again. Choices:
   :class:`~monitor.feed.RestBody`; connection changes as :class:`~monitor.feed.LinkChange`.
   Acknowledgements, errors and notices (``{"event": ...}`` without ``data``) are handled
   and logged here.
-- *Reading without parsing.* Messages go to the inbox as text, and the engine task parses
-  them (``OkxDecoder.decode_message``), so under pressure a conflated mark price costs no
-  parsing at all. The reader parses a message only when its text could be an event: when
-  it contains ``"event"`` or a backslash (without one, a key can only be spelled
-  literally). A mark-price push is recognised by its exact shape as OKX sends it
+- *Reading without parsing, and without a reader task.* Each message is handed to
+  :meth:`_Link.receive` the moment websockets parses it off the socket
+  (adapters/push_connection.py says why), which puts it in the inbox as text; the engine
+  task parses it (``OkxDecoder.decode_message``), so under pressure a conflated mark
+  price costs no parsing at all. Data that arrives while a connection is still opening
+  (logging in, loading REST state, subscribing) is held and delivered, in order, right
+  after its ``LinkChange``. ``receive`` parses a message only when its text could be an
+  event: when it contains ``"event"`` or a backslash (without one, a key can only be
+  spelled literally). A mark-price push is recognised by its exact shape as OKX sends it
   (``mark_price_key`` in ``adapters/okx/decode.py``, compiled with the decoder), which
   also gives the conflation key, its instrument; a text in any other shape is delivered
-  without a key and never conflated. (A text in that shape that is not JSON is quarantined
-  by the engine task, unless a newer mark of the same instrument replaces it under
-  pressure first.)
+  without a key and never conflated. (A text in that shape that is not JSON is
+  quarantined by the engine task, unless a newer mark of the same instrument replaces it
+  under pressure first.)
 - *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
   FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
   family the first time one of its instruments is wanted.
@@ -53,7 +57,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.backoff import backoff_delay
@@ -61,6 +65,7 @@ from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
 from adapters.okx.decode import mark_price_key
 from adapters.okx.rest import INSTRUMENTS, POSITION_TIERS, OkxRest
+from adapters.push_connection import PushConnection, check_websockets
 from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
@@ -124,6 +129,7 @@ class OkxFeed:
         collateral: Collection[str] = (),
         rng: random.Random | None = None,
     ) -> None:
+        check_websockets()
         self.config = config
         self.collateral = frozenset(collateral)
         self.deliver = deliver
@@ -189,10 +195,12 @@ class _Link:
         self.feed = feed
         self.url = url
         self.account = account
-        self.ws: ClientConnection | None = None
+        self.ws: PushConnection | None = None
         self.log = feed.log.bind(feed=self.feed_name, account=account)
         self._last_rx = 0.0
-        self._dead: str | None = None
+        self._delivering = False
+        self._held: list[Frame] = []
+        self._failure: Exception | None = None
 
     async def run(self) -> None:
         config = self.feed.config
@@ -203,12 +211,21 @@ class _Link:
             try:
                 async with connect(self.url, ping_interval=None, close_timeout=2,
                                    open_timeout=config.request_timeout_s,
-                                   max_size=_MAX_MESSAGE_BYTES) as ws:
+                                   max_size=_MAX_MESSAGE_BYTES,
+                                   create_connection=PushConnection) as ws:
+                    assert isinstance(ws, PushConnection)
                     self.ws = ws
-                    await self.open(ws)
+                    self._last_rx = time.monotonic()
+                    ws.push_to(self.receive)
+                    try:
+                        await self.open(ws)
+                    except Exception:
+                        self._raise_failure()
+                        raise
                     connected = True
                     failures = 0
                     self.feed.deliver(LinkChange(_now_ms(), self.account, True, "subscribed"))
+                    self._start_delivering()
                     self.log.info("feed_connected", url=self.url)
                     await self.read(ws)
                 reason = "closed"
@@ -220,6 +237,9 @@ class _Link:
                 reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             finally:
                 self.ws = None
+                self._delivering = False
+                self._held = []
+                self._failure = None
                 self.closed()
             if connected:
                 self.feed.deliver(LinkChange(_now_ms(), self.account, False, reason))
@@ -231,38 +251,34 @@ class _Link:
                              failures=failures)
             await asyncio.sleep(delay)
 
-    async def open(self, ws: ClientConnection) -> None:
+    async def open(self, ws: PushConnection) -> None:
         """Log in, load REST state and subscribe; raise to reconnect."""
         raise NotImplementedError
 
     def closed(self) -> None:
         """The connection is gone (subscriptions with it)."""
 
-    async def read(self, ws: ClientConnection) -> None:
-        """Deliver messages until the connection fails.
+    async def read(self, ws: PushConnection) -> None:
+        """Until the connection ends (messages are delivered by :meth:`receive` as they
+        arrive meanwhile).
 
-        Keepalive runs in a watchdog task beside the reader, so receiving a message costs
-        no timer: the reader only notes when the last message came.
+        Keepalive runs in a watchdog task beside it, so receiving a message costs no
+        timer: :meth:`receive` only notes when the last message came.
         """
-        self._last_rx = time.monotonic()
-        self._dead = None
         watchdog = asyncio.create_task(self._watchdog(ws))
         try:
-            async for message in ws:
-                self._last_rx = time.monotonic()
-                self.handle(message)
+            await ws.until_closed()
         except ConnectionClosed:
-            if self._dead is None:
-                raise
+            self._raise_failure()
+            raise
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
-        if self._dead is not None:
-            raise _ReconnectNow(self._dead)
+        self._raise_failure()
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
+    async def _watchdog(self, ws: PushConnection) -> None:
         """Text ``ping`` after ``ping_after_s`` of silence; no message ``pong_timeout_s``
-        later: abort the connection, which ends the reader."""
+        later: abort the connection, which ends :meth:`read`."""
         config = self.feed.config
         check_s = min(1.0, config.ping_after_s / 5, config.pong_timeout_s / 5)
         ping_sent: float | None = None
@@ -275,29 +291,67 @@ class _Link:
                 await ws.send("ping")
                 ping_sent = now
             elif now - ping_sent >= config.pong_timeout_s:
-                self._dead = f"no pong within {config.pong_timeout_s:g} s of a ping"
-                ws.transport.abort()
+                self._fail(_ReconnectNow(
+                    f"no pong within {config.pong_timeout_s:g} s of a ping"))
                 return
 
-    def handle(self, message: str | bytes) -> None:
-        """Deliver one message, or act on it if it is an event (see the module docstring)."""
+    def receive(self, text: str) -> None:
+        """Every message of the connection, the moment websockets has parsed it (called
+        from its ``data_received``: adapters/push_connection.py). Data is delivered (held
+        while the link is opening); events are acted on (see the module docstring).
+
+        Nothing raised here may reach websockets: a failure (a ``notice`` 64008, a deliver
+        callback that raised) is noted, the connection aborted, and :meth:`read` (or
+        :meth:`run`, while opening) raises it.
+        """
+        if self._failure is not None:
+            return  # the connection is being aborted: what follows it is not delivered
+        self._last_rx = time.monotonic()
         recv_ms = _time_ns() // 1_000_000
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-        key = mark_price_key(text)
-        if key is not None:
-            self.feed.deliver(Frame(recv_ms, self.account, text, key))
-            return
-        if text == "pong":
-            return
-        if '"event"' in text or "\\" in text:
-            try:
-                frame = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                frame = None  # delivered: quarantined by the engine task
-            if type(frame) is dict and "event" in frame and "data" not in frame:
-                self.on_event(frame)
+        try:
+            key = mark_price_key(text)
+            if key is None and (text == "pong" or self._acted_on(text)):
                 return
-        self.feed.deliver(Frame(recv_ms, self.account, text))
+            frame = Frame(recv_ms, self.account, text, key)
+            if self._delivering:
+                self.feed.deliver(frame)
+            else:
+                self._held.append(frame)
+        except Exception as e:
+            self._fail(e)
+
+    def _acted_on(self, text: str) -> bool:
+        """Whether ``text`` is an event (acknowledgement, error, notice) and was acted on."""
+        if '"event"' not in text and "\\" not in text:
+            return False
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False  # delivered: quarantined by the engine task
+        if type(frame) is dict and "event" in frame and "data" not in frame:
+            self.on_event(frame)
+            return True
+        return False
+
+    def _start_delivering(self) -> None:
+        """The link is open: deliver what arrived while it was opening, then every message
+        as it comes."""
+        held, self._held = self._held, []
+        self._delivering = True
+        for frame in held:
+            self.feed.deliver(frame)
+
+    def _fail(self, error: Exception) -> None:
+        """End the connection because of ``error``, raised again by :meth:`read`."""
+        if self._failure is None:
+            self._failure = error
+        if self.ws is not None and self.ws.transport is not None:
+            self.ws.transport.abort()
+
+    def _raise_failure(self) -> None:
+        """Raise what made :meth:`_fail` end the connection, if anything did."""
+        if self._failure is not None:
+            raise self._failure
 
     def on_event(self, frame: dict[str, Any]) -> None:
         event = frame.get("event")
@@ -311,7 +365,7 @@ class _Link:
         else:
             self.log.debug("feed_event", feed_event=event, arg=frame.get("arg"))
 
-    async def subscribe(self, ws: ClientConnection, op: str, args: list[dict[str, str]]) -> None:
+    async def subscribe(self, ws: PushConnection, op: str, args: list[dict[str, str]]) -> None:
         for start in range(0, len(args), SUBSCRIBE_BATCH):
             batch = args[start:start + SUBSCRIBE_BATCH]
             await ws.send(orjson.dumps({"op": op, "args": batch}).decode())
@@ -332,7 +386,7 @@ class _PublicLink(_Link):
             self.wanted = wanted
             self._changed.set()
 
-    async def open(self, ws: ClientConnection) -> None:
+    async def open(self, ws: PushConnection) -> None:
         feed = self.feed
         if feed.load_instruments:
             for inst_type in ("SWAP", "FUTURES"):
@@ -343,7 +397,7 @@ class _PublicLink(_Link):
     def closed(self) -> None:
         self.subscribed = {}
 
-    async def read(self, ws: ClientConnection) -> None:
+    async def read(self, ws: PushConnection) -> None:
         # Subscription changes are sent from a task beside the reader, so a change
         # never waits for the next message.
         syncer = asyncio.create_task(self._keep_synced(ws))
@@ -353,12 +407,12 @@ class _PublicLink(_Link):
             syncer.cancel()
             await asyncio.gather(syncer, return_exceptions=True)
 
-    async def _keep_synced(self, ws: ClientConnection) -> None:
+    async def _keep_synced(self, ws: PushConnection) -> None:
         while True:
             await self._changed.wait()
             await self._sync(ws)
 
-    async def _sync(self, ws: ClientConnection) -> None:
+    async def _sync(self, ws: PushConnection) -> None:
         self._changed.clear()
         wanted = self.wanted
         removed = [arg for key, arg in self.subscribed.items() if key not in wanted]
@@ -376,8 +430,9 @@ class _PrivateLink(_Link):
     def __init__(self, feed: OkxFeed, account: str, credentials: Credentials) -> None:
         super().__init__(feed, feed.config.private_url, account)
         self.credentials = credentials
+        self._login_answer: asyncio.Future[dict[str, Any]] | None = None
 
-    async def open(self, ws: ClientConnection) -> None:
+    async def open(self, ws: PushConnection) -> None:
         feed = self.feed
         await ws.send(orjson.dumps(login_request(self.credentials, int(time.time()))).decode())
         await self._await_login(ws)
@@ -385,23 +440,32 @@ class _PrivateLink(_Link):
         feed.deliver(RestBody(_now_ms(), self.account, path, body))
         await self.subscribe(ws, "subscribe", [dict(arg) for arg in PRIVATE_CHANNELS])
 
-    async def _await_login(self, ws: ClientConnection) -> None:
+    async def _await_login(self, ws: PushConnection) -> None:
+        """Until the answer to the login request: return if it succeeded, else raise."""
         timeout = self.feed.config.request_timeout_s
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FeedError(f"login: no answer within {timeout:g} s")
-            message = await asyncio.wait_for(ws.recv(), remaining)
-            try:
-                frame = orjson.loads(message)
-            except orjson.JSONDecodeError:
-                continue  # "pong" or noise before the answer
-            if not isinstance(frame, dict):
-                continue
-            if frame.get("event") == "login" and str(frame.get("code")) == "0":
-                return
-            if frame.get("event") in ("error", "login"):
-                self.log.error("login_failed", code=frame.get("code"), msg=frame.get("msg"))
-                raise FeedError(f"login rejected: OKX code {frame.get('code')!r}: "
-                                f"{frame.get('msg')!r}")
+        answer = self._login_answer = asyncio.get_running_loop().create_future()
+        ended = asyncio.create_task(ws.until_closed())
+        try:
+            await asyncio.wait((answer, ended), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._login_answer = None
+            ended.cancel()
+            await asyncio.gather(ended, return_exceptions=True)
+        if not answer.done():
+            if ended.done() and not ended.cancelled():
+                ended.result()  # raises ConnectionClosedError when the connection failed
+                raise FeedError("login: the connection closed before the answer")
+            raise FeedError(f"login: no answer within {timeout:g} s")
+        frame: dict[str, Any] = answer.result()
+        if frame.get("event") == "login" and str(frame.get("code")) == "0":
+            return
+        self.log.error("login_failed", code=frame.get("code"), msg=frame.get("msg"))
+        raise FeedError(f"login rejected: OKX code {frame.get('code')!r}: {frame.get('msg')!r}")
+
+    def on_event(self, frame: dict[str, Any]) -> None:
+        answer = self._login_answer
+        if answer is not None and not answer.done() and frame.get("event") in ("login", "error"):
+            answer.set_result(frame)
+            return
+        super().on_event(frame)
