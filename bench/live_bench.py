@@ -47,10 +47,12 @@ are stored all through each measurement (350 a second at 10,000 frames/s).
 Measured, in one run:
 
   storage   bare ``sqlite3`` commits of one row each (WAL, ``synchronous=FULL``) in the
-            same directory, before and after the latency runs: the disk's own commit
-            latency (it varies a lot on a shared virtual disk), a lower bound of the
-            alert latency.
-  latency   at 1,000 and 10,000 frames/s (``--seconds`` each, default 8): for every alert,
+            same directory, before the latency runs and after each of their windows: the
+            disk's own commit latency (it varies a lot on a shared virtual disk, from one
+            minute to the next), a lower bound of the alert latency.
+  latency   at 1,000 and 10,000 frames/s, in ``--windows`` windows (default 3) of
+            ``--seconds`` each (default 6), each followed by 100 bare commits (above), so
+            that every window's figures sit beside the disk's at that time. For every alert,
             "stored" time (the probe's ``time.time()``) minus the alert's ``emitted_ms`` (the
             adapter's wall-clock receive time of the triggering frame: p50, p99, max).
             ``emitted_ms`` is whole milliseconds, truncated, so that figure overstates the
@@ -61,7 +63,9 @@ Measured, in one run:
             Where the time goes: a subclass of the real store (:class:`TimedStore`) notes
             when each alert's ``write_batch`` started and returned, which splits the exact
             latency into engine and queues / the SQLite transaction / the hand-off to the
-            follower.
+            follower. The target is judged on the median window's p99 (all are printed): one
+            window in which the shared disk stalls says more about the disk than about the
+            daemon, and its own storage line shows it.
   sustained the highest rate the daemon keeps up with: rates double from
             ``--start-rate`` until one fails, then ``--refine`` bisection steps. A probe
             pushes R frames/s for ``--window`` seconds (default 3) while this process samples,
@@ -957,6 +961,23 @@ async def measure_latency(control: Control, daemon: DaemonUnderTest, rate: float
                          sorted(in_sqlite), sorted(to_follower))
 
 
+def print_latency_row(rate: int, result: LatencyResult, disk_p99: float) -> None:
+    emitted, exact = result.by_emitted_ms, result.exact_ms
+    print(f"{rate:>8,}{result.alerts:>8,}{result.commits:>9,}  "
+          f"{percentile(emitted, 50):>7.2f}{percentile(emitted, 99):>8.2f}"
+          f"{emitted[-1] if emitted else math.nan:>8.2f}  "
+          f"{percentile(exact, 50):>7.2f}{percentile(exact, 99):>8.2f}"
+          f"{exact[-1] if exact else math.nan:>8.2f}  "
+          f"{result.probe.late_lag_ms:>6.1f}ms{result.probe.conflated:>10,}"
+          f"{result.probe.receiver_cpu:>9.0%}{result.probe.sender_cpu:>6.0%}"
+          f"{disk_p99:>8.2f}ms")
+    sustained, why = result.probe.verdict()
+    if not sustained:
+        print(f"{'':>8}(this rate was NOT sustained: {why})")
+    if result.unmatched:
+        print(f"{'':>8}({result.unmatched} alerts had no tapped receive time)")
+
+
 def percentile(ordered: list[float], p: float) -> float:
     """Nearest-rank percentile of sorted values (nan when there are none)."""
     if not ordered:
@@ -1052,41 +1073,32 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
               f"{daemon.probe.alerts_seen} alerts stored in the warm-up")
 
         print(f"\nlatency: receive -> alert committed to SQLite (synchronous=FULL) -> "
-              f"follower, {args.seconds:g} s per rate")
+              f"follower, {args.windows} x {args.seconds:g} s per rate; after each window, "
+              f"the disk's bare commit p99 (100 commits)")
         print(f"{'rate/s':>8}{'alerts':>8}{'commits':>9}  {'emitted_ms-based (ms)':^23}"
               f"  {'exact receive (ms)':^23}  {'lag end':>8}{'conflated':>10}"
-              f"{'cpu recv':>9}{'send':>6}")
+              f"{'cpu recv':>9}{'send':>6}{'disk p99':>10}")
         print(f"{'':>8}{'':>8}{'':>9}  {'p50':>7}{'p99':>8}{'max':>8}  {'p50':>7}{'p99':>8}"
               f"{'max':>8}")
-        latencies = {}
+        latencies: dict[int, list[LatencyResult]] = {}
         for rate in LATENCY_RATES:
-            result = await measure_latency(control, daemon, rate, args.seconds)
-            latencies[rate] = result
-            emitted, exact = result.by_emitted_ms, result.exact_ms
-            print(f"{rate:>8,}{result.alerts:>8,}{result.commits:>9,}  "
-                  f"{percentile(emitted, 50):>7.2f}{percentile(emitted, 99):>8.2f}"
-                  f"{emitted[-1] if emitted else math.nan:>8.2f}  "
-                  f"{percentile(exact, 50):>7.2f}{percentile(exact, 99):>8.2f}"
-                  f"{exact[-1] if exact else math.nan:>8.2f}  "
-                  f"{result.probe.late_lag_ms:>6.1f}ms{result.probe.conflated:>10,}"
-                  f"{result.probe.receiver_cpu:>9.0%}{result.probe.sender_cpu:>6.0%}")
-            sustained, why = result.probe.verdict()
-            if not sustained:
-                print(f"{'':>8}(this rate was NOT sustained: {why})")
-            if result.unmatched:
-                print(f"{'':>8}({result.unmatched} alerts had no tapped receive time)")
-            await asyncio.sleep(0.3)
+            for _ in range(args.windows):
+                result = await measure_latency(control, daemon, rate, args.seconds)
+                disk = await asyncio.to_thread(storage_floor, directory, 100)
+                latencies.setdefault(rate, []).append(result)
+                print_latency_row(rate, result, percentile(disk, 99))
+                await asyncio.sleep(0.3)
 
-        print("where the time goes (exact receive; p50 / p99 ms): engine and queues until "
-              "SQLite starts the batch | write_batch (BEGIN IMMEDIATE .. COMMIT) | "
-              "commit to follower")
-        for rate, result in latencies.items():
+        print("where the time goes (exact receive, all windows; p50 / p99 ms): engine and "
+              "queues until SQLite starts the batch | write_batch (BEGIN IMMEDIATE .. COMMIT)"
+              " | commit to follower")
+        for rate, results in latencies.items():
             print(f"{rate:>8,}  " + " | ".join(
                 f"{percentile(stage, 50):6.2f} / {percentile(stage, 99):6.2f}"
-                for stage in (result.to_sqlite_ms, result.in_sqlite_ms,
-                              result.to_follower_ms)))
-        print_storage_floor("after", await asyncio.to_thread(
-            storage_floor, directory, 100 if args.quick else 400))
+                for stage in (
+                    sorted(x for r in results for x in r.to_sqlite_ms),
+                    sorted(x for r in results for x in r.in_sqlite_ms),
+                    sorted(x for r in results for x in r.to_follower_ms))))
 
         floor = FloorClient()
         await floor.start(port, scenario.inst_ids())
@@ -1106,10 +1118,12 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
 
     print("\nsummary")
     ten_thousand = latencies[10_000]
-    p99_emitted = percentile(ten_thousand.by_emitted_ms, 99)
-    p99_exact = percentile(ten_thousand.exact_ms, 99)
-    for label, value in (("emitted_ms-based", p99_emitted), ("exact receive", p99_exact)):
-        print(f"  p99 at 10,000 frames/s ({label}): {value:.2f} ms "
+    for label, figures in (("emitted_ms-based", [r.by_emitted_ms for r in ten_thousand]),
+                           ("exact receive", [r.exact_ms for r in ten_thousand])):
+        p99s = [percentile(f, 99) for f in figures]
+        value = statistics.median(p99s)
+        print(f"  p99 at 10,000 frames/s ({label}): {value:.2f} ms, the median window "
+              f"({' / '.join(f'{p:.2f}' for p in p99s)}) "
               f"({'meets' if value <= LATENCY_TARGET_MS else 'MISSES'} the "
               f"{LATENCY_TARGET_MS:g} ms target)")
     daemon_search, floor_search = searches["daemon"], searches["floor"]
@@ -1128,7 +1142,7 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
         print(f"  daemon / floor = {ratio:.3f} "
               f"({'meets' if ratio >= FLOOR_RATIO_TARGET else 'MISSES'} the "
               f"{FLOOR_RATIO_TARGET:g} target{caveat})")
-    conflated = sum(r.probe.conflated for r in latencies.values())
+    conflated = sum(r.probe.conflated for results in latencies.values() for r in results)
     print(f"  inbox conflation during the latency runs: {conflated:,} frames; "
           f"total this run: {daemon.inbox.conflated:,}")
     print(f"  load average at the end: {_load()}")
@@ -1151,9 +1165,12 @@ def _load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a short smoke run: 2 s latency runs, 1.5 s probes, no retries")
+                        help="a short smoke run: one 2 s latency window per rate, 1.5 s "
+                             "probes, no retries")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="duration of each latency run (default 8, quick 2)")
+                        help="duration of each latency window (default 6, quick 2)")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="latency windows per rate (default 3, quick 1)")
     parser.add_argument("--window", type=float, default=None,
                         help="duration of each sustained-rate probe (default 3, quick 1.5)")
     parser.add_argument("--start-rate", type=float, default=5_000)
@@ -1170,7 +1187,9 @@ def main() -> None:
         asyncio.run(run_sender(scenario))
         return
     if args.seconds is None:
-        args.seconds = 2.0 if args.quick else 8.0
+        args.seconds = 2.0 if args.quick else 6.0
+    if args.windows is None:
+        args.windows = 1 if args.quick else 3
     if args.window is None:
         args.window = 1.5 if args.quick else 3.0
     if args.refine is None:
