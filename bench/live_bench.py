@@ -566,11 +566,15 @@ class StoredProbe:
 
 class ReceiveTap:
     """Wraps the feed's deliver callback: notes the full-resolution wall time of every
-    mark-price frame, keyed by (instId, ts, markPx) as the frame has them."""
+    mark-price frame, keyed by instId, ts and markPx as the frame has them.
+
+    The key is one string, not a tuple: the tap keeps tens of thousands of entries per
+    latency window, and tuples would be objects for the cyclic garbage collector to walk
+    (and to be triggered by), pausing the daemon it measures."""
 
     def __init__(self, put: Callable[[FeedItem], None]) -> None:
         self.put = put
-        self.times: dict[tuple[str, str, str], float] = {}
+        self.times: dict[str, float] = {}
 
     def __call__(self, item: FeedItem) -> None:
         if type(item) is not Frame or item.conflate_key is None:
@@ -581,13 +585,12 @@ class ReceiveTap:
         # The feed delivers frames unparsed: parsed here for the key, after the frame is
         # in the inbox (the engine task runs later, in this same thread).
         row = orjson.loads(item.text)["data"][0]
-        self.times[(row["instId"], row["ts"], row["markPx"])] = now
+        self.times[f"{row['instId']} {row['ts']} {row['markPx']}"] = now
 
     def received(self, alert: Alert) -> float | None:
         if alert.mark is None or alert.inst_id is None:
             return None
-        return self.times.get((alert.inst_id, str(alert.ts),
-                               f"{alert.mark:.{PRICE_DECIMALS}f}"))
+        return self.times.get(f"{alert.inst_id} {alert.ts} {alert.mark:.{PRICE_DECIMALS}f}")
 
 
 class Receiver(Protocol):
