@@ -392,6 +392,11 @@ class MarginEngine:
         """Instruments some account holds or has live orders on: the mark prices needed."""
         return [inst_id for inst_id, holders in self.holders.items() if holders]
 
+    def currencies_borrowed(self) -> list[str]:
+        """Currencies some account owes: the borrowing tiers needed (SPEC 1.4)."""
+        return sorted({state.currency for account in self.accounts.values()
+                       for state in account.currencies.values() if state.debt > 0.0})
+
     def currencies_in_use(self) -> list[str]:
         """Currencies some account holds: the index prices needed."""
         return [currency for currency, holders in self.currency_holders.items() if holders]
@@ -799,7 +804,7 @@ class MarginEngine:
         mark = self.marks.get(exposure.inst_id, exposure.avg_price)
         value = position_value(instrument.contract_type == "inverse", instrument.multiplier,
                                contracts, mark)
-        return value * (instrument.maintenance_rate(contracts) + self.risk.liquidation_fee_rate)
+        return value * (instrument.maintenance_rate(contracts) + self.risk.closing_fee_rate)
 
     def _check_divergence(self, account: AccountState, event: BalanceUpdate,
                           alerts: list[Alert]) -> None:
@@ -841,7 +846,8 @@ class MarginEngine:
     def _currency(self, account: AccountState, currency: str) -> CurrencyState:
         state = account.currencies.get(currency)
         if state is None:
-            factor = self.config.collateral.get(currency)
+            tiers = self.config.collateral.get(currency)
+            factor = None if tiers is None else tiers.flat_factor
             if factor is None:
                 factor = 0.0
                 self._notice("uncollateralised_currency", account.name, currency)
@@ -938,7 +944,7 @@ class MarginEngine:
             exposure.leverage,
             exposure.orders.values(),
             self.marks.get(exposure.inst_id),
-            self.risk.liquidation_fee_rate,
+            self.risk.closing_fee_rate,
             self.risk.market_order_slippage,
             self.risk.reduce_only_orders_count,
         )
@@ -959,7 +965,7 @@ class MarginEngine:
             exposure.qk = exposure.contracts * instrument.multiplier
             exposure.abs_qk = abs(exposure.contracts) * instrument.multiplier
             exposure.maint_rate = (instrument.maintenance_rate(exposure.contracts)
-                                   + self.risk.liquidation_fee_rate)
+                                   + self.risk.closing_fee_rate)
 
     @staticmethod
     def _move(exposure: Exposure, value: float, upl: float, maint: float, init: float) -> None:
@@ -1134,7 +1140,7 @@ class MarginEngine:
         if price <= 0.0:
             return None
         level = self.risk.liquidation
-        rate = instrument.maintenance_rate(exposure.contracts) + self.risk.liquidation_fee_rate
+        rate = instrument.maintenance_rate(exposure.contracts) + self.risk.closing_fee_rate
         eq_now = currency.equity
         value_now = eq_now * price * currency.factor if eq_now > 0 else eq_now * price
         equity_rest = figures.equity_usd - value_now

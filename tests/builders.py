@@ -17,7 +17,7 @@ from monitor.events import (
     Position,
     PositionUpdate,
 )
-from monitor.instruments import Instrument, Tier
+from monitor.instruments import CollateralTiers, Instrument, Tier
 
 BTC_SWAP = Instrument(
     inst_id="BTC-USDT-SWAP",
@@ -64,7 +64,8 @@ def make_config(
     base = Config()
     return Config(
         risk=risk or RiskConfig(),
-        collateral=collateral if collateral is not None else dict(base.collateral),
+        collateral={c: CollateralTiers.flat(f) for c, f in collateral.items()}
+        if collateral is not None else dict(base.collateral),
         interest=interest or {},
         instruments=(BTC_SWAP, ETH_SWAP, BTC_INVERSE),
         accounts={"main": AccountConfig(name="main", stop_loss=rules)},
