@@ -31,6 +31,7 @@ AlertKind = Literal[
     "feed_connected",
     "reminder",
     "exchange_divergence",
+    "account_mode",
 ]
 ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 

@@ -167,7 +167,7 @@ class LineProcessor:
             self.outbox.append(MarginPoint(name, now, figures.margin_ratio,
                                            figures.equity_usd, figures.maint_margin_usd,
                                            figures.init_margin_usd,
-                                           self.engine.accounts[name].level))
+                                           self.engine.level(name)))
 
 
 class SinkTask:

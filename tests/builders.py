@@ -10,11 +10,13 @@ from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
 from monitor.events import (
     BalanceUpdate,
     CurrencyBalance,
+    Event,
     IndexPrice,
     MarkPrice,
     Order,
     OrderUpdate,
     Position,
+    PositionSnapshot,
     PositionUpdate,
 )
 from monitor.instruments import CollateralTiers, Instrument, Tier
@@ -88,6 +90,18 @@ def position(inst_id: str, contracts: float, avg: float, ts: int, leverage: floa
         event_ms=ts,
         recv_ms=ts + 1,
     )
+
+
+def snapshots(ts: int, account: str = "main", *, cash: Mapping[str, float] | None = None,
+              positions: tuple[Position, ...] = ()) -> list[Event]:
+    """A balance and a positions snapshot: what makes a fresh account's risk known (SPEC
+    1.5: every account waits for both before its first evaluation). Empty by default;
+    updates after them then build the account up."""
+    balances = tuple(CurrencyBalance(c, amount, None, None) for c, amount in (cash or {}).items())
+    return [
+        BalanceUpdate(account, balances, True, None, ts, ts + 1),
+        PositionSnapshot(account, positions, ts, ts + 1),
+    ]
 
 
 def balance(currency: str, cash: float, ts: int, *, interest: float | None = None,
