@@ -15,6 +15,7 @@ Schema (version 3, see :data:`MIGRATIONS`)::
                     margin_ratio REAL NULL, equity_usd, maint_margin_usd, init_margin_usd REAL
                     inst_id TEXT NULL, mark REAL NULL
                     payload TEXT                            JSON object (orjson)
+                    closing_fee_usd REAL                    (v3)
                     indexes (account, seq) and (ts)
     margin_history  (account, ts) PRIMARY KEY, margin_ratio REAL NULL, equity_usd,
                     maint_margin_usd, init_margin_usd REAL, level TEXT; index (ts)
@@ -117,9 +118,11 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE level_state ADD COLUMN reminder_due_ts INTEGER",
         "ALTER TABLE level_state ADD COLUMN disarmed_rules TEXT NOT NULL DEFAULT '[]'",
     ),
-    # 2 -> 3: the levels of an account's pools (isolated positions, currency pools).
+    # 2 -> 3: the levels of an account's pools (isolated positions, currency pools), and
+    # the closing fee beside an alert's maintenance margin (SPEC 1.2).
     (
         "ALTER TABLE level_state ADD COLUMN pools TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE alerts ADD COLUMN closing_fee_usd REAL NOT NULL DEFAULT 0",
     ),
 )
 """Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
@@ -135,6 +138,7 @@ _T = TypeVar("_T")
 _ALERT_COLUMN_NAMES: Final = (
     "id", "ts", "emitted_ts", "account", "kind", "level", "from_level", "margin_ratio",
     "equity_usd", "maint_margin_usd", "init_margin_usd", "inst_id", "mark", "payload",
+    "closing_fee_usd",
 )
 _ALERT_COLUMNS: Final = ", ".join(_ALERT_COLUMN_NAMES)
 
@@ -630,6 +634,7 @@ def _alert_row(alert: Alert) -> tuple[Any, ...]:
         alert.inst_id,
         alert.mark,
         payload,
+        alert.closing_fee_usd,
     )
 
 
@@ -650,6 +655,7 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
         inst_id,
         mark,
         payload,
+        closing_fee_usd,
     ) = row
     try:
         decoded = orjson.loads(payload)
@@ -671,6 +677,7 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
             "inst_id": inst_id,
             "mark": mark,
             "payload": decoded,
+            "closing_fee_usd": closing_fee_usd,
         }
     )
 

@@ -207,9 +207,8 @@ class Daemon:
         metrics = self.metrics
         metrics.inbox_depth = len(self.inbox)
         metrics.sink_queue_depth = self.head.queue_depths()
-        for name, account in self.engine.accounts.items():
-            maint = account.maint_usd
-            metrics.margin_ratio[name] = account.equity_usd / maint if maint > 0 else None
+        for name in self.engine.account_names():
+            metrics.margin_ratio[name] = self.engine.figures(name).margin_ratio
 
     def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
         """``(healthy, details)`` for ``/healthz``: the engine loop turned within the last

@@ -1705,6 +1705,7 @@ class MarginEngine:
             inst_id=inst_id,
             mark=mark,
             payload=payload,
+            closing_fee_usd=figures.closing_fee_usd,
         ))
 
     # -- from scratch ------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
                   "liquidation": 0.85}
     for alert in alerts:
         assert alert["margin_ratio"] == pytest.approx(
-            alert["equity_usd"] / alert["maint_margin_usd"])
+            alert["equity_usd"] / (alert["maint_margin_usd"] + alert["closing_fee_usd"]))
         if alert["kind"] == "level_changed" and alert["level"] != "normal":
             assert alert["margin_ratio"] <= thresholds[alert["level"]]
     stale = alerts[0]
@@ -73,9 +73,9 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
     assert stop["payload"]["value"] == pytest.approx(stop["equity_usd"] / stop["init_margin_usd"])
     assert stop["payload"]["orders"] == [
         {"inst_id": "BTC-USDT-SWAP", "side": "sell", "size": 100.0, "reduce_only": True,
-         "ord_type": "market"},
+         "ord_type": "market", "pos_side": "net", "margin_mode": "cross"},
         {"inst_id": "ETH-USDT-SWAP", "side": "sell", "size": 100.0, "reduce_only": True,
-         "ord_type": "market"},
+         "ord_type": "market", "pos_side": "net", "margin_mode": "cross"},
     ]
     plan = alerts[6]["payload"]
     assert plan["projected_margin_ratio"] >= plan["target_margin_ratio"] == pytest.approx(1.02)

@@ -135,7 +135,7 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     alerts = [r for r in sink.records if isinstance(r, Alert)]
     assert len(alerts) == daemon.processor.stats.alerts
     assert alerts[0].kind == "feed_connected"
-    assert engine.accounts["main"].level == "deleverage"
+    assert engine.level("main") == "deleverage"
 
 
 async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on() -> None:

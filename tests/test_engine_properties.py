@@ -21,6 +21,7 @@ from monitor.config import StopLossRule
 from monitor.engine import Figures, MarginEngine
 from monitor.events import (
     AccountConfigUpdate,
+    AccountMode,
     BalanceUpdate,
     BorrowTiersUpdate,
     CollateralTiersUpdate,
@@ -28,11 +29,13 @@ from monitor.events import (
     Event,
     FeedStatus,
     IndexPrice,
+    MarginMode,
     MarkPrice,
     Order,
     OrdersSnapshot,
     OrderUpdate,
     Position,
+    PositionSide,
     PositionSnapshot,
     PositionUpdate,
 )
@@ -48,8 +51,10 @@ factors = st.floats(min_value=0.5, max_value=1.5)
 sizes = st.sampled_from([0.0, 1.0, 2.0, 5.0, 10.0, 250.0, 6000.0])
 
 
-modes = st.sampled_from(["cross", "cross", "isolated"])
-sides = st.sampled_from(["net", "net", "long", "short"])
+modes: st.SearchStrategy[MarginMode] = st.sampled_from(["cross", "cross", "isolated"])
+sides: st.SearchStrategy[PositionSide] = st.sampled_from(["net", "net", "long", "short"])
+account_modes: st.SearchStrategy[AccountMode] = st.sampled_from(
+    ["multi_currency", "single_currency", "portfolio"])
 
 
 @st.composite
@@ -122,8 +127,8 @@ def an_event(draw: st.DrawFn, ts: int) -> Event:
         )
         return BalanceUpdate(account, balances, draw(st.booleans()), None, ts, ts)
     if kind == 9:
-        mode = draw(st.sampled_from(["multi_currency", "single_currency", "portfolio"]))
-        return AccountConfigUpdate(account, mode, "3", draw(st.booleans()), ts, ts)
+        return AccountConfigUpdate(account, draw(account_modes), "3", draw(st.booleans()),
+                                   ts, ts)
     if kind == 10:
         if draw(st.booleans()):
             return CollateralTiersUpdate("BTC", BTC_TIERS, ts, ts)
