@@ -383,6 +383,7 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
 
 
 _OKX_URLS = ("public_url", "private_url", "rest_url")
+_PRODUCTION = OkxConfig()
 # OKX demo trading (docs: "Overview > Demo trading services"): its own websocket host; REST
 # is the production host with the header ``x-simulated-trading: 1``.
 DEMO_PUBLIC_URL = "wss://wspap.okx.com:8443/ws/v5/public"
@@ -401,6 +402,11 @@ def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
         key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}") for key in _OKX_URLS
     }
     values["simulated"] = simulated
+    if simulated:
+        for key in ("public_url", "private_url"):
+            if values[key] in (_PRODUCTION.public_url, _PRODUCTION.private_url):
+                raise ConfigError(f"okx.{key}", "is OKX's production URL but okx.simulated is"
+                                                " true: leave it out to use demo trading's")
     for key in _OKX_SECONDS:
         values[key] = _positive(table.get(key, getattr(defaults, key)), f"okx.{key}")
     if values["ping_after_s"] >= 30:

@@ -26,7 +26,7 @@ from monitor.config import (
     parse_config,
 )
 from monitor.errors import ConfigError, RiskmonError
-from monitor.instruments import CollateralTiers, Instrument, Tier
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
 
 # The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing
 # comment is shortened to fit the line length).
@@ -424,3 +424,54 @@ def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path)
 
     assert caught.value.key == "<file>"
+
+
+def test_simulated_defaults_to_the_demo_trading_urls() -> None:
+    config = parse_toml("[okx]\nsimulated = true\n")
+    assert config.okx.simulated is True
+    assert "wspap" in config.okx.public_url and "wspap" in config.okx.private_url
+    assert parse_toml("").okx.simulated is False
+
+
+def test_simulated_with_a_production_url_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml('[okx]\nsimulated = true\npublic_url = "wss://ws.okx.com:8443/ws/v5/public"\n')
+    assert raised.value.key == "okx.public_url"
+
+
+def test_the_old_liquidation_fee_key_names_its_replacement() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml("[risk]\nliquidation_fee_rate = 0.001\n")
+    assert raised.value.key == "risk.liquidation_fee_rate"
+    assert "risk.closing_fee_rate" in raised.value.message
+
+
+def test_collateral_bands_borrow_tiers_and_account_modes_parse() -> None:
+    config = parse_toml(
+        "[collateral]\nBTC = [ { max_amount = 100, factor = 0.98 },"
+        " { max_amount = 1e15, factor = 0.5 } ]\n"
+        "[borrow.USDT]\ntiers = [ { max_amount = 1e15, mmr = 0.02, imr = 0.2 } ]\n"
+        '[accounts.main]\nmode = "single_currency"\n')
+    assert config.collateral["BTC"] == CollateralTiers(
+        (CollateralTier(100, 0.98), CollateralTier(1e15, 0.5)))
+    assert config.configured_collateral == frozenset({"BTC"})
+    assert config.borrow["USDT"] == (BorrowTier(1e15, 0.02, 0.2),)
+    assert config.accounts["main"].mode == "single_currency"
+
+
+@pytest.mark.parametrize(("snippet", "key"), [
+    ("[collateral]\nBTC = [ { max_amount = 10, factor = 1.5 } ]", "collateral.BTC[0].factor"),
+    ("[collateral]\nBTC = [ { max_amount = 10, factor = 0.9 }, { max_amount = 5, factor = 0.5 } ]",
+     "collateral.BTC"),
+    ("[collateral]\nBTC = [ { factor = 0.9 } ]", "collateral.BTC[0].max_amount"),
+    ("[borrow.USDT]\ntiers = []", "borrow.USDT.tiers"),
+    ("[borrow.USDT]\ntiers = [ { max_amount = 1, mmr = 2, imr = 0.1 } ]",
+     "borrow.USDT.tiers[0].mmr"),
+    ("[borrow.USDT]\nrates = 1", "borrow.USDT.rates"),
+    ('[accounts.main]\nmode = "spot"', "accounts.main.mode"),
+    ("[okx]\nsimulated = 1", "okx.simulated"),
+])
+def test_new_keys_are_validated_by_name(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml(snippet)
+    assert raised.value.key == key
