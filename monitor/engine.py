@@ -429,9 +429,14 @@ class MarginEngine:
             # Dated by the engine's clock (the receive time before any event), never moving
             # it: see monitor.events.
             event = replace(event, event_ms=self.now_ms or event.recv_ms)
-        self._begin(event.event_ms, event.recv_ms, alerts)
         if self._announce:
+            self._begin(event.event_ms, event.recv_ms, alerts)
             self._announce_modes()
+        if type(event) is MarkPrice:
+            # The hot path first, without the bookkeeping below (_mark_arrived does its own).
+            self._on_mark(event, alerts)
+            return alerts
+        self._begin(event.event_ms, event.recv_ms, alerts)
         match event:
             case MarkPrice():
                 self._on_mark(event, alerts)
@@ -571,7 +576,7 @@ class MarginEngine:
         holders = self.holders.get(inst_id)
         if not holders:
             return
-        if inst_id in self.awaiting_mark:
+        if self.awaiting_mark and inst_id in self.awaiting_mark:
             self._mark_arrived(inst_id, holders, event, alerts)
         debtors = self.debtors
         for exposure in holders.values():
@@ -623,6 +628,7 @@ class MarginEngine:
     def _mark_arrived(self, inst_id: str, holders: Mapping[HolderKey, Exposure],
                       event: MarkPrice, alerts: list[Alert]) -> None:
         """The first fresh mark of an instrument some holder lacked one of."""
+        self._begin(event.event_ms, event.recv_ms, alerts)
         del self.awaiting_mark[inst_id]
         was_stale = inst_id in self.stale
         if was_stale:
