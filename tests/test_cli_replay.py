@@ -87,9 +87,12 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
         assert {"id", "ts", "account", "kind", "level", "from_level", "margin_ratio",
                 "equity_usd", "maint_margin_usd", "init_margin_usd", "inst_id", "mark",
                 "payload"} <= alert.keys()
-    assert state["stats"] == {"events": 1443, "quarantined": 2}
+    assert state["stats"] == {"events": 1444, "quarantined": 2}
     account = state["accounts"]["main"]
     assert account["level"] == "normal"
+    # The story's account/config answer: multi-currency margin, its risk known.
+    assert account["mode"] == "multi_currency" and account["risk_known"] is True
+    assert account["missing"] == []
     assert set(account) >= {"equity_usd", "maint_margin_usd", "init_margin_usd",
                             "margin_ratio", "im_coverage", "free_margin_usd",
                             "max_withdrawable_usd", "level", "positions"}
