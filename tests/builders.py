@@ -168,4 +168,5 @@ def make_alert(
         inst_id="BTC-USDT-SWAP",
         mark=37_123.4 + n,
         payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
+        closing_fee_usd=875.5,
     )
