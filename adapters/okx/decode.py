@@ -593,13 +593,19 @@ class OkxDecoder:
                 return [OrdersSnapshot(owner, orders, UNTIMED, recv_ms)]
             case RestPath.POSITIONS:
                 # docs: "Trading Account > REST API > Get positions": every open position,
-                # unpaged, so the body is a whole snapshot.
+                # unpaged, so the body is a whole snapshot; unless the query filtered it
+                # (instType, instId), which makes it an update of the positions listed.
                 owner = _require(account, split.path)
                 positions, _ = _parse_positions(_rest_rows(body, split.path), split.path)
+                if split.query:
+                    if not positions:
+                        return []
+                    return [PositionUpdate(owner, tuple(positions), UNTIMED, recv_ms)]
                 return [PositionSnapshot(owner, tuple(positions), UNTIMED, recv_ms)]
             case RestPath.BALANCE:
                 # docs: "Trading Account > REST API > Get balance": one row, every currency
-                # with a balance in ``details``, so a whole snapshot.
+                # with a balance in ``details``, so a whole snapshot; unless the query
+                # named currencies (ccy), which makes it an update of those.
                 owner = _require(account, split.path)
                 rows = _rest_rows(body, split.path)
                 if not rows:
@@ -607,7 +613,10 @@ class OkxDecoder:
                     # answer before anything of the account was pushed), not "all zero".
                     return []
                 balances, figures, _ = _parse_account_rows(rows, split.path)
-                return [BalanceUpdate(owner, tuple(balances), True, figures, UNTIMED, recv_ms)]
+                complete = not split.query
+                return [
+                    BalanceUpdate(owner, tuple(balances), complete, figures, UNTIMED, recv_ms)
+                ]
             case RestPath.ACCOUNT_CONFIG:
                 owner = _require(account, split.path)
                 return [
