@@ -60,7 +60,8 @@ class BurstFeed:
         self.wanted: list[list[str]] = []
         self.delivered = asyncio.Event()
 
-    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+    def want(self, instruments: Collection[str], currencies: Collection[str],
+             borrowed: Collection[str]) -> None:
         self.wanted.append(sorted(instruments))
 
     async def run(self) -> None:
