@@ -8,12 +8,15 @@ and subscribes ``orders``, ``positions`` and ``account`` (``instType`` ANY).
 Every connection runs the same loop: connect, open (log in; load REST state; subscribe),
 read until the connection fails, report, back off, again. Choices:
 
-- *Order of opening.* A private connection loads live orders from REST after login and
-  before subscribing: the orders channel has no snapshot, and the positions and account
-  channels push theirs on subscribing, so the engine sees orders, then balances, then
-  positions, then updates. (An order placed in the instant between the REST response and
-  the subscription would be missed until its next update; OKX offers no sequence number
-  to close that gap.)
+- *Order of opening.* After login and before subscribing, a private connection loads by
+  signed REST, in this order, ``/api/v5/account/config`` (account and position mode),
+  ``/api/v5/account/balance``, ``/api/v5/account/positions`` (so the account's risk is
+  known before the first push) and ``/api/v5/trade/orders-pending`` (the orders channel
+  has no snapshot), each delivered as a :class:`~monitor.feed.RestBody`; a failure of any
+  is a FeedError and the connection is opened again with backoff. The positions and
+  account channels then push their own snapshots on subscribing. (An order placed in the
+  instant between the REST response and the subscription would be missed until its next
+  update; OKX offers no sequence number to close that gap.)
 - *Keepalive.* After ``ping_after_s`` without a message the text ``ping`` is sent; without
   any message in ``pong_timeout_s`` after it the connection is dropped and reopened.
   websockets' own protocol pings are off: OKX documents the text form.
@@ -40,9 +43,17 @@ read until the connection fails, report, back off, again. Choices:
   without a key and never conflated. (A text in that shape that is not JSON is
   quarantined by the engine task, unless a newer mark of the same instrument replaces it
   under pressure first.)
-- *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
-  FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
-  family the first time one of its instruments is wanted.
+- *Public REST.* The specs of every SWAP and FUTURES instrument load at each public
+  (re)connect, always (configured ``[[instruments]]`` override them per ``inst_id`` in the
+  engine); then, as :meth:`OkxFeed.want` reports the engine's interest, once per process
+  each: the cross maintenance tiers of a family the first time one of its instruments is
+  wanted, the discount-rate tiers of every currency held
+  (``/api/v5/public/discount-rate-interest-free-quota?ccy=C``) and the borrowing tiers of
+  every currency borrowed (``/api/v5/public/position-tiers?instType=MARGIN&tdMode=cross&
+  ccy=C``). A failed load is retried with backoff for as long as it is still wanted.
+- *Demo trading.* With ``okx.simulated`` every REST request, public ones too, carries
+  ``x-simulated-trading: 1`` (docs: "Overview > Demo trading services"; the websocket
+  URLs are the demo ones by default, monitor.config).
 
 Credentials never leave :class:`~adapters.okx.auth.Credentials` except inside the login
 frame and REST headers; nothing here logs a frame it sends.
