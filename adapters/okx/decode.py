@@ -981,14 +981,17 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
 
     Units of the bounds. Docs: "Public Data > REST API > Get discount rate and
     interest-free quota" describes ``details[].minAmt`` / ``maxAmt`` as "Tier - lower /
-    upper bound. The unit is the currency like BTC" (its example: BTC bands 0-20, 20-25),
-    and OKX's announcements of tier changes list the tiers in coin ("OKX to adjust
-    discount rate tiers for multiple tokens", 2025). The older ``discountInfo`` shape was
-    in USD: a recorded BTC response of that era (kept as a test payload in a gocryptotrader
-    fork's exchanges/okx/okx_test.go) has bands 0-5,000,000 up to 100,000,000, more
-    than the BTC that will ever exist. So ``details`` bands are amounts of the currency
-    (``in_usd`` False) and ``discountInfo`` bands USD values (``in_usd`` True); with both,
-    ``details`` wins.
+    upper bound. The unit is the currency like BTC" (in the mirror qiuham/crypto-api-docs
+    @ ad484e43910e7e221b9866f0bbd4e0a742a915a7, docs/okx/public/data/rest-api-get-discount-
+    rate-and-interest-free-quota.md, lines 100-103; its example has BTC bands 0-20 and
+    20-25), and OKX's announcements of tier changes list the tiers as "Tier (Coin)". The
+    older ``discountInfo`` shape states no unit; its magnitudes only make sense as USD
+    values: the older docs example (JKorf/OKX.Net @ 88611596, OKX.Net.UnitTests/Endpoints/
+    UnifiedApi/ExchangeData/GetDiscountInfo.txt) has LTC bands up to 8,000,000, about a
+    tenth of all LTC, and a BTC response kept in a gocryptotrader fork's test data has bands
+    up to 100,000,000, more BTC than will ever exist. So ``details`` bands are amounts of
+    the currency (``in_usd`` False) and ``discountInfo`` bands are read as USD values
+    (``in_usd`` True, an inference); with both, ``details`` wins.
 
     ``maxAmt`` "" is unbounded. When the last band is bounded, ``minDiscountRate`` (docs:
     "minimum discount rate when it exceeds the maximum amount of the last tier") covers the
