@@ -91,6 +91,8 @@ class Daemon:
         self.wall_s = wall_s
         self.last_loop_s = wall_s()
         self._interest_version = -1
+        self._borrowed: tuple[str, ...] = ()
+        self._borrowed_checked_s = 0.0
         # Exchange time of the last event that moved the engine's clock, and when it came.
         self._anchor_event_ms = 0
         self._anchor_wall_s = 0.0
@@ -152,7 +154,7 @@ class Daemon:
             timed = next((e for e in reversed(events) if e.event_ms != UNTIMED), None)
             if timed is not None:
                 self.metrics.feed_lag_s = (timed.recv_ms - timed.event_ms) / 1000
-        self._follow_interest()
+        self._follow_interest(now_s)
         self.last_loop_s = now_s
 
     def _link_change(self, item: LinkChange) -> FeedStatus:
@@ -174,11 +176,23 @@ class Daemon:
             wall_ms = int(self.wall_s() * 1000)
             self.processor.feed_events([ClockTick(now_ms, wall_ms)])
 
-    def _follow_interest(self) -> None:
+    def _follow_interest(self, now_s: float | None = None) -> None:
+        """Tell the feed what the engine needs when that changed: instruments and
+        currencies in use (``interest_version``), and, checked at most once a second
+        (``now_s``), the currencies borrowed: a debt appearing need not change what is in
+        use, and walking every account's currencies per batch would cost the hot path."""
         engine = self.engine
-        if engine.interest_version != self._interest_version:
+        changed = engine.interest_version != self._interest_version
+        recheck = now_s is not None and now_s - self._borrowed_checked_s >= TICK_INTERVAL_S
+        if not changed and not recheck:
+            return
+        borrowed = tuple(engine.currencies_borrowed())
+        if now_s is not None:
+            self._borrowed_checked_s = now_s
+        if changed or borrowed != self._borrowed:
             self._interest_version = engine.interest_version
-            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use())
+            self._borrowed = borrowed
+            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use(), borrowed)
 
     async def _flush(self) -> None:
         records = self.processor.take()

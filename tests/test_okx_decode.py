@@ -1016,6 +1016,10 @@ def test_positions_rest_is_a_snapshot_untimed() -> None:
         PositionSnapshot(ACCOUNT, (), UNTIMED, RECV)]
     with pytest.raises(BadInput, match="/api/v5/account/positions is private data"):
         OkxDecoder().decode_rest(RestPath.POSITIONS, body, None, RECV)
+    # A filtered request lists only some positions: an update, which closes nothing.
+    filtered = OkxDecoder().decode_rest(f"{RestPath.POSITIONS}?instType=SWAP", body, ACCOUNT,
+                                        RECV)
+    assert filtered == [PositionUpdate(ACCOUNT, (BTC_LONG, ETH_SHORT_POSITION), UNTIMED, RECV)]
 
 
 # --- account ------------------------------------------------------------------------------
@@ -1096,6 +1100,10 @@ def test_balance_rest_is_a_full_snapshot_untimed() -> None:
                                     UNTIMED, RECV)]
     # OKX always answers one row; no row says nothing (it would zero every balance).
     assert OkxDecoder().decode_rest(RestPath.BALANCE, ok([]), ACCOUNT, RECV) == []
+    # Some currencies only (ccy=BTC): an update, which zeroes no other currency.
+    some = OkxDecoder().decode_rest(f"{RestPath.BALANCE}?ccy=BTC",
+                                    ok([account_row(BTC_DEBT)]), ACCOUNT, RECV)
+    assert some == [BalanceUpdate(ACCOUNT, (BTC_BALANCE,), False, FIGURES, UNTIMED, RECV)]
     with pytest.raises(BadInput, match="returned code '50111'"):
         OkxDecoder().decode_rest(RestPath.BALANCE, {"code": "50111", "msg": "", "data": []},
                                  ACCOUNT, RECV)

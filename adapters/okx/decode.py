@@ -593,13 +593,19 @@ class OkxDecoder:
                 return [OrdersSnapshot(owner, orders, UNTIMED, recv_ms)]
             case RestPath.POSITIONS:
                 # docs: "Trading Account > REST API > Get positions": every open position,
-                # unpaged, so the body is a whole snapshot.
+                # unpaged, so the body is a whole snapshot; unless the query filtered it
+                # (instType, instId), which makes it an update of the positions listed.
                 owner = _require(account, split.path)
                 positions, _ = _parse_positions(_rest_rows(body, split.path), split.path)
+                if split.query:
+                    if not positions:
+                        return []
+                    return [PositionUpdate(owner, tuple(positions), UNTIMED, recv_ms)]
                 return [PositionSnapshot(owner, tuple(positions), UNTIMED, recv_ms)]
             case RestPath.BALANCE:
                 # docs: "Trading Account > REST API > Get balance": one row, every currency
-                # with a balance in ``details``, so a whole snapshot.
+                # with a balance in ``details``, so a whole snapshot; unless the query
+                # named currencies (ccy), which makes it an update of those.
                 owner = _require(account, split.path)
                 rows = _rest_rows(body, split.path)
                 if not rows:
@@ -607,7 +613,10 @@ class OkxDecoder:
                     # answer before anything of the account was pushed), not "all zero".
                     return []
                 balances, figures, _ = _parse_account_rows(rows, split.path)
-                return [BalanceUpdate(owner, tuple(balances), True, figures, UNTIMED, recv_ms)]
+                complete = not split.query
+                return [
+                    BalanceUpdate(owner, tuple(balances), complete, figures, UNTIMED, recv_ms)
+                ]
             case RestPath.ACCOUNT_CONFIG:
                 owner = _require(account, split.path)
                 return [
@@ -972,14 +981,17 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
 
     Units of the bounds. Docs: "Public Data > REST API > Get discount rate and
     interest-free quota" describes ``details[].minAmt`` / ``maxAmt`` as "Tier - lower /
-    upper bound. The unit is the currency like BTC" (its example: BTC bands 0-20, 20-25),
-    and OKX's announcements of tier changes list the tiers in coin ("OKX to adjust
-    discount rate tiers for multiple tokens", 2025). The older ``discountInfo`` shape was
-    in USD: a recorded BTC response of that era (kept as a test payload in a gocryptotrader
-    fork's exchanges/okx/okx_test.go) has bands 0-5,000,000 up to 100,000,000, more
-    than the BTC that will ever exist. So ``details`` bands are amounts of the currency
-    (``in_usd`` False) and ``discountInfo`` bands USD values (``in_usd`` True); with both,
-    ``details`` wins.
+    upper bound. The unit is the currency like BTC" (in the mirror qiuham/crypto-api-docs
+    @ ad484e43910e7e221b9866f0bbd4e0a742a915a7, docs/okx/public/data/rest-api-get-discount-
+    rate-and-interest-free-quota.md, lines 100-103; its example has BTC bands 0-20 and
+    20-25), and OKX's announcements of tier changes list the tiers as "Tier (Coin)". The
+    older ``discountInfo`` shape states no unit; its magnitudes only make sense as USD
+    values: the older docs example (JKorf/OKX.Net @ 88611596, OKX.Net.UnitTests/Endpoints/
+    UnifiedApi/ExchangeData/GetDiscountInfo.txt) has LTC bands up to 8,000,000, about a
+    tenth of all LTC, and a BTC response kept in a gocryptotrader fork's test data has bands
+    up to 100,000,000, more BTC than will ever exist. So ``details`` bands are amounts of
+    the currency (``in_usd`` False) and ``discountInfo`` bands are read as USD values
+    (``in_usd`` True, an inference); with both, ``details`` wins.
 
     ``maxAmt`` "" is unbounded. When the last band is bounded, ``minDiscountRate`` (docs:
     "minimum discount rate when it exceeds the maximum amount of the last tier") covers the
