@@ -91,8 +91,6 @@ class Daemon:
         self.wall_s = wall_s
         self.last_loop_s = wall_s()
         self._interest_version = -1
-        self._borrowed: tuple[str, ...] = ()
-        self._borrowed_checked_s = 0.0
         # Exchange time of the last event that moved the engine's clock, and when it came.
         self._anchor_event_ms = 0
         self._anchor_wall_s = 0.0
@@ -154,7 +152,7 @@ class Daemon:
             timed = next((e for e in reversed(events) if e.event_ms != UNTIMED), None)
             if timed is not None:
                 self.metrics.feed_lag_s = (timed.recv_ms - timed.event_ms) / 1000
-        self._follow_interest(now_s)
+        self._follow_interest()
         self.last_loop_s = now_s
 
     def _link_change(self, item: LinkChange) -> FeedStatus:
@@ -176,23 +174,14 @@ class Daemon:
             wall_ms = int(self.wall_s() * 1000)
             self.processor.feed_events([ClockTick(now_ms, wall_ms)])
 
-    def _follow_interest(self, now_s: float | None = None) -> None:
-        """Tell the feed what the engine needs when that changed: instruments and
-        currencies in use (``interest_version``), and, checked at most once a second
-        (``now_s``), the currencies borrowed: a debt appearing need not change what is in
-        use, and walking every account's currencies per batch would cost the hot path."""
+    def _follow_interest(self) -> None:
+        """Tell the feed what the engine needs when that changed (``interest_version``
+        moves with the instruments and currencies in use and the currencies borrowed)."""
         engine = self.engine
-        changed = engine.interest_version != self._interest_version
-        recheck = now_s is not None and now_s - self._borrowed_checked_s >= TICK_INTERVAL_S
-        if not changed and not recheck:
-            return
-        borrowed = tuple(engine.currencies_borrowed())
-        if now_s is not None:
-            self._borrowed_checked_s = now_s
-        if changed or borrowed != self._borrowed:
+        if engine.interest_version != self._interest_version:
             self._interest_version = engine.interest_version
-            self._borrowed = borrowed
-            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use(), borrowed)
+            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use(),
+                           engine.currencies_borrowed())
 
     async def _flush(self) -> None:
         records = self.processor.take()

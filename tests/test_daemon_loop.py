@@ -178,31 +178,32 @@ class InterestFeed:
         await asyncio.Event().wait()
 
 
-async def test_the_feed_is_told_of_a_new_debt_within_a_second() -> None:
-    # A debt need not change what is in use (USDT is held before and after), so the
-    # daemon looks at the borrowed currencies once a second of wall time.
+async def test_the_feed_is_told_of_a_new_debt_and_of_its_repayment() -> None:
+    # A debt need not change what is in use (USDT is held before and after); the engine's
+    # interest version moves with the currencies borrowed, so the feed hears of it at once
+    # (and loads their borrowing tiers), and of nothing while the debt merely changes.
     engine = MarginEngine(make_config())
     inbox = Inbox()
     feed = InterestFeed()
-    clock = [1_000.0]
-    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(SlowSink()),
-                    wall_s=lambda: clock[0])
+    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(SlowSink()))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     try:
         inbox.put(account_frame(100, 1_000))
         await _until(lambda: bool(feed.calls) and feed.calls[-1][1] == ["USDT"])
-        calls = len(feed.calls)
-        inbox.put(account_frame(-50, 1_100))  # same batch second: not looked at yet
-        await asyncio.sleep(0.05)
-        assert len(feed.calls) == calls
-        clock[0] += 1.0
-        inbox.put(account_frame(-60, 1_200))
+        inbox.put(account_frame(-50, 1_100))
         await _until(lambda: feed.calls[-1][2] == ["USDT"])
+        calls = len(feed.calls)
+        inbox.put(account_frame(-60, 1_200))  # still owed: nothing new to want
+        inbox.put(account_frame(-70, 1_300))
+        await _until(lambda: engine.accounts["main"].currencies["USDT"].cash == -70)
+        assert len(feed.calls) == calls
+        inbox.put(account_frame(10, 1_400))  # repaid
+        await _until(lambda: feed.calls[-1][2] == [])
     finally:
         stop.set()
         await asyncio.wait_for(runner, 10)
-    assert feed.calls[-1] == ([], ["USDT"], ["USDT"])
+    assert feed.calls[-1] == ([], ["USDT"], [])
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
