@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monitor.alerts import Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
+from monitor.engine import MarginEngine
 from monitor.events import (
     BalanceUpdate,
     CurrencyBalance,
@@ -90,6 +91,14 @@ def position(inst_id: str, contracts: float, avg: float, ts: int, leverage: floa
         event_ms=ts,
         recv_ms=ts + 1,
     )
+
+
+def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
+    """Apply ``events`` in order; every alert they caused."""
+    alerts: list[Alert] = []
+    for event in events:
+        alerts.extend(engine.apply(event))
+    return alerts
 
 
 def snapshots(ts: int, account: str = "main", *, cash: Mapping[str, float] | None = None,

@@ -19,12 +19,10 @@ Every account waits for its balance and positions snapshots before it is evaluat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert
 from monitor.config import RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
@@ -43,18 +41,11 @@ from monitor.events import (
 )
 from monitor.instruments import Instrument, Tier
 from monitor.records import AccountCheckpoint, PoolCheckpoint
-from tests.builders import balance, index, make_config, mark, order, position, snapshots
+from tests.builders import balance, index, make_config, mark, order, position, run, snapshots
 
 approx = pytest.approx
 BTC = "BTC-USDT-SWAP"
 ETH = "ETH-USDT-SWAP"
-
-
-def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for event in events:
-        alerts.extend(engine.apply(event))
-    return alerts
 
 
 def scenario_engine(**kwargs: Any) -> MarginEngine:

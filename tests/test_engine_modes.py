@@ -33,18 +33,11 @@ from monitor.events import (
     PositionUpdate,
 )
 from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
-from tests.builders import balance, index, make_config, mark, snapshots
+from tests.builders import balance, index, make_config, mark, run, snapshots
 
 approx = pytest.approx
 BTC = "BTC-USDT-SWAP"
 INVERSE = "BTC-USD-SWAP"
-
-
-def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for event in events:
-        alerts.extend(engine.apply(event))
-    return alerts
 
 
 def kinds(alerts: Sequence[Alert]) -> list[str]:

@@ -74,6 +74,7 @@ from monitor.events import (
     PositionSnapshot,
 )
 from monitor.instruments import CollateralTiers, Instrument, Tier
+from tests.builders import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "okx"
 RECV_MS = 1_800_000_000_000
@@ -87,13 +88,6 @@ def fixture(name: str) -> Any:
 def rows(name: str) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = fixture(name)["data"]
     return data
-
-
-def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for event in events:
-        alerts.extend(engine.apply(event))
-    return alerts
 
 
 def tiers_body(family: str, mmr: str) -> dict[str, Any]:
