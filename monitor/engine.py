@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
-from monitor.alerts import LEVEL_RANK, LEVELS, Alert, AlertKind, Level, alert_id
+from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, StopLossRule
 from monitor.events import (
     UNTIMED,
@@ -391,6 +391,8 @@ class MarginEngine:
         self.debtors: dict[str, AccountState] = {}
         self.critical: dict[str, AccountState] = {}
         self.unknown: dict[str, AccountState] = {}
+        # Accounts missing an item no feed_stale has named yet (see _sweep).
+        self._unreported: dict[str, AccountState] = {}
         self._borrowers: dict[str, int] = {}
         self.now_ms = 0
         # Moves whenever the set of instruments or currencies in use (or borrowed) changes
@@ -1038,6 +1040,8 @@ class MarginEngine:
         if item not in account.missing:
             account.missing[item] = self.now_ms if since_ms is None else since_ms
             self.unknown[account.name] = account
+            if not item.startswith(_OWN_ALERT_PREFIXES):
+                self._unreported[account.name] = account
 
     def _resolve(self, account: AccountState, item: str) -> None:
         """``item`` is no longer missing; ``feed_recovered`` if a feed_stale named it."""
@@ -1099,14 +1103,23 @@ class MarginEngine:
                                inst_id, self.marks.get(inst_id),
                                {"inst_id": inst_id, "last_mark_ts": self.mark_ms.get(inst_id),
                                 "age_ms": now_ms - last})
-        for account in list(self.unknown.values()):
+        # Accounts missing something the per-instrument staleness above does not report
+        # (an account that lacks only marks is not walked here).
+        for account in list(self._unreported.values()):
             overdue = []
+            waiting = False
             for item, since in account.missing.items():
+                if item in account.reported or item.startswith(_OWN_ALERT_PREFIXES):
+                    continue
                 if since == 0:
                     account.missing[item] = now_ms  # the first time the engine has a clock
-                elif (now_ms - since > self._stale_after_ms and item not in account.reported
-                        and not item.startswith(_OWN_ALERT_PREFIXES)):
+                    waiting = True
+                elif now_ms - since > self._stale_after_ms:
                     overdue.append(item)
+                else:
+                    waiting = True
+            if not waiting:
+                del self._unreported[account.name]
             if overdue:
                 for item in overdue:
                     account.reported[item] = None
@@ -2007,6 +2020,3 @@ def _solve_mark(surplus: Callable[[float], float], mark: float) -> float | None:
             break
     return (low + high) / 2
 
-
-# LEVELS is re-exported for callers that walk the ladder by rank.
-__all__ = ["LEVELS", "Figures", "MarginEngine", "Notice"]
