@@ -32,7 +32,7 @@ what is missing, and ``feed_recovered`` follows when it arrives.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -395,6 +395,8 @@ class MarginEngine:
         self._unreported: dict[str, AccountState] = {}
         self._borrowers: dict[str, int] = {}
         self.now_ms = 0
+        # The receive time of the last event applied (the replay paces by it).
+        self.last_recv_ms = 0
         # Moves whenever the set of instruments or currencies in use (or borrowed) changes
         # (see instruments_in_use): a live feed follows it with its subscriptions.
         self.interest_version = 0
@@ -413,31 +415,58 @@ class MarginEngine:
         self._ts = 0
         self._recv_ms = 0
         self._alerts: list[Alert] = []
+        # The list the next event's alerts go into; replaced only when one was used.
+        self._collecting: list[Alert] = []
         for name, account_config in config.accounts.items():
             self._add_account(name, account_config)
 
     # -- public API --------------------------------------------------------------------
 
-    def apply(self, event: Event) -> list[Alert]:
-        """Apply one event; return the alerts it causes, in a deterministic order."""
-        alerts: list[Alert] = []
-        if event.event_ms > self.now_ms:
-            self.now_ms = event.event_ms
-            if event.event_ms >= self._next_sweep_ms:
-                self._next_sweep_ms = event.event_ms + SWEEP_INTERVAL_MS
-                self._begin(event.event_ms, event.recv_ms, alerts)
-                self._sweep(event.event_ms, event.recv_ms, alerts)
-        elif event.event_ms == UNTIMED:
-            # Dated by the engine's clock (the receive time before any event), never moving
-            # it: see monitor.events.
-            event = replace(event, event_ms=self.now_ms or event.recv_ms)
-        if self._announce:
-            self._begin(event.event_ms, event.recv_ms, alerts)
-            self._announce_modes()
+    def apply(self, event: Event) -> Sequence[Alert]:
+        """Apply one event; return the alerts it causes, in a deterministic order.
+
+        Most events cause none: they get an empty tuple, and no list is allocated for them
+        (a mark-price tick is the replay's hot path).
+        """
+        alerts = self._collecting
         if type(event) is MarkPrice:
-            # The hot path first, without the bookkeeping below (_mark_arrived does its own).
+            # The hot path: ``event`` is known to be a MarkPrice here, so compiled code reads
+            # its fields natively rather than through the Event union. No bookkeeping but
+            # the clock (_mark_arrived does its own).
+            event_ms = event.event_ms
+            self.last_recv_ms = event.recv_ms
+            if event_ms > self.now_ms:
+                self._advance(event_ms, event.recv_ms, alerts)
+            if self._announce:
+                self._begin(event_ms, event.recv_ms, alerts)
+                self._announce_modes()
             self._on_mark(event, alerts)
-            return alerts
+        else:
+            self.last_recv_ms = event.recv_ms
+            if event.event_ms > self.now_ms:
+                self._advance(event.event_ms, event.recv_ms, alerts)
+            elif event.event_ms == UNTIMED:
+                # Dated by the engine's clock (the receive time before any event), never
+                # moving it: see monitor.events.
+                event = replace(event, event_ms=self.now_ms or event.recv_ms)
+            if self._announce:
+                self._begin(event.event_ms, event.recv_ms, alerts)
+                self._announce_modes()
+            self._dispatch(event, alerts)
+        if not alerts:
+            return ()
+        self._collecting = []
+        return alerts
+
+    def _advance(self, event_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
+        """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
+        self.now_ms = event_ms
+        if event_ms >= self._next_sweep_ms:
+            self._next_sweep_ms = event_ms + SWEEP_INTERVAL_MS
+            self._begin(event_ms, recv_ms, alerts)
+            self._sweep(event_ms, recv_ms, alerts)
+
+    def _dispatch(self, event: Event, alerts: list[Alert]) -> None:
         self._begin(event.event_ms, event.recv_ms, alerts)
         match event:
             case MarkPrice():
@@ -465,8 +494,7 @@ class MarginEngine:
             case FeedStatus():
                 self._on_feed_status(event, alerts)
             case ClockTick():
-                pass  # its only work is the sweep above
-        return alerts
+                pass  # its only work is the sweep in apply()
 
     @property
     def has_notices(self) -> bool:
