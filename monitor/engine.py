@@ -880,9 +880,15 @@ class MarginEngine:
     # -- account modes (SPEC 1.5) ------------------------------------------------------
 
     def _set_mode(self, account: AccountState, mode: AccountMode) -> None:
-        """Rebuild the account's pools for ``mode``; its isolated positions keep theirs."""
+        """Rebuild the account's pools for ``mode``; its isolated positions keep theirs.
+
+        A pool of the same key in the new mode (the account's own pool when OKX's
+        ``account/config`` confirms the mode a checkpoint was restored into) takes over its
+        level and reminder, so the mode's arrival after a restart repeats no transition.
+        """
         for pool in list(account.pools.values()):
             if pool.kind != POOL_ISOLATED:
+                account.restored.setdefault(pool.key, (pool.level, pool.reminder_due_ms))
                 self._forget_pool(pool)
         account.mode = mode
         for state in account.currencies.values():

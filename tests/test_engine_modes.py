@@ -452,3 +452,20 @@ def test_maint_and_init_margin_are_compared_too() -> None:
     assert [[f["field"] for f in a.payload["fields"]] for a in divergences] == [
         ["init_margin"], ["maint_margin"]]
     assert [a.ts for a in divergences] == [3, 5]
+
+
+def test_the_account_mode_arriving_after_a_restart_repeats_no_transition() -> None:
+    # The daemon restores the checkpoint, then OKX's account/config (the REST bootstrap)
+    # confirms the mode: the restored level must survive the pools being rebuilt.
+    first = MarginEngine(make_config())
+    run(first, [*snapshots(1, cash={"USDT": 100}, positions=(Position(BTC, 10, 40_000, 10),)),
+                mark(BTC, 39_150, 1)])
+    assert first.level("main") == "deleverage"
+    second = MarginEngine(make_config())
+    second.restore(first.drain_checkpoints())
+    alerts = run(second, [mode_update("multi_currency", "3", 2),
+                          *snapshots(2, cash={"USDT": 100},
+                                     positions=(Position(BTC, 10, 40_000, 10),)),
+                          mark(BTC, 39_150, 2)])
+    assert alerts == []
+    assert second.level("main") == "deleverage"
