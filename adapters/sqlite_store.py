@@ -6,7 +6,7 @@ Every public call is one transaction, made in one call on that thread; every SQL
 failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
 row contents.
 
-Schema (version 2, see :data:`MIGRATIONS`)::
+Schema (version 3, see :data:`MIGRATIONS`)::
 
     alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
                     id TEXT UNIQUE NOT NULL                 the alert's stable id
@@ -15,13 +15,15 @@ Schema (version 2, see :data:`MIGRATIONS`)::
                     margin_ratio REAL NULL, equity_usd, maint_margin_usd, init_margin_usd REAL
                     inst_id TEXT NULL, mark REAL NULL
                     payload TEXT                            JSON object (orjson)
+                    closing_fee_usd REAL                    (v3)
                     indexes (account, seq) and (ts)
     margin_history  (account, ts) PRIMARY KEY, margin_ratio REAL NULL, equity_usd,
                     maint_margin_usd, init_margin_usd REAL, level TEXT; index (ts)
     quarantine      id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ts INTEGER NULL,
                     stored_ts INTEGER, source, reason, raw TEXT; index (stored_ts)
     level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER,
-                    reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2)
+                    reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2),
+                    pools TEXT (JSON array of [key, level, reminder_due_ts]; v3)
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` step ``i`` takes a
 database from version ``i`` to ``i + 1``, and all pending steps run in one transaction at
@@ -45,7 +47,13 @@ import orjson
 
 from monitor.alerts import Alert, alert_from_dict, level_named
 from monitor.errors import SinkError
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
+from monitor.records import (
+    AccountCheckpoint,
+    MarginPoint,
+    PoolCheckpoint,
+    QuarantineRecord,
+    StoredAlert,
+)
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 0 -> 1: the initial schema.
@@ -110,6 +118,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE level_state ADD COLUMN reminder_due_ts INTEGER",
         "ALTER TABLE level_state ADD COLUMN disarmed_rules TEXT NOT NULL DEFAULT '[]'",
     ),
+    # 2 -> 3: the levels of an account's pools (isolated positions, currency pools), and
+    # the closing fee beside an alert's maintenance margin (SPEC 1.2).
+    (
+        "ALTER TABLE level_state ADD COLUMN pools TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE alerts ADD COLUMN closing_fee_usd REAL NOT NULL DEFAULT 0",
+    ),
 )
 """Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
 
@@ -124,6 +138,7 @@ _T = TypeVar("_T")
 _ALERT_COLUMN_NAMES: Final = (
     "id", "ts", "emitted_ts", "account", "kind", "level", "from_level", "margin_ratio",
     "equity_usd", "maint_margin_usd", "init_margin_usd", "inst_id", "mark", "payload",
+    "closing_fee_usd",
 )
 _ALERT_COLUMNS: Final = ", ".join(_ALERT_COLUMN_NAMES)
 
@@ -273,7 +288,8 @@ class SqliteStore:
         ]
         checkpoint_rows = [
             (cp.account, cp.level, cp.ts, cp.reminder_due_ms,
-             orjson.dumps(list(cp.disarmed_rules)).decode())
+             orjson.dumps(list(cp.disarmed_rules)).decode(),
+             orjson.dumps([[p.key, p.level, p.reminder_due_ms] for p in cp.pools]).decode())
             for cp in checkpoints
         ]
         parts = [f"{len(rows)} {what}" for rows, what in (
@@ -312,10 +328,10 @@ class SqliteStore:
             if checkpoint_rows:
                 db.executemany(
                     "INSERT INTO level_state (account, level, updated_ts, reminder_due_ts,"
-                    " disarmed_rules) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account) DO UPDATE"
-                    " SET level = excluded.level, updated_ts = excluded.updated_ts,"
+                    " disarmed_rules, pools) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account)"
+                    " DO UPDATE SET level = excluded.level, updated_ts = excluded.updated_ts,"
                     " reminder_due_ts = excluded.reminder_due_ts,"
-                    " disarmed_rules = excluded.disarmed_rules",
+                    " disarmed_rules = excluded.disarmed_rules, pools = excluded.pools",
                     checkpoint_rows,
                 )
             return stored
@@ -333,11 +349,11 @@ class SqliteStore:
         """
         rows = await self._read(
             "loading checkpoints",
-            "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules"
+            "SELECT account, level, updated_ts, reminder_due_ts, disarmed_rules, pools"
             " FROM level_state ORDER BY account",
         )
         checkpoints: list[AccountCheckpoint] = []
-        for account, stored, updated_ts, reminder_due_ts, disarmed in rows:
+        for account, stored, updated_ts, reminder_due_ts, disarmed, pools_json in rows:
             level = level_named(stored)
             if level is None:
                 raise SinkError(f"level_state of account {account!r} holds an unknown level")
@@ -348,7 +364,8 @@ class SqliteStore:
             if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
                 raise SinkError(f"level_state of account {account!r} holds unreadable rules")
             checkpoints.append(AccountCheckpoint(account, level, reminder_due_ts,
-                                                 tuple(rules), updated_ts))
+                                                 tuple(rules), updated_ts,
+                                                 _pool_checkpoints(account, pools_json)))
         return checkpoints
 
     async def prune(self, now_ms: int) -> int:
@@ -531,6 +548,25 @@ async def _migrate(db: aiosqlite.Connection, location: str) -> None:
     await _on_worker_thread(db, partial(_transact, migrate, True))
 
 
+def _pool_checkpoints(account: str, stored: str) -> tuple[PoolCheckpoint, ...]:
+    """The ``pools`` column of ``level_state``; SinkError unless it is what this code
+    writes (a list of ``[key, level, reminder_due_ts]``)."""
+    try:
+        rows = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        rows = None
+    pools = []
+    for row in rows if isinstance(rows, list) else [None]:
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                and (row[2] is None or isinstance(row[2], int))):
+            raise SinkError(f"level_state of account {account!r} holds unreadable pools")
+        level = level_named(row[1])
+        if level is None:
+            raise SinkError(f"level_state of account {account!r} holds an unknown pool level")
+        pools.append(PoolCheckpoint(row[0], level, row[2]))
+    return tuple(pools)
+
+
 def _probe(location: str) -> None:
     """Open and close the database file (creating it if needed); raises sqlite3.Error."""
     sqlite3.connect(location).close()
@@ -598,6 +634,7 @@ def _alert_row(alert: Alert) -> tuple[Any, ...]:
         alert.inst_id,
         alert.mark,
         payload,
+        alert.closing_fee_usd,
     )
 
 
@@ -618,6 +655,7 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
         inst_id,
         mark,
         payload,
+        closing_fee_usd,
     ) = row
     try:
         decoded = orjson.loads(payload)
@@ -639,6 +677,7 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
             "inst_id": inst_id,
             "mark": mark,
             "payload": decoded,
+            "closing_fee_usd": closing_fee_usd,
         }
     )
 

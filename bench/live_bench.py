@@ -15,10 +15,11 @@ Two processes on this machine:
             "", "connId"}`` (no signature check: the credentials are dummies), subscribes
             acknowledged, then an ``account`` snapshot (3,000 USDT) and a ``positions``
             snapshot (long 100 contracts of each of 20 instruments; see Scenario), in the
-            frame shapes of examples/story.jsonl. ``GET /api/v5/trade/orders-pending`` answers
-            ``{"code": "0", "msg": "", "data": []}`` on the same port (websockets'
-            ``process_request`` hook). Instruments come from the configuration, so no
-            instruments or tiers REST is served. No permessage-deflate is negotiated: OKX v5
+            frame shapes of examples/story.jsonl. Every ``GET /api/v5/...`` (orders-pending,
+            the account's config, balance and positions, instruments, tiers, discount
+            rates) answers ``{"code": "0", "msg": "", "data": []}`` on the same port
+            (websockets' ``process_request`` hook): instruments come from the
+            configuration, the state from the snapshots. No permessage-deflate is negotiated: OKX v5
             pushes plain JSON text, and the figures should measure riskmon, not zlib.
             ``/bench/control`` is the benchmark's own websocket: "wait until the daemon's
             (or the floor client's) public connection has subscribed every mark price" and
@@ -149,7 +150,7 @@ from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, St
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"
 CONTROL_PATH: Final = "/bench/control"
-ORDERS_PENDING: Final = "/api/v5/trade/orders-pending"
+REST_PREFIX: Final = "/api/v5/"
 ACCOUNT: Final = "bench"
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # as adapters.okx.live
 PRICE_DECIMALS: Final = 4
@@ -258,7 +259,9 @@ class Sender:
         path = urlsplit(request.path).path
         if path in (PUBLIC_PATH, PRIVATE_PATH, CONTROL_PATH):
             return None
-        if path == ORDERS_PENDING:
+        if path.startswith(REST_PREFIX):
+            # orders-pending, the account's config, balance and positions, instruments,
+            # tiers, discount rates: all empty, the websocket snapshots carry the state.
             return _json_response(HTTPStatus.OK, {"code": "0", "msg": "", "data": []})
         return _json_response(HTTPStatus.NOT_FOUND,
                               {"code": "404", "msg": f"Not Found: {path}", "data": []})
@@ -621,8 +624,7 @@ class DaemonUnderTest:
         self.inbox = Inbox()
         self.feed = OkxFeed(config.okx, {ACCOUNT: Credentials("bench-key", "bench-secret",
                                                               "bench-passphrase")},
-                            self.inbox.put, load_instruments=not config.instruments,
-                            collateral=config.collateral.keys())
+                            self.inbox.put, collateral=config.collateral.keys())
         self.daemon = Daemon(MarginEngine(config), OkxDecoder(), self.feed, self.inbox, head,
                              history_interval_ms=int(config.storage.history_interval_s * 1000))
         self.tap = ReceiveTap(self.inbox.put)

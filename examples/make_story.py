@@ -17,8 +17,13 @@ The story, in event time (one account, "main", cross margin on OKX v5):
          and the stop-loss re-arms.
 
 With both marks at a fraction L of entry (ETH 0.2% rich): AE = 92,760 L - 84,000,
-MM = 390.3 L, IM = 4,503 L, so the stop-loss fires below L = 0.9567, and the levels are
-entered at L = 0.91133, 0.91010, 0.90939 and 0.90882.
+MM = 390.3 L, the closing fee CF = 0.05% of the position value 90,060 L = 45.03 L (SPEC
+1.2: the margin ratio is AE / (MM + CF)), IM = 4,503 L, so the stop-loss fires below
+L = 0.9567, and the levels are entered at L = 0.91198, 0.91070, 0.90983 and 0.90919.
+
+The recording starts as a daemon's does after connecting (SPEC 3.1): the REST answers of
+``account/config`` (multi-currency margin, one-way mode) and ``orders-pending``, then the
+account and positions snapshots the private channels push on subscribing.
 
 Two deliberately bad lines (a truncated frame and a NaN price) show quarantine at work.
 """
@@ -108,6 +113,13 @@ def order_row(state: str, ts: int) -> dict[str, str]:
 
 def main() -> None:
     lines: list[bytes] = []
+    lines.append(orjson.dumps({"recv_ts": T0 - 600, "account": "main",
+                               "rest": "/api/v5/account/config",
+                               "body": {"code": "0", "msg": "", "data": [{
+                                   "uid": "44705892343619584", "mainUid": "44705892343619584",
+                                   "acctLv": "3", "posMode": "net_mode", "autoLoan": False,
+                                   "greeksType": "PA", "level": "Lv1", "ctIsoMode": "automatic",
+                                   "mgnIsoMode": "automatic", "label": "riskmon story"}]}}))
     lines.append(orjson.dumps({"recv_ts": T0 - 500, "account": "main",
                                "rest": "/api/v5/trade/orders-pending",
                                "body": {"code": "0", "msg": "", "data": []}}))

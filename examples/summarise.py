@@ -23,10 +23,17 @@ def describe(alert: dict[str, Any]) -> str:
                                for o in payload["orders"])
             rule = f"rule {payload['rule']}: " if "rule" in payload else ""
             return f"{rule}{orders} (reduce-only market)"
+        case "feed_stale" if "missing" in payload:
+            return f"risk unknown, missing: {', '.join(payload['missing'])}"
         case "feed_stale":
             return f"no mark for {payload['age_ms'] / 1000:.0f} s"
         case "reminder":
             return f"still in {alert['level']}"
+        case "account_mode":
+            return str(payload["reason"])
+        case "exchange_divergence":
+            return ", ".join(f"{f['field']}: ours {f['ours']}, OKX's {f['theirs']}"
+                             for f in payload["fields"])
         case _:
             return ""
 
@@ -49,7 +56,10 @@ def main(alerts_path: str, state_path: str) -> None:
         print(f"account {name}: level {account['level']}, margin ratio "
               f"{'-' if ratio is None else f'{ratio:.2f}'}, equity "
               f"{account['equity_usd']:,.2f} USD, maintenance {account['maint_margin_usd']:,.2f}"
-              f" USD, free margin {account['free_margin_usd']:,.2f} USD")
+              f" USD + closing fee {account['closing_fee_usd']:,.2f} USD, free margin "
+              f"{account['free_margin_usd']:,.2f} USD"
+              + ("" if account["risk_known"] else
+                 f" (risk unknown: missing {', '.join(account['missing'])})"))
         for position in account["positions"]:
             liquidation = position["liquidation_mark"]
             print(f"  {position['inst_id']:<15} {position['contracts']:>8g} @ "

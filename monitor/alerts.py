@@ -31,6 +31,7 @@ AlertKind = Literal[
     "feed_connected",
     "reminder",
     "exchange_divergence",
+    "account_mode",
 ]
 ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
@@ -40,8 +41,10 @@ class Alert:
     """One alert.
 
     ``ts`` is the event time of the triggering event; ``emitted_ms`` is its local receive
-    time (the engine reads no clock, so a replay reproduces it exactly). ``margin_ratio`` is
-    None when the maintenance margin is zero.
+    time (the engine reads no clock, so a replay reproduces it exactly). The figures are
+    those of the pool the alert is about (the account's, a currency's in single-currency
+    margin, an isolated position's); ``margin_ratio`` is ``equity_usd / (maint_margin_usd +
+    closing_fee_usd)``, None when that denominator is zero.
     """
 
     id: str
@@ -58,6 +61,7 @@ class Alert:
     inst_id: str | None
     mark: float | None
     payload: Mapping[str, Any]
+    closing_fee_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The alert as the JSON object of SPEC section 2."""
@@ -72,6 +76,7 @@ class Alert:
             "margin_ratio": self.margin_ratio,
             "equity_usd": self.equity_usd,
             "maint_margin_usd": self.maint_margin_usd,
+            "closing_fee_usd": self.closing_fee_usd,
             "init_margin_usd": self.init_margin_usd,
             "inst_id": self.inst_id,
             "mark": self.mark,
@@ -100,6 +105,7 @@ def alert_from_dict(data: Mapping[str, Any]) -> Alert:
         inst_id=data["inst_id"],
         mark=data["mark"],
         payload=data["payload"],
+        closing_fee_usd=data.get("closing_fee_usd", 0.0),
     )
 
 

@@ -15,14 +15,30 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from monitor.errors import ConfigError
-from monitor.instruments import ContractType, Instrument, Tier, validate_tiers
+from monitor.events import AccountMode
+from monitor.instruments import (
+    BorrowTier,
+    CollateralTier,
+    CollateralTiers,
+    ContractType,
+    Instrument,
+    Tier,
+    validate_borrow_tiers,
+    validate_collateral,
+    validate_tiers,
+)
 
 Metric = Literal["margin_ratio", "im_coverage", "equity_usd"]
 Action = Literal["close_all", "close", "reduce"]
 
 # Seed 000: "BTC at 90%, USDT at 100%", MATIC 75%, AVAX 80%. A currency not listed counts
-# with factor 0 (the seed's PEPE exclusion).
-DEFAULT_COLLATERAL: Mapping[str, float] = {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+# with factor 0 (the seed's PEPE exclusion). The live feed replaces these by the exchange's
+# own tiers for every currency held (SPEC 1.4); [collateral] overrides both.
+DEFAULT_COLLATERAL: Mapping[str, CollateralTiers] = {
+    currency: CollateralTiers.flat(factor)
+    for currency, factor in {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}.items()
+}
+_ACCOUNT_MODES: tuple[AccountMode, ...] = ("multi_currency", "single_currency", "portfolio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +52,7 @@ class RiskConfig:
     hysteresis: float = 0.02
     stale_after_s: float = 10.0
     repeat_interval_s: float = 300.0
-    liquidation_fee_rate: float = 0.0
+    closing_fee_rate: float = 0.0005
     market_order_slippage: float = 0.0
     reduce_only_orders_count: bool = True
     divergence_tolerance: float = 0.05
@@ -65,6 +81,7 @@ class AccountConfig:
     passphrase_env: str | None = None
     credentials_file: str | None = None
     stop_loss: tuple[StopLossRule, ...] = ()
+    mode: AccountMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +92,7 @@ class OkxConfig:
     public_url: str = "wss://ws.okx.com:8443/ws/v5/public"
     private_url: str = "wss://ws.okx.com:8443/ws/v5/private"
     rest_url: str = "https://www.okx.com"
+    simulated: bool = False
     ping_after_s: float = 25.0
     pong_timeout_s: float = 10.0
     backoff_initial_s: float = 1.0
@@ -114,8 +132,11 @@ class Config:
     """The whole validated configuration."""
 
     risk: RiskConfig = field(default_factory=RiskConfig)
-    collateral: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_COLLATERAL))
+    collateral: Mapping[str, CollateralTiers] = field(
+        default_factory=lambda: dict(DEFAULT_COLLATERAL))
+    configured_collateral: frozenset[str] = frozenset()
     interest: Mapping[str, float] = field(default_factory=dict)
+    borrow: Mapping[str, tuple[BorrowTier, ...]] = field(default_factory=dict)
     instruments: tuple[Instrument, ...] = ()
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     okx: OkxConfig = field(default_factory=OkxConfig)
@@ -141,12 +162,17 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
     """Validate a parsed TOML document."""
-    _only(raw, "", {"risk", "collateral", "interest", "instruments", "accounts", "okx",
-                    "storage", "stream"})
+    _only(raw, "", {"risk", "collateral", "interest", "borrow", "instruments", "accounts",
+                    "okx", "storage", "stream"})
     risk = _parse_risk(_table(raw, "risk"))
     collateral = dict(DEFAULT_COLLATERAL)
-    for currency, factor in _table(raw, "collateral").items():
-        collateral[currency] = _number(factor, f"collateral.{currency}", low=0.0, high=1.0)
+    configured = _table(raw, "collateral")
+    for currency, value in configured.items():
+        collateral[currency] = _parse_collateral(value, f"collateral.{currency}")
+    borrow = {
+        currency: _parse_borrow(_as_table(body, f"borrow.{currency}"), f"borrow.{currency}")
+        for currency, body in _table(raw, "borrow").items()
+    }
     interest = {
         currency: _number(rate, f"interest.{currency}", low=0.0)
         for currency, rate in _table(raw, "interest").items()
@@ -167,7 +193,9 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     return Config(
         risk=risk,
         collateral=collateral,
+        configured_collateral=frozenset(configured),
         interest=interest,
+        borrow=borrow,
         instruments=instruments,
         accounts=accounts,
         okx=_parse_okx(_table(raw, "okx")),
@@ -181,6 +209,9 @@ def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
     values: dict[str, Any] = {}
     for key, value in table.items():
         path = f"risk.{key}"
+        if key == "liquidation_fee_rate":
+            raise ConfigError(path, "replaced by risk.closing_fee_rate (the fee of closing "
+                                    "at the mark, in the margin ratio's denominator: SPEC 1.2)")
         if key in ("reduce_only_orders_count", "execute_triggers"):
             values[key] = _bool(value, path)
         elif key in RiskConfig.__dataclass_fields__:
@@ -203,9 +234,52 @@ def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
         raise ConfigError("risk.repeat_interval_s", "must be positive")
     if risk.market_order_slippage >= 1:
         raise ConfigError("risk.market_order_slippage", "must be below 1")
-    if risk.liquidation_fee_rate >= 1:
-        raise ConfigError("risk.liquidation_fee_rate", "must be below 1")
+    if risk.closing_fee_rate >= 1:
+        raise ConfigError("risk.closing_fee_rate", "must be below 1")
     return risk
+
+
+def _parse_collateral(value: Any, path: str) -> CollateralTiers:
+    """A flat factor (a number) or bands ``[{max_amount, factor}, ...]`` (SPEC 6)."""
+    if not isinstance(value, list):
+        return CollateralTiers.flat(_number(value, path, low=0.0, high=1.0))
+    bands = []
+    for index, raw in enumerate(value):
+        band_path = f"{path}[{index}]"
+        band = _as_table(raw, band_path)
+        _only(band, band_path, {"max_amount", "factor"})
+        bands.append(CollateralTier(
+            max_amount=_number(_required(band, "max_amount", band_path),
+                               f"{band_path}.max_amount", low=0.0),
+            factor=_number(_required(band, "factor", band_path), f"{band_path}.factor",
+                           low=0.0, high=1.0),
+        ))
+    problem = validate_collateral(tuple(bands))
+    if problem:
+        raise ConfigError(path, problem)
+    return CollateralTiers(tuple(bands))
+
+
+def _parse_borrow(table: Mapping[str, Any], path: str) -> tuple[BorrowTier, ...]:
+    """``[borrow.CCY] tiers = [{max_amount, mmr, imr}, ...]`` (SPEC 1.4, 6)."""
+    _only(table, path, {"tiers"})
+    tiers = []
+    for index, raw in enumerate(_as_array(_required(table, "tiers", path), f"{path}.tiers")):
+        tier_path = f"{path}.tiers[{index}]"
+        tier = _as_table(raw, tier_path)
+        _only(tier, tier_path, {"max_amount", "mmr", "imr"})
+        tiers.append(BorrowTier(
+            max_amount=_number(_required(tier, "max_amount", tier_path),
+                               f"{tier_path}.max_amount", low=0.0),
+            maintenance_rate=_number(_required(tier, "mmr", tier_path), f"{tier_path}.mmr",
+                                     low=0.0, high=1.0),
+            initial_rate=_number(_required(tier, "imr", tier_path), f"{tier_path}.imr",
+                                 low=0.0, high=1.0),
+        ))
+    problem = validate_borrow_tiers(tuple(tiers))
+    if problem:
+        raise ConfigError(f"{path}.tiers", problem)
+    return tuple(tiers)
 
 
 def _parse_instrument(raw: Any, path: str) -> Instrument:
@@ -249,7 +323,11 @@ def _parse_instrument(raw: Any, path: str) -> Instrument:
 def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
     path = f"accounts.{name}"
     _only(table, path, {"api_key_env", "api_secret_env", "passphrase_env", "credentials_file",
-                        "stop_loss"})
+                        "stop_loss", "mode"})
+    mode = table.get("mode")
+    if mode is not None and mode not in _ACCOUNT_MODES:
+        raise ConfigError(f"{path}.mode", "must be 'multi_currency', 'single_currency' or "
+                                          "'portfolio'")
     rules = []
     names: set[str] = set()
     for index, rule_raw in enumerate(_array(table, "stop_loss", path)):
@@ -270,6 +348,7 @@ def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
         passphrase_env=optional_string("passphrase_env"),
         credentials_file=optional_string("credentials_file"),
         stop_loss=tuple(rules),
+        mode=cast(AccountMode | None, mode),
     )
 
 
@@ -304,16 +383,30 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
 
 
 _OKX_URLS = ("public_url", "private_url", "rest_url")
+_PRODUCTION = OkxConfig()
+# OKX demo trading (docs: "Overview > Demo trading services"): its own websocket host; REST
+# is the production host with the header ``x-simulated-trading: 1``.
+DEMO_PUBLIC_URL = "wss://wspap.okx.com:8443/ws/v5/public"
+DEMO_PRIVATE_URL = "wss://wspap.okx.com:8443/ws/v5/private"
 _OKX_SECONDS = ("ping_after_s", "pong_timeout_s", "backoff_initial_s", "backoff_max_s",
                 "request_timeout_s")
 
 
 def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
-    _only(table, "okx", {*_OKX_URLS, *_OKX_SECONDS})
+    _only(table, "okx", {*_OKX_URLS, *_OKX_SECONDS, "simulated"})
     defaults = OkxConfig()
+    simulated = _bool(table.get("simulated", False), "okx.simulated")
+    if simulated:
+        defaults = OkxConfig(public_url=DEMO_PUBLIC_URL, private_url=DEMO_PRIVATE_URL)
     values: dict[str, Any] = {
         key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}") for key in _OKX_URLS
     }
+    values["simulated"] = simulated
+    if simulated:
+        for key in ("public_url", "private_url"):
+            if values[key] in (_PRODUCTION.public_url, _PRODUCTION.private_url):
+                raise ConfigError(f"okx.{key}", "is OKX's production URL but okx.simulated is"
+                                                " true: leave it out to use demo trading's")
     for key in _OKX_SECONDS:
         values[key] = _positive(table.get(key, getattr(defaults, key)), f"okx.{key}")
     if values["ping_after_s"] >= 30:

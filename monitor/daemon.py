@@ -175,10 +175,13 @@ class Daemon:
             self.processor.feed_events([ClockTick(now_ms, wall_ms)])
 
     def _follow_interest(self) -> None:
+        """Tell the feed what the engine needs when that changed (``interest_version``
+        moves with the instruments and currencies in use and the currencies borrowed)."""
         engine = self.engine
         if engine.interest_version != self._interest_version:
             self._interest_version = engine.interest_version
-            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use())
+            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use(),
+                           engine.currencies_borrowed())
 
     async def _flush(self) -> None:
         records = self.processor.take()
@@ -207,9 +210,8 @@ class Daemon:
         metrics = self.metrics
         metrics.inbox_depth = len(self.inbox)
         metrics.sink_queue_depth = self.head.queue_depths()
-        for name, account in self.engine.accounts.items():
-            maint = account.maint_usd
-            metrics.margin_ratio[name] = account.equity_usd / maint if maint > 0 else None
+        for name in self.engine.account_names():
+            metrics.margin_ratio[name] = self.engine.figures(name).margin_ratio
 
     def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
         """``(healthy, details)`` for ``/healthz``: the engine loop turned within the last

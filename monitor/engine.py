@@ -4,52 +4,98 @@ Time is an input: the engine's clock is the largest event time it has seen, so a
 deterministic. One object owns all state; whoever drives it (the pipeline task) is its only
 caller, so nothing here needs a lock.
 
-Incremental bookkeeping (SPEC 1, issue "incremental"): every (account, instrument) pair with
-a position or live orders is an :class:`Exposure` holding its last contribution (PV, UPL,
-MM, IM in settlement currency). The account keeps, per currency, the running sums of those
-contributions. A mark-price tick therefore touches only the exposures on that instrument:
-it recomputes each one, adds the difference into its account's sums, and re-evaluates that
-account over its (few) currencies. Every :data:`REANCHOR_EVERY` updates an account's sums
-are rebuilt from its exposures so float drift cannot grow.
+Incremental bookkeeping (SPEC 1): every position of an account, with the live orders that
+belong to it, is an :class:`Exposure`, keyed by instrument, margin mode and side (an
+instrument may hold a long and a short in hedge mode, or a cross and an isolated position).
+It holds its last contribution (PV, UPL, MM, CF, IM in settlement currency). Each account
+keeps, per currency, the running sums of its cross exposures' contributions and running USD
+totals. A mark-price tick therefore touches only the exposures on that instrument: it
+recomputes each one, adds the difference into its account's sums, and checks the one
+*pool* whose ratio it moves. Every :data:`REANCHOR_EVERY` updates an account's sums are
+rebuilt from its exposures so float drift cannot grow.
+
+Pools (SPEC 1.5). A pool is what walks a level ladder:
+
+- the account's cross pool (multi-currency margin: one pool across currencies, adjusted
+  equity with tiered haircuts, borrowing margin included);
+- one pool per currency in single-currency margin (that currency's equity, no haircut);
+- one pool per isolated position (its margin plus its UPL over its own MM + CF);
+- the exchange's own figures for a portfolio-margin account (not modelled locally).
+
+Risk unknown is a state (SPEC 1.5, "nothing unknown counts as zero"): an account lists what
+it is missing (its first balance and positions snapshots, an instrument's spec, a mark, a
+currency's price, borrowing tiers of a debt, a mode it can follow). While anything is
+missing no level and no rule is evaluated; after ``stale_after`` a ``feed_stale`` alert names
+what is missing, and ``feed_recovered`` follows when it arrives.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, StopLossRule
 from monitor.events import (
     UNTIMED,
+    AccountConfigUpdate,
+    AccountMode,
     BalanceUpdate,
+    BorrowTiersUpdate,
     ClockTick,
+    CollateralTiersUpdate,
     CurrencyBalance,
     Event,
     ExchangeAccountFigures,
+    ExchangePositionFigures,
     FeedStatus,
     IndexPrice,
     InstrumentUpdate,
+    MarginMode,
     MarkPrice,
     Order,
     OrdersSnapshot,
     OrderUpdate,
     Position,
+    PositionSide,
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.formulas import exposure_figures, position_value, unrealized_pnl
-from monitor.instruments import Instrument, round_up_to_lot
-from monitor.records import AccountCheckpoint
+from monitor.formulas import (
+    borrowing_margin,
+    collateral_value,
+    exposure_figures,
+    margin_ratio,
+    position_value,
+    unrealized_pnl,
+)
+from monitor.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
+from monitor.records import AccountCheckpoint, PoolCheckpoint
 from monitor.transitions import INFINITY, LevelLadder, RuleState
 
 REANCHOR_EVERY = 4096
 SWEEP_INTERVAL_MS = 1000
 DELEVERAGE_RANK = LEVEL_RANK["deleverage"]
 
+# Pool kinds (see the module docstring).
+POOL_ACCOUNT: Final = 0
+POOL_CURRENCY: Final = 1
+POOL_ISOLATED: Final = 2
+POOL_EXCHANGE: Final = 3
+
+ACCOUNT_POOL_KEY: Final = ""
+"""The key of an account's own pool (cross, or the exchange's figures)."""
+
 NoticeKind = Literal["uncollateralised_currency", "unknown_instrument", "unpriced_currency"]
+ExposureKey = tuple[str, MarginMode, PositionSide]
+HolderKey = tuple[str, MarginMode, PositionSide]
+
+_NO_FIGURES: Final = ExchangeAccountFigures(None, None, None, None)
+# Missing items that have alerts of their own, not the generic feed_stale: a mark's
+# staleness is alerted per instrument, an unsupported mode by account_mode.
+_OWN_ALERT_PREFIXES: Final = ("mark:", "mode:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +109,22 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """An account's figures in USD (SPEC 1.5). Ratios are None when undefined."""
+    """A pool's or an account's figures in USD (SPEC 1.5). ``margin_ratio`` is
+    ``equity / (MM + CF)`` for a pool, None when undefined."""
 
     equity_usd: float
     maint_margin_usd: float
+    closing_fee_usd: float
     init_margin_usd: float
+    margin_ratio: float | None
 
-    @property
-    def margin_ratio(self) -> float | None:
-        return self.equity_usd / self.maint_margin_usd if self.maint_margin_usd > 0 else None
+    @classmethod
+    def of(cls, equity: float, maint: float, fee: float, init: float) -> Figures:
+        return cls(equity, maint, fee, init, margin_ratio(equity, maint, fee))
 
     @property
     def im_coverage(self) -> float | None:
+        """``AE / IM`` ("equity as a share of used margin", seed 000)."""
         return self.equity_usd / self.init_margin_usd if self.init_margin_usd > 0 else None
 
     @property
@@ -83,36 +133,61 @@ class Figures:
 
 
 class CurrencyState:
-    """One currency of one account: balance, accrued interest and contribution sums."""
+    """One currency of one account: balance, accrued interest and contribution sums.
+
+    ``upl``, ``maint``, ``fee`` and ``init`` are the sums over the account's cross
+    exposures settled in this currency; ``iso_margin`` and ``iso_upl`` those of its
+    isolated positions; ``borrow_maint`` and ``borrow_init`` the margin its liability
+    needs (SPEC 1.4). All in units of the currency; ``value`` is its term of the account's
+    equity in USD.
+    """
 
     __slots__ = (
         "accrual_ms",
+        "borrow_init",
+        "borrow_maint",
         "cash",
+        "collateral",
         "currency",
-        "factor",
+        "exchange",
+        "fee",
+        "flat",
         "init",
         "interest",
+        "iso_margin",
+        "iso_upl",
         "liability",
         "maint",
+        "pool",
         "price",
         "rate",
         "upl",
         "value",
     )
 
-    def __init__(self, currency: str, factor: float, rate: float, price: float) -> None:
+    def __init__(self, currency: str, collateral: CollateralTiers, rate: float,
+                 price: float) -> None:
         self.currency = currency
-        self.factor = factor
+        self.collateral = collateral
+        flat = collateral.flat_factor
+        self.flat = -1.0 if flat is None else flat  # -1: tiered (collateral_value)
         self.rate = rate
         self.price = price
-        self.value = 0.0  # this currency's term of the adjusted equity, in USD
+        self.value = 0.0
         self.cash = 0.0
         self.interest = 0.0
         self.liability: float | None = None
         self.accrual_ms: int | None = None
-        self.upl = 0.0
-        self.maint = 0.0
-        self.init = 0.0
+        self.upl = self.maint = self.fee = self.init = 0.0
+        self.iso_margin = self.iso_upl = 0.0
+        self.borrow_maint = self.borrow_init = 0.0
+        self.exchange: ExchangeAccountFigures | None = None
+        self.pool: Pool | None = None
+
+    def set_collateral(self, collateral: CollateralTiers) -> None:
+        self.collateral = collateral
+        flat = collateral.flat_factor
+        self.flat = -1.0 if flat is None else flat
 
     @property
     def debt(self) -> float:
@@ -121,58 +196,108 @@ class CurrencyState:
 
     @property
     def equity(self) -> float:
-        """``eq_c = cash_c - int_c + UPL_c`` (SPEC 1.4)."""
+        """The cross equity ``eq_c = cash_c - int_c + UPL_c`` of cross positions (SPEC
+        1.4). OKX's ``cashBal`` holds no isolated margin: its currency ``eq`` is ``cashBal``
+        plus the cross UPL plus ``isoEq`` (isolated margin and UPL), checked on a real
+        single-currency capture (tests/test_fidelity.py)."""
         return self.cash - self.interest + self.upl
 
+    @property
+    def total_equity(self) -> float:
+        """``eq_c + iso_c``: the currency's equity with its isolated positions (OKX ``eq``)."""
+        return self.cash - self.interest + self.upl + self.iso_margin + self.iso_upl
+
     def adjusted_value(self) -> float:
-        """``value(eq_c)`` in USD: assets after their collateral haircut, debts in full
-        (seed 000)."""
+        """``value(eq_c)`` in USD: assets after their collateral haircut, debts in full."""
         eq = self.cash - self.interest + self.upl
-        return eq * self.price * self.factor if eq > 0.0 else eq * self.price
+        if self.flat >= 0.0:
+            return eq * self.price * self.flat if eq > 0.0 else eq * self.price
+        return collateral_value(eq, self.price, self.collateral)
+
+
+class Pool:
+    """Something that walks a level ladder: see the module docstring.
+
+    ``key`` is :data:`ACCOUNT_POOL_KEY` for the account's own pool, the currency in
+    single-currency mode, ``isolated:INST:SIDE`` for an isolated position.
+    """
+
+    __slots__ = ("account", "currency", "divergent", "exposure", "key", "kind", "level",
+                 "level_high", "level_low", "reminder_due_ms")
+
+    def __init__(self, account: AccountState, key: str, kind: int, ladder: LevelLadder,
+                 currency: CurrencyState | None = None,
+                 exposure: Exposure | None = None) -> None:
+        self.account = account
+        self.key = key
+        self.kind = kind
+        self.currency = currency
+        self.exposure = exposure
+        self.level: Level = "normal"
+        self.level_low, self.level_high = ladder.band("normal")
+        self.reminder_due_ms: int | None = None
+        self.divergent = False
 
 
 class Exposure:
-    """One account's position and live orders on one instrument, with its contribution."""
+    """One position of an account (instrument, margin mode, side) and its live orders,
+    with its contribution."""
 
     __slots__ = (
         "abs_qk",
         "account",
         "avg_price",
+        "booked_margin",
         "contracts",
         "currency",
+        "exchange",
+        "fee",
+        "fee_rate",
         "init",
         "inst_id",
         "instrument",
         "inverse",
+        "isolated",
+        "key",
         "leverage",
         "maint",
         "maint_rate",
+        "margin",
+        "margin_mode",
         "orders",
+        "pool",
         "position_leverage",
         "qk",
+        "side",
         "simple",
         "since_ms",
         "upl",
         "value",
     )
 
-    def __init__(self, account: AccountState, inst_id: str, since_ms: int) -> None:
+    def __init__(self, account: AccountState, key: ExposureKey, since_ms: int) -> None:
         self.account = account
-        self.inst_id = inst_id
+        self.key = key
+        self.inst_id, self.margin_mode, self.side = key
+        self.isolated = self.margin_mode == "isolated"
         self.instrument: Instrument | None = None
         self.currency: CurrencyState | None = None
+        self.pool: Pool | None = None
         self.contracts = 0.0
         self.avg_price = 0.0
         self.position_leverage: float | None = None
         self.leverage = 1.0
+        self.margin = 0.0  # an isolated position's own margin (OKX ``margin``)
+        self.booked_margin = 0.0  # the margin already in the currency's iso_margin sum
+        self.exchange: ExchangePositionFigures | None = None
         self.orders: dict[str, Order] = {}
         self.since_ms = since_ms
-        self.value = self.upl = self.maint = self.init = 0.0
+        self.value = self.upl = self.maint = self.fee = self.init = 0.0
         # Constants of the mark-tick fast path, valid while ``simple`` (a known instrument,
         # a position and no live orders); set by MarginEngine._refresh.
         self.simple = False
         self.inverse = False
-        self.qk = self.abs_qk = self.maint_rate = 0.0
+        self.qk = self.abs_qk = self.maint_rate = self.fee_rate = 0.0
 
     @property
     def empty(self) -> bool:
@@ -185,46 +310,56 @@ class AccountState:
     __slots__ = (
         "config",
         "currencies",
-        "divergent",
         "equity_usd",
         "exchange",
+        "exchange_level",
         "exposures",
+        "fee_usd",
+        "hedge_mode",
         "init_usd",
         "last_alert_ts",
-        "level",
-        "level_high",
-        "level_low",
         "maint_usd",
+        "missing",
+        "mode",
         "name",
-        "order_instruments",
+        "order_keys",
+        "owed",
+        "pools",
         "reminder_due_ms",
+        "reported",
+        "restored",
         "rule_states",
         "sequence",
-        "syncing",
         "updates",
     )
 
-    def __init__(self, name: str, config: AccountConfig, ladder: LevelLadder,
-                 hysteresis: float) -> None:
+    def __init__(self, name: str, config: AccountConfig, hysteresis: float) -> None:
         self.name = name
         self.config = config
+        self.mode: AccountMode = config.mode or "multi_currency"
+        self.exchange_level = ""
+        self.hedge_mode = False
         self.currencies: dict[str, CurrencyState] = {}
-        self.exposures: dict[str, Exposure] = {}
-        self.order_instruments: dict[str, str] = {}
-        self.level: Level = "normal"
-        self.level_low, self.level_high = ladder.band("normal")
+        self.exposures: dict[ExposureKey, Exposure] = {}
+        self.order_keys: dict[str, ExposureKey] = {}
+        self.pools: dict[str, Pool] = {}
         self.rule_states = [RuleState(rule, hysteresis) for rule in config.stop_loss]
+        # The earliest reminder due among the pools (None: none due).
         self.reminder_due_ms: int | None = None
-        # Set on an account restored from a checkpoint: the snapshots still to come before
-        # its figures mean anything (see MarginEngine.restore).
-        self.syncing: set[str] | None = None
+        # Levels and reminders from a checkpoint, by pool key, for pools not created yet.
+        self.restored: dict[str, tuple[Level, int | None]] = {}
+        # What the account's risk is missing (item -> since when, event time), and which
+        # of those items a feed_stale alert has named.
+        self.missing: dict[str, int] = {}
+        self.reported: dict[str, None] = {}
         self.exchange: ExchangeAccountFigures | None = None
-        self.divergent = False
+        self.owed: frozenset[str] = frozenset()
         self.updates = 0
         self.last_alert_ts = -1
         self.sequence = 0
-        # Running USD totals: adjusted equity, maintenance and initial margin.
-        self.equity_usd = self.maint_usd = self.init_usd = 0.0
+        # Running USD totals of the cross pool: equity (adjusted in multi-currency mode),
+        # maintenance margin, closing fee and initial margin (borrowing margin included).
+        self.equity_usd = self.maint_usd = self.fee_usd = self.init_usd = 0.0
 
 
 class MarginEngine:
@@ -236,49 +371,103 @@ class MarginEngine:
         self.ladder = LevelLadder(config.risk)
         self.instruments: dict[str, Instrument] = {i.inst_id: i for i in config.instruments}
         self._configured_instruments = frozenset(self.instruments)
+        self.collateral: dict[str, CollateralTiers] = dict(config.collateral)
+        self.borrow_tiers: dict[str, tuple[BorrowTier, ...]] = dict(config.borrow)
         self.accounts: dict[str, AccountState] = {}
         self.marks: dict[str, float] = {}
         self.mark_ms: dict[str, int] = {}
         self.index_prices: dict[tuple[str, str], float] = {}
         self.usd_prices: dict[str, float] = {"USD": 1.0, "USDT": 1.0}
-        # inst_id -> account name -> exposure: the only index a mark tick walks.
-        self.holders: dict[str, dict[str, Exposure]] = {}
+        # inst_id -> (account, margin mode, side) -> exposure: the only index a mark tick
+        # walks.
+        self.holders: dict[str, dict[HolderKey, Exposure]] = {}
         # currency -> account name -> account: the accounts an index tick re-evaluates.
         self.currency_holders: dict[str, dict[str, AccountState]] = {}
         # Dicts used as ordered sets: iteration order must not depend on string hashing,
         # or two replays could emit alerts in different orders.
         self.stale: dict[str, None] = {}
+        # Instruments some holder lacks a fresh mark of (never marked, or stale).
+        self.awaiting_mark: dict[str, None] = {}
         self.debtors: dict[str, AccountState] = {}
         self.critical: dict[str, AccountState] = {}
+        self.unknown: dict[str, AccountState] = {}
+        # Accounts missing an item no feed_stale has named yet (see _sweep).
+        self._unreported: dict[str, AccountState] = {}
+        self._borrowers: dict[str, int] = {}
         self.now_ms = 0
-        # Moves whenever the set of instruments or currencies in use changes (see
-        # instruments_in_use): a live feed follows it with its subscriptions.
+        # The receive time of the last event applied (the replay paces by it).
+        self.last_recv_ms = 0
+        # Moves whenever the set of instruments or currencies in use (or borrowed) changes
+        # (see instruments_in_use): a live feed follows it with its subscriptions.
         self.interest_version = 0
         self._next_sweep_ms = 0
         self._notices: list[Notice] = []
-        # Accounts whose checkpoint (level, reminder, fired rules) changed since the last
-        # drain_checkpoints(): an ordered set, like the others.
+        # Accounts whose checkpoint changed since the last drain_checkpoints(): an
+        # ordered set, like the others.
         self._changed: dict[str, AccountState] = {}
+        # Accounts followed on the exchange's figures or not at all: an account_mode alert
+        # is due for each (emitted by the next event, which dates it).
+        self._announce: dict[str, AccountState] = {}
         self._noticed: set[tuple[str, str | None, str]] = set()
         self._stale_after_ms = int(config.risk.stale_after_s * 1000)
         self._repeat_ms = int(config.risk.repeat_interval_s * 1000)
+        # The event being applied, for helpers deep in the bookkeeping that emit alerts.
+        self._ts = 0
+        self._recv_ms = 0
+        self._alerts: list[Alert] = []
+        # The list the next event's alerts go into; replaced only when one was used.
+        self._collecting: list[Alert] = []
         for name, account_config in config.accounts.items():
             self._add_account(name, account_config)
 
     # -- public API --------------------------------------------------------------------
 
-    def apply(self, event: Event) -> list[Alert]:
-        """Apply one event; return the alerts it causes, in a deterministic order."""
-        alerts: list[Alert] = []
-        if event.event_ms > self.now_ms:
-            self.now_ms = event.event_ms
-            if event.event_ms >= self._next_sweep_ms:
-                self._next_sweep_ms = event.event_ms + SWEEP_INTERVAL_MS
-                self._sweep(event.event_ms, event.recv_ms, alerts)
-        elif event.event_ms == UNTIMED:
-            # Dated by the engine's clock (the receive time before any event), never moving
-            # it: see monitor.events.
-            event = replace(event, event_ms=self.now_ms or event.recv_ms)
+    def apply(self, event: Event) -> Sequence[Alert]:
+        """Apply one event; return the alerts it causes, in a deterministic order.
+
+        Most events cause none: they get an empty tuple, and no list is allocated for them
+        (a mark-price tick is the replay's hot path).
+        """
+        alerts = self._collecting
+        if type(event) is MarkPrice:
+            # The hot path: ``event`` is known to be a MarkPrice here, so compiled code reads
+            # its fields natively rather than through the Event union. No bookkeeping but
+            # the clock (_mark_arrived does its own).
+            event_ms = event.event_ms
+            self.last_recv_ms = event.recv_ms
+            if event_ms > self.now_ms:
+                self._advance(event_ms, event.recv_ms, alerts)
+            if self._announce:
+                self._begin(event_ms, event.recv_ms, alerts)
+                self._announce_modes()
+            self._on_mark(event, alerts)
+        else:
+            self.last_recv_ms = event.recv_ms
+            if event.event_ms > self.now_ms:
+                self._advance(event.event_ms, event.recv_ms, alerts)
+            elif event.event_ms == UNTIMED:
+                # Dated by the engine's clock (the receive time before any event), never
+                # moving it: see monitor.events.
+                event = replace(event, event_ms=self.now_ms or event.recv_ms)
+            if self._announce:
+                self._begin(event.event_ms, event.recv_ms, alerts)
+                self._announce_modes()
+            self._dispatch(event, alerts)
+        if not alerts:
+            return ()
+        self._collecting = []
+        return alerts
+
+    def _advance(self, event_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
+        """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
+        self.now_ms = event_ms
+        if event_ms >= self._next_sweep_ms:
+            self._next_sweep_ms = event_ms + SWEEP_INTERVAL_MS
+            self._begin(event_ms, recv_ms, alerts)
+            self._sweep(event_ms, recv_ms, alerts)
+
+    def _dispatch(self, event: Event, alerts: list[Alert]) -> None:
+        self._begin(event.event_ms, event.recv_ms, alerts)
         match event:
             case MarkPrice():
                 self._on_mark(event, alerts)
@@ -296,11 +485,16 @@ class MarginEngine:
                 self._on_balance(event, alerts)
             case InstrumentUpdate():
                 self._on_instrument(event, alerts)
+            case AccountConfigUpdate():
+                self._on_account_config(event, alerts)
+            case CollateralTiersUpdate():
+                self._on_collateral_tiers(event, alerts)
+            case BorrowTiersUpdate():
+                self._on_borrow_tiers(event, alerts)
             case FeedStatus():
                 self._on_feed_status(event, alerts)
             case ClockTick():
-                pass  # its only work is the sweep above
-        return alerts
+                pass  # its only work is the sweep in apply()
 
     @property
     def has_notices(self) -> bool:
@@ -312,48 +506,46 @@ class MarginEngine:
         return notices
 
     def figures(self, name: str) -> Figures:
-        """The account's figures from the incremental sums."""
+        """The account's headline figures (SPEC 1.5) from the incremental sums: its cross
+        pool, the sum of its currency pools (the margin ratio of the lowest), or the
+        exchange's figures."""
         account = self.accounts[name]
         self._accrue(account, self.now_ms)
-        return self._figures(account)
+        return self._headline(account)
+
+    def pool_figures(self, name: str) -> dict[str, Figures]:
+        """Every pool of the account, by key, from the incremental sums."""
+        account = self.accounts[name]
+        self._accrue(account, self.now_ms)
+        return {key: self._pool_figures(pool) for key, pool in account.pools.items()}
 
     def recompute(self, name: str) -> Figures:
-        """The account's figures recomputed from scratch, ignoring every running sum.
+        """The account's headline figures recomputed from scratch, ignoring every running
+        sum. Used by the property tests and as the benchmark baseline."""
+        return self._scratch(name)[0]
 
-        Used to re-anchor the sums, by the property tests, and as the benchmark baseline.
-        """
-        account = self.accounts[name]
-        self._accrue(account, self.now_ms)
-        upl: dict[str, float] = {}
-        maint: dict[str, float] = {}
-        init: dict[str, float] = {}
-        for exposure in account.exposures.values():
-            if exposure.instrument is None:
-                continue
-            _value, pnl, mm, im = self._contribution(exposure)
-            currency = exposure.instrument.settle_currency
-            upl[currency] = upl.get(currency, 0.0) + pnl
-            maint[currency] = maint.get(currency, 0.0) + mm
-            init[currency] = init.get(currency, 0.0) + im
-        equity = maint_usd = init_usd = 0.0
-        for currency, state in account.currencies.items():
-            price = self.usd_prices.get(currency, 0.0)
-            eq = state.cash - state.interest + upl.get(currency, 0.0)
-            equity += eq * price * state.factor if eq > 0 else eq * price
-            maint_usd += maint.get(currency, 0.0) * price
-            init_usd += init.get(currency, 0.0) * price
-        return Figures(equity, maint_usd, init_usd)
+    def recompute_pools(self, name: str) -> dict[str, Figures]:
+        """Every pool's figures recomputed from scratch (see :meth:`recompute`)."""
+        return self._scratch(name)[1]
+
+    def level(self, name: str) -> Level:
+        """The account's (headline) level: the worst of its own pools."""
+        return self._account_level(self.accounts[name])
 
     def levels(self) -> dict[str, Level]:
-        """Every account's current level."""
-        return {name: account.level for name, account in self.accounts.items()}
+        """Every account's current (headline) level."""
+        return {name: self._account_level(account) for name, account in self.accounts.items()}
+
+    def risk_known(self, name: str) -> bool:
+        """Whether nothing the account's risk depends on is missing (SPEC 1.5)."""
+        return not self.accounts[name].missing
 
     @property
     def has_checkpoints(self) -> bool:
         return bool(self._changed)
 
     def drain_checkpoints(self) -> list[AccountCheckpoint]:
-        """Checkpoints of the accounts whose level, reminder or rules changed since the
+        """Checkpoints of the accounts whose levels, reminders or rules changed since the
         last call. The pipeline stores them with the alerts of the same batch."""
         changed, self._changed = self._changed, {}
         return [self._checkpoint(account) for account in changed.values()]
@@ -361,24 +553,22 @@ class MarginEngine:
     def restore(self, checkpoints: Iterable[AccountCheckpoint]) -> None:
         """Resume from checkpoints saved by a previous run, before any event is applied.
 
-        The restored level is where the next transition starts from, so a restart that
-        finds the account where it left it emits nothing, and one that finds it elsewhere
-        emits exactly the transition from the stored level. A rule that fired stays
-        disarmed until its metric recovers; a reminder stays due when it was due.
-
-        A restored account is not evaluated until a full balance snapshot and a full
-        positions snapshot have arrived (the private feed sends both on subscribing): the
-        half-loaded state in between (cash but no positions yet) would otherwise read as
-        a recovery and a relapse, two transitions that never happened.
+        Each pool's restored level is where its next transition starts from, so a restart
+        that finds the account where it left it emits nothing, and one that finds it
+        elsewhere emits exactly the transition from the stored level. A rule that fired
+        stays disarmed until its metric recovers; a reminder stays due when it was due.
+        Like every account, a restored one is not evaluated until its balance and
+        positions snapshots have arrived.
         """
         for checkpoint in checkpoints:
             account = self._account(checkpoint.account)
-            account.syncing = {"balances", "positions"}
-            account.level = checkpoint.level
-            account.level_low, account.level_high = self.ladder.band(checkpoint.level)
-            if LEVEL_RANK[checkpoint.level] >= DELEVERAGE_RANK:
-                self.critical[account.name] = account
-                account.reminder_due_ms = checkpoint.reminder_due_ms
+            entries = {pool.key: (pool.level, pool.reminder_due_ms)
+                       for pool in checkpoint.pools}
+            if not entries:
+                entries[ACCOUNT_POOL_KEY] = (checkpoint.level, checkpoint.reminder_due_ms)
+            account.restored = entries
+            for pool in account.pools.values():
+                self._restore_pool(pool)
             disarmed = set(checkpoint.disarmed_rules)
             for rule_state in account.rule_states:
                 if rule_state.rule.name in disarmed:
@@ -396,10 +586,17 @@ class MarginEngine:
         """Currencies some account holds: the index prices needed."""
         return [currency for currency, holders in self.currency_holders.items() if holders]
 
+    def currencies_borrowed(self) -> list[str]:
+        """Currencies some account owes: the borrowing tiers needed (SPEC 1.4)."""
+        return sorted(currency for currency, count in self._borrowers.items() if count > 0)
+
     def account_names(self) -> Iterator[str]:
         return iter(self.accounts)
 
     # -- event handlers ----------------------------------------------------------------
+
+    def _begin(self, ts: int, recv_ms: int, alerts: list[Alert]) -> None:
+        self._ts, self._recv_ms, self._alerts = ts, recv_ms, alerts
 
     def _on_mark(self, event: MarkPrice, alerts: list[Alert]) -> None:
         inst_id = event.inst_id
@@ -409,17 +606,15 @@ class MarginEngine:
         holders = self.holders.get(inst_id)
         if not holders:
             return
-        if inst_id in self.stale:
-            del self.stale[inst_id]
-            for exposure in holders.values():
-                self._emit(alerts, exposure.account, "feed_recovered", event.event_ms,
-                           event.recv_ms, inst_id, mark, {"inst_id": inst_id})
+        if self.awaiting_mark and inst_id in self.awaiting_mark:
+            self._mark_arrived(inst_id, holders, event, alerts)
         debtors = self.debtors
         for exposure in holders.values():
             account = exposure.account
             if exposure.simple:
                 # The fast path of _refresh for a position without orders: PV = |q| k m
-                # (inverse |q| k / m), IM = PV / L, MM = PV * rate (formulas.py).
+                # (inverse |q| k / m), IM = PV / L, MM = PV * rate, CF = PV * fee rate
+                # (formulas.py).
                 if exposure.inverse:
                     value = exposure.abs_qk / mark
                     upl = exposure.qk * (1.0 / exposure.avg_price - 1.0 / mark)
@@ -428,24 +623,55 @@ class MarginEngine:
                     upl = exposure.qk * (mark - exposure.avg_price)
                 # self._move, not a local bound to it: mypyc compiles this to a direct call.
                 self._move(exposure, value, upl, value * exposure.maint_rate,
-                           value / exposure.leverage)
+                           value * exposure.fee_rate, value / exposure.leverage)
             else:
                 self._refresh(exposure)
-            # Nothing can happen while the ratio stays inside the level's band and no rule,
-            # reminder, interest or re-anchoring is pending: skip the full evaluation.
+            if account.missing:
+                continue  # risk unknown: nothing is evaluated (SPEC 1.5)
+            # Nothing can happen while the pool's ratio stays inside its level's band and no
+            # rule, reminder, interest or re-anchoring is pending: skip the evaluation.
             account.updates += 1
-            if (not account.rule_states and account.reminder_due_ms is None
+            pool = exposure.pool
+            if (pool is not None and not account.rule_states
+                    and account.reminder_due_ms is None
                     and account.updates < REANCHOR_EVERY and account.name not in debtors):
-                maint_usd = account.maint_usd
-                ratio = account.equity_usd / maint_usd if maint_usd > 0.0 else INFINITY
-                if account.level_low < ratio < account.level_high:
+                kind = pool.kind
+                if kind == POOL_ACCOUNT:
+                    equity = account.equity_usd
+                    denominator = account.maint_usd + account.fee_usd
+                elif kind == POOL_ISOLATED:
+                    equity = exposure.margin + exposure.upl
+                    denominator = exposure.maint + exposure.fee
+                elif kind == POOL_CURRENCY:
+                    currency = exposure.currency
+                    assert currency is not None
+                    equity = currency.cash - currency.interest + currency.upl
+                    denominator = currency.maint + currency.fee
+                else:
+                    continue  # the exchange's figures do not move with our marks
+                ratio = equity / denominator if denominator > 0.0 else INFINITY
+                if pool.level_low < ratio < pool.level_high:
                     continue
             account.updates -= 1
             self._evaluate(account, event.event_ms, event.recv_ms, inst_id, mark, alerts)
 
+    def _mark_arrived(self, inst_id: str, holders: Mapping[HolderKey, Exposure],
+                      event: MarkPrice, alerts: list[Alert]) -> None:
+        """The first fresh mark of an instrument some holder lacked one of."""
+        self._begin(event.event_ms, event.recv_ms, alerts)
+        del self.awaiting_mark[inst_id]
+        was_stale = inst_id in self.stale
+        if was_stale:
+            del self.stale[inst_id]
+        for account in _accounts_of(holders.values()):
+            if was_stale:
+                self._emit(alerts, account, "feed_recovered", event.event_ms, event.recv_ms,
+                           inst_id, event.price, {"inst_id": inst_id})
+            self._resolve(account, f"mark:{inst_id}")
+
     def _on_index(self, event: IndexPrice, alerts: list[Alert]) -> None:
         self.index_prices[(event.base, event.quote)] = event.price
-        changed = self._reprice()
+        changed, priced = self._reprice()
         if not changed:
             return
         index_id = f"{event.base}-{event.quote}"
@@ -457,6 +683,8 @@ class MarginEngine:
                 state = account.currencies.get(currency)
                 if state is not None:
                     state.price = self.usd_prices.get(currency, 0.0)
+            if priced:
+                self._check_prices(account)
             self._retotal(account)
             self._evaluate(account, event.event_ms, event.recv_ms, index_id, event.price,
                            alerts)
@@ -464,37 +692,38 @@ class MarginEngine:
     def _on_order(self, event: OrderUpdate, alerts: list[Alert]) -> None:
         account = self._account(event.account)
         order = event.order
-        previous_inst = account.order_instruments.get(order.order_id)
-        if previous_inst is not None and previous_inst != order.inst_id:
-            self._drop_order(account, order.order_id, event.event_ms)
+        key: ExposureKey = (order.inst_id, order.margin_mode, order.position_side)
+        previous = account.order_keys.get(order.order_id)
+        if previous is not None and previous != key:
+            self._drop_order(account, order.order_id)
         if event.live and order.remaining > 0:
-            exposure = self._exposure(account, order.inst_id, event.event_ms)
+            exposure = self._exposure(account, key, event.event_ms)
             exposure.orders[order.order_id] = order
-            account.order_instruments[order.order_id] = order.inst_id
+            account.order_keys[order.order_id] = key
             self._set_leverage(exposure)
             self._refresh(exposure)
         else:
-            self._drop_order(account, order.order_id, event.event_ms)
+            self._drop_order(account, order.order_id)
         self._evaluate(account, event.event_ms, event.recv_ms, order.inst_id,
                        self.marks.get(order.inst_id), alerts)
 
     def _on_orders_snapshot(self, event: OrdersSnapshot, alerts: list[Alert]) -> None:
         account = self._account(event.account)
-        touched: dict[str, None] = {}
-        for order_id, inst_id in list(account.order_instruments.items()):
-            exposure = account.exposures[inst_id]
-            del exposure.orders[order_id]
-            touched[inst_id] = None
-        account.order_instruments.clear()
+        touched: dict[ExposureKey, None] = {}
+        for order_id, key in list(account.order_keys.items()):
+            del account.exposures[key].orders[order_id]
+            touched[key] = None
+        account.order_keys.clear()
         for order in event.orders:
             if order.remaining <= 0:
                 continue
-            exposure = self._exposure(account, order.inst_id, event.event_ms)
+            key = (order.inst_id, order.margin_mode, order.position_side)
+            exposure = self._exposure(account, key, event.event_ms)
             exposure.orders[order.order_id] = order
-            account.order_instruments[order.order_id] = order.inst_id
-            touched[order.inst_id] = None
-        for inst_id in touched:
-            exposure = account.exposures[inst_id]
+            account.order_keys[order.order_id] = key
+            touched[key] = None
+        for key in touched:
+            exposure = account.exposures[key]
             self._set_leverage(exposure)
             self._refresh(exposure)
             self._discard_if_empty(exposure)
@@ -503,32 +732,48 @@ class MarginEngine:
     def _on_positions(self, name: str, positions: tuple[Position, ...], snapshot: bool,
                       event: PositionUpdate | PositionSnapshot, alerts: list[Alert]) -> None:
         account = self._account(name)
-        listed: dict[str, None] = {}
+        listed: dict[ExposureKey, None] = {}
+        reported: list[Exposure] = []
         for position in positions:
-            listed[position.inst_id] = None
-            if position.contracts == 0.0 and position.inst_id not in account.exposures:
+            key: ExposureKey = (position.inst_id, position.margin_mode, position.side)
+            listed[key] = None
+            if position.contracts == 0.0 and key not in account.exposures:
                 continue
-            exposure = self._exposure(account, position.inst_id, event.event_ms)
-            exposure.contracts = position.contracts
-            exposure.avg_price = position.avg_price if position.contracts != 0.0 else 0.0
-            exposure.position_leverage = position.leverage
-            self._set_leverage(exposure)
-            self._refresh(exposure)
+            exposure = self._exposure(account, key, event.event_ms)
+            self._set_position(exposure, position.contracts, position.avg_price,
+                               position.leverage, position.margin)
+            exposure.exchange = position.exchange
+            if position.exchange is not None and exposure.isolated:
+                reported.append(exposure)
             self._discard_if_empty(exposure)
         if snapshot:
-            self._synced(account, "positions")
+            self._resolve(account, "snapshot:positions")
             # SPEC 3.1: positions absent from a full snapshot are closed.
-            for inst_id, exposure in list(account.exposures.items()):
-                if inst_id not in listed and exposure.contracts != 0.0:
-                    exposure.contracts = 0.0
-                    exposure.avg_price = 0.0
-                    exposure.position_leverage = None
-                    self._set_leverage(exposure)
-                    self._refresh(exposure)
+            for key, exposure in list(account.exposures.items()):
+                if key not in listed and exposure.contracts != 0.0:
+                    self._set_position(exposure, 0.0, 0.0, None, None)
+                    exposure.exchange = None
                     self._discard_if_empty(exposure)
         trigger = positions[0].inst_id if len(positions) == 1 else None
         self._evaluate(account, event.event_ms, event.recv_ms, trigger,
                        self.marks.get(trigger) if trigger else None, alerts)
+        for exposure in reported:
+            pool = exposure.pool
+            if pool is not None and pool.kind == POOL_ISOLATED and exposure.exchange:
+                figures = exposure.exchange
+                self._check_divergence(pool, figures.margin_ratio, figures.maint_margin,
+                                       figures.init_margin, event.event_ms, event.recv_ms,
+                                       alerts)
+
+    def _set_position(self, exposure: Exposure, contracts: float, avg_price: float,
+                      leverage: float | None, margin: float | None) -> None:
+        exposure.contracts = contracts
+        exposure.avg_price = avg_price if contracts != 0.0 else 0.0
+        exposure.position_leverage = leverage
+        exposure.margin = (margin or 0.0) if exposure.isolated and contracts != 0.0 else 0.0
+        self._set_leverage(exposure)
+        self._refresh(exposure)
+        self._bind_pool(exposure)
 
     def _on_balance(self, event: BalanceUpdate, alerts: list[Alert]) -> None:
         account = self._account(event.account)
@@ -538,31 +783,88 @@ class MarginEngine:
             listed.add(balance.currency)
             self._set_balance(account, balance, event.event_ms)
         if event.snapshot:
-            self._synced(account, "balances")
+            self._resolve(account, "snapshot:balances")
             for currency, state in account.currencies.items():
                 if currency not in listed:
                     state.cash = 0.0
                     state.interest = 0.0
                     state.liability = None
-        self._retotal(account)
+                    state.exchange = None
+        self._check_prices(account)
         self._track_debt(account)
-        if event.exchange is not None:
+        self._retotal(account)
+        if event.exchange is not None and event.exchange != _NO_FIGURES:
             account.exchange = event.exchange
+            if account.mode == "portfolio":
+                self._resolve(account, "exchange:figures")
         self._evaluate(account, event.event_ms, event.recv_ms, None, None, alerts)
-        if event.exchange is not None:
-            self._check_divergence(account, event, alerts)
+        if account.missing:
+            return  # figures of a half-known account say nothing about the model
+        ts, recv_ms = event.event_ms, event.recv_ms
+        if event.exchange is not None and account.mode == "multi_currency":
+            pool = account.pools.get(ACCOUNT_POOL_KEY)
+            if pool is not None:
+                theirs = event.exchange
+                self._check_divergence(pool, theirs.margin_ratio, theirs.maint_margin,
+                                       theirs.init_margin, ts, recv_ms, alerts)
+        if account.mode == "single_currency":
+            for balance in event.balances:
+                held = account.currencies.get(balance.currency)
+                theirs_ccy = balance.exchange
+                if held is not None and held.pool is not None and theirs_ccy is not None:
+                    self._check_divergence(held.pool, theirs_ccy.margin_ratio,
+                                           theirs_ccy.maint_margin, theirs_ccy.init_margin,
+                                           ts, recv_ms, alerts)
 
     def _on_instrument(self, event: InstrumentUpdate, alerts: list[Alert]) -> None:
         instrument = event.instrument
-        # Configuration wins over the feed (SPEC 3.1: "... or configuration").
+        # Configuration wins over the feed (SPEC 3.1: it "overrides or supplements" them).
         if instrument.inst_id in self._configured_instruments:
             return
         self.instruments[instrument.inst_id] = instrument
-        for exposure in self.holders.get(instrument.inst_id, {}).values():
+        holders = self.holders.get(instrument.inst_id, {})
+        for exposure in holders.values():
             self._bind_instrument(exposure)
             self._refresh(exposure)
-            self._evaluate(exposure.account, event.event_ms, event.recv_ms, instrument.inst_id,
+            self._bind_pool(exposure)
+        for account in _accounts_of(holders.values()):
+            self._check_prices(account)
+            self._reanchor(account)
+            self._evaluate(account, event.event_ms, event.recv_ms, instrument.inst_id,
                            self.marks.get(instrument.inst_id), alerts)
+
+    def _on_account_config(self, event: AccountConfigUpdate, alerts: list[Alert]) -> None:
+        account = self._account(event.account)
+        account.hedge_mode = event.hedge_mode
+        if event.mode != account.mode or event.exchange_level != account.exchange_level:
+            account.exchange_level = event.exchange_level
+            self._set_mode(account, event.mode)
+            if self._announce:
+                self._announce_modes()
+        self._evaluate(account, event.event_ms, event.recv_ms, None, None, alerts)
+
+    def _on_collateral_tiers(self, event: CollateralTiersUpdate, alerts: list[Alert]) -> None:
+        currency = event.currency
+        # SPEC 1.4: [collateral] overrides a currency; the exchange's tiers replace the
+        # seed's defaults.
+        if currency in self.config.configured_collateral:
+            return
+        self.collateral[currency] = event.tiers
+        for account in list(self.currency_holders.get(currency, {}).values()):
+            state = account.currencies[currency]
+            if account.mode != "single_currency":
+                state.set_collateral(event.tiers)
+            self._check_prices(account)
+            self._retotal(account)
+            self._evaluate(account, event.event_ms, event.recv_ms, None, None, alerts)
+
+    def _on_borrow_tiers(self, event: BorrowTiersUpdate, alerts: list[Alert]) -> None:
+        # SPEC 6: [borrow.CCY] applies "when the feed does not supply them".
+        self.borrow_tiers[event.currency] = event.tiers
+        for account in list(self.currency_holders.get(event.currency, {}).values()):
+            self._check_prices(account)
+            self._retotal(account)
+            self._evaluate(account, event.event_ms, event.recv_ms, None, None, alerts)
 
     def _on_feed_status(self, event: FeedStatus, alerts: list[Alert]) -> None:
         kind: AlertKind = "feed_connected" if event.state == "connected" else "feed_disconnected"
@@ -575,13 +877,250 @@ class MarginEngine:
             self._emit(alerts, account, kind, event.event_ms, event.recv_ms, None, None,
                        {"feed": feed, "reason": event.reason})
 
+    # -- account modes (SPEC 1.5) ------------------------------------------------------
+
+    def _set_mode(self, account: AccountState, mode: AccountMode) -> None:
+        """Rebuild the account's pools for ``mode``; its isolated positions keep theirs.
+
+        A pool of the same key in the new mode (the account's own pool when OKX's
+        ``account/config`` confirms the mode a checkpoint was restored into) takes over its
+        level and reminder, so the mode's arrival after a restart repeats no transition.
+        """
+        for pool in list(account.pools.values()):
+            if pool.kind != POOL_ISOLATED:
+                account.restored.setdefault(pool.key, (pool.level, pool.reminder_due_ms))
+                self._forget_pool(pool)
+        account.mode = mode
+        for state in account.currencies.values():
+            state.pool = None
+            state.set_collateral(self._collateral_for(account, state.currency))
+        if mode in ("multi_currency", "portfolio"):
+            kind = POOL_ACCOUNT if mode == "multi_currency" else POOL_EXCHANGE
+            self._add_pool(account, Pool(account, ACCOUNT_POOL_KEY, kind, self.ladder))
+        elif mode == "single_currency":
+            for state in account.currencies.values():
+                self._currency_pool(account, state)
+        for exposure in account.exposures.values():
+            self._bind_pool(exposure)
+        if mode == "unsupported":
+            self._miss(account, f"mode:acctLv {account.exchange_level or '?'}")
+        else:
+            for item in [item for item in account.missing if item.startswith("mode:")]:
+                self._resolve(account, item)
+        if mode == "portfolio" and account.exchange is None:
+            self._miss(account, "exchange:figures")
+        elif mode != "portfolio":
+            self._resolve(account, "exchange:figures")
+        if mode in ("portfolio", "unsupported"):
+            self._announce[account.name] = account
+        self._changed[account.name] = account
+        self._check_prices(account)
+        self._track_debt(account)
+        self._reanchor(account)
+
+    def _announce_modes(self) -> None:
+        """One ``account_mode`` alert per account followed on the exchange's figures or
+        not followed at all (SPEC 1.5: never silently unmonitored)."""
+        pending, self._announce = self._announce, {}
+        for account in pending.values():
+            followed = account.mode == "portfolio"
+            payload = {
+                "mode": account.mode,
+                "exchange_level": account.exchange_level or None,
+                "source": "exchange" if followed else None,
+                "followed": followed,
+                "reason": "portfolio margin is not modelled locally: the account is followed"
+                          " on the exchange's own mgnRatio, adjEq, mmr and imr" if followed
+                else "riskmon cannot model this account mode: its risk is unknown",
+            }
+            self._emit(self._alerts, account, "account_mode", self._ts, self._recv_ms, None,
+                       None, payload, discriminator=account.mode)
+
+    def _collateral_for(self, account: AccountState, currency: str) -> CollateralTiers:
+        if account.mode == "single_currency":
+            return _NO_HAIRCUT  # a currency's own pool counts its equity in full
+        tiers = self.collateral.get(currency)
+        if tiers is None:
+            self._notice("uncollateralised_currency", account.name, currency)
+            return _WORTHLESS
+        return tiers
+
+    # -- pools -------------------------------------------------------------------------
+
+    def _add_pool(self, account: AccountState, pool: Pool) -> None:
+        account.pools[pool.key] = pool
+        self._restore_pool(pool)
+
+    def _restore_pool(self, pool: Pool) -> None:
+        account = pool.account
+        restored = account.restored.pop(pool.key, None)
+        if restored is None:
+            return
+        level, reminder_due = restored
+        pool.level = level
+        pool.level_low, pool.level_high = self.ladder.band(level)
+        pool.reminder_due_ms = reminder_due if LEVEL_RANK[level] >= DELEVERAGE_RANK else None
+        self._track_critical(account)
+
+    def _forget_pool(self, pool: Pool) -> None:
+        account = pool.account
+        del account.pools[pool.key]
+        if pool.currency is not None and pool.currency.pool is pool:
+            pool.currency.pool = None
+        if pool.exposure is not None and pool.exposure.pool is pool:
+            pool.exposure.pool = None
+        self._changed[account.name] = account
+        self._track_critical(account)
+
+    def _currency_pool(self, account: AccountState, state: CurrencyState) -> Pool:
+        pool = state.pool
+        if pool is None:
+            pool = Pool(account, state.currency, POOL_CURRENCY, self.ladder, currency=state)
+            state.pool = pool
+            self._add_pool(account, pool)
+        return pool
+
+    def _bind_pool(self, exposure: Exposure) -> None:
+        """Point the exposure at the pool its figures move (see the module docstring)."""
+        account = exposure.account
+        if exposure.isolated:
+            pool = exposure.pool
+            if exposure.contracts != 0.0 and pool is None:
+                key = f"isolated:{exposure.inst_id}:{exposure.side}"
+                pool = Pool(account, key, POOL_ISOLATED, self.ladder, exposure=exposure)
+                exposure.pool = pool
+                self._add_pool(account, pool)
+            elif exposure.contracts == 0.0 and pool is not None:
+                self._forget_pool(pool)
+            return
+        if account.mode == "single_currency":
+            currency = exposure.currency
+            exposure.pool = None if currency is None else self._currency_pool(account, currency)
+        else:
+            exposure.pool = account.pools.get(ACCOUNT_POOL_KEY)
+
+    def _pool_ratio(self, pool: Pool) -> float | None:
+        match pool.kind:
+            case 0:  # POOL_ACCOUNT
+                account = pool.account
+                return margin_ratio(account.equity_usd, account.maint_usd, account.fee_usd)
+            case 1:  # POOL_CURRENCY
+                currency = pool.currency
+                assert currency is not None
+                return margin_ratio(currency.equity, currency.maint, currency.fee)
+            case 2:  # POOL_ISOLATED
+                exposure = pool.exposure
+                assert exposure is not None
+                return margin_ratio(exposure.margin + exposure.upl, exposure.maint,
+                                    exposure.fee)
+            case _:
+                return (pool.account.exchange or _NO_FIGURES).margin_ratio
+
+    def _pool_figures(self, pool: Pool) -> Figures:
+        """A pool's figures in USD."""
+        match pool.kind:
+            case 0:  # POOL_ACCOUNT
+                account = pool.account
+                return Figures.of(account.equity_usd, account.maint_usd, account.fee_usd,
+                                  account.init_usd)
+            case 1:  # POOL_CURRENCY
+                currency = pool.currency
+                assert currency is not None
+                price = currency.price
+                return Figures(currency.equity * price, currency.maint * price,
+                               currency.fee * price, currency.init * price,
+                               margin_ratio(currency.equity, currency.maint, currency.fee))
+            case 2:  # POOL_ISOLATED
+                exposure = pool.exposure
+                assert exposure is not None
+                price = exposure.currency.price if exposure.currency is not None else 0.0
+                equity = exposure.margin + exposure.upl
+                return Figures(equity * price, exposure.maint * price, exposure.fee * price,
+                               exposure.init * price,
+                               margin_ratio(equity, exposure.maint, exposure.fee))
+            case _:
+                theirs = pool.account.exchange or _NO_FIGURES
+                return Figures(theirs.adjusted_equity or 0.0, theirs.maint_margin or 0.0, 0.0,
+                               theirs.init_margin or 0.0, theirs.margin_ratio)
+
+    def _headline(self, account: AccountState) -> Figures:
+        """The account's figures: see :meth:`figures`."""
+        if account.mode == "single_currency":
+            ratios = [ratio for pool in account.pools.values() if pool.kind == POOL_CURRENCY
+                      if (ratio := self._pool_ratio(pool)) is not None]
+            return Figures(account.equity_usd, account.maint_usd, account.fee_usd,
+                           account.init_usd, min(ratios) if ratios else None)
+        pool = account.pools.get(ACCOUNT_POOL_KEY)
+        if pool is None:
+            return Figures.of(account.equity_usd, account.maint_usd, account.fee_usd,
+                              account.init_usd)
+        return self._pool_figures(pool)
+
+    @staticmethod
+    def _account_level(account: AccountState) -> Level:
+        """The worst level of the account's own pools (isolated positions have theirs)."""
+        worst: Level = "normal"
+        for pool in account.pools.values():
+            if pool.kind != POOL_ISOLATED and LEVEL_RANK[pool.level] > LEVEL_RANK[worst]:
+                worst = pool.level
+        if not account.pools and ACCOUNT_POOL_KEY in account.restored:
+            worst = account.restored[ACCOUNT_POOL_KEY][0]
+        return worst
+
+    # -- risk unknown (SPEC 1.5) -------------------------------------------------------
+
+    def _miss(self, account: AccountState, item: str, since_ms: int | None = None) -> None:
+        """Note that the account's risk depends on ``item``, which is missing."""
+        if item not in account.missing:
+            account.missing[item] = self.now_ms if since_ms is None else since_ms
+            self.unknown[account.name] = account
+            if not item.startswith(_OWN_ALERT_PREFIXES):
+                self._unreported[account.name] = account
+
+    def _resolve(self, account: AccountState, item: str) -> None:
+        """``item`` is no longer missing; ``feed_recovered`` if a feed_stale named it."""
+        if account.missing.pop(item, None) is None:
+            return
+        if not account.missing:
+            self.unknown.pop(account.name, None)
+        if item in account.reported:
+            del account.reported[item]
+            self._emit(self._alerts, account, "feed_recovered", self._ts, self._recv_ms,
+                       None, None, {"recovered": item, "missing": sorted(account.missing)},
+                       discriminator=item)
+
+    def _check_prices(self, account: AccountState) -> None:
+        """Which USD prices and borrowing tiers the account's figures need and lack.
+
+        A currency needs a price when it is held (cash or interest), when a position settles
+        in it, or when it is borrowed; a positive holding of a currency that counts as no
+        collateral at all needs none (it is worth nothing to the margin model either way).
+        A debt needs borrowing tiers in multi-currency and portfolio margin.
+        """
+        settled = {e.currency.currency for e in account.exposures.values()
+                   if e.currency is not None}
+        for currency, state in account.currencies.items():
+            held = state.cash != 0.0 or state.interest != 0.0 or currency in settled
+            if (held and currency not in self.usd_prices
+                    and (currency in settled or state.equity < 0.0
+                         or not state.collateral.worthless)):
+                self._miss(account, f"price:{currency}")
+                self._notice("unpriced_currency", account.name, currency)
+            else:
+                self._resolve(account, f"price:{currency}")
+            borrowing = state.debt > 0.0 and account.mode == "multi_currency"
+            if borrowing and currency not in self.borrow_tiers:
+                self._miss(account, f"borrow_tiers:{currency}")
+            else:
+                self._resolve(account, f"borrow_tiers:{currency}")
+
     # -- clock-driven work -------------------------------------------------------------
 
     def _sweep(self, now_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
-        """Once a second of event time: staleness, interest, reminders.
+        """Once a second of event time: staleness, what is missing, interest, reminders.
 
-        Costs O(instruments in use + indebted accounts + accounts in deleverage or
-        worse), never a pass over every account.
+        Costs O(instruments in use + accounts missing something + indebted accounts +
+        accounts in deleverage or worse), never a pass over every account.
         """
         for inst_id, holders in self.holders.items():
             if inst_id in self.stale or not holders:
@@ -591,24 +1130,38 @@ class MarginEngine:
                 last = min(exposure.since_ms for exposure in holders.values())
             if now_ms - last > self._stale_after_ms:
                 self.stale[inst_id] = None
-                for exposure in holders.values():
-                    self._emit(alerts, exposure.account, "feed_stale", now_ms, recv_ms,
+                self.awaiting_mark[inst_id] = None
+                for account in _accounts_of(holders.values()):
+                    self._miss(account, f"mark:{inst_id}", last)
+                    self._emit(alerts, account, "feed_stale", now_ms, recv_ms,
                                inst_id, self.marks.get(inst_id),
                                {"inst_id": inst_id, "last_mark_ts": self.mark_ms.get(inst_id),
                                 "age_ms": now_ms - last})
-        for currency in self.currency_holders:
-            if currency not in self.usd_prices:
-                # Counted at zero until an index price arrives (SPEC 1: USD aggregates).
-                self._notice("unpriced_currency", None, currency)
+        # Accounts missing something the per-instrument staleness above does not report
+        # (an account that lacks only marks is not walked here).
+        for account in list(self._unreported.values()):
+            overdue = []
+            waiting = False
+            for item, since in account.missing.items():
+                if item in account.reported or item.startswith(_OWN_ALERT_PREFIXES):
+                    continue
+                if since == 0:
+                    account.missing[item] = now_ms  # the first time the engine has a clock
+                    waiting = True
+                elif now_ms - since > self._stale_after_ms:
+                    overdue.append(item)
+                else:
+                    waiting = True
+            if not waiting:
+                del self._unreported[account.name]
+            if overdue:
+                for item in overdue:
+                    account.reported[item] = None
+                self._emit(alerts, account, "feed_stale", now_ms, recv_ms, None, None,
+                           {"missing": overdue, "reason": "risk unknown: no level is "
+                            "evaluated until these arrive"}, discriminator=",".join(overdue))
         for account in list(self.debtors.values()) + list(self.critical.values()):
             self._evaluate(account, now_ms, recv_ms, None, None, alerts)
-
-    @staticmethod
-    def _synced(account: AccountState, part: str) -> None:
-        if account.syncing is not None:
-            account.syncing.discard(part)
-            if not account.syncing:
-                account.syncing = None
 
     def _accrue(self, account: AccountState, now_ms: int) -> None:
         """Interest on liabilities, to the second, by event time (seed 000)."""
@@ -623,75 +1176,90 @@ class MarginEngine:
             debt = state.debt
             if debt > 0.0:
                 state.interest += debt * state.rate * seconds / 3600.0
-                value = state.adjusted_value()
-                account.equity_usd += value - state.value
-                state.value = value
+                self._revalue(account, state)
             state.accrual_ms += seconds * 1000
 
     # -- evaluation --------------------------------------------------------------------
 
-    @staticmethod
-    def _figures(account: AccountState) -> Figures:
-        return Figures(account.equity_usd, account.maint_usd, account.init_usd)
-
     def _evaluate(self, account: AccountState, ts: int, recv_ms: int, inst_id: str | None,
                   mark: float | None, alerts: list[Alert]) -> None:
-        if account.syncing is not None:
-            return
         if account.name in self.debtors:
             self._accrue(account, ts)
         account.updates += 1
         if account.updates >= REANCHOR_EVERY:
             self._reanchor(account)
-        maint = account.maint_usd
-        ratio = account.equity_usd / maint if maint > 0.0 else INFINITY
-        if not account.level_low < ratio < account.level_high:
-            new_level = self.ladder.next_level(account.level, ratio)
-            if new_level != account.level:
-                self._change_level(account, new_level, self._figures(account), ts, recv_ms,
-                                   inst_id, mark, alerts)
-        if account.rule_states:
-            figures = self._figures(account)
-            for rule_state in account.rule_states:
-                value = self._metric(rule_state.rule, figures)
-                metric = INFINITY if value is None else value
-                if rule_state.low <= metric < rule_state.high:
-                    continue
-                armed = rule_state.armed
-                if rule_state.step(value):
-                    self._fire_rule(account, rule_state.rule, value, figures, ts, recv_ms,
-                                    inst_id, mark, alerts)
-                if rule_state.armed != armed:
-                    self._changed[account.name] = account
+        if not account.missing:
+            for pool in list(account.pools.values()):
+                ratio = self._pool_ratio(pool)
+                value = INFINITY if ratio is None else ratio
+                if not pool.level_low < value < pool.level_high:
+                    new_level = self.ladder.next_level(pool.level, value)
+                    if new_level != pool.level:
+                        self._change_level(pool, new_level, ts, recv_ms, inst_id, mark,
+                                           alerts)
+            if account.rule_states:
+                figures = self._headline(account)
+                for rule_state in account.rule_states:
+                    value_or_none = self._metric(rule_state.rule, figures)
+                    metric = INFINITY if value_or_none is None else value_or_none
+                    if rule_state.low <= metric < rule_state.high:
+                        continue
+                    armed = rule_state.armed
+                    if rule_state.step(value_or_none):
+                        self._fire_rule(account, rule_state.rule, value_or_none, figures, ts,
+                                        recv_ms, inst_id, mark, alerts)
+                    if rule_state.armed != armed:
+                        self._changed[account.name] = account
+        # Reminders go on while the risk is unknown: the level they repeat is the last one
+        # known, and a silent feed is no reason to fall silent about it.
         due = account.reminder_due_ms
         if due is not None and ts >= due:
-            account.reminder_due_ms = ts + self._repeat_ms
+            for pool in account.pools.values():
+                if pool.reminder_due_ms is not None and ts >= pool.reminder_due_ms:
+                    pool.reminder_due_ms = ts + self._repeat_ms
+                    self._emit(alerts, account, "reminder", ts, recv_ms, _pool_inst(pool),
+                               mark, {"since_level": pool.level, **_pool_payload(pool)},
+                               figures=self._pool_figures(pool), level=pool.level,
+                               discriminator=pool.key)
+            self._track_critical(account)
             self._changed[account.name] = account
-            self._emit(alerts, account, "reminder", ts, recv_ms, inst_id, mark,
-                       {"since_level": account.level})
 
-    def _change_level(self, account: AccountState, new_level: Level, figures: Figures,
-                      ts: int, recv_ms: int, inst_id: str | None, mark: float | None,
-                      alerts: list[Alert]) -> None:
-        old_level = account.level
-        account.level = new_level
+    def _change_level(self, pool: Pool, new_level: Level, ts: int, recv_ms: int,
+                      inst_id: str | None, mark: float | None, alerts: list[Alert]) -> None:
+        account = pool.account
+        old_level = pool.level
+        pool.level = new_level
         self._changed[account.name] = account
-        account.level_low, account.level_high = self.ladder.band(new_level)
-        self._emit(alerts, account, "level_changed", ts, recv_ms, inst_id, mark,
+        pool.level_low, pool.level_high = self.ladder.band(new_level)
+        if LEVEL_RANK[new_level] >= DELEVERAGE_RANK:
+            if LEVEL_RANK[old_level] < DELEVERAGE_RANK:
+                pool.reminder_due_ms = ts + self._repeat_ms
+        else:
+            pool.reminder_due_ms = None
+        self._track_critical(account)
+        figures = self._pool_figures(pool)
+        extra = _pool_payload(pool)
+        trigger = _pool_inst(pool) or inst_id
+        self._emit(alerts, account, "level_changed", ts, recv_ms, trigger, mark,
                    {"from": old_level, "to": new_level,
                     "threshold": self.ladder.threshold(new_level)
-                    if new_level != "normal" else None},
-                   figures=figures, from_level=old_level, discriminator=new_level)
-        if LEVEL_RANK[new_level] >= DELEVERAGE_RANK:
+                    if new_level != "normal" else None, **extra},
+                   figures=figures, level=new_level, from_level=old_level,
+                   discriminator=f"{pool.key}:{old_level}>{new_level}")
+        if new_level == "deleverage" and LEVEL_RANK[old_level] < DELEVERAGE_RANK:
+            self._emit(alerts, account, "deleverage_plan", ts, recv_ms, trigger, mark,
+                       {**self._deleverage_plan(pool, figures), **extra}, figures=figures,
+                       level=new_level, discriminator=pool.key)
+
+    def _track_critical(self, account: AccountState) -> None:
+        """Keep the account's earliest reminder and its place among the critical ones."""
+        dues = [pool.reminder_due_ms for pool in account.pools.values()
+                if pool.reminder_due_ms is not None]
+        account.reminder_due_ms = min(dues) if dues else None
+        if any(LEVEL_RANK[pool.level] >= DELEVERAGE_RANK for pool in account.pools.values()):
             self.critical[account.name] = account
-            if LEVEL_RANK[old_level] < DELEVERAGE_RANK:
-                account.reminder_due_ms = ts + self._repeat_ms
         else:
             self.critical.pop(account.name, None)
-            account.reminder_due_ms = None
-        if new_level == "deleverage" and LEVEL_RANK[old_level] < DELEVERAGE_RANK:
-            self._emit(alerts, account, "deleverage_plan", ts, recv_ms, inst_id, mark,
-                       self._deleverage_plan(account, figures), figures=figures)
 
     @staticmethod
     def _metric(rule: StopLossRule, figures: Figures) -> float | None:
@@ -721,7 +1289,7 @@ class MarginEngine:
                     lot = exposure.instrument.lot_size if exposure.instrument else None
                     size = min(size, round_up_to_lot(size * (rule.fraction or 0.0), lot))
             orders.append(_close_order(exposure, size))
-        payload = {
+        payload: dict[str, Any] = {
             "rule": rule.name,
             "metric": rule.metric,
             "value": value,
@@ -734,101 +1302,159 @@ class MarginEngine:
             payload["target_inst_id"] = rule.inst_id
         if rule.action == "reduce":
             payload["fraction"] = rule.fraction
+        if account.mode == "portfolio":
+            payload["source"] = "exchange"
         self._emit(alerts, account, "stop_loss", ts, recv_ms, inst_id, mark, payload,
                    figures=figures, discriminator=rule.name)
 
-    def _deleverage_plan(self, account: AccountState, figures: Figures) -> dict[str, Any]:
+    def _deleverage_plan(self, pool: Pool, figures: Figures) -> dict[str, Any]:
         """Seed 000: the exchange closes "starting with the lowest unrealized PnL".
 
-        Greedy over positions by UPL (USD) ascending, partial on the last, until the margin
-        ratio is back at the deleverage threshold plus hysteresis at current marks. Closing
-        at the mark realises the UPL, so equity is unchanged and only MM shrinks.
+        Greedy over the pool's positions by UPL (USD) ascending, partial on the last, until
+        the margin ratio is back at the deleverage threshold plus hysteresis at current
+        marks. Closing at the mark realises the UPL and pays the closing fee: equity falls
+        by that fee, the denominator by the position's MM and CF.
+
+        An isolated position is closed whole: closing part of it releases its margin in
+        proportion, which leaves its ratio where it was. A portfolio-margin account gets
+        no orders: its figures are the exchange's, and riskmon cannot project them.
         """
         target = self.risk.deleverage + self.risk.hysteresis
+        base: dict[str, Any] = {"target_margin_ratio": target}
+        if pool.kind == POOL_EXCHANGE:
+            return {**base, "orders": [], "positions": [], "projected_margin_ratio": None,
+                    "reason": "portfolio margin is not modelled locally"}
+        if pool.kind == POOL_ISOLATED:
+            exposure = pool.exposure
+            assert exposure is not None
+            return {**base, "orders": [_close_order(exposure, abs(exposure.contracts))],
+                    "positions": [_plan_step(exposure, abs(exposure.contracts),
+                                             self._price(exposure))],
+                    "projected_margin_ratio": None}
         equity = figures.equity_usd
-        maint_usd = figures.maint_margin_usd
-        allowed = equity / target if equity > 0 else 0.0
-        candidates = [e for e in account.exposures.values()
-                      if e.contracts != 0.0 and e.instrument is not None]
-        candidates.sort(key=lambda e: (e.upl * self._price(e), e.inst_id))
+        denominator = figures.maint_margin_usd + figures.closing_fee_usd
+        candidates = [e for e in pool.account.exposures.values()
+                      if e.pool is pool and e.contracts != 0.0 and e.instrument is not None]
+        candidates.sort(key=lambda e: (e.upl * self._price(e), e.inst_id, e.side))
         orders: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
         for exposure in candidates:
-            excess = maint_usd - allowed
-            if excess <= 1e-12 * max(1.0, maint_usd):
+            if denominator <= 0.0 or equity / denominator >= target:
                 break
             price = self._price(exposure)
             held = abs(exposure.contracts)
-            full = exposure.maint * price
-            if full <= excess:
-                size = held
+            if _reaches(self._after_close(exposure, held, equity, denominator, price), target):
+                size = self._shed_size(exposure, equity, denominator, price, target)
             else:
-                size = self._contracts_to_shed(exposure, excess / price) if price > 0 else held
-            instrument = exposure.instrument
-            assert instrument is not None
-            size = min(held, round_up_to_lot(size, instrument.lot_size))
-            remaining = exposure.contracts - math.copysign(size, exposure.contracts)
-            maint_usd -= (exposure.maint - self._position_maint(exposure, remaining)) * price
+                size = held
+            equity, denominator = self._after_close(exposure, size, equity, denominator, price)
             orders.append(_close_order(exposure, size))
-            steps.append({"inst_id": exposure.inst_id, "upl_usd": exposure.upl * price,
-                          "close_contracts": size, "contracts": exposure.contracts})
-        projected = equity / maint_usd if maint_usd > 1e-12 else None
-        return {"orders": orders, "positions": steps, "target_margin_ratio": target,
+            steps.append(_plan_step(exposure, size, price))
+        projected = equity / denominator if denominator > 1e-12 else None
+        return {**base, "orders": orders, "positions": steps,
                 "projected_margin_ratio": projected}
 
-    def _contracts_to_shed(self, exposure: Exposure, excess: float) -> float:
-        """Fewest contracts to close so the exposure's MM falls by ``excess`` (bisection;
-        MM is monotone in size, with jumps at tier edges)."""
+    def _after_close(self, exposure: Exposure, size: float, equity: float, denominator: float,
+                     price: float) -> tuple[float, float]:
+        """``(equity, MM + CF)`` in USD after closing ``size`` contracts at the mark."""
+        left = math.copysign(abs(exposure.contracts) - size, exposure.contracts)
+        maint, fee = self._position_margin(exposure, left)
+        released = exposure.maint + exposure.fee - maint - fee
+        return equity - (exposure.fee - fee) * price, denominator - released * price
+
+    def _shed_size(self, exposure: Exposure, equity: float, denominator: float, price: float,
+                   target: float) -> float:
+        """The fewest contracts to close, rounded up to the lot, for the ratio to reach
+        ``target`` (closing them all does). Bisection: MM is monotone in size, with jumps
+        at tier edges."""
         held = abs(exposure.contracts)
         low, high = 0.0, held
         for _ in range(200):
             middle = (low + high) / 2
-            left = math.copysign(held - middle, exposure.contracts)
-            if exposure.maint - self._position_maint(exposure, left) >= excess:
+            if _reaches(self._after_close(exposure, middle, equity, denominator, price),
+                        target):
                 high = middle
             else:
                 low = middle
             if high - low <= 1e-12 * held:
                 break
-        return high
+        instrument = exposure.instrument
+        lot = instrument.lot_size if instrument is not None else None
+        return min(held, round_up_to_lot(high, lot))
 
-    def _position_maint(self, exposure: Exposure, contracts: float) -> float:
+    def _position_margin(self, exposure: Exposure, contracts: float) -> tuple[float, float]:
+        """``(MM, CF)`` of the exposure's position at ``contracts``, at the current mark."""
         instrument = exposure.instrument
         if instrument is None or contracts == 0.0:
-            return 0.0
+            return 0.0, 0.0
         mark = self.marks.get(exposure.inst_id, exposure.avg_price)
         value = position_value(instrument.contract_type == "inverse", instrument.multiplier,
                                contracts, mark)
-        return value * (instrument.maintenance_rate(contracts) + self.risk.liquidation_fee_rate)
+        return (value * instrument.maintenance_rate(contracts),
+                value * self.risk.closing_fee_rate)
 
-    def _check_divergence(self, account: AccountState, event: BalanceUpdate,
+    def _check_divergence(self, pool: Pool, ratio: float | None, maint: float | None,
+                          init: float | None, ts: int, recv_ms: int,
                           alerts: list[Alert]) -> None:
-        exchange = event.exchange
-        if exchange is None or exchange.margin_ratio is None:
-            return
-        figures = self._figures(account)
-        ours = figures.margin_ratio
-        theirs = exchange.margin_ratio
-        if ours is None:
-            return
-        difference = abs(ours - theirs) / max(abs(theirs), 1e-12)
-        divergent = difference > self.risk.divergence_tolerance
-        if divergent and not account.divergent:
-            self._emit(alerts, account, "exchange_divergence", event.event_ms, event.recv_ms,
-                       None, None,
-                       {"ours": ours, "theirs": theirs, "relative_difference": difference,
-                        "tolerance": self.risk.divergence_tolerance,
-                        "exchange_adjusted_equity": exchange.adjusted_equity,
-                        "exchange_maint_margin": exchange.maint_margin,
-                        "exchange_init_margin": exchange.init_margin},
-                       figures=figures)
-        account.divergent = divergent
+        """SPEC 1.9: the exchange's figures of a pool against ours at the same moment.
+
+        A field is compared when the exchange reports it; a relative difference above
+        ``divergence_tolerance`` is divergent, and so is ours null (nothing at risk by our
+        model) against their finite margin ratio. One ``exchange_divergence`` alert per
+        episode: again only after every field came back within tolerance.
+        """
+        if pool.kind == POOL_EXCHANGE:
+            return  # followed on those very figures
+        figures = self._pool_figures(pool)
+        if pool.kind == POOL_ACCOUNT:
+            ours_maint, ours_init = figures.maint_margin_usd, figures.init_margin_usd
+        else:  # in the currency's own units, as the exchange reports them
+            source = pool.currency if pool.kind == POOL_CURRENCY else pool.exposure
+            assert source is not None
+            ours_maint, ours_init = source.maint, source.init
+        tolerance = self.risk.divergence_tolerance
+        fields = []
+        for name, ours, theirs in (("margin_ratio", figures.margin_ratio, ratio),
+                                   ("maint_margin", ours_maint, maint),
+                                   ("init_margin", ours_init, init)):
+            if theirs is None:
+                continue
+            if ours is None:
+                fields.append({"field": name, "ours": None, "theirs": theirs,
+                               "relative_difference": None})
+                continue
+            difference = abs(ours - theirs) / max(abs(theirs), 1e-12)
+            if difference > tolerance:
+                fields.append({"field": name, "ours": ours, "theirs": theirs,
+                               "relative_difference": difference})
+        divergent = bool(fields)
+        if divergent and not pool.divergent:
+            ratio_field = next((f for f in fields if f["field"] == "margin_ratio"), None)
+            payload: dict[str, Any] = {
+                "fields": fields,
+                "tolerance": tolerance,
+                # Of earlier versions: the ratios and their difference.
+                "ours": figures.margin_ratio,
+                "theirs": ratio,
+                "relative_difference": ratio_field["relative_difference"]
+                if ratio_field else None,
+                **_pool_payload(pool),
+            }
+            self._emit(alerts, pool.account, "exchange_divergence", ts, recv_ms,
+                       _pool_inst(pool), None, payload, figures=figures, level=pool.level,
+                       discriminator=pool.key)
+        pool.divergent = divergent
 
     # -- bookkeeping -------------------------------------------------------------------
 
     def _add_account(self, name: str, config: AccountConfig) -> AccountState:
-        account = AccountState(name, config, self.ladder, self.risk.hysteresis)
+        account = AccountState(name, config, self.risk.hysteresis)
         self.accounts[name] = account
+        # SPEC 1.5: every account waits for its balance and positions snapshots.
+        self._miss(account, "snapshot:balances")
+        self._miss(account, "snapshot:positions")
+        self._set_mode(account, account.mode)
+        self._changed.pop(name, None)  # nothing to checkpoint yet
         return account
 
     def _account(self, name: str) -> AccountState:
@@ -841,23 +1467,23 @@ class MarginEngine:
     def _currency(self, account: AccountState, currency: str) -> CurrencyState:
         state = account.currencies.get(currency)
         if state is None:
-            factor = self.config.collateral.get(currency)
-            if factor is None:
-                factor = 0.0
-                self._notice("uncollateralised_currency", account.name, currency)
-            state = CurrencyState(currency, factor, self.config.interest.get(currency, 0.0),
+            state = CurrencyState(currency, self._collateral_for(account, currency),
+                                  self.config.interest.get(currency, 0.0),
                                   self.usd_prices.get(currency, 0.0))
             account.currencies[currency] = state
             holders = self.currency_holders.setdefault(currency, {})
             if not holders:
                 self.interest_version += 1
             holders[account.name] = account
+            if account.mode == "single_currency":
+                self._currency_pool(account, state)
         return state
 
     def _set_balance(self, account: AccountState, balance: CurrencyBalance, now_ms: int) -> None:
         state = self._currency(account, balance.currency)
         state.cash = balance.cash
         state.liability = balance.liability
+        state.exchange = balance.exchange
         if balance.interest is not None:
             state.interest = balance.interest
         if state.accrual_ms is None or balance.interest is not None:
@@ -868,27 +1494,47 @@ class MarginEngine:
             self.debtors[account.name] = account
         else:
             self.debtors.pop(account.name, None)
+        owed = frozenset(c for c, s in account.currencies.items() if s.debt > 0.0)
+        if owed != account.owed:
+            for currency in owed - account.owed:
+                self._borrowers[currency] = self._borrowers.get(currency, 0) + 1
+                if self._borrowers[currency] == 1:
+                    self.interest_version += 1
+            for currency in account.owed - owed:
+                self._borrowers[currency] -= 1
+                if self._borrowers[currency] == 0:
+                    self.interest_version += 1
+            account.owed = owed
 
-    def _exposure(self, account: AccountState, inst_id: str, now_ms: int) -> Exposure:
-        exposure = account.exposures.get(inst_id)
+    def _exposure(self, account: AccountState, key: ExposureKey, now_ms: int) -> Exposure:
+        exposure = account.exposures.get(key)
         if exposure is None:
-            exposure = Exposure(account, inst_id, now_ms)
-            account.exposures[inst_id] = exposure
+            exposure = Exposure(account, key, now_ms)
+            account.exposures[key] = exposure
+            inst_id = exposure.inst_id
             holders = self.holders.setdefault(inst_id, {})
             if not holders:
                 self.interest_version += 1
-            holders[account.name] = exposure
+            holders[(account.name, exposure.margin_mode, exposure.side)] = exposure
+            if inst_id not in self.marks or inst_id in self.stale:
+                self.awaiting_mark[inst_id] = None
+                self._miss(account, f"mark:{inst_id}", now_ms)
             self._bind_instrument(exposure)
+            self._bind_pool(exposure)
         return exposure
 
     def _bind_instrument(self, exposure: Exposure) -> None:
         instrument = self.instruments.get(exposure.inst_id)
         exposure.instrument = instrument
+        account = exposure.account
         if instrument is None:
-            self._notice("unknown_instrument", exposure.account.name, exposure.inst_id)
+            self._notice("unknown_instrument", account.name, exposure.inst_id)
+            self._miss(account, f"instrument:{exposure.inst_id}")
             exposure.currency = None
         else:
-            exposure.currency = self._currency(exposure.account, instrument.settle_currency)
+            self._resolve(account, f"instrument:{exposure.inst_id}")
+            exposure.currency = self._currency(account, instrument.settle_currency)
+            self._check_prices(account)
         self._set_leverage(exposure)
 
     def _set_leverage(self, exposure: Exposure) -> None:
@@ -901,11 +1547,11 @@ class MarginEngine:
                     leverage = order.leverage
         exposure.leverage = leverage if leverage is not None else 1.0
 
-    def _drop_order(self, account: AccountState, order_id: str, now_ms: int) -> None:
-        inst_id = account.order_instruments.pop(order_id, None)
-        if inst_id is None:
+    def _drop_order(self, account: AccountState, order_id: str) -> None:
+        key = account.order_keys.pop(order_id, None)
+        if key is None:
             return
-        exposure = account.exposures[inst_id]
+        exposure = account.exposures[key]
         del exposure.orders[order_id]
         self._set_leverage(exposure)
         self._refresh(exposure)
@@ -915,22 +1561,29 @@ class MarginEngine:
         if not exposure.empty:
             return
         account = exposure.account
-        del account.exposures[exposure.inst_id]
-        holders = self.holders[exposure.inst_id]
-        del holders[account.name]
+        inst_id = exposure.inst_id
+        del account.exposures[exposure.key]
+        holders = self.holders[inst_id]
+        del holders[(account.name, exposure.margin_mode, exposure.side)]
+        if exposure.pool is not None and exposure.pool.kind == POOL_ISOLATED:
+            self._forget_pool(exposure.pool)
+        if not any(other.inst_id == inst_id for other in account.exposures.values()):
+            self._resolve(account, f"mark:{inst_id}")
+            self._resolve(account, f"instrument:{inst_id}")
         if not holders:
-            del self.holders[exposure.inst_id]
+            del self.holders[inst_id]
             self.interest_version += 1
-            if exposure.inst_id in self.stale:
-                del self.stale[exposure.inst_id]
+            self.stale.pop(inst_id, None)
+            self.awaiting_mark.pop(inst_id, None)
         # Subtracting a departed exposure leaves the rounding of its whole history in the
         # sums (a closed book would show 1e-9 of margin); rebuild them from what remains.
+        self._check_prices(account)
         self._reanchor(account)
 
-    def _contribution(self, exposure: Exposure) -> tuple[float, float, float, float]:
+    def _contribution(self, exposure: Exposure) -> tuple[float, float, float, float, float]:
         instrument = exposure.instrument
         if instrument is None:
-            return 0.0, 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0, 0.0
         return exposure_figures(
             instrument,
             exposure.contracts,
@@ -938,7 +1591,8 @@ class MarginEngine:
             exposure.leverage,
             exposure.orders.values(),
             self.marks.get(exposure.inst_id),
-            self.risk.liquidation_fee_rate,
+            exposure.side,
+            self.risk.closing_fee_rate,
             self.risk.market_order_slippage,
             self.risk.reduce_only_orders_count,
         )
@@ -949,8 +1603,8 @@ class MarginEngine:
         Also decides whether the exposure may take the mark-tick fast path, and caches
         that path's constants: they change only with the position, orders or spec.
         """
-        value, upl, maint, init = self._contribution(exposure)
-        self._move(exposure, value, upl, maint, init)
+        value, upl, maint, fee, init = self._contribution(exposure)
+        self._move(exposure, value, upl, maint, fee, init)
         instrument = exposure.instrument
         exposure.simple = (instrument is not None and not exposure.orders
                            and exposure.contracts != 0.0)
@@ -958,58 +1612,95 @@ class MarginEngine:
             exposure.inverse = instrument.contract_type == "inverse"
             exposure.qk = exposure.contracts * instrument.multiplier
             exposure.abs_qk = abs(exposure.contracts) * instrument.multiplier
-            exposure.maint_rate = (instrument.maintenance_rate(exposure.contracts)
-                                   + self.risk.liquidation_fee_rate)
+            exposure.maint_rate = instrument.maintenance_rate(exposure.contracts)
+            exposure.fee_rate = self.risk.closing_fee_rate
 
-    @staticmethod
-    def _move(exposure: Exposure, value: float, upl: float, maint: float, init: float) -> None:
+    def _move(self, exposure: Exposure, value: float, upl: float, maint: float, fee: float,
+              init: float) -> None:
         """Replace an exposure's contribution, adding the differences into its currency's
-        sums and its account's USD totals."""
+        sums and its account's USD totals (an isolated position's only into the sums of
+        isolated equity)."""
         currency = exposure.currency
         if currency is not None:
-            maint_change = maint - exposure.maint
-            init_change = init - exposure.init
-            currency.upl += upl - exposure.upl
-            currency.maint += maint_change
-            currency.init += init_change
             account = exposure.account
-            price = currency.price
-            eq = currency.cash - currency.interest + currency.upl
-            adjusted = eq * price * currency.factor if eq > 0.0 else eq * price
-            account.equity_usd += adjusted - currency.value
-            currency.value = adjusted
-            account.maint_usd += maint_change * price
-            account.init_usd += init_change * price
-        exposure.value, exposure.upl, exposure.maint, exposure.init = value, upl, maint, init
+            if exposure.isolated:
+                currency.iso_upl += upl - exposure.upl
+                currency.iso_margin += exposure.margin - exposure.booked_margin
+                exposure.booked_margin = exposure.margin
+            else:
+                maint_change = maint - exposure.maint
+                fee_change = fee - exposure.fee
+                init_change = init - exposure.init
+                currency.upl += upl - exposure.upl
+                currency.maint += maint_change
+                currency.fee += fee_change
+                currency.init += init_change
+                price = currency.price
+                eq = currency.cash - currency.interest + currency.upl
+                flat = currency.flat
+                if flat >= 0.0:
+                    adjusted = eq * price * flat if eq > 0.0 else eq * price
+                else:
+                    adjusted = collateral_value(eq, price, currency.collateral)
+                account.equity_usd += adjusted - currency.value
+                currency.value = adjusted
+                account.maint_usd += maint_change * price
+                account.fee_usd += fee_change * price
+                account.init_usd += init_change * price
+        exposure.value, exposure.upl, exposure.maint = value, upl, maint
+        exposure.fee, exposure.init = fee, init
+
+    @staticmethod
+    def _revalue(account: AccountState, state: CurrencyState) -> None:
+        value = state.adjusted_value()
+        account.equity_usd += value - state.value
+        state.value = value
 
     def _reanchor(self, account: AccountState) -> None:
         """Rebuild the account's sums from its exposures' contributions, so the drift of
         adding differences cannot grow."""
         account.updates = 0
         for state in account.currencies.values():
-            state.upl = state.maint = state.init = 0.0
+            state.upl = state.maint = state.fee = state.init = 0.0
+            state.iso_margin = state.iso_upl = 0.0
         for exposure in account.exposures.values():
             currency = exposure.currency
-            if currency is not None:
+            if currency is None:
+                continue
+            if exposure.isolated:
+                currency.iso_margin += exposure.margin
+                currency.iso_upl += exposure.upl
+                exposure.booked_margin = exposure.margin
+            else:
                 currency.upl += exposure.upl
                 currency.maint += exposure.maint
+                currency.fee += exposure.fee
                 currency.init += exposure.init
         self._retotal(account)
 
-    @staticmethod
-    def _retotal(account: AccountState) -> None:
-        """Rebuild the account's USD totals from its currencies (after a balance or a
-        price changed: O(currencies of the account))."""
-        equity = maint = init = 0.0
+    def _retotal(self, account: AccountState) -> None:
+        """Rebuild the account's USD totals from its currencies (after a balance, a price
+        or a tier changed: O(currencies of the account)). Borrowing margin is part of the
+        cross pool in multi-currency and portfolio margin (SPEC 1.4)."""
+        equity = maint = fee = init = 0.0
+        borrowing = account.mode != "single_currency"
         for state in account.currencies.values():
             state.value = state.adjusted_value()
+            if borrowing:
+                state.borrow_maint, state.borrow_init = borrowing_margin(
+                    state.debt, self.borrow_tiers.get(state.currency, ()))
+            else:
+                state.borrow_maint = state.borrow_init = 0.0
             equity += state.value
-            maint += state.maint * state.price
-            init += state.init * state.price
-        account.equity_usd, account.maint_usd, account.init_usd = equity, maint, init
+            maint += (state.maint + state.borrow_maint) * state.price
+            fee += state.fee * state.price
+            init += (state.init + state.borrow_init) * state.price
+        account.equity_usd, account.maint_usd = equity, maint
+        account.fee_usd, account.init_usd = fee, init
 
-    def _reprice(self) -> list[str]:
-        """Recompute USD prices from index prices; return the currencies that changed.
+    def _reprice(self) -> tuple[list[str], bool]:
+        """Recompute USD prices from index prices; return the currencies whose price
+        changed, and whether any of them had none before.
 
         ``USD`` is 1; ``USDT`` is its ``USDT-USD`` index when fed, else 1.0 (SPEC 1);
         any other currency uses its ``-USD`` index, else its ``-USDT`` index times USDT.
@@ -1024,8 +1715,9 @@ class MarginEngine:
             elif quote == "USDT" and (base, "USD") not in self.index_prices:
                 prices[base] = price * prices["USDT"]
         changed = [c for c, p in prices.items() if self.usd_prices.get(c) != p]
+        priced = any(c not in self.usd_prices for c in changed)
         self.usd_prices = prices
-        return changed
+        return changed, priced
 
     def _price(self, exposure: Exposure) -> float:
         instrument = exposure.instrument
@@ -1042,9 +1734,10 @@ class MarginEngine:
     def _emit(self, alerts: list[Alert], account: AccountState, kind: AlertKind, ts: int,
               recv_ms: int, inst_id: str | None, mark: float | None,
               payload: Mapping[str, Any], *, figures: Figures | None = None,
-              from_level: Level | None = None, discriminator: str = "") -> None:
+              level: Level | None = None, from_level: Level | None = None,
+              discriminator: str = "") -> None:
         if figures is None:
-            figures = self._figures(account)
+            figures = self._headline(account)
         if ts == account.last_alert_ts:
             account.sequence += 1
         else:
@@ -1056,7 +1749,7 @@ class MarginEngine:
             emitted_ms=recv_ms,
             account=account.name,
             kind=kind,
-            level=account.level,
+            level=self._account_level(account) if level is None else level,
             from_level=from_level,
             margin_ratio=figures.margin_ratio,
             equity_usd=figures.equity_usd,
@@ -1065,119 +1758,299 @@ class MarginEngine:
             inst_id=inst_id,
             mark=mark,
             payload=payload,
+            closing_fee_usd=figures.closing_fee_usd,
         ))
+
+    # -- from scratch ------------------------------------------------------------------
+
+    def _scratch(self, name: str) -> tuple[Figures, dict[str, Figures]]:
+        """Headline and pool figures of an account from its positions, orders and
+        balances alone (see :meth:`recompute`)."""
+        account = self.accounts[name]
+        self._accrue(account, self.now_ms)
+        sums: dict[str, list[float]] = {}  # currency -> [upl, maint, fee, init, iso_margin]
+        pools: dict[str, Figures] = {}
+        for exposure in account.exposures.values():
+            if exposure.instrument is None:
+                continue
+            _value, upl, maint, fee, init = self._contribution(exposure)
+            currency = exposure.instrument.settle_currency
+            row = sums.setdefault(currency, [0.0, 0.0, 0.0, 0.0, 0.0])
+            price = self.usd_prices.get(currency, 0.0)
+            if exposure.isolated:
+                row[4] += exposure.margin
+                if exposure.pool is not None:
+                    equity = exposure.margin + upl
+                    pools[exposure.pool.key] = Figures(
+                        equity * price, maint * price, fee * price, init * price,
+                        margin_ratio(equity, maint, fee))
+            else:
+                for index, figure in enumerate((upl, maint, fee, init)):
+                    row[index] += figure
+        equity_usd = maint_usd = fee_usd = init_usd = 0.0
+        single = account.mode == "single_currency"
+        ratios: list[float] = []
+        for currency, state in account.currencies.items():
+            upl, maint, fee, init, _iso_margin = sums.get(currency, [0.0] * 5)
+            price = self.usd_prices.get(currency, 0.0)
+            eq = state.cash - state.interest + upl
+            equity_usd += collateral_value(eq, price, self._collateral_for(account, currency))
+            if single:
+                ratio = margin_ratio(eq, maint, fee)
+                pools[currency] = Figures(eq * price, maint * price, fee * price,
+                                          init * price, ratio)
+                if ratio is not None:
+                    ratios.append(ratio)
+            else:
+                borrow_maint, borrow_init = borrowing_margin(
+                    state.debt, self.borrow_tiers.get(currency, ()))
+                maint += borrow_maint
+                init += borrow_init
+            maint_usd += maint * price
+            fee_usd += fee * price
+            init_usd += init * price
+        if single:
+            headline = Figures(equity_usd, maint_usd, fee_usd, init_usd,
+                               min(ratios) if ratios else None)
+        elif account.mode == "portfolio":
+            headline = self._pool_figures(account.pools[ACCOUNT_POOL_KEY])
+            pools[ACCOUNT_POOL_KEY] = headline
+        else:
+            headline = Figures.of(equity_usd, maint_usd, fee_usd, init_usd)
+            if ACCOUNT_POOL_KEY in account.pools:
+                pools[ACCOUNT_POOL_KEY] = headline
+        return headline, pools
 
     # -- reporting ---------------------------------------------------------------------
 
     def _checkpoint(self, account: AccountState) -> AccountCheckpoint:
+        pools = [PoolCheckpoint(pool.key, pool.level, pool.reminder_due_ms)
+                 for pool in account.pools.values()]
+        # Restored pools not created yet (an isolated position whose snapshot is still to
+        # come) keep their place.
+        pools += [PoolCheckpoint(key, level, due)
+                  for key, (level, due) in account.restored.items()]
         return AccountCheckpoint(
             account=account.name,
-            level=account.level,
+            level=self._account_level(account),
             reminder_due_ms=account.reminder_due_ms,
             disarmed_rules=tuple(state.rule.name for state in account.rule_states
                                  if not state.armed),
             ts=self.now_ms,
+            pools=tuple(pools),
         )
 
     def _account_state(self, account: AccountState) -> dict[str, Any]:
         self._accrue(account, self.now_ms)
-        figures = self._figures(account)
-        lock_level = self.risk.withdrawal_lock
-        withdrawable = max(0.0, min(figures.equity_usd - figures.init_margin_usd,
-                                    figures.equity_usd - lock_level * figures.maint_margin_usd))
+        figures = self._headline(account)
         positions = []
         for exposure in account.exposures.values():
             if exposure.contracts == 0.0:
                 continue
             mark = self.marks.get(exposure.inst_id)
-            liquidation = self._liquidation_mark(account, exposure, figures)
+            liquidation = self._liquidation_mark(exposure)
+            pool = exposure.pool if exposure.isolated else None
             positions.append({
                 "inst_id": exposure.inst_id,
+                "side": exposure.side,
+                "margin_mode": exposure.margin_mode,
                 "contracts": exposure.contracts,
                 "avg_px": exposure.avg_price,
                 "mark": mark,
                 "upl": exposure.upl,
                 "position_value": exposure.value,
                 "maint_margin": exposure.maint,
+                "closing_fee": exposure.fee,
                 "init_margin": exposure.init,
                 "liquidation_mark": liquidation,
                 "liquidation_distance_pct": (liquidation - mark) / mark * 100.0
                 if liquidation is not None and mark else None,
                 "settle_ccy": exposure.instrument.settle_currency
                 if exposure.instrument else None,
+                "margin": exposure.margin if exposure.isolated else None,
+                "margin_ratio": self._pool_ratio(pool) if pool is not None else None,
+                "level": pool.level if pool is not None else None,
             })
+        state = self._figures_state(figures, self.risk.withdrawal_lock)
+        total_equity = sum(s.total_equity * s.price for s in account.currencies.values())
+        theirs = account.exchange
+        state.update({
+            "total_equity_usd": total_equity,
+            "level": self._account_level(account),
+            "mode": account.mode,
+            "risk_known": not account.missing,
+            "missing": sorted(account.missing),
+            "exchange": None if theirs is None else {
+                "margin_ratio": theirs.margin_ratio,
+                "adjusted_equity": theirs.adjusted_equity,
+                "maint_margin": theirs.maint_margin,
+                "init_margin": theirs.init_margin,
+                "total_equity": theirs.total_equity,
+            },
+            "positions": positions,
+            "stale_instruments": sorted({e.inst_id for e in account.exposures.values()
+                                         if e.inst_id in self.stale}),
+        })
+        if account.mode == "single_currency":
+            state["pools"] = {
+                pool.key: {**self._figures_state(self._pool_figures(pool),
+                                                 self.risk.withdrawal_lock),
+                           "level": pool.level,
+                           "exchange": None if pool.currency is None
+                           or pool.currency.exchange is None else {
+                               "margin_ratio": pool.currency.exchange.margin_ratio,
+                               "equity": pool.currency.exchange.adjusted_equity,
+                               "maint_margin": pool.currency.exchange.maint_margin,
+                               "init_margin": pool.currency.exchange.init_margin}}
+                for pool in account.pools.values() if pool.kind == POOL_CURRENCY}
+        return state
+
+    @staticmethod
+    def _figures_state(figures: Figures, lock_level: float) -> dict[str, Any]:
+        denominator = figures.maint_margin_usd + figures.closing_fee_usd
+        withdrawable = max(0.0, min(figures.equity_usd - figures.init_margin_usd,
+                                    figures.equity_usd - lock_level * denominator))
         return {
             "equity_usd": figures.equity_usd,
             "maint_margin_usd": figures.maint_margin_usd,
+            "closing_fee_usd": figures.closing_fee_usd,
             "init_margin_usd": figures.init_margin_usd,
             "margin_ratio": figures.margin_ratio,
             "im_coverage": figures.im_coverage,
             "free_margin_usd": figures.free_margin_usd,
             "max_withdrawable_usd": withdrawable,
-            "level": account.level,
-            "positions": positions,
-            "stale_instruments": [i for i in account.exposures if i in self.stale],
         }
 
-    def _liquidation_mark(self, account: AccountState, exposure: Exposure,
-                          figures: Figures) -> float | None:
-        """The mark of this instrument at which MR reaches the liquidation level, every
-        other price held (SPEC 1.5). None when no such mark exists."""
+    def _liquidation_mark(self, exposure: Exposure) -> float | None:
+        """The mark of this instrument at which the ratio of the exposure's pool reaches the
+        liquidation level, every other price held (SPEC 1.5); the pool's other positions
+        on the same instrument move with it. None when no such mark exists."""
+        pool = exposure.pool
         instrument = exposure.instrument
         mark = self.marks.get(exposure.inst_id)
         currency = exposure.currency
-        if instrument is None or mark is None or currency is None:
+        if (pool is None or pool.kind == POOL_EXCHANGE or instrument is None or mark is None
+                or currency is None):
+            return None
+        price = currency.price
+        if price <= 0.0:
             return None
         inverse = instrument.contract_type == "inverse"
         k = instrument.multiplier
-        price = self.usd_prices.get(currency.currency, 0.0)
-        if price <= 0.0:
-            return None
         level = self.risk.liquidation
-        rate = instrument.maintenance_rate(exposure.contracts) + self.risk.liquidation_fee_rate
-        eq_now = currency.equity
-        value_now = eq_now * price * currency.factor if eq_now > 0 else eq_now * price
-        equity_rest = figures.equity_usd - value_now
-        maint_rest = figures.maint_margin_usd - exposure.maint * price
+        fee_rate = self.risk.closing_fee_rate
+        moving = [e for e in pool.account.exposures.values()
+                  if e.pool is pool and e.inst_id == exposure.inst_id and e.contracts != 0.0]
+        figures = self._pool_figures(pool)
+
+        def changes(candidate: float) -> tuple[float, float, float]:
+            """(UPL, MM, CF) changes of the moving positions at ``candidate``."""
+            upl = maint = fee = 0.0
+            for other in moving:
+                value = position_value(inverse, k, other.contracts, candidate)
+                upl += unrealized_pnl(inverse, k, other.contracts, other.avg_price,
+                                      candidate) - other.upl
+                maint += value * instrument.maintenance_rate(other.contracts) - other.maint
+                fee += value * fee_rate - other.fee
+            return upl, maint, fee
 
         def surplus(candidate: float) -> float:
-            upl = unrealized_pnl(inverse, k, exposure.contracts, exposure.avg_price, candidate)
-            eq = eq_now - exposure.upl + upl
-            value = eq * price * currency.factor if eq > 0 else eq * price
-            maint = position_value(inverse, k, exposure.contracts, candidate) * rate
-            return equity_rest + value - level * (maint_rest + maint * price)
+            upl, maint, fee = changes(candidate)
+            if pool.kind == POOL_ACCOUNT:
+                eq = currency.equity + upl
+                equity = (figures.equity_usd - currency.value
+                          + collateral_value(eq, price, currency.collateral))
+            else:  # a currency's pool or an isolated position: the equity in full
+                equity = figures.equity_usd + upl * price
+            denominator = (figures.maint_margin_usd + figures.closing_fee_usd
+                           + (maint + fee) * price)
+            return equity - level * denominator
 
-        if surplus(mark) <= 0:
-            return mark
-        long = exposure.contracts > 0
-        if long:
-            low, high = mark * 1e-9, mark
-            if surplus(low) > 0:
-                return None
-        else:
-            low, high = mark, mark * 2
-            while surplus(high) > 0:
-                high *= 2
-                if high > mark * 2**40:
-                    return None
-        for _ in range(200):
-            middle = (low + high) / 2
-            if (surplus(middle) > 0) == long:
-                high = middle
-            else:
-                low = middle
-            if high - low <= 1e-12 * mark:
-                break
-        return (low + high) / 2
+        return _solve_mark(surplus, mark)
+
+
+_NO_HAIRCUT: Final = CollateralTiers.flat(1.0)
+_WORTHLESS: Final = CollateralTiers.flat(0.0)
+
+
+def _accounts_of(exposures: Iterable[Exposure]) -> list[AccountState]:
+    """The accounts of ``exposures``, each once, in order."""
+    seen: dict[str, AccountState] = {}
+    for exposure in exposures:
+        seen.setdefault(exposure.account.name, exposure.account)
+    return list(seen.values())
+
+
+def _pool_payload(pool: Pool) -> dict[str, Any]:
+    """What an alert of a pool says about the pool, beyond the account."""
+    match pool.kind:
+        case 1:  # POOL_CURRENCY
+            return {"pool": pool.key}
+        case 2:  # POOL_ISOLATED
+            exposure = pool.exposure
+            assert exposure is not None
+            return {"margin_mode": "isolated", "side": exposure.side,
+                    "inst_id": exposure.inst_id}
+        case 3:  # POOL_EXCHANGE
+            return {"source": "exchange"}
+        case _:
+            return {}
+
+
+def _pool_inst(pool: Pool) -> str | None:
+    return pool.exposure.inst_id if pool.exposure is not None else None
 
 
 def _close_order(exposure: Exposure, size: float) -> dict[str, Any]:
-    """A reduce-only market order closing ``size`` contracts of the position."""
+    """A reduce-only market order closing ``size`` contracts of the position (hedge mode
+    names the side it closes, OKX ``posSide``; ``margin_mode`` is OKX's ``tdMode``)."""
     return {
         "inst_id": exposure.inst_id,
         "side": "sell" if exposure.contracts > 0 else "buy",
         "size": size,
         "reduce_only": True,
         "ord_type": "market",
+        "pos_side": exposure.side,
+        "margin_mode": exposure.margin_mode,
     }
+
+
+def _plan_step(exposure: Exposure, size: float, price: float) -> dict[str, Any]:
+    return {"inst_id": exposure.inst_id, "side": exposure.side,
+            "margin_mode": exposure.margin_mode, "upl_usd": exposure.upl * price,
+            "close_contracts": size, "contracts": exposure.contracts}
+
+
+def _reaches(figures: tuple[float, float], target: float) -> bool:
+    equity, denominator = figures
+    return denominator <= 1e-12 or equity / denominator >= target
+
+
+def _solve_mark(surplus: Callable[[float], float], mark: float) -> float | None:
+    """The nearest mark where ``surplus`` (ratio minus the liquidation level, scaled) falls
+    to zero, searching the way it falls; the mark itself when it is already there."""
+    if surplus(mark) <= 0:
+        return mark
+    # The side on which the surplus falls: below the mark for a net long, above for a
+    # short (a hedged pair's maintenance margin still grows with the price).
+    falling_down = surplus(mark * 0.999) < surplus(mark * 1.001)
+    if falling_down:
+        low, high = mark * 1e-9, mark
+        if surplus(low) > 0:
+            return None
+    else:
+        low, high = mark, mark * 2
+        while surplus(high) > 0:
+            high *= 2
+            if high > mark * 2**40:
+                return None
+    for _ in range(200):
+        middle = (low + high) / 2
+        if (surplus(middle) > 0) == falling_down:
+            high = middle
+        else:
+            low = middle
+        if high - low <= 1e-12 * mark:
+            break
+    return (low + high) / 2
 

@@ -15,10 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from monitor.instruments import Instrument
+from monitor.instruments import BorrowTier, CollateralTiers, Instrument
 
 Side = Literal["buy", "sell"]
 FeedState = Literal["connected", "disconnected"]
+PositionSide = Literal["net", "long", "short"]
+"""``net`` in one-way mode; ``long`` or ``short`` in hedge mode (OKX ``posSide``, SPEC 1.2)."""
+MarginMode = Literal["cross", "isolated"]
+"""OKX ``mgnMode`` of a position, ``tdMode`` of an order (SPEC 1.2)."""
+AccountMode = Literal["multi_currency", "single_currency", "portfolio", "unsupported"]
+"""How an account is margined (SPEC 1.5). ``unsupported``: a mode riskmon cannot follow
+(OKX ``acctLv`` 1, spot mode, or a level it does not know)."""
 
 UNTIMED: Final = 0
 """``event_ms`` of an event that has no exchange time (see the module docstring)."""
@@ -66,6 +73,8 @@ class Order:
     filled: float
     reduce_only: bool
     leverage: float | None
+    position_side: PositionSide = "net"
+    margin_mode: MarginMode = "cross"
 
     @property
     def remaining(self) -> float:
@@ -94,13 +103,35 @@ class OrdersSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ExchangePositionFigures:
+    """The exchange's own figures of one position, for the divergence check (SPEC 1.9).
+
+    All in the position's settlement currency except the ratio; None where the exchange
+    leaves the field empty.
+    """
+
+    margin_ratio: float | None
+    maint_margin: float | None
+    init_margin: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
-    """A one-way (net) position: signed ``contracts`` (long > 0)."""
+    """A position: signed ``contracts`` (long > 0; a hedge-mode short is negative).
+
+    ``side`` and ``margin_mode`` identify it together with ``inst_id`` (an instrument may
+    hold a long and a short, or a cross and an isolated position at once). ``margin`` is
+    an isolated position's own margin (OKX ``margin``), None for a cross one.
+    """
 
     inst_id: str
     contracts: float
     avg_price: float
     leverage: float | None
+    side: PositionSide = "net"
+    margin_mode: MarginMode = "cross"
+    margin: float | None = None
+    exchange: ExchangePositionFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,27 +158,33 @@ class PositionSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ExchangeAccountFigures:
+    """The exchange's own figures of an account (USD) or of one currency's pool in
+    single-currency mode (that currency), for the divergence check (SPEC 1.9) and for
+    following a portfolio-margin account. None where the exchange leaves a field empty."""
+
+    margin_ratio: float | None
+    adjusted_equity: float | None
+    init_margin: float | None
+    maint_margin: float | None
+    total_equity: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CurrencyBalance:
     """One currency of an account. ``cash`` is signed (a debt is negative).
 
     ``liability`` is the exchange's positive liability figure, informational only;
     ``interest`` is the accrued interest the exchange reports, when it reports one.
+    ``exchange`` holds the exchange's figures for this currency's own pool
+    (single-currency mode: OKX ``details[].mgnRatio``, ``mmr``, ``imr``, ``eq``).
     """
 
     currency: str
     cash: float
     liability: float | None
     interest: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeAccountFigures:
-    """The exchange's own account-level figures, for the divergence check."""
-
-    margin_ratio: float | None
-    adjusted_equity: float | None
-    init_margin: float | None
-    maint_margin: float | None
+    exchange: ExchangeAccountFigures | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +198,42 @@ class BalanceUpdate:
     balances: tuple[CurrencyBalance, ...]
     snapshot: bool
     exchange: ExchangeAccountFigures | None
+    event_ms: int
+    recv_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfigUpdate:
+    """How the exchange margins an account (OKX ``/api/v5/account/config``, SPEC 1.5).
+
+    ``exchange_level`` is the exchange's own name of the mode (OKX ``acctLv`` "1"-"4"), for
+    the ``account_mode`` alert; ``hedge_mode`` is True in long/short position mode.
+    """
+
+    account: str
+    mode: AccountMode
+    exchange_level: str
+    hedge_mode: bool
+    event_ms: int
+    recv_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralTiersUpdate:
+    """A currency's tiered collateral factors (OKX discount-rate tiers, SPEC 1.4)."""
+
+    currency: str
+    tiers: CollateralTiers
+    event_ms: int
+    recv_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BorrowTiersUpdate:
+    """A currency's borrowing margin tiers (OKX ``position-tiers`` ``MARGIN``, SPEC 1.4)."""
+
+    currency: str
+    tiers: tuple[BorrowTier, ...]
     event_ms: int
     recv_ms: int
 
@@ -197,6 +270,9 @@ Event = (
     | PositionUpdate
     | PositionSnapshot
     | BalanceUpdate
+    | AccountConfigUpdate
+    | CollateralTiersUpdate
+    | BorrowTiersUpdate
     | FeedStatus
     | ClockTick
 )

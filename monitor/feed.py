@@ -73,9 +73,12 @@ FeedItem = Frame | RestBody | LinkChange
 class Feed(Protocol):
     """A live feed adapter."""
 
-    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+    def want(self, instruments: Collection[str], currencies: Collection[str],
+             borrowed: Collection[str]) -> None:
         """The instruments whose mark prices and the currencies whose index prices the
-        engine needs now; the feed subscribes and unsubscribes to match."""
+        engine needs now, and the currencies some account owes; the feed subscribes and
+        unsubscribes to match, and loads what it knows of them (instrument specs and
+        tiers, collateral tiers of the currencies, borrowing tiers of the borrowed ones)."""
 
     async def run(self) -> None:
         """Connect, deliver items, reconnect, until cancelled."""

@@ -1,4 +1,9 @@
-"""Instrument specifications and maintenance-margin tiers (SPEC section 1.1)."""
+"""Instrument specifications and the tier tables of the margin model (SPEC 1.1, 1.4).
+
+Maintenance tiers by position size (:class:`Tier`), collateral factors by amount held
+(:class:`CollateralTiers`) and borrowing margin rates by amount borrowed
+(:class:`BorrowTier`).
+"""
 
 from __future__ import annotations
 
@@ -63,6 +68,93 @@ def validate_tiers(tiers: tuple[Tier, ...]) -> str | None:
         if not tier.max_contracts > previous:
             return "tier max_contracts must be positive and ascending"
         previous = tier.max_contracts
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralTier:
+    """One band of a tiered collateral factor: the part of a currency's equity up to
+    ``max_amount`` (above the previous band's bound) counts at ``factor``."""
+
+    max_amount: float
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralTiers:
+    """A currency's collateral factor, tiered by amount (SPEC 1.4, OKX discount rates).
+
+    ``bands`` ascend by ``max_amount``; equity beyond the last band counts at factor 0
+    (the exchange's last band is unbounded, so this only bites a configuration that
+    stops short). ``in_usd``: the bounds are USD values rather than amounts of the
+    currency. A flat factor is one unbounded band.
+    """
+
+    bands: tuple[CollateralTier, ...]
+    in_usd: bool = False
+
+    @classmethod
+    def flat(cls, factor: float) -> CollateralTiers:
+        return cls((CollateralTier(math.inf, factor),))
+
+    @property
+    def flat_factor(self) -> float | None:
+        """The factor when there is a single unbounded band, else None."""
+        if len(self.bands) == 1 and self.bands[0].max_amount == math.inf:
+            return self.bands[0].factor
+        return None
+
+    @property
+    def worthless(self) -> bool:
+        """Every band counts at 0: holdings of the currency are no collateral at all."""
+        return all(band.factor == 0.0 for band in self.bands)
+
+
+def validate_collateral(bands: tuple[CollateralTier, ...]) -> str | None:
+    """Return why collateral ``bands`` are unusable, or None when they are fine."""
+    if not bands:
+        return "at least one band is required"
+    previous = 0.0
+    for band in bands:
+        if not (math.isfinite(band.factor) and 0.0 <= band.factor <= 1.0):
+            return f"factor {band.factor!r} is not in [0, 1]"
+        if not band.max_amount > previous:
+            return "band max_amount must be positive and ascending"
+        previous = band.max_amount
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BorrowTier:
+    """Borrowing margin rates for a liability up to ``max_amount`` of the currency
+    (SPEC 1.4, OKX ``position-tiers`` with ``instType=MARGIN``)."""
+
+    max_amount: float
+    maintenance_rate: float
+    initial_rate: float
+
+
+def borrow_tier(tiers: tuple[BorrowTier, ...], amount: float) -> BorrowTier | None:
+    """The first tier whose ``max_amount >= amount`` (the last one beyond them all: the
+    highest known rates are the conservative reading); None without tiers."""
+    for tier in tiers:
+        if tier.max_amount >= amount:
+            return tier
+    return tiers[-1] if tiers else None
+
+
+def validate_borrow_tiers(tiers: tuple[BorrowTier, ...]) -> str | None:
+    """Return why borrowing ``tiers`` are unusable, or None when they are fine."""
+    if not tiers:
+        return "at least one tier is required"
+    previous = 0.0
+    for tier in tiers:
+        for name, rate in (("mmr", tier.maintenance_rate), ("imr", tier.initial_rate)):
+            if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
+                return f"{name} {rate!r} is not in [0, 1]"
+        if not tier.max_amount > previous:
+            return "tier max_amount must be positive and ascending"
+        previous = tier.max_amount
     return None
 
 

@@ -88,7 +88,6 @@ class LineProcessor:
         engine = self.engine  # engine.apply(event) below: compiled by mypyc, a direct call
         stats = self.stats
         events_seen = 0
-        last_recv_ms: int | None = None
         line_number = first_line_number - 1
         for line in lines:
             line_number += 1
@@ -101,14 +100,15 @@ class LineProcessor:
                 alerts = engine.apply(event)
                 if alerts:
                     self._collect(alerts)
-                last_recv_ms = event.recv_ms
             events_seen += len(events)
-            if self.engine.now_ms >= self._next_history_ms:
+            if engine.now_ms >= self._next_history_ms:
                 self._sample_history()
         stats.lines += len(lines)
         stats.events += events_seen
         self._collect_engine_records()
-        return last_recv_ms
+        # The engine notes each event's receive time natively; reading event.recv_ms here,
+        # through the Event union, would cost a generic attribute lookup per event.
+        return engine.last_recv_ms if events_seen else None
 
     def feed_events(self, events: list[Event]) -> None:
         """Apply events that did not come from a line (a live feed's decoded frame)."""
@@ -143,7 +143,7 @@ class LineProcessor:
         records, self.outbox = self.outbox, []
         return records
 
-    def _collect(self, alerts: list[Alert]) -> None:
+    def _collect(self, alerts: Sequence[Alert]) -> None:
         by_kind = self.stats.alerts_by_kind
         for alert in alerts:
             by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
@@ -167,7 +167,7 @@ class LineProcessor:
             self.outbox.append(MarginPoint(name, now, figures.margin_ratio,
                                            figures.equity_usd, figures.maint_margin_usd,
                                            figures.init_margin_usd,
-                                           self.engine.accounts[name].level))
+                                           self.engine.level(name)))
 
 
 class SinkTask:

@@ -35,10 +35,24 @@ class MarginPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolCheckpoint:
+    """The level of one of an account's pools (monitor.engine) and its next reminder."""
+
+    key: str
+    level: Level
+    reminder_due_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class AccountCheckpoint:
     """The part of an account's state a restart needs so that it neither repeats nor loses
     a transition: its level, when the next reminder is due, and which stop-loss rules have
     fired and not yet re-armed. Everything else is rebuilt from the feed's snapshots.
+
+    ``level`` and ``reminder_due_ms`` are the account's (its worst pool, its earliest
+    reminder); ``pools`` holds every pool's own (the cross pool, the currency pools of
+    single-currency margin, isolated positions). A checkpoint without ``pools`` (written
+    by an earlier version) restores ``level`` to the account's own pool.
 
     Written in the same transaction as the alerts that changed it.
     """
@@ -48,6 +62,7 @@ class AccountCheckpoint:
     reminder_due_ms: int | None
     disarmed_rules: tuple[str, ...]
     ts: int
+    pools: tuple[PoolCheckpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

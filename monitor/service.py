@@ -183,8 +183,9 @@ def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: S
         def deliver(item: FeedItem) -> None:
             tap(item)
             inbox.put(item)
+    # Instrument specs always load from the feed; configured ones override them per
+    # inst_id in the engine (SPEC 3.1).
     feed = OkxFeed(config.okx, dict(credentials), deliver,
-                   load_instruments=not config.instruments,
                    collateral=config.collateral.keys())
     return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
                   history_interval_ms=int(config.storage.history_interval_s * 1000))

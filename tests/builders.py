@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monitor.alerts import Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
+from monitor.engine import MarginEngine
 from monitor.events import (
     BalanceUpdate,
     CurrencyBalance,
+    Event,
     IndexPrice,
     MarkPrice,
     Order,
     OrderUpdate,
     Position,
+    PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import Instrument, Tier
+from monitor.instruments import CollateralTiers, Instrument, Tier
 
 BTC_SWAP = Instrument(
     inst_id="BTC-USDT-SWAP",
@@ -64,7 +67,8 @@ def make_config(
     base = Config()
     return Config(
         risk=risk or RiskConfig(),
-        collateral=collateral if collateral is not None else dict(base.collateral),
+        collateral={c: CollateralTiers.flat(f) for c, f in collateral.items()}
+        if collateral is not None else dict(base.collateral),
         interest=interest or {},
         instruments=(BTC_SWAP, ETH_SWAP, BTC_INVERSE),
         accounts={"main": AccountConfig(name="main", stop_loss=rules)},
@@ -87,6 +91,26 @@ def position(inst_id: str, contracts: float, avg: float, ts: int, leverage: floa
         event_ms=ts,
         recv_ms=ts + 1,
     )
+
+
+def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
+    """Apply ``events`` in order; every alert they caused."""
+    alerts: list[Alert] = []
+    for event in events:
+        alerts.extend(engine.apply(event))
+    return alerts
+
+
+def snapshots(ts: int, account: str = "main", *, cash: Mapping[str, float] | None = None,
+              positions: tuple[Position, ...] = ()) -> list[Event]:
+    """A balance and a positions snapshot: what makes a fresh account's risk known (SPEC
+    1.5: every account waits for both before its first evaluation). Empty by default;
+    updates after them then build the account up."""
+    balances = tuple(CurrencyBalance(c, amount, None, None) for c, amount in (cash or {}).items())
+    return [
+        BalanceUpdate(account, balances, True, None, ts, ts + 1),
+        PositionSnapshot(account, positions, ts, ts + 1),
+    ]
 
 
 def balance(currency: str, cash: float, ts: int, *, interest: float | None = None,
@@ -153,4 +177,5 @@ def make_alert(
         inst_id="BTC-USDT-SWAP",
         mark=37_123.4 + n,
         payload={"from": "normal", "to": level, "n": n} if payload is None else payload,
+        closing_fee_usd=875.5,
     )

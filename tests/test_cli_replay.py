@@ -59,7 +59,7 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
                   "liquidation": 0.85}
     for alert in alerts:
         assert alert["margin_ratio"] == pytest.approx(
-            alert["equity_usd"] / alert["maint_margin_usd"])
+            alert["equity_usd"] / (alert["maint_margin_usd"] + alert["closing_fee_usd"]))
         if alert["kind"] == "level_changed" and alert["level"] != "normal":
             assert alert["margin_ratio"] <= thresholds[alert["level"]]
     stale = alerts[0]
@@ -73,9 +73,9 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
     assert stop["payload"]["value"] == pytest.approx(stop["equity_usd"] / stop["init_margin_usd"])
     assert stop["payload"]["orders"] == [
         {"inst_id": "BTC-USDT-SWAP", "side": "sell", "size": 100.0, "reduce_only": True,
-         "ord_type": "market"},
+         "ord_type": "market", "pos_side": "net", "margin_mode": "cross"},
         {"inst_id": "ETH-USDT-SWAP", "side": "sell", "size": 100.0, "reduce_only": True,
-         "ord_type": "market"},
+         "ord_type": "market", "pos_side": "net", "margin_mode": "cross"},
     ]
     plan = alerts[6]["payload"]
     assert plan["projected_margin_ratio"] >= plan["target_margin_ratio"] == pytest.approx(1.02)
@@ -87,9 +87,12 @@ def test_example_tells_its_story(tmp_path: Path) -> None:
         assert {"id", "ts", "account", "kind", "level", "from_level", "margin_ratio",
                 "equity_usd", "maint_margin_usd", "init_margin_usd", "inst_id", "mark",
                 "payload"} <= alert.keys()
-    assert state["stats"] == {"events": 1443, "quarantined": 2}
+    assert state["stats"] == {"events": 1444, "quarantined": 2}
     account = state["accounts"]["main"]
     assert account["level"] == "normal"
+    # The story's account/config answer: multi-currency margin, its risk known.
+    assert account["mode"] == "multi_currency" and account["risk_known"] is True
+    assert account["missing"] == []
     assert set(account) >= {"equity_usd", "maint_margin_usd", "init_margin_usd",
                             "margin_ratio", "im_coverage", "free_margin_usd",
                             "max_withdrawable_usd", "level", "positions"}

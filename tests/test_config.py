@@ -7,6 +7,7 @@ attribute rather than on message text; the message is only checked to mention th
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from monitor.config import (
     parse_config,
 )
 from monitor.errors import ConfigError, RiskmonError
-from monitor.instruments import Instrument, Tier
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
 
 # The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing
 # comment is shortened to fit the line length).
@@ -38,7 +39,7 @@ liquidation = 0.85
 hysteresis = 0.02
 stale_after_s = 10
 repeat_interval_s = 300
-liquidation_fee_rate = 0.0
+closing_fee_rate = 0.0005
 market_order_slippage = 0.0
 
 [collateral]            # currency -> collateral factor in [0, 1]
@@ -120,6 +121,10 @@ def rule(**changes: str | None) -> str:
     return _block("accounts.main.stop_loss", _RULE_LINES, changes)
 
 
+def flat_factors(collateral: Mapping[str, CollateralTiers]) -> dict[str, float | None]:
+    return {currency: tiers.flat_factor for currency, tiers in collateral.items()}
+
+
 def parse_toml(text: str) -> Config:
     return parse_config(tomllib.loads(text))
 
@@ -143,11 +148,12 @@ def test_empty_document_gives_every_default_of_the_spec(tmp_path: Path) -> None:
     assert config.risk.hysteresis == 0.02
     assert config.risk.stale_after_s == 10.0
     assert config.risk.repeat_interval_s == 300.0
-    assert config.risk.liquidation_fee_rate == 0.0
+    assert config.risk.closing_fee_rate == 0.0005
     assert config.risk.market_order_slippage == 0.0
 
     # Seed 000: USDT at 100%, BTC at 90%, MATIC 75%, AVAX 80%; nothing else counts.
-    assert dict(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+    assert flat_factors(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75,
+                                                "AVAX": 0.80}
     assert dict(config.interest) == {}
     assert config.instruments == ()
     assert dict(config.accounts) == {}
@@ -177,7 +183,8 @@ def test_spec_example_parses_into_the_expected_dataclasses(tmp_path: Path) -> No
     assert config.storage == StorageConfig()
     assert isinstance(config.risk.stale_after_s, float)  # TOML integer 10 read as a number
 
-    assert dict(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
+    assert flat_factors(config.collateral) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75,
+                                                "AVAX": 0.80}
     assert dict(config.interest) == {"USDT": 0.00002}
 
     assert config.instruments == (
@@ -246,7 +253,7 @@ def test_close_and_reduce_rules_keep_their_instrument_and_fraction() -> None:
 def test_collateral_entries_override_defaults_and_add_currencies() -> None:
     config = parse_toml("[collateral]\nBTC = 0.5\nETH = 0.85\nPEPE = 0.0\n")
 
-    assert dict(config.collateral) == {
+    assert flat_factors(config.collateral) == {
         "USDT": 1.0,
         "BTC": 0.5,
         "MATIC": 0.75,
@@ -259,8 +266,9 @@ def test_collateral_entries_override_defaults_and_add_currencies() -> None:
 def test_collateral_override_leaves_the_module_defaults_alone() -> None:
     parse_toml("[collateral]\nBTC = 0.5\nETH = 0.85\n")
 
-    assert dict(DEFAULT_COLLATERAL) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75, "AVAX": 0.80}
-    assert parse_config({}).collateral["BTC"] == 0.90
+    assert flat_factors(DEFAULT_COLLATERAL) == {"USDT": 1.0, "BTC": 0.90, "MATIC": 0.75,
+                                                "AVAX": 0.80}
+    assert parse_config({}).collateral["BTC"] == CollateralTiers.flat(0.90)
     assert "ETH" not in parse_config({}).collateral
 
 
@@ -416,3 +424,54 @@ def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path)
 
     assert caught.value.key == "<file>"
+
+
+def test_simulated_defaults_to_the_demo_trading_urls() -> None:
+    config = parse_toml("[okx]\nsimulated = true\n")
+    assert config.okx.simulated is True
+    assert "wspap" in config.okx.public_url and "wspap" in config.okx.private_url
+    assert parse_toml("").okx.simulated is False
+
+
+def test_simulated_with_a_production_url_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml('[okx]\nsimulated = true\npublic_url = "wss://ws.okx.com:8443/ws/v5/public"\n')
+    assert raised.value.key == "okx.public_url"
+
+
+def test_the_old_liquidation_fee_key_names_its_replacement() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml("[risk]\nliquidation_fee_rate = 0.001\n")
+    assert raised.value.key == "risk.liquidation_fee_rate"
+    assert "risk.closing_fee_rate" in raised.value.message
+
+
+def test_collateral_bands_borrow_tiers_and_account_modes_parse() -> None:
+    config = parse_toml(
+        "[collateral]\nBTC = [ { max_amount = 100, factor = 0.98 },"
+        " { max_amount = 1e15, factor = 0.5 } ]\n"
+        "[borrow.USDT]\ntiers = [ { max_amount = 1e15, mmr = 0.02, imr = 0.2 } ]\n"
+        '[accounts.main]\nmode = "single_currency"\n')
+    assert config.collateral["BTC"] == CollateralTiers(
+        (CollateralTier(100, 0.98), CollateralTier(1e15, 0.5)))
+    assert config.configured_collateral == frozenset({"BTC"})
+    assert config.borrow["USDT"] == (BorrowTier(1e15, 0.02, 0.2),)
+    assert config.accounts["main"].mode == "single_currency"
+
+
+@pytest.mark.parametrize(("snippet", "key"), [
+    ("[collateral]\nBTC = [ { max_amount = 10, factor = 1.5 } ]", "collateral.BTC[0].factor"),
+    ("[collateral]\nBTC = [ { max_amount = 10, factor = 0.9 }, { max_amount = 5, factor = 0.5 } ]",
+     "collateral.BTC"),
+    ("[collateral]\nBTC = [ { factor = 0.9 } ]", "collateral.BTC[0].max_amount"),
+    ("[borrow.USDT]\ntiers = []", "borrow.USDT.tiers"),
+    ("[borrow.USDT]\ntiers = [ { max_amount = 1, mmr = 2, imr = 0.1 } ]",
+     "borrow.USDT.tiers[0].mmr"),
+    ("[borrow.USDT]\nrates = 1", "borrow.USDT.rates"),
+    ('[accounts.main]\nmode = "spot"', "accounts.main.mode"),
+    ("[okx]\nsimulated = 1", "okx.simulated"),
+])
+def test_new_keys_are_validated_by_name(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml(snippet)
+    assert raised.value.key == key

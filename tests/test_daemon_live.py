@@ -207,8 +207,15 @@ def test_record_writes_a_recording_that_replays_the_same(tmp_path: Path) -> None
             assert recorder.terminate() == 0
     lines = [json.loads(line) for line in recording.read_text().splitlines()]
     assert sum("frame" in line for line in lines) == pushed
-    assert [line["rest"] for line in lines if "rest" in line] == [
+    # The account's bootstrap, in order (SPEC 3.1), and the public loads beside it.
+    assert [line["rest"] for line in lines if "rest" in line and "account" in line] == [
+        "/api/v5/account/config", "/api/v5/account/balance", "/api/v5/account/positions",
         "/api/v5/trade/orders-pending"]
+    public = {line["rest"] for line in lines if "rest" in line and "account" not in line}
+    assert {"/api/v5/public/instruments?instType=SWAP",
+            "/api/v5/public/instruments?instType=FUTURES",
+            "/api/v5/public/discount-rate-interest-free-quota?ccy=USDT",
+            "/api/v5/public/discount-rate-interest-free-quota?ccy=BTC"} <= public
     got, _ = replay_outputs(tmp_path, recording)
     assert engine_alerts(got) == engine_alerts(expected_alerts)
     assert all(SECRET not in line for line in recording.read_text().splitlines())

@@ -6,7 +6,7 @@ into the sink."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -60,7 +60,8 @@ class BurstFeed:
         self.wanted: list[list[str]] = []
         self.delivered = asyncio.Event()
 
-    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+    def want(self, instruments: Collection[str], currencies: Collection[str],
+             borrowed: Collection[str]) -> None:
         self.wanted.append(sorted(instruments))
 
     async def run(self) -> None:
@@ -135,7 +136,7 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     alerts = [r for r in sink.records if isinstance(r, Alert)]
     assert len(alerts) == daemon.processor.stats.alerts
     assert alerts[0].kind == "feed_connected"
-    assert engine.accounts["main"].level == "deleverage"
+    assert engine.level("main") == "deleverage"
 
 
 async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on() -> None:
@@ -161,3 +162,52 @@ async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on
         ("feed:private:main", 1_001, "frame is not JSON", truncated),
         ("feed:public", 1_002, "frame is not JSON", shaped)]
     assert engine.marks[BTC] == 39_300  # the mark after them was applied
+
+
+class InterestFeed:
+    """Records every ``want`` call; delivers nothing by itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], list[str]]] = []
+
+    def want(self, instruments: Collection[str], currencies: Collection[str],
+             borrowed: Collection[str]) -> None:
+        self.calls.append((sorted(instruments), sorted(currencies), sorted(borrowed)))
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_the_feed_is_told_of_a_new_debt_and_of_its_repayment() -> None:
+    # A debt need not change what is in use (USDT is held before and after); the engine's
+    # interest version moves with the currencies borrowed, so the feed hears of it at once
+    # (and loads their borrowing tiers), and of nothing while the debt merely changes.
+    engine = MarginEngine(make_config())
+    inbox = Inbox()
+    feed = InterestFeed()
+    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(SlowSink()))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    try:
+        inbox.put(account_frame(100, 1_000))
+        await _until(lambda: bool(feed.calls) and feed.calls[-1][1] == ["USDT"])
+        inbox.put(account_frame(-50, 1_100))
+        await _until(lambda: feed.calls[-1][2] == ["USDT"])
+        calls = len(feed.calls)
+        inbox.put(account_frame(-60, 1_200))  # still owed: nothing new to want
+        inbox.put(account_frame(-70, 1_300))
+        await _until(lambda: engine.accounts["main"].currencies["USDT"].cash == -70)
+        assert len(feed.calls) == calls
+        inbox.put(account_frame(10, 1_400))  # repaid
+        await _until(lambda: feed.calls[-1][2] == [])
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+    assert feed.calls[-1] == ([], ["USDT"], [])
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)

@@ -1,26 +1,28 @@
 """The margin engine: events in, alerts and state out (synchronous, no I/O).
 
 The main scenario: 100 USDT of cash and a long of 10 BTC-USDT-SWAP (k = 0.01) at 40000,
-leverage 10. At mark m:  AE = 100 + 0.1 (m - 40000),  MM = 0.1 m * 0.4% = 0.0004 m,
-so MR(m) = (0.1 m - 3900) / (0.0004 m). Worked values:
+leverage 10. At mark m:  AE = 100 + 0.1 (m - 40000),  MM = 0.1 m * 0.4% = 0.0004 m, the
+closing fee CF = 0.1 m * 0.05% = 0.00005 m (SPEC 1.2), so
+MR(m) = (0.1 m - 3900) / (0.00045 m). Worked values:
 
-    mark    AE     MM       MR       level
-    39300   30     15.72    1.9084   normal
-    39230   23     15.692   1.4657   warning
-    39180   18     15.672   1.1485   withdrawal_lock
-    39150   15     15.66    0.9579   deleverage
-    39130   13     15.652   0.8306   liquidation
-    39400   40     15.76    2.5381   normal
+    mark    AE     MM       CF        MR       level
+    39300   30     15.72    1.965     1.6964   normal
+    39230   23     15.692   1.9615    1.3029   warning
+    39180   18     15.672   1.959     1.0209   withdrawal_lock
+    39150   15     15.66    1.9575    0.8514   deleverage
+    39130   13     15.652   1.9565    0.7383   liquidation
+    39400   40     15.76    1.97      2.2561   normal
+
+Every account waits for its balance and positions snapshots before it is evaluated
+(SPEC 1.5); the scenarios start with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert
 from monitor.config import RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
@@ -38,26 +40,25 @@ from monitor.events import (
     PositionSnapshot,
 )
 from monitor.instruments import Instrument, Tier
-from monitor.records import AccountCheckpoint
-from tests.builders import balance, index, make_config, mark, order, position
+from monitor.records import AccountCheckpoint, PoolCheckpoint
+from tests.builders import balance, index, make_config, mark, order, position, run, snapshots
 
 approx = pytest.approx
 BTC = "BTC-USDT-SWAP"
 ETH = "ETH-USDT-SWAP"
 
 
-def run(engine: MarginEngine, events: Sequence[Event]) -> list[Alert]:
-    alerts: list[Alert] = []
-    for event in events:
-        alerts.extend(engine.apply(event))
-    return alerts
-
-
 def scenario_engine(**kwargs: Any) -> MarginEngine:
     engine = MarginEngine(make_config(**kwargs))
-    run(engine, [balance("USDT", 100, 1_000), position(BTC, 10, 40_000, 1_000),
-                 mark(BTC, 39_300, 1_000)])
+    run(engine, [*snapshots(1_000), balance("USDT", 100, 1_000),
+                 position(BTC, 10, 40_000, 1_000), mark(BTC, 39_300, 1_000)])
     return engine
+
+
+def close_order(inst_id: str, side: str, size: float) -> dict[str, Any]:
+    """A reduce-only market order of a one-way cross position, as alerts carry them."""
+    return {"inst_id": inst_id, "side": side, "size": size, "reduce_only": True,
+            "ord_type": "market", "pos_side": "net", "margin_mode": "cross"}
 
 
 def test_account_figures_for_a_linear_long() -> None:
@@ -67,24 +68,36 @@ def test_account_figures_for_a_linear_long() -> None:
     assert figures.maint_margin_usd == approx(15.72)
     # IM = PV / L = 3930 / 10.
     assert figures.init_margin_usd == approx(393)
-    assert figures.margin_ratio == approx(30 / 15.72)
+    assert figures.closing_fee_usd == approx(1.965)
+    assert figures.margin_ratio == approx(30 / (15.72 + 1.965))
     assert figures.im_coverage == approx(30 / 393)
     state = engine.state()["main"]
     assert state["free_margin_usd"] == approx(30 - 393)
     assert state["max_withdrawable_usd"] == 0.0
     assert state["level"] == "normal"
+    assert state["risk_known"] is True and state["missing"] == []
+    assert state["closing_fee_usd"] == approx(1.965)
     [pos] = state["positions"]
+    assert pos["side"] == "net" and pos["margin_mode"] == "cross"
+    assert pos["closing_fee"] == approx(1.965) and pos["maint_margin"] == approx(15.72)
     assert pos["contracts"] == 10 and pos["avg_px"] == 40_000 and pos["mark"] == 39_300
     assert pos["upl"] == approx(-70)
     assert pos["position_value"] == approx(3930)
 
 
 def test_max_withdrawable() -> None:
-    # 5000 USDT cash, long 10 at 40000 marked at 40000: AE 5000, MM 16, IM 400.
-    # min(5000 - 400, 5000 - 1.2 * 16) = 4600.
+    # 5000 USDT cash, long 10 at 40000 marked at 40000: AE 5000, MM 16, CF 2, IM 400.
+    # min(5000 - 400, 5000 - 1.2 * (16 + 2)) = 4600.
     engine = MarginEngine(make_config())
-    run(engine, [balance("USDT", 5000, 1), position(BTC, 10, 40_000, 1), mark(BTC, 40_000, 1)])
+    run(engine, [*snapshots(1), balance("USDT", 5000, 1), position(BTC, 10, 40_000, 1),
+                 mark(BTC, 40_000, 1)])
     assert engine.state()["main"]["max_withdrawable_usd"] == approx(4600)
+    # 60 USDT: AE 60; 60 - 400 < 0: nothing can be withdrawn.
+    run(engine, [balance("USDT", 60, 2)])
+    assert engine.state()["main"]["max_withdrawable_usd"] == 0.0
+    # 1000 USDT, no position: all of it.
+    run(engine, [position(BTC, 0, 0, 3), balance("USDT", 1000, 3)])
+    assert engine.state()["main"]["max_withdrawable_usd"] == approx(1000)
 
 
 def test_levels_walk_down_and_recover_in_one_step() -> None:
@@ -100,7 +113,7 @@ def test_levels_walk_down_and_recover_in_one_step() -> None:
         ("liquidation", "normal"),
     ]
     warning = alerts[0]
-    assert warning.margin_ratio == approx(23 / 15.692)
+    assert warning.margin_ratio == approx(23 / (15.692 + 1.9615))
     assert warning.inst_id == BTC and warning.mark == 39_230
     assert warning.ts == 2_000 and warning.emitted_ms == 2_001
     assert warning.payload["threshold"] == 1.5
@@ -117,39 +130,37 @@ def test_skipping_levels_is_one_alert() -> None:
 
 def test_hysteresis_prevents_flapping() -> None:
     engine = scenario_engine()
-    # MR crosses 1.5 down, then wobbles between 1.4657 and 1.5037 (39236: AE 23.6,
-    # MM 15.6944), above 1.5 but under 1.52: one alert.
+    # MR crosses 1.5 down, then wobbles between 1.3029 and 1.5054 (39266: AE 26.6,
+    # MM + CF = 0.00045 * 39266 = 17.6697), above 1.5 but under 1.52: one alert.
     alerts = run(engine, [mark(BTC, m, 2_000 + i)
-                          for i, m in enumerate([39_230, 39_236, 39_230, 39_236])])
+                          for i, m in enumerate([39_230, 39_266, 39_230, 39_266])])
     assert [a.kind for a in alerts] == ["level_changed"]
-    # 39245: AE 24.5, MM 15.698, MR 1.5607 >= 1.52: back to normal.
-    alerts = run(engine, [mark(BTC, 39_245, 3_000)])
+    # 39270: AE 27, MM + CF 17.6715, MR 1.5279 >= 1.52: back to normal.
+    alerts = run(engine, [mark(BTC, 39_270, 3_000)])
     assert [(a.from_level, a.level) for a in alerts] == [("warning", "normal")]
 
 
 def test_deleverage_plan_closes_lowest_upl_first() -> None:
     # 200 USDT; long 10 BTC at 40000 and long 100 ETH (k = 0.1) at 2000, leverage 10.
     engine = MarginEngine(make_config())
-    run(engine, [balance("USDT", 200, 1), position(BTC, 10, 40_000, 1),
+    run(engine, [*snapshots(1), balance("USDT", 200, 1), position(BTC, 10, 40_000, 1),
                  position(ETH, 100, 2_000, 1), mark(ETH, 2_000, 1), mark(BTC, 40_000, 1)])
-    alerts = run(engine, [mark(ETH, 1_992, 2)])
-    # ETH 1992: UPL -80, AE 120, MM = 16 + 99.6 = 115.6, MR = 1.038 -> withdrawal_lock.
+    alerts = run(engine, [mark(ETH, 1_995, 2)])
+    # ETH 1995: UPL -50, AE 150, MM = 16 + 99.75, CF = (4000 + 19950) * 0.0005 = 11.975,
+    # MR = 150 / 127.725 = 1.1744 -> withdrawal_lock.
     assert [a.level for a in alerts] == ["withdrawal_lock"]
-    alerts = run(engine, [mark(BTC, 39_940, 3)])
-    # BTC 39940: UPL -6, AE 114, MM = 15.976 + 99.6 = 115.576, MR 0.9864 -> deleverage.
+    alerts = run(engine, [mark(BTC, 39_700, 3)])
+    # BTC 39700: UPL -30, AE 120, MM = 15.88 + 99.75 = 115.63, CF = 11.96, MR 0.9405.
     kinds = [a.kind for a in alerts]
     assert kinds == ["level_changed", "deleverage_plan"]
     plan = alerts[1].payload
     assert plan["target_margin_ratio"] == approx(1.02)
-    # Lowest UPL first: ETH (-80) before BTC (-6). MM must fall to 114 / 1.02 = 111.7647,
-    # an excess of 3.8113; each ETH contract carries 0.1 * 1992 * 0.005 = 0.996 of MM, so
-    # 3.8113 / 0.996 = 3.83 -> 4 whole contracts; BTC is not touched.
-    assert plan["orders"] == [
-        {"inst_id": ETH, "side": "sell", "size": 4.0, "reduce_only": True,
-         "ord_type": "market"}
-    ]
-    # Projected: MM = 15.976 + 96 * 0.996 = 111.592 -> 114 / 111.592.
-    assert plan["projected_margin_ratio"] == approx(114 / 111.592)
+    # Lowest UPL first: ETH (-50) before BTC (-30). Closing x ETH contracts at the mark pays
+    # their fee (0.1 * 1995 * 0.0005 = 0.09975 each) and releases MM + CF of 1.09725 each:
+    # (120 - 0.09975 x) / (127.59 - 1.09725 x) >= 1.02  <=>  x >= 9.948 -> 10 contracts.
+    assert plan["orders"] == [close_order(ETH, "sell", 10.0)]
+    assert plan["projected_margin_ratio"] == approx((120 - 0.9975) / (127.59 - 10.9725))
+    assert alerts[1].margin_ratio == approx(120 / 127.59)
 
 
 def test_stop_loss_fires_once_with_orders_and_rearms() -> None:
@@ -158,7 +169,8 @@ def test_stop_loss_fires_once_with_orders_and_rearms() -> None:
     # 500 USDT, long 10 BTC at 40000, L 10: IM = PV / 10.
     # At 40000: AE 500, IM 400: coverage 1.25.  At 39500: AE 450, IM 395: 1.139.
     # At 39400: AE 440, IM 394: 1.1168. At 39300: AE 430, IM 393: 1.0941 -> fires.
-    events: list[Event] = [balance("USDT", 500, 1), position(BTC, 10, 40_000, 1),
+    events: list[Event] = [*snapshots(1), balance("USDT", 500, 1),
+                           position(BTC, 10, 40_000, 1),
                            mark(BTC, 40_000, 1), mark(BTC, 39_500, 2), mark(BTC, 39_300, 3),
                            mark(BTC, 39_200, 4)]
     alerts = [a for a in run(engine, events) if a.kind == "stop_loss"]
@@ -166,8 +178,7 @@ def test_stop_loss_fires_once_with_orders_and_rearms() -> None:
     payload = alerts[0].payload
     assert payload["rule"] == "guard-110" and payload["dry_run"] is True
     assert payload["value"] == approx(430 / 393)
-    assert payload["orders"] == [{"inst_id": BTC, "side": "sell", "size": 10,
-                                  "reduce_only": True, "ord_type": "market"}]
+    assert payload["orders"] == [close_order(BTC, "sell", 10)]
     # 39400 is above 1.10 but inside the hysteresis (1.1168 < 1.12): no re-arm, no trigger.
     assert not [a for a in run(engine, [mark(BTC, 39_400, 5), mark(BTC, 39_300, 6)])
                 if a.kind == "stop_loss"]
@@ -184,21 +195,23 @@ def test_stop_loss_close_and_reduce_actions() -> None:
                      fraction=0.5),
     )
     engine = MarginEngine(make_config(rules=rules))
-    alerts = run(engine, [balance("USDT", 200, 1), position(BTC, 9, 40_000, 1),
-                          position(ETH, -7, 2_000, 1), mark(BTC, 40_000, 1),
+    alerts = run(engine, [*snapshots(1, cash={"USDT": 200},
+                                    positions=(Position(BTC, 9, 40_000, 10),
+                                               Position(ETH, -7, 2_000, 10))),
+                          mark(BTC, 40_000, 1),
                           mark(ETH, 2_000, 1), mark(ETH, 2_080, 2)])
     # ETH short 7 (k 0.1) from 2000 to 2080: UPL -56, AE 144 < 150 -> "halve";
-    # MM = 14.4 + 0.7 * 2080 * 0.005 = 14.4 + 7.28 = 21.68, MR 6.64: "close-eth" holds.
+    # MM = 14.4 + 0.7 * 2080 * 0.005 = 21.68, CF = (3600 + 1456) * 0.0005 = 2.528,
+    # MR = 144 / 24.208 = 5.95: "close-eth" holds.
     fired = [a.payload for a in alerts if a.kind == "stop_loss"]
     assert [p["rule"] for p in fired] == ["halve"]
     # Halving 9 BTC rounds up to 5 whole lots; 7 ETH to 4; the short is closed by buying.
     assert [(o["inst_id"], o["side"], o["size"]) for o in fired[0]["orders"]] == [
         (BTC, "sell", 5.0), (ETH, "buy", 4.0)]
-    # ETH to 2200: UPL -140, AE 60; MM = 14.4 + 7.7 = 22.1; MR 2.71 < 5 -> close ETH only.
+    # ETH to 2200: UPL -140, AE 60; MM 22.1, CF 2.57; MR 2.43 < 5 -> close ETH only.
     fired = [a.payload for a in run(engine, [mark(ETH, 2_200, 3)]) if a.kind == "stop_loss"]
     assert [p["rule"] for p in fired] == ["close-eth"]
-    assert fired[0]["orders"] == [{"inst_id": ETH, "side": "buy", "size": 7,
-                                   "reduce_only": True, "ord_type": "market"}]
+    assert fired[0]["orders"] == [close_order(ETH, "buy", 7)]
 
 
 def test_debts_count_in_full_assets_after_haircut() -> None:
@@ -280,7 +293,7 @@ def test_orders_snapshot_replaces_live_orders() -> None:
     run(engine, [snapshot])
     # Only order c remains: B = 10 * 0.1 * 1900 = 1900, L 5: IM 380.
     assert engine.figures("main").init_margin_usd == approx(380)
-    assert list(engine.accounts["main"].exposures) == [ETH]
+    assert list(engine.accounts["main"].exposures) == [(ETH, "cross", "net")]
 
 
 def test_position_snapshot_closes_absent_positions() -> None:
@@ -315,19 +328,21 @@ def test_reminders_while_in_deleverage() -> None:
 
 def test_liquidation_mark_solves_the_margin_ratio() -> None:
     engine = scenario_engine()
-    # (0.1 m - 3900) / (0.0004 m) = 0.85  ->  m = 3900 / 0.09966.
+    # (0.1 m - 3900) / (0.00045 m) = 0.85  ->  m = 3900 / (0.1 - 0.0003825).
     [pos] = engine.state()["main"]["positions"]
-    assert pos["liquidation_mark"] == approx(3900 / 0.09966, rel=1e-9)
-    assert pos["liquidation_distance_pct"] == approx((3900 / 0.09966 - 39_300) / 393)
+    liquidation = 3900 / 0.0996175
+    assert pos["liquidation_mark"] == approx(liquidation, rel=1e-9)
+    assert pos["liquidation_distance_pct"] == approx((liquidation - 39_300) / 393)
 
 
 def test_liquidation_mark_of_a_short() -> None:
     engine = MarginEngine(make_config())
-    run(engine, [balance("USDT", 100, 1), position(BTC, -10, 40_000, 1), mark(BTC, 40_000, 1)])
-    # AE = 100 - 0.1 (m - 40000) = 4100 - 0.1 m; MM = 0.0004 m:
-    # 4100 - 0.1 m = 0.85 * 0.0004 m  ->  m = 4100 / 0.10034.
+    run(engine, [*snapshots(1), balance("USDT", 100, 1), position(BTC, -10, 40_000, 1),
+                 mark(BTC, 40_000, 1)])
+    # AE = 100 - 0.1 (m - 40000) = 4100 - 0.1 m; MM + CF = 0.00045 m:
+    # 4100 - 0.1 m = 0.85 * 0.00045 m  ->  m = 4100 / 0.1003825.
     [pos] = engine.state()["main"]["positions"]
-    assert pos["liquidation_mark"] == approx(4100 / 0.10034, rel=1e-9)
+    assert pos["liquidation_mark"] == approx(4100 / 0.1003825, rel=1e-9)
 
 
 def test_unknown_instrument_counts_once_its_spec_arrives() -> None:
@@ -350,7 +365,7 @@ def test_configured_instrument_wins_over_the_feed() -> None:
 
 def test_exchange_divergence_once_until_back_in_tolerance() -> None:
     engine = scenario_engine()
-    ours = 30 / 15.72
+    ours = 30 / 17.685
 
     def exchange(ratio: float, ts: int) -> BalanceUpdate:
         figures = ExchangeAccountFigures(ratio, None, None, None)
@@ -385,8 +400,10 @@ def test_same_input_gives_same_alert_ids() -> None:
 
 def test_tick_touches_only_accounts_holding_the_instrument() -> None:
     engine = MarginEngine(make_config())
-    run(engine, [balance("USDT", 100, 1, account="a"), position(BTC, 1, 40_000, 1, account="a"),
-                 balance("USDT", 100, 1, account="b"), position(ETH, 1, 2_000, 1, account="b")])
+    run(engine, [*snapshots(1, "a"), balance("USDT", 100, 1, account="a"),
+                 position(BTC, 1, 40_000, 1, account="a"), *snapshots(1, "b"),
+                 balance("USDT", 100, 1, account="b"), position(ETH, 1, 2_000, 1, account="b"),
+                 mark(BTC, 40_000, 1), mark(ETH, 2_000, 1)])
     before = engine.accounts["b"].updates
     run(engine, [mark(BTC, 40_100, 2) for _ in range(10)])
     assert engine.accounts["b"].updates == before
@@ -426,10 +443,12 @@ def test_checkpoints_follow_levels_rules_and_reminders() -> None:
     assert not engine.has_checkpoints  # nothing moved
     run(engine, [mark(BTC, 39_150, 3_000)])  # MR 0.958: deleverage, and the rule fires
     assert engine.drain_checkpoints() == [
-        AccountCheckpoint("main", "deleverage", 63_000, ("guard",), 3_000)]
+        AccountCheckpoint("main", "deleverage", 63_000, ("guard",), 3_000,
+                          (PoolCheckpoint("", "deleverage", 63_000),))]
     run(engine, [mark(BTC, 39_150, 63_000)])  # a reminder moves the next one
     assert engine.drain_checkpoints() == [
-        AccountCheckpoint("main", "deleverage", 123_000, ("guard",), 63_000)]
+        AccountCheckpoint("main", "deleverage", 123_000, ("guard",), 63_000,
+                          (PoolCheckpoint("", "deleverage", 123_000),))]
 
 
 def test_a_restart_from_a_checkpoint_neither_repeats_nor_loses_a_transition() -> None:

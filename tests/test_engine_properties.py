@@ -1,34 +1,46 @@
 """Property: whatever the event sequence, the incremental sums equal a recomputation.
 
-The recomputation (``MarginEngine.recompute``) ignores every running sum and rebuilds the
-account from its positions, orders and balances. Tolerance is relative 1e-9 of the size of
-the terms summed (a sum of large opposite terms can cancel to nearly nothing, where a purely
-relative bound on the result would be meaningless).
+The recomputation (``MarginEngine.recompute``, ``recompute_pools``) ignores every running
+sum and rebuilds the account from its positions, orders and balances. The sequences mix
+one-way and hedge-mode positions, cross and isolated ones, tiered collateral factors (from
+the configuration and from the feed), borrowing with tiered borrowing margin, and changes of
+account mode (multi-currency, single-currency, portfolio). Tolerance is relative 1e-9 of the
+size of the terms summed (a sum of large opposite terms can cancel to nearly nothing, where
+a purely relative bound on the result would be meaningless).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.config import StopLossRule
-from monitor.engine import MarginEngine
+from monitor.engine import Figures, MarginEngine
 from monitor.events import (
+    AccountConfigUpdate,
+    AccountMode,
     BalanceUpdate,
+    BorrowTiersUpdate,
+    CollateralTiersUpdate,
     CurrencyBalance,
     Event,
     FeedStatus,
     IndexPrice,
+    MarginMode,
     MarkPrice,
     Order,
     OrdersSnapshot,
     OrderUpdate,
     Position,
+    PositionSide,
     PositionSnapshot,
     PositionUpdate,
 )
+from monitor.formulas import unrealized_pnl
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers
 from tests.builders import make_config
 
 INSTRUMENTS = ["BTC-USDT-SWAP", "ETH-USDT-SWAP", "BTC-USD-SWAP"]
@@ -37,6 +49,12 @@ PRICE = {"BTC-USDT-SWAP": 40_000.0, "ETH-USDT-SWAP": 2_000.0, "BTC-USD-SWAP": 40
 
 factors = st.floats(min_value=0.5, max_value=1.5)
 sizes = st.sampled_from([0.0, 1.0, 2.0, 5.0, 10.0, 250.0, 6000.0])
+
+
+modes: st.SearchStrategy[MarginMode] = st.sampled_from(["cross", "cross", "isolated"])
+sides: st.SearchStrategy[PositionSide] = st.sampled_from(["net", "net", "long", "short"])
+account_modes: st.SearchStrategy[AccountMode] = st.sampled_from(
+    ["multi_currency", "single_currency", "portfolio"])
 
 
 @st.composite
@@ -53,21 +71,36 @@ def an_order(draw: st.DrawFn) -> Order:
         filled=draw(st.sampled_from([0.0, 0.5, 1.0])) * size,
         reduce_only=draw(st.booleans()),
         leverage=draw(st.sampled_from([None, 1.0, 5.0, 20.0])),
+        position_side=draw(sides),
+        margin_mode=draw(modes),
     )
 
 
 @st.composite
 def a_position(draw: st.DrawFn) -> Position:
     inst = draw(st.sampled_from(INSTRUMENTS))
-    contracts = draw(sizes) * draw(st.sampled_from([1, -1]))
+    side = draw(sides)
+    sign = {"long": 1, "short": -1}.get(side) or draw(st.sampled_from([1, -1]))
+    contracts = draw(sizes) * sign
+    mode = draw(modes)
+    margin = draw(st.floats(0, 5_000)) * (0.0001 if inst == "BTC-USD-SWAP" else 1)
     return Position(inst, contracts, PRICE[inst] * draw(factors),
-                    draw(st.sampled_from([None, 3.0, 10.0])))
+                    draw(st.sampled_from([None, 3.0, 10.0])), side, mode,
+                    margin if mode == "isolated" else None)
+
+
+def position_key(position: Position) -> tuple[str, str, str]:
+    return position.inst_id, position.margin_mode, position.side
+
+
+BTC_TIERS = CollateralTiers((CollateralTier(0.5, 0.98), CollateralTier(2.0, 0.9),
+                             CollateralTier(math.inf, 0.5)))
 
 
 @st.composite
 def an_event(draw: st.DrawFn, ts: int) -> Event:
     account = draw(st.sampled_from(ACCOUNTS))
-    kind = draw(st.integers(0, 8))
+    kind = draw(st.integers(0, 11))
     if kind <= 2:
         inst = draw(st.sampled_from(INSTRUMENTS))
         return MarkPrice(inst, PRICE[inst] * draw(factors), ts, ts)
@@ -81,7 +114,7 @@ def an_event(draw: st.DrawFn, ts: int) -> Event:
         orders = tuple(draw(st.lists(an_order(), max_size=4, unique_by=lambda o: o.order_id)))
         return OrdersSnapshot(account, orders, ts, ts)
     if kind == 6:
-        positions = tuple(draw(st.lists(a_position(), max_size=3, unique_by=lambda p: p.inst_id)))
+        positions = tuple(draw(st.lists(a_position(), max_size=3, unique_by=position_key)))
         if draw(st.booleans()):
             return PositionSnapshot(account, positions, ts, ts)
         return PositionUpdate(account, positions, ts, ts)
@@ -93,6 +126,16 @@ def an_event(draw: st.DrawFn, ts: int) -> Event:
                                    min_size=1, max_size=3, unique=True))
         )
         return BalanceUpdate(account, balances, draw(st.booleans()), None, ts, ts)
+    if kind == 9:
+        return AccountConfigUpdate(account, draw(account_modes), "3", draw(st.booleans()),
+                                   ts, ts)
+    if kind == 10:
+        if draw(st.booleans()):
+            return CollateralTiersUpdate("BTC", BTC_TIERS, ts, ts)
+        return CollateralTiersUpdate("ETH", CollateralTiers.flat(draw(st.floats(0, 1))), ts, ts)
+    if kind == 11:
+        tiers = (BorrowTier(1_000, 0.02, 0.1), BorrowTier(math.inf, draw(st.floats(0, 0.2)), 0.5))
+        return BorrowTiersUpdate("USDT", tiers, ts, ts)
     return FeedStatus(draw(st.sampled_from([None, account])),
                       draw(st.sampled_from(["connected", "disconnected"])), "test", ts, ts)
 
@@ -118,25 +161,65 @@ def scale(engine: MarginEngine, name: str) -> float:
     for exposure in account.exposures.values():
         currency = exposure.instrument.settle_currency if exposure.instrument else "USD"
         price = engine.usd_prices.get(currency, 0.0)
-        total += (abs(exposure.upl) + exposure.maint + exposure.init) * price
+        total += (abs(exposure.upl) + exposure.maint + exposure.fee + exposure.init
+                  + exposure.margin) * price
+    return total
+
+
+FIELDS = ("equity_usd", "maint_margin_usd", "closing_fee_usd", "init_margin_usd")
+
+
+def assert_close(engine: MarginEngine, name: str, what: str, ours: Figures,
+                 theirs: Figures) -> None:
+    tolerance = 1e-9 * scale(engine, name)
+    for field in FIELDS:
+        mine, scratch = getattr(ours, field), getattr(theirs, field)
+        assert math.isclose(mine, scratch, rel_tol=1e-9, abs_tol=tolerance), (
+            name, what, field, mine, scratch)
+    assert (ours.margin_ratio is None) == (theirs.margin_ratio is None), (name, what)
+    if ours.margin_ratio is not None and theirs.margin_ratio is not None:
+        assert math.isclose(ours.margin_ratio, theirs.margin_ratio, rel_tol=1e-6,
+                            abs_tol=1e-6), (name, what, ours, theirs)
+
+
+def scratch_total_equity(engine: MarginEngine, name: str) -> float:
+    """TE = sum_c (eq_c + iso_c) * p_c (SPEC 1.4), from balances and positions alone."""
+    account = engine.accounts[name]
+    total = sum((state.cash - state.interest) * engine.usd_prices.get(currency, 0.0)
+                for currency, state in account.currencies.items())
+    for exposure in account.exposures.values():
+        instrument = exposure.instrument
+        mark = engine.marks.get(exposure.inst_id, exposure.avg_price)
+        if instrument is None or exposure.contracts == 0.0:
+            continue
+        upl = unrealized_pnl(instrument.contract_type == "inverse", instrument.multiplier,
+                             exposure.contracts, exposure.avg_price, mark)
+        total += (upl + exposure.margin) * engine.usd_prices.get(instrument.settle_currency, 0)
     return total
 
 
 def assert_matches(engine: MarginEngine) -> None:
     for name in engine.account_names():
-        incremental = engine.figures(name)
-        scratch = engine.recompute(name)
-        tolerance = 1e-9 * scale(engine, name)
-        for field in ("equity_usd", "maint_margin_usd", "init_margin_usd"):
-            ours, theirs = getattr(incremental, field), getattr(scratch, field)
-            assert math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=tolerance), (
-                name, field, ours, theirs)
+        total = engine.state()[name]["total_equity_usd"]
+        assert math.isclose(total, scratch_total_equity(engine, name), rel_tol=1e-9,
+                            abs_tol=1e-9 * scale(engine, name)), name
+        assert_close(engine, name, "headline", engine.figures(name), engine.recompute(name))
+        pools = engine.pool_figures(name)
+        scratch = engine.recompute_pools(name)
+        assert pools.keys() == scratch.keys(), (name, pools.keys(), scratch.keys())
+        for key, figures in pools.items():
+            assert_close(engine, name, key, figures, scratch[key])
 
 
 @given(event_sequences())
 def test_incremental_equals_recomputation(events: list[Event]) -> None:
     rules = (StopLossRule(name="r", metric="margin_ratio", below=2.0, action="close_all"),)
-    engine = MarginEngine(make_config(rules=rules, interest={"USDT": 0.001, "BTC": 0.0001}))
+    base = make_config(rules=rules, interest={"USDT": 0.001, "BTC": 0.0001})
+    eth_tiers = CollateralTiers((CollateralTier(5, 0.95), CollateralTier(math.inf, 0.7)))
+    config = replace(base, collateral={**base.collateral, "ETH": eth_tiers},
+                     configured_collateral=frozenset({"ETH"}),
+                     borrow={"BTC": (BorrowTier(0.5, 0.05, 0.2), BorrowTier(math.inf, 0.1, 0.4))})
+    engine = MarginEngine(config)
     for event in events:
         engine.apply(event)
         assert_matches(engine)

@@ -17,9 +17,14 @@ from adapters.okx.decode import OkxDecoder, RestPath
 from monitor.errors import BadInput
 from monitor.events import (
     UNTIMED,
+    AccountConfigUpdate,
+    AccountMode,
     BalanceUpdate,
+    BorrowTiersUpdate,
+    CollateralTiersUpdate,
     CurrencyBalance,
     ExchangeAccountFigures,
+    ExchangePositionFigures,
     IndexPrice,
     InstrumentUpdate,
     MarkPrice,
@@ -30,7 +35,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import Instrument, Tier
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
 
 RECV = 1_700_000_000_500
 ACCOUNT = "main"
@@ -776,10 +781,51 @@ def test_orders_frame_is_all_or_nothing() -> None:
         OkxDecoder().decode_frame(frame, ACCOUNT, RECV)
 
 
+def test_orders_carry_position_side_and_margin_mode() -> None:
+    # Hedge mode: a buy on the short side closes it (SPEC 1.2); isolated margin via tdMode.
+    hedged = order_row(posSide="short", tdMode="isolated")
+    one_way = order_row(ordId="2", posSide="")  # "" where posSide does not apply: net
+    untyped = order_row(ordId="3")
+    del untyped["tdMode"]  # a recording from before riskmon read tdMode: cross
+    events = OkxDecoder().decode_frame(orders_push(hedged, one_way, untyped), ACCOUNT, RECV)
+    assert [event.order for event in events if isinstance(event, OrderUpdate)] == [
+        dataclasses.replace(LIMIT_BUY, position_side="short", margin_mode="isolated"),
+        dataclasses.replace(LIMIT_BUY, order_id="2"),
+        dataclasses.replace(LIMIT_BUY, order_id="3"),
+    ]
+
+
+def test_spot_trade_modes_are_skipped_and_option_orders_passed_on() -> None:
+    # tdMode cash (spot) and spot_isolated (spot copy trading) are spot orders even on a
+    # margin-looking instType; OPTION orders go to the engine, which has no spec for them.
+    spot_isolated = order_row(instId="BTC-USDT", instType="MARGIN", tdMode="spot_isolated")
+    cash = order_row(instId="ETH-USDT", instType="", tdMode="cash", ordId="4")
+    option = order_row(instId="BTC-USD-240329-50000-C", instType="OPTION", ordId="5",
+                       px="0.02", lever="")
+    body = ok([spot_isolated, cash, option])
+    events = OkxDecoder().decode_rest(RestPath.ORDERS_PENDING, body, ACCOUNT, RECV)
+    expected = dataclasses.replace(LIMIT_BUY, order_id="5", inst_id="BTC-USD-240329-50000-C",
+                                   price=0.02, leverage=None)
+    assert events == [OrdersSnapshot(ACCOUNT, (expected,), UNTIMED, RECV)]
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"posSide": "both"}, "posSide 'both' is not net, long or short"),
+    ({"tdMode": "portfolio"}, "tdMode 'portfolio' is not cross or isolated"),
+])
+def test_bad_order_modes(overrides: dict[str, Any], reason: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        OkxDecoder().decode_frame(orders_push(order_row(**overrides)), ACCOUNT, RECV)
+    assert reason in raised.value.reason
+
+
 # --- positions ----------------------------------------------------------------------------
 
-BTC_LONG = Position("BTC-USDT-SWAP", 10.0, 41250.5, 10.0)
-ETH_SHORT_POSITION = Position("ETH-USDT-SWAP", -25.0, 2210.4, 5.0)
+# The exchange's own figures of position_row (mgnRatio, mmr, imr), kept for SPEC 1.9.
+POSITION_FIGURES = ExchangePositionFigures(margin_ratio=58.1, maint_margin=16.853,
+                                           init_margin=421.337)
+BTC_LONG = Position("BTC-USDT-SWAP", 10.0, 41250.5, 10.0, exchange=POSITION_FIGURES)
+ETH_SHORT_POSITION = Position("ETH-USDT-SWAP", -25.0, 2210.4, 5.0, exchange=POSITION_FIGURES)
 
 
 def test_positions_event_update() -> None:
@@ -789,7 +835,7 @@ def test_positions_event_update() -> None:
     frame = positions_push("event_update", position_row(), closed, MARGIN_POSITION)
     events = OkxDecoder().decode_line(private_line(frame))
     # event time: the latest of the rows' uTime and pTime (the push time).
-    expected = (BTC_LONG, Position("SOL-USDT-SWAP", 0.0, 0.0, 10.0))
+    expected = (BTC_LONG, Position("SOL-USDT-SWAP", 0.0, 0.0, 10.0, exchange=POSITION_FIGURES))
     assert events == [PositionUpdate(ACCOUNT, expected, 1_700_000_000_400, RECV)]
 
 
@@ -829,7 +875,8 @@ def test_tainted_multi_page_snapshot_yields_an_update() -> None:
     broken = positions_push("snapshot", position_row(instId="SOL-USDT-SWAP", pos="nan"), page=2)
     broken["lastPage"] = False
     assert decoder.decode_line(private_line(first)) == []
-    with pytest.raises(BadInput, match="positions SOL-USDT-SWAP pos 'nan' is not a finite number"):
+    reason = "positions SOL-USDT-SWAP cross net pos 'nan' is not a finite number"
+    with pytest.raises(BadInput, match=reason):
         decoder.decode_line(private_line(broken))
     last = positions_push("snapshot", position_row(), page=3, last=True)
     events = decoder.decode_line(private_line(last))
@@ -857,9 +904,9 @@ def test_snapshot_with_a_rejected_first_page_yields_an_update() -> None:
     decoder = OkxDecoder()
     # An unfinished older snapshot must not merge with the new one.
     decoder.decode_frame(positions_push("snapshot", ETH_SHORT, page=1, last=False), ACCOUNT, RECV)
-    hedged = positions_push("snapshot", position_row(posSide="short"), page=1, last=False)
-    with pytest.raises(BadInput, match="hedge-mode"):
-        decoder.decode_frame(hedged, ACCOUNT, RECV)
+    unknown = positions_push("snapshot", position_row(mgnMode="portfolio"), page=1, last=False)
+    with pytest.raises(BadInput, match="mgnMode 'portfolio' is not cross or isolated"):
+        decoder.decode_frame(unknown, ACCOUNT, RECV)
     last = positions_push("snapshot", position_row(), page=2, last=True)
     events = decoder.decode_frame(last, ACCOUNT, RECV)
     assert events == [PositionUpdate(ACCOUNT, (BTC_LONG,), 1_700_000_000_400, RECV)]
@@ -898,10 +945,81 @@ def test_snapshot_pages_are_kept_per_account() -> None:
     assert events_b == [PositionSnapshot("b", (BTC_LONG,), 1_700_000_000_400, RECV)]
 
 
-def test_hedge_mode_positions_are_rejected() -> None:
-    frame = positions_push("event_update", position_row(posSide="long"))
-    with pytest.raises(BadInput, match="hedge-mode positions are not supported"):
-        OkxDecoder().decode_line(private_line(frame))
+def test_hedge_mode_positions_are_one_per_side_and_a_short_is_negative() -> None:
+    # Long/short mode (docs: "Positions channel", posSide long / short): OKX gives each
+    # side's size as a positive pos; the short side's contracts are negative (SPEC 1.2).
+    long_side = position_row(posSide="long", pos="10")
+    short_side = position_row(posSide="short", pos="4", avgPx="42500.5", posId="2")
+    frame = positions_push("snapshot", long_side, short_side, page=1, last=True)
+    events = OkxDecoder().decode_line(private_line(frame))
+    long_position = dataclasses.replace(BTC_LONG, side="long")
+    short_position = Position("BTC-USDT-SWAP", -4.0, 42500.5, 10.0, side="short",
+                              exchange=POSITION_FIGURES)
+    assert events == [PositionSnapshot(ACCOUNT, (long_position, short_position),
+                                       1_700_000_000_400, RECV)]
+
+
+def test_isolated_positions_carry_their_margin_and_cross_ones_none() -> None:
+    isolated = position_row(mgnMode="isolated", margin="421.337", mgnRatio="27.5")
+    # OKX fills margin for cross rows with "" (or a figure that means nothing there).
+    cross = position_row(instId="ETH-USDT-SWAP", margin="12", mgnRatio="", mmr="", imr="")
+    closed = position_row(instId="SOL-USDT-SWAP", mgnMode="isolated", pos="0", avgPx="",
+                          margin="")
+    frame = positions_push("event_update", isolated, cross, closed)
+    events = OkxDecoder().decode_frame(frame, ACCOUNT, RECV)
+    assert events == [PositionUpdate(ACCOUNT, (
+        Position("BTC-USDT-SWAP", 10.0, 41250.5, 10.0, margin_mode="isolated", margin=421.337,
+                 exchange=dataclasses.replace(POSITION_FIGURES, margin_ratio=27.5)),
+        Position("ETH-USDT-SWAP", 10.0, 41250.5, 10.0),
+        Position("SOL-USDT-SWAP", 0.0, 0.0, 10.0, margin_mode="isolated", margin=0.0,
+                 exchange=POSITION_FIGURES),
+    ), 1_700_000_000_400, RECV)]
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"mgnMode": "isolated", "margin": ""},
+     "positions BTC-USDT-SWAP isolated net margin is empty"),
+    ({"mgnMode": "isolated", "margin": "-1"}, "margin '-1' must not be negative"),
+    ({"mgnMode": ""}, "positions BTC-USDT-SWAP mgnMode '' is not cross or isolated"),
+    ({"mgnMode": None}, "mgnMode None is not cross or isolated"),
+    ({"posSide": "both"}, "posSide 'both' is not net, long or short"),
+    ({"mgnRatio": "high"}, "mgnRatio 'high' is not a number"),
+    ({"mmr": "-3"}, "mmr '-3' must not be negative"),
+])
+def test_bad_position_fields(overrides: dict[str, Any], reason: str) -> None:
+    row = position_row(**overrides)
+    if overrides.get("mgnMode", "") is None:
+        del row["mgnMode"]
+    with pytest.raises(BadInput) as raised:
+        OkxDecoder().decode_frame(positions_push("event_update", row), ACCOUNT, RECV)
+    assert reason in raised.value.reason
+
+
+def test_option_positions_are_passed_on_and_spot_margin_ones_skipped() -> None:
+    # The engine has no spec for options, so it reports the account's risk as unknown;
+    # spot-margin borrowing is in the balances (liab, negative cashBal).
+    option = position_row(instId="BTC-USD-240329-50000-C", instType="OPTION", avgPx="0.025",
+                          pos="-2", lever="", mgnRatio="", mmr="", imr="")
+    frame = positions_push("event_update", option, MARGIN_POSITION)
+    events = OkxDecoder().decode_frame(frame, ACCOUNT, RECV)
+    expected = Position("BTC-USD-240329-50000-C", -2.0, 0.025, None)
+    assert events == [PositionUpdate(ACCOUNT, (expected,), 1_700_000_000_400, RECV)]
+
+
+def test_positions_rest_is_a_snapshot_untimed() -> None:
+    # docs: "Trading Account > REST API > Get positions": the rows of the positions channel.
+    body = ok([position_row(), ETH_SHORT, MARGIN_POSITION])
+    events = OkxDecoder().decode_line(rest_line(RestPath.POSITIONS, body, ACCOUNT))
+    assert events == [PositionSnapshot(ACCOUNT, (BTC_LONG, ETH_SHORT_POSITION), UNTIMED, RECV)]
+    # No positions at all is a snapshot too: everything held before is closed.
+    assert OkxDecoder().decode_rest(RestPath.POSITIONS, ok([]), ACCOUNT, RECV) == [
+        PositionSnapshot(ACCOUNT, (), UNTIMED, RECV)]
+    with pytest.raises(BadInput, match="/api/v5/account/positions is private data"):
+        OkxDecoder().decode_rest(RestPath.POSITIONS, body, None, RECV)
+    # A filtered request lists only some positions: an update, which closes nothing.
+    filtered = OkxDecoder().decode_rest(f"{RestPath.POSITIONS}?instType=SWAP", body, ACCOUNT,
+                                        RECV)
+    assert filtered == [PositionUpdate(ACCOUNT, (BTC_LONG, ETH_SHORT_POSITION), UNTIMED, RECV)]
 
 
 # --- account ------------------------------------------------------------------------------
@@ -909,7 +1027,8 @@ def test_hedge_mode_positions_are_rejected() -> None:
 USDT_BALANCE = CurrencyBalance("USDT", 4750.42, None, None)
 BTC_BALANCE = CurrencyBalance("BTC", -0.05, 0.0502, 0.0002)
 FIGURES = ExchangeAccountFigures(
-    margin_ratio=62.4, adjusted_equity=2718.86, init_margin=421.337, maint_margin=43.571
+    margin_ratio=62.4, adjusted_equity=2718.86, init_margin=421.337, maint_margin=43.571,
+    total_equity=2730.12,
 )
 
 
@@ -935,7 +1054,7 @@ def test_account_event_update_with_empty_figures() -> None:
         account=ACCOUNT,
         balances=(CurrencyBalance("USDT", 4800.0, None, None),),
         snapshot=False,
-        exchange=ExchangeAccountFigures(None, 4801.5, None, None),
+        exchange=ExchangeAccountFigures(None, 4801.5, None, None, total_equity=2730.12),
         event_ms=1_700_000_000_260,
         recv_ms=RECV,
     )
@@ -968,6 +1087,217 @@ def test_tainted_account_snapshot_is_not_a_snapshot() -> None:
     # BTC's page was lost: not a snapshot, or BTC's debt would read as zero.
     expected = BalanceUpdate(ACCOUNT, (USDT_BALANCE,), False, FIGURES, 1_700_000_000_280, RECV)
     assert events == [expected]
+
+
+# --- REST: balance, account configuration, discount rates, borrowing tiers ----------------
+
+
+def test_balance_rest_is_a_full_snapshot_untimed() -> None:
+    # docs: "Trading Account > REST API > Get balance": the account channel's row.
+    body = ok([account_row(account_detail(), BTC_DEBT)])
+    events = OkxDecoder().decode_line(rest_line(RestPath.BALANCE, body, ACCOUNT))
+    assert events == [BalanceUpdate(ACCOUNT, (USDT_BALANCE, BTC_BALANCE), True, FIGURES,
+                                    UNTIMED, RECV)]
+    # OKX always answers one row; no row says nothing (it would zero every balance).
+    assert OkxDecoder().decode_rest(RestPath.BALANCE, ok([]), ACCOUNT, RECV) == []
+    # Some currencies only (ccy=BTC): an update, which zeroes no other currency.
+    some = OkxDecoder().decode_rest(f"{RestPath.BALANCE}?ccy=BTC",
+                                    ok([account_row(BTC_DEBT)]), ACCOUNT, RECV)
+    assert some == [BalanceUpdate(ACCOUNT, (BTC_BALANCE,), False, FIGURES, UNTIMED, RECV)]
+    with pytest.raises(BadInput, match="returned code '50111'"):
+        OkxDecoder().decode_rest(RestPath.BALANCE, {"code": "50111", "msg": "", "data": []},
+                                 ACCOUNT, RECV)
+
+
+def test_single_currency_pools_carry_their_own_figures() -> None:
+    # Single-currency margin (acctLv 2): the account level figures are "" and each
+    # settlement currency reports its pool's mgnRatio, imr, mmr; eq is the pool's equity.
+    usdt = account_detail(mgnRatio="11.73", imr="421.337", mmr="16.853", eq="4838.74")
+    row = account_row(usdt, BTC_DEBT, adjEq="", imr="", mmr="", mgnRatio="")
+    (event,) = OkxDecoder().decode_frame(account_push("snapshot", row), ACCOUNT, RECV)
+    assert isinstance(event, BalanceUpdate)
+    assert event.exchange == ExchangeAccountFigures(None, None, None, None, 2730.12)
+    assert event.balances == (
+        dataclasses.replace(USDT_BALANCE, exchange=ExchangeAccountFigures(
+            margin_ratio=11.73, adjusted_equity=4838.74, init_margin=421.337,
+            maint_margin=16.853)),
+        BTC_BALANCE,
+    )
+
+
+def config_row(**overrides: Any) -> dict[str, Any]:
+    """A row of ``GET /api/v5/account/config`` (docs: "Get account configuration")."""
+    row: dict[str, Any] = {
+        "acctLv": "3", "acctStpMode": "cancel_maker", "autoLoan": True, "ctIsoMode":
+        "automatic", "enableSpotBorrow": False, "greeksType": "PA", "ip": "", "kycLv": "3",
+        "label": "riskmon", "level": "Lv1", "levelTmp": "", "liquidationGear": "-1",
+        "mainUid": "44705892343619584", "mgnIsoMode": "automatic", "opAuth": "0", "perm":
+        "read_only", "posMode": "net_mode", "roleType": "0", "spotBorrowAutoRepay": False,
+        "spotOffsetType": "", "spotRoleType": "0", "spotTraderInsts": [], "traderInsts": [],
+        "type": "0", "uid": "44705892343619584",
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.mark.parametrize(("level", "position_mode", "mode", "hedge"), [
+    ("2", "long_short_mode", "single_currency", True),
+    ("3", "net_mode", "multi_currency", False),
+    ("4", "net_mode", "portfolio", False),
+    ("1", "net_mode", "unsupported", False),  # spot mode
+    ("7", "net_mode", "unsupported", False),  # a level riskmon does not know
+])
+def test_account_config(level: str, position_mode: str, mode: AccountMode,
+                        hedge: bool) -> None:
+    body = ok([config_row(acctLv=level, posMode=position_mode)])
+    events = OkxDecoder().decode_line(rest_line(RestPath.ACCOUNT_CONFIG, body, ACCOUNT))
+    assert events == [AccountConfigUpdate(ACCOUNT, mode, level, hedge, UNTIMED, RECV)]
+
+
+def test_account_config_without_rows_is_nothing_and_bad_rows_are_bad_input() -> None:
+    decoder = OkxDecoder()
+    assert decoder.decode_rest(RestPath.ACCOUNT_CONFIG, ok([]), ACCOUNT, RECV) == []
+    with pytest.raises(BadInput, match="posMode 'both' is not net_mode or long_short_mode"):
+        decoder.decode_rest(RestPath.ACCOUNT_CONFIG, ok([config_row(posMode="both")]),
+                            ACCOUNT, RECV)
+    with pytest.raises(BadInput, match="account/config acctLv is missing"):
+        row = config_row()
+        del row["acctLv"]
+        decoder.decode_rest(RestPath.ACCOUNT_CONFIG, ok([row]), ACCOUNT, RECV)
+    with pytest.raises(BadInput, match="private data"):
+        decoder.decode_rest(RestPath.ACCOUNT_CONFIG, ok([config_row()]), None, RECV)
+
+
+DISCOUNT_PATH = f"{RestPath.DISCOUNT_RATE}?ccy=BTC"
+# The response example of docs "Public Data > REST API > Get discount rate and
+# interest-free quota" (current shape, ``details``: bounds in BTC).
+DOCUMENTED_DISCOUNT_ROW: dict[str, Any] = {
+    "amt": "0", "ccy": "BTC", "collateralRestrict": False, "colRes": "0",
+    "details": [
+        {"discountRate": "0.98", "liqPenaltyRate": "0.02", "maxAmt": "20", "minAmt": "0",
+         "tier": "1", "disCcyEq": "1000"},
+        {"discountRate": "0.9775", "liqPenaltyRate": "0.0225", "maxAmt": "25",
+         "minAmt": "20", "tier": "2", "disCcyEq": "2000"},
+    ],
+    "discountLv": "1", "minDiscountRate": "0",
+}
+# The older shape, ``discountInfo`` with bounds in USD: a recorded BTC response kept as a
+# test payload (``discountRateJSON``) in an older version of exchanges/okx/okx_test.go of a
+# gocryptotrader fork (the stored copy's commit is not recorded; BTC bands up to
+# 100,000,000 are only possible in USD).
+OLDER_DISCOUNT_ROW: dict[str, Any] = {
+    "amt": "1", "ccy": "BTC", "discountLv": "1",
+    "discountInfo": [
+        {"discountRate": "1", "maxAmt": "5000000", "minAmt": "0"},
+        {"discountRate": "0.975", "maxAmt": "10000000", "minAmt": "5000000"},
+        {"discountRate": "0.975", "maxAmt": "20000000", "minAmt": "10000000"},
+        {"discountRate": "0.95", "maxAmt": "40000000", "minAmt": "20000000"},
+        {"discountRate": "0.9", "maxAmt": "100000000", "minAmt": "40000000"},
+        {"discountRate": "0", "maxAmt": "", "minAmt": "100000000"},
+    ],
+}
+
+
+def test_discount_rates_in_currency_with_the_rate_beyond_the_last_band() -> None:
+    events = OkxDecoder().decode_line(rest_line(DISCOUNT_PATH, ok([DOCUMENTED_DISCOUNT_ROW])))
+    bands = (CollateralTier(20.0, 0.98), CollateralTier(25.0, 0.9775),
+             CollateralTier(INFINITY, 0.0))  # minDiscountRate beyond the last tier
+    assert events == [CollateralTiersUpdate("BTC", CollateralTiers(bands, in_usd=False),
+                                            UNTIMED, RECV)]
+
+
+def test_older_discount_info_is_in_usd() -> None:
+    usdt = {"amt": "0", "ccy": "USDT", "discountLv": "1",
+            "discountInfo": [{"discountRate": "1", "maxAmt": "", "minAmt": "0"}]}
+    events = OkxDecoder().decode_rest(RestPath.DISCOUNT_RATE, ok([OLDER_DISCOUNT_ROW, usdt]),
+                                      None, RECV)
+    btc = (CollateralTier(5e6, 1.0), CollateralTier(1e7, 0.975), CollateralTier(2e7, 0.975),
+           CollateralTier(4e7, 0.95), CollateralTier(1e8, 0.9), CollateralTier(INFINITY, 0.0))
+    assert events == [
+        CollateralTiersUpdate("BTC", CollateralTiers(btc, in_usd=True), UNTIMED, RECV),
+        CollateralTiersUpdate("USDT", CollateralTiers((CollateralTier(INFINITY, 1.0),),
+                                                      in_usd=True), UNTIMED, RECV),
+    ]
+
+
+def test_details_win_over_discount_info_and_bands_are_ordered_by_amount() -> None:
+    row = {**OLDER_DISCOUNT_ROW, "details": list(reversed(DOCUMENTED_DISCOUNT_ROW["details"]))}
+    (event,) = OkxDecoder().decode_rest(DISCOUNT_PATH, ok([row]), None, RECV)
+    assert isinstance(event, CollateralTiersUpdate)
+    # No minDiscountRate here: beyond the last band counts at 0 (CollateralTiers).
+    assert event.tiers == CollateralTiers((CollateralTier(20.0, 0.98),
+                                           CollateralTier(25.0, 0.9775)), in_usd=False)
+
+
+def _band(low: str, high: str, rate: str) -> dict[str, str]:
+    return {"minAmt": low, "maxAmt": high, "discountRate": rate}
+
+
+@pytest.mark.parametrize(("bands", "reason"), [
+    ([_band("0", "20", "0.98"), _band("25", "", "0.5")],
+     "discount-rate BTC: bands do not follow each other from 0 (minAmt 25 where 20 was due)"),
+    ([_band("5", "", "0.9")], "minAmt 5 where 0 was due"),
+    ([_band("0", "", "1.5")], "discount-rate BTC: factor 1.5 is not in [0, 1]"),
+    ([_band("0", "", "")], "discount-rate BTC band 1 discountRate is empty"),
+    ([_band("0", "-3", "1")], "maxAmt '-3' must be > 0"),
+    ("0.9", "discount-rate BTC bands '0.9' are not a non-empty array"),
+])
+def test_bad_discount_rates(bands: Any, reason: str) -> None:
+    row = {"ccy": "BTC", "details": bands}
+    with pytest.raises(BadInput) as raised:
+        OkxDecoder().decode_rest(DISCOUNT_PATH, ok([row]), None, RECV)
+    assert reason in raised.value.reason
+
+
+def test_a_discount_row_without_bands_is_bad_input() -> None:
+    with pytest.raises(BadInput, match="discount-rate ETH has neither details nor discountInfo"):
+        OkxDecoder().decode_rest(DISCOUNT_PATH, ok([{"ccy": "ETH", "amt": "0"}]), None, RECV)
+    empty = {"ccy": "ETH", "details": [], "discountInfo": []}
+    with pytest.raises(BadInput, match=r"discount-rate ETH bands \[\] are not a non-empty array"):
+        OkxDecoder().decode_rest(DISCOUNT_PATH, ok([empty]), None, RECV)
+
+
+def borrow_row(tier: int, max_size: str, mmr: str, imr: str) -> dict[str, Any]:
+    """A ``position-tiers`` row of ``instType=MARGIN`` with ``ccy`` (docs: "Get position
+    tiers": maxSz is then the tier's maximum borrowing amount)."""
+    return {"baseMaxLoan": "", "imr": imr, "instFamily": "", "instId": "", "maxLever": "5",
+            "maxSz": max_size, "minSz": "0", "mmr": mmr, "optMgnFactor": "0",
+            "quoteMaxLoan": "", "tier": str(tier), "uly": ""}
+
+
+BORROW_PATH = f"{RestPath.POSITION_TIERS}?instType=MARGIN&tdMode=cross&ccy=USDT"
+
+
+def test_margin_position_tiers_of_a_currency_are_its_borrowing_tiers() -> None:
+    rows = [borrow_row(2, "", "0.05", "0.25"), borrow_row(1, "500000", "0.03", "0.2")]
+    events = OkxDecoder().decode_line(rest_line(BORROW_PATH, ok(rows)))
+    assert events == [BorrowTiersUpdate("USDT", (BorrowTier(500_000.0, 0.03, 0.2),
+                                                 BorrowTier(INFINITY, 0.05, 0.25)),
+                                        UNTIMED, RECV)]
+
+
+def test_margin_tiers_without_a_currency_or_for_isolated_are_out_of_scope() -> None:
+    decoder = OkxDecoder()
+    rows = ok([borrow_row(1, "50", "0.03", "0.1")])
+    pair = f"{RestPath.POSITION_TIERS}?instType=MARGIN&tdMode=cross&instId=BTC-USDT"
+    isolated = f"{RestPath.POSITION_TIERS}?instType=MARGIN&tdMode=isolated&ccy=USDT"
+    assert decoder.decode_rest(pair, rows, None, RECV) == []
+    assert decoder.decode_rest(isolated, rows, None, RECV) == []
+    assert decoder.decode_rest(BORROW_PATH, ok([]), None, RECV) == []
+
+
+@pytest.mark.parametrize(("rows", "reason"), [
+    ([borrow_row(1, "", "1.5", "0.2")], "position-tiers MARGIN USDT: mmr 1.5 is not in [0, 1]"),
+    ([borrow_row(1, "", "0.03", "")], "position-tiers MARGIN USDT tier 1 imr is empty"),
+    ([borrow_row(1, "", "0.03", "0.2"), borrow_row(2, "10", "0.05", "0.3")],
+     "tier max_amount must be positive and ascending"),
+    ([borrow_row(1, "10", "0.03", "0.2"), borrow_row(1, "", "0.05", "0.3")],
+     "lists a tier number twice"),
+])
+def test_bad_borrowing_tiers(rows: list[dict[str, Any]], reason: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        OkxDecoder().decode_rest(BORROW_PATH, ok(rows), None, RECV)
+    assert reason in raised.value.reason
 
 
 # --- operational frames -------------------------------------------------------------------
@@ -1037,7 +1367,7 @@ def test_frames_without_domain_data(frame: Any) -> None:
 
 def test_unknown_rest_path_and_blank_line() -> None:
     decoder = OkxDecoder()
-    assert decoder.decode_line(rest_line("/api/v5/account/balance", ok([]), ACCOUNT)) == []
+    assert decoder.decode_line(rest_line("/api/v5/account/bills", ok([{}]), ACCOUNT)) == []
     assert decoder.decode_line(b"   \n") == []
 
 

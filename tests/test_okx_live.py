@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from adapters.backoff import backoff_delay
 from adapters.okx.auth import Credentials, load_credentials, login_request, rest_headers, sign
@@ -340,8 +342,18 @@ class PublicServer:
                     else:
                         await connection.send(item)
 
+    @staticmethod
+    def answer_rest(connection: ServerConnection, request: Request) -> Response | None:
+        """The feed's REST loads (instruments, tiers) get an empty answer."""
+        if not request.path.startswith("/api/v5/"):
+            return None
+        body = orjson.dumps({"code": "0", "msg": "", "data": []})
+        return Response(200, "OK", Headers([("Content-Type", "application/json"),
+                                            ("Content-Length", str(len(body)))]), body)
+
     async def start(self) -> int:
-        self.server = await serve(self.handle, "127.0.0.1", 0, compression=None)
+        self.server = await serve(self.handle, "127.0.0.1", 0, compression=None,
+                                  process_request=self.answer_rest)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
@@ -381,9 +393,10 @@ async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
     port = await server.start()
     items: list[FeedItem] = []
     config = OkxConfig(public_url=f"ws://127.0.0.1:{port}/ws/v5/public",
-                       backoff_initial_s=30, backoff_max_s=60)
-    feed = OkxFeed(config, {}, items.append, load_instruments=False)
-    feed.want([BTC_SWAP], [])
+                       rest_url=f"http://127.0.0.1:{port}", backoff_initial_s=30,
+                       backoff_max_s=60)
+    feed = OkxFeed(config, {}, items.append)
+    feed.want([BTC_SWAP], [], [])
     runner = asyncio.create_task(feed.run())
     try:
         # The notice makes the link reconnect at once (despite the 30 s backoff).
@@ -408,11 +421,13 @@ async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
     changes = [(i.connected, i.reason) for i in items if isinstance(i, LinkChange)]
     assert changes == [(True, "subscribed"), (False, "notice 64008: Service upgrade"),
                        (True, "subscribed")]
+    # The REST loads (instruments at each connect, the family's tiers) are delivered too.
+    pushed = [i for i in items if not isinstance(i, RestBody)]
     # The greeting came before the link was open: held, and delivered after the change.
-    assert isinstance(items[0], LinkChange) and items[1] == Frame(items[1].recv_ms, None,
-                                                                  eth_push, "ETH-USDT-SWAP")
+    assert isinstance(pushed[0], LinkChange) and pushed[1] == Frame(pushed[1].recv_ms, None,
+                                                                    eth_push, "ETH-USDT-SWAP")
     # The acknowledgements, the error and the pong were handled, not delivered.
-    assert len(items) == len(frames) + len(changes)
+    assert len(pushed) == len(frames) + len(changes)
 
 
 def test_a_websockets_without_the_message_hook_is_refused(
@@ -424,7 +439,7 @@ def test_a_websockets_without_the_message_hook_is_refused(
     monkeypatch.delattr(Connection, "process_event")
 
     with pytest.raises(FeedError, match=f"websockets {version('websockets')}"):
-        OkxFeed(OkxConfig(), {}, lambda item: None, load_instruments=False)
+        OkxFeed(OkxConfig(), {}, lambda item: None)
 
 
 async def test_the_inbox_wakes_its_reader_whenever_items_arrive() -> None:

@@ -781,7 +781,11 @@ async def test_rest_authentication_and_unknown_paths(tmp_path: Path) -> None:
             "code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []})
         assert await http_get(port, ORDERS_PENDING, {"OK-ACCESS-KEY": "beta"}) == (200, {
             "code": "0", "msg": "", "data": []})
-        status, body = await http_get(port, "/api/v5/account/balance")
+        for path in ("/api/v5/account/balance", "/api/v5/account/positions",
+                     "/api/v5/account/config"):
+            status, body = await http_get(port, path)
+            assert (status, body["code"]) == (401, "50103"), path
+        status, body = await http_get(port, "/api/v5/account/bills")
         assert status == 404 and body["data"] == []
         with pytest.raises(InvalidStatus) as refused:
             await connect(f"ws://127.0.0.1:{port}/ws/v5/business")
@@ -807,6 +811,107 @@ async def test_instruments_and_tiers_are_served_by_path_and_query(tmp_path: Path
         empty = (200, {"code": "0", "msg": "", "data": []})
         assert await http_get(port, "/api/v5/public/instruments?instType=FUTURES") == empty
         assert await http_get(port, "/api/v5/public/position-tiers?instType=SWAP") == empty
+
+
+ACCOUNT_CONFIG = "/api/v5/account/config"
+BALANCE = "/api/v5/account/balance"
+POSITIONS = "/api/v5/account/positions"
+KEY = {"OK-ACCESS-KEY": "main"}
+
+
+async def test_the_account_rest_state_follows_the_push_position(tmp_path: Path) -> None:
+    config_row = {"acctLv": "2", "posMode": "long_short_mode", "uid": "1"}
+    long_side = position_row(BTC, "3", "60000", T0, pos_side="long")
+    short_side = position_row(BTC, "2", "61000", T0, pos_side="short")
+    # Two positions on one instrument and side, told apart by their margin mode.
+    eth_cross = position_row(ETH, "5", "3000", T0)
+    eth_isolated = {**position_row(ETH, "1", "3100", T0), "mgnMode": "isolated",
+                    "margin": "150"}
+    balance = {"uTime": str(T0), "totalEq": "2000", "adjEq": "", "imr": "", "mmr": "",
+               "mgnRatio": "", "details": [balance_row("USDT", "1000", T0),
+                                           balance_row("BTC", "0.01", T0)]}
+    discount = {"ccy": "USDT", "details": [{"minAmt": "0", "maxAmt": "", "discountRate": "1",
+                                            "tier": "1"}]}
+    borrow = {"instFamily": "", "instId": "", "tier": "1", "maxSz": "", "mmr": "0.03",
+              "imr": "0.2"}
+    margin_tiers = "/api/v5/public/position-tiers?instType=MARGIN&tdMode=cross&ccy=USDT"
+    lines = [
+        rest(ACCOUNT_CONFIG, [config_row], T0 - 30, account="main"),
+        rest(BALANCE, [balance], T0 - 20, account="main"),
+        rest(POSITIONS, [long_side, short_side, eth_cross, eth_isolated], T0 - 10,
+             account="main"),
+        positions("main", [position_row(BTC, "0", "", T0 + 10, pos_side="long")], T0 + 10),
+        account_push("main", [balance_row("USDT", "900", T0 + 20)], T0 + 20),
+        rest("/api/v5/public/discount-rate-interest-free-quota?ccy=USDT", [discount], T0 + 30),
+        rest(margin_tiers, [borrow], T0 + 30),
+    ]
+    recording = write_recording(tmp_path / "r.jsonl", lines)
+    async with running(recording, speed=None, subscribe_grace_s=30.0) as (server, port):
+        # Before any push: the recorded bodies, as they are.
+        assert await http_get(port, ACCOUNT_CONFIG, KEY) == (200, lines[0]["body"])
+        assert await http_get(port, BALANCE, KEY) == (200, lines[1]["body"])
+        assert await http_get(port, POSITIONS, KEY) == (200, lines[2]["body"])
+        empty = (200, {"code": "0", "msg": "", "data": []})
+        discount_path = "/api/v5/public/discount-rate-interest-free-quota?ccy=USDT"
+        assert await http_get(port, discount_path) == empty  # not read yet
+
+        ws = await open_ws(port, PRIVATE_PATH)
+        await login(ws)
+        await subscribe(ws, PRIVATE_ARGS[0])  # positions only: the account push waits
+        assert await receive(ws) == frame(lines[3])
+        # The long side closed since the recorded list; the short side and both ETH
+        # positions (cross and isolated) are still open.
+        status, body = await http_get(port, POSITIONS, KEY)
+        assert (status, body["data"]) == (200, [short_side, eth_cross, eth_isolated])
+        assert await http_get(port, BALANCE, KEY) == (200, lines[1]["body"])
+
+        await send(ws, subscribe_request(PRIVATE_ARGS[1]))
+        assert (await receive(ws))["event"] == "subscribe"
+        assert await receive(ws) == frame(lines[4])
+        await server.wait_finished()  # the REST lines after the last frame are read
+        # The latest account row (the push's), with every currency's latest details.
+        status, body = await http_get(port, BALANCE, KEY)
+        pushed_row = frame(lines[4])["data"][0]
+        assert status == 200 and body["data"] == [{
+            **pushed_row,
+            "details": [balance_row("USDT", "900", T0 + 20), balance_row("BTC", "0.01", T0)]}]
+        assert await http_get(port, discount_path) == (200, lines[5]["body"])
+        reordered = "/api/v5/public/position-tiers?ccy=USDT&instType=MARGIN&tdMode=cross"
+        assert await http_get(port, reordered) == (200, lines[6]["body"])
+        other = "/api/v5/public/position-tiers?instType=MARGIN&tdMode=cross&ccy=BTC"
+        assert await http_get(port, other) == empty
+        # Re-subscribing positions: the same open positions, as a snapshot.
+        await send(ws, subscribe_request(PRIVATE_ARGS[0]))
+        assert (await receive(ws))["event"] == "subscribe"
+        snapshot = await receive(ws)
+        assert snapshot["eventType"] == "snapshot"
+        assert snapshot["data"] == [short_side, eth_cross, eth_isolated]
+        await ws.close()
+
+
+async def test_without_recorded_bodies_the_account_rest_state_is_what_was_pushed(
+        tmp_path: Path) -> None:
+    lines = [
+        account_push("main", [balance_row("USDT", "1000", T0)], T0, snapshot=True),
+        positions("main", [position_row(BTC, "1", "60000", T0)], T0 + 10, snapshot=True),
+    ]
+    recording = write_recording(tmp_path / "r.jsonl", lines)
+    async with running(recording, speed=None) as (server, port):
+        empty = (200, {"code": "0", "msg": "", "data": []})
+        # Nothing known yet: no config, no balance row (no news), no positions.
+        for path in (ACCOUNT_CONFIG, BALANCE, POSITIONS):
+            assert await http_get(port, path, KEY) == empty, path
+        ws = await open_ws(port, PRIVATE_PATH)
+        await login(ws)
+        await subscribe(ws, PRIVATE_ARGS[0], PRIVATE_ARGS[1])
+        assert await data_frames(ws, 2) == [frame(line) for line in lines]
+        await server.wait_finished()
+        status, body = await http_get(port, BALANCE, KEY)
+        assert status == 200 and body["data"][0]["details"] == [balance_row("USDT", "1000", T0)]
+        assert await http_get(port, POSITIONS, KEY) == (200, {
+            "code": "0", "msg": "", "data": [position_row(BTC, "1", "60000", T0)]})
+        assert await http_get(port, ACCOUNT_CONFIG, KEY) == empty
+        await ws.close()
 
 
 # --- the API around it ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from monitor.alerts import Alert, Level
 from monitor.errors import SinkError
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from monitor.records import AccountCheckpoint, MarginPoint, PoolCheckpoint, QuarantineRecord
 from tests.builders import make_alert
 
 BASE_TS = 1_700_000_000_000
@@ -271,6 +271,51 @@ async def test_checkpoints_save_load_and_upsert(store: SqliteStore, db_path: Pat
         ("desk", "normal", BASE_TS, None, "[]"),
         ("main", "deleverage", BASE_TS + 5, BASE_TS + 300_005, "[]"),
     ]
+
+
+async def test_pool_levels_round_trip(store: SqliteStore, db_path: Path) -> None:
+    pools = (PoolCheckpoint("", "warning", None),
+             PoolCheckpoint("isolated:BTC-USDT-SWAP:net", "liquidation", BASE_TS + 60_000))
+    saved = AccountCheckpoint("main", "warning", BASE_TS + 60_000, (), BASE_TS, pools)
+    await store.save_checkpoints([saved])
+    assert await store.load_checkpoints() == [saved]
+    assert rows(db_path, "SELECT pools FROM level_state") == [(
+        f'[["","warning",null],["isolated:BTC-USDT-SWAP:net","liquidation",{BASE_TS + 60_000}]]',
+    )]
+
+
+@pytest.mark.parametrize("stored", ['{"": "warning"}', '[["", "panic", null]]',
+                                    '[["", "warning"]]', "not json"])
+async def test_unreadable_pool_levels_are_refused(store: SqliteStore, db_path: Path,
+                                                  stored: str) -> None:
+    await store.save_checkpoints([checkpoint("main", "warning", BASE_TS)])
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("UPDATE level_state SET pools = ?", (stored,))
+    with pytest.raises(SinkError, match="'main'"):
+        await store.load_checkpoints()
+
+
+async def test_a_version_2_database_is_migrated_keeping_alerts_and_levels(
+        db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as db, db:
+        for step in MIGRATIONS[:2]:
+            for statement in step:
+                db.execute(statement)
+        db.execute("INSERT INTO level_state VALUES ('main', 'deleverage', 7, 99, '[\"r\"]')")
+        db.execute("INSERT INTO alerts (id, ts, emitted_ts, account, kind, level, equity_usd,"
+                   " maint_margin_usd, init_margin_usd, payload) VALUES ('a', 1, 2, 'main',"
+                   " 'reminder', 'deleverage', 10, 5, 6, '{}')")
+        db.execute("PRAGMA user_version = 2")
+
+    store = await SqliteStore.open(db_path)
+    try:
+        assert await store.load_checkpoints() == [
+            AccountCheckpoint("main", "deleverage", 99, ("r",), 7)]
+        [alert] = await store.alerts()
+        assert alert.id == "a" and alert.closing_fee_usd == 0.0
+    finally:
+        await store.close()
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 async def test_a_batch_is_one_transaction(store: SqliteStore, db_path: Path) -> None:

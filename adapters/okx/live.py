@@ -8,12 +8,15 @@ and subscribes ``orders``, ``positions`` and ``account`` (``instType`` ANY).
 Every connection runs the same loop: connect, open (log in; load REST state; subscribe),
 read until the connection fails, report, back off, again. Choices:
 
-- *Order of opening.* A private connection loads live orders from REST after login and
-  before subscribing: the orders channel has no snapshot, and the positions and account
-  channels push theirs on subscribing, so the engine sees orders, then balances, then
-  positions, then updates. (An order placed in the instant between the REST response and
-  the subscription would be missed until its next update; OKX offers no sequence number
-  to close that gap.)
+- *Order of opening.* After login and before subscribing, a private connection loads by
+  signed REST, in this order, ``/api/v5/account/config`` (account and position mode),
+  ``/api/v5/account/balance``, ``/api/v5/account/positions`` (so the account's risk is
+  known before the first push) and ``/api/v5/trade/orders-pending`` (the orders channel
+  has no snapshot), each delivered as a :class:`~monitor.feed.RestBody`; a failure of any
+  is a FeedError and the connection is opened again with backoff. The positions and
+  account channels then push their own snapshots on subscribing. (An order placed in the
+  instant between the REST response and the subscription would be missed until its next
+  update; OKX offers no sequence number to close that gap.)
 - *Keepalive.* After ``ping_after_s`` without a message the text ``ping`` is sent; without
   any message in ``pong_timeout_s`` after it the connection is dropped and reopened.
   websockets' own protocol pings are off: OKX documents the text form.
@@ -40,9 +43,17 @@ read until the connection fails, report, back off, again. Choices:
   without a key and never conflated. (A text in that shape that is not JSON is
   quarantined by the engine task, unless a newer mark of the same instrument replaces it
   under pressure first.)
-- *Instruments.* Unless the configuration lists instruments, the specs of every SWAP and
-  FUTURES instrument are loaded at each public (re)connect, and the maintenance tiers of a
-  family the first time one of its instruments is wanted.
+- *Public REST.* The specs of every SWAP and FUTURES instrument load at each public
+  (re)connect, always (configured ``[[instruments]]`` override them per ``inst_id`` in the
+  engine); then, as :meth:`OkxFeed.want` reports the engine's interest, once per process
+  each: the cross maintenance tiers of a family the first time one of its instruments is
+  wanted, the discount-rate tiers of every currency held
+  (``/api/v5/public/discount-rate-interest-free-quota?ccy=C``) and the borrowing tiers of
+  every currency borrowed (``/api/v5/public/position-tiers?instType=MARGIN&tdMode=cross&
+  ccy=C``). A failed load is retried with backoff for as long as it is still wanted.
+- *Demo trading.* With ``okx.simulated`` every REST request, public ones too, carries
+  ``x-simulated-trading: 1`` (docs: "Overview > Demo trading services"; the websocket
+  URLs are the demo ones by default, monitor.config).
 
 Credentials never leave :class:`~adapters.okx.auth.Credentials` except inside the login
 frame and REST headers; nothing here logs a frame it sends.
@@ -54,6 +65,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -64,7 +76,15 @@ from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
 from adapters.okx.decode import mark_price_key
-from adapters.okx.rest import INSTRUMENTS, POSITION_TIERS, OkxRest
+from adapters.okx.rest import (
+    ACCOUNT_CONFIG,
+    BALANCE,
+    DISCOUNT_RATE,
+    INSTRUMENTS,
+    POSITION_TIERS,
+    POSITIONS,
+    OkxRest,
+)
 from adapters.push_connection import PushConnection, check_websockets
 from monitor.config import OkxConfig
 from monitor.errors import FeedError
@@ -79,6 +99,8 @@ PRIVATE_CHANNELS: Final = (
     {"channel": "positions", "instType": "ANY"},
     {"channel": "account"},
 )
+# Signed REST loads of a private connection before orders-pending, in this order.
+BOOTSTRAP_PATHS: Final = (ACCOUNT_CONFIG, BALANCE, POSITIONS)
 _MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # large snapshots arrive as one frame
 
 
@@ -116,6 +138,17 @@ def _now_ms() -> int:
     return _time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class _PublicLoad:
+    """One public REST load the engine's interest calls for (SPEC 3.1): ``what`` names it
+    in the logs, ``subject`` is the family or currency, ``params`` the query."""
+
+    what: str
+    subject: str
+    path: str
+    params: tuple[tuple[str, str], ...]
+
+
 class OkxFeed:
     """The public connection and one private connection per account."""
 
@@ -125,7 +158,6 @@ class OkxFeed:
         credentials: Mapping[str, Credentials],
         deliver: Callable[[FeedItem], None],
         *,
-        load_instruments: bool,
         collateral: Collection[str] = (),
         rng: random.Random | None = None,
     ) -> None:
@@ -133,32 +165,52 @@ class OkxFeed:
         self.config = config
         self.collateral = frozenset(collateral)
         self.deliver = deliver
-        self.load_instruments = load_instruments
-        self.rest = OkxRest(config.rest_url, timeout_s=config.request_timeout_s)
+        self.rest = OkxRest(config.rest_url, timeout_s=config.request_timeout_s,
+                            simulated=config.simulated)
         self.rng = rng or random.Random()
         self.log = get_logger("riskmon.feed")
         self.public = _PublicLink(self)
         self.private = {name: _PrivateLink(self, name, creds)
                         for name, creds in credentials.items()}
-        self._families_loaded: set[tuple[str, str]] = set()
-        self._families_wanted: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # Public loads requested so far (each once per process), those the latest want()
+        # still asks for (a failed load is retried only while it is), and the queue.
+        self._requested: set[_PublicLoad] = set()
+        self._wanted_loads: frozenset[_PublicLoad] = frozenset()
+        self._loads: asyncio.Queue[_PublicLoad] = asyncio.Queue()
 
-    def want(self, instruments: Collection[str], currencies: Collection[str]) -> None:
+    def want(self, instruments: Collection[str], currencies: Collection[str],
+             borrowed: Collection[str]) -> None:
         """Subscribe mark prices of ``instruments`` and index prices of ``currencies``
         and of every configured collateral currency (priced in USDT; USD and USDT count
         at 1). The collateral currencies are always subscribed, so the public connection
-        has its subscriptions before any account state has arrived."""
+        has its subscriptions before any account state has arrived.
+
+        Public REST, the first time each is wanted: the cross-margin tiers of the family
+        of each instrument, the discount-rate tiers of each currency held and the
+        borrowing (``MARGIN`` position) tiers of each currency ``borrowed``."""
         args = [{"channel": "mark-price", "instId": inst_id} for inst_id in sorted(instruments)]
         args += [{"channel": "index-tickers", "instId": f"{ccy}-USDT"}
                  for ccy in sorted(self.collateral | set(currencies))
                  if ccy not in ("USD", "USDT")]
         self.public.set_wanted(args)
-        if self.load_instruments:
-            for inst_id in instruments:
-                family = instrument_family(inst_id)
-                if family is not None and family not in self._families_loaded:
-                    self._families_loaded.add(family)
-                    self._families_wanted.put_nowait(family)
+        loads: list[_PublicLoad] = []
+        for inst_id in sorted(instruments):
+            family = instrument_family(inst_id)
+            if family is not None:
+                inst_type, name = family
+                loads.append(_PublicLoad("tiers", name, POSITION_TIERS, (
+                    ("instType", inst_type), ("tdMode", "cross"), ("instFamily", name))))
+        # docs: "Public Data > REST API > Get discount rate and interest-free quota".
+        loads += [_PublicLoad("discount_rates", ccy, DISCOUNT_RATE, (("ccy", ccy),))
+                  for ccy in sorted(currencies)]
+        # docs: "Get position tiers": instType MARGIN with ccy gives the borrowing tiers.
+        loads += [_PublicLoad("borrow_tiers", ccy, POSITION_TIERS, (
+            ("instType", "MARGIN"), ("tdMode", "cross"), ("ccy", ccy))) for ccy in sorted(borrowed)]
+        self._wanted_loads = frozenset(loads)
+        for load in loads:
+            if load not in self._requested:
+                self._requested.add(load)
+                self._loads.put_nowait(load)
 
     async def run(self) -> None:
         """Run every connection until cancelled."""
@@ -166,23 +218,30 @@ class OkxFeed:
             group.create_task(self.public.run(), name="okx-public")
             for name, link in self.private.items():
                 group.create_task(link.run(), name=f"okx-private-{name}")
-            if self.load_instruments:
-                group.create_task(self._load_tiers(), name="okx-tiers")
+            group.create_task(self._load_public(), name="okx-public-rest")
 
-    async def _load_tiers(self) -> None:
-        """Fetch the cross-margin tiers of each family the first time it is wanted."""
+    async def _load_public(self) -> None:
+        """Fetch each wanted public load once, in the order wanted; a failure is retried
+        with backoff for as long as the engine still wants it."""
+        config = self.config
+        failures: dict[_PublicLoad, int] = {}
         while True:
-            family = await self._families_wanted.get()
-            inst_type, name = family
+            load = await self._loads.get()
             try:
-                path, body = await self.rest.get(
-                    POSITION_TIERS, {"instType": inst_type, "tdMode": "cross",
-                                     "instFamily": name})
+                path, body = await self.rest.get(load.path, dict(load.params))
             except FeedError as e:
-                self.log.warning("tiers_load_failed", family=name, error=str(e))
-                self._families_loaded.discard(family)  # retried when next wanted
-                await asyncio.sleep(self.config.backoff_initial_s)
+                count = failures.get(load, 0)
+                failures[load] = count + 1
+                self.log.warning("public_load_failed", load=load.what, subject=load.subject,
+                                 error=str(e), failures=count + 1)
+                await asyncio.sleep(backoff_delay(count, config.backoff_initial_s,
+                                                  config.backoff_max_s, self.rng))
+                if load in self._wanted_loads:
+                    self._loads.put_nowait(load)
+                else:
+                    self._requested.discard(load)  # loaded when next wanted
                 continue
+            failures.pop(load, None)
             self.deliver(RestBody(_now_ms(), None, path, body))
 
 
@@ -388,10 +447,11 @@ class _PublicLink(_Link):
 
     async def open(self, ws: PushConnection) -> None:
         feed = self.feed
-        if feed.load_instruments:
-            for inst_type in ("SWAP", "FUTURES"):
-                path, body = await feed.rest.get(INSTRUMENTS, {"instType": inst_type})
-                feed.deliver(RestBody(_now_ms(), None, path, body))
+        # Always: configured [[instruments]] override the feed's specs per inst_id in the
+        # engine, they do not replace loading them (SPEC 3.1).
+        for inst_type in ("SWAP", "FUTURES"):
+            path, body = await feed.rest.get(INSTRUMENTS, {"instType": inst_type})
+            feed.deliver(RestBody(_now_ms(), None, path, body))
         await self._sync(ws)
 
     def closed(self) -> None:
@@ -436,6 +496,12 @@ class _PrivateLink(_Link):
         feed = self.feed
         await ws.send(orjson.dumps(login_request(self.credentials, int(time.time()))).decode())
         await self._await_login(ws)
+        # The account's state before any push (SPEC 3.1): its mode, balances and positions
+        # (so its risk is known before the first push), then live orders, which the orders
+        # channel never sends as a snapshot. A failure raises FeedError: reconnect.
+        for rest_path in BOOTSTRAP_PATHS:
+            path, body = await feed.rest.get(rest_path, None, self.credentials)
+            feed.deliver(RestBody(_now_ms(), self.account, path, body))
         path, body = await feed.rest.orders_pending(self.credentials)
         feed.deliver(RestBody(_now_ms(), self.account, path, body))
         await self.subscribe(ws, "subscribe", [dict(arg) for arg in PRIVATE_CHANNELS])

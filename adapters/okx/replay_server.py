@@ -18,10 +18,13 @@ base ``http://H:P``, all on one port. Message formats and error codes follow the
   (60011). Private channels are the private endpoint's (account, positions, orders, ...) and
   any channel the recording has with an account.
 - REST over plain HTTP GET on the same port (websockets' ``process_request`` hook answers
-  requests that are not websocket upgrades): ``/api/v5/trade/orders-pending`` (by the
-  ``OK-ACCESS-KEY`` header, mapped to an account like the ``apiKey`` at login; 401 with
-  50103 or 50111 otherwise), ``/api/v5/public/instruments`` and
-  ``/api/v5/public/position-tiers``. Other paths, websocket ones included, are 404.
+  requests that are not websocket upgrades). Signed, by the ``OK-ACCESS-KEY`` header
+  (mapped to an account like the ``apiKey`` at login; 401 with 50103 or 50111 otherwise):
+  ``/api/v5/trade/orders-pending``, ``/api/v5/account/config``,
+  ``/api/v5/account/balance`` and ``/api/v5/account/positions``. Public:
+  ``/api/v5/public/instruments``, ``/api/v5/public/position-tiers`` and
+  ``/api/v5/public/discount-rate-interest-free-quota``. Other paths, websocket ones
+  included, are 404.
 
 Pushes. Every data frame of the recording goes, in recorded order, to the connection it
 belongs to: public frames to the public connection, private frames of account A to the
@@ -40,10 +43,11 @@ shifts the schedule (it is *re-based*), so a reconnect is never followed by a bu
 
 Subscribing ``positions`` or ``account`` again after frames of that channel were pushed to
 the account answers, after the acknowledgement, with a snapshot built from the latest rows
-pushed (OKX pushes an initial snapshot on subscribe): positions by (``instId``, ``posSide``)
-without the closed ones (``pos`` "0" or ""); the latest account row with ``details`` merged
-per ``ccy``. A recorded snapshot (its first page) replaces what came before, as it does for
-the decoder: a position absent from it is closed.
+pushed (OKX pushes an initial snapshot on subscribe): positions by (``instId``,
+``mgnMode``, ``posSide``) without the closed ones (``pos`` "0" or ""); the latest account
+row with ``details`` merged per ``ccy``. A recorded snapshot (its first page), or a recorded
+REST body of the whole list, replaces what came before, as it does for the decoder: a
+position absent from it is closed.
 
 ``orders-pending`` answers the account's live orders at the push position: the latest
 recorded ``orders-pending`` body read so far (REST lines are read as the push position
@@ -53,8 +57,21 @@ sent since (``live`` / ``partially_filled`` upsert by ``ordId``; ``filled``, ``c
 increasing order), filtered by ``instType``, ``instFamily``/``uly``, ``instId``,
 ``ordType`` and ``state``, and paged by ``limit`` (default and maximum 100), ``after``
 (older than that ``ordId``) and ``before`` (newer; alone, the ``limit`` orders closest to
-it). Instruments and tiers answer the latest recorded body whose path and query parameters
-match (in any order), else ``{"code": "0", "msg": "", "data": []}``.
+it).
+
+The account's other REST state is also answered as of the push position.
+``account/balance`` and ``account/positions`` answer the latest recorded body read so far
+(without a query: a filtered one is not the whole state) while no push of the channel
+came after it; otherwise the snapshot built from it and what was pushed since, the rows
+the re-subscribe snapshots hold, as ``{"code": "0", "msg": "", "data": [...]}``; before
+anything of the account is known, ``data`` is empty (no positions; no balance row, which
+the decoder reads as no news). ``account/config`` answers the latest recorded body read so
+far, else an empty ``data``. Discount-rate tiers and ``position-tiers`` of
+``instType=MARGIN`` (borrowing tiers, loaded live as currencies come into use) answer the
+latest recorded body read so far whose query parameters match (in any order); other
+instruments and tiers the latest recorded body of the whole recording whose path and query
+match. Without a match: ``{"code": "0", "msg": "", "data": []}``. Recorded error bodies
+of these paths are not served (the live feed retried them; what followed counts).
 
 Faults (:class:`Faults`, for integration tests), counted in recorded frames pushed: drop
 (abort the TCP connection of the next frame, no close frame), garbage (a text frame that is
@@ -123,6 +140,10 @@ _LOGIN_FIELDS: Final = ("apiKey", "passphrase", "timestamp", "sign")
 _SNAPSHOT_CHANNELS: Final = frozenset({"positions", "account"})
 
 _EMPTY_BODY: Final[dict[str, Any]] = {"code": "0", "msg": "", "data": []}
+# Signed REST paths, answered per account (by the OK-ACCESS-KEY header).
+_PRIVATE_REST_PATHS: Final = frozenset(
+    {RestPath.ORDERS_PENDING, RestPath.ACCOUNT_CONFIG, RestPath.BALANCE, RestPath.POSITIONS}
+)
 _GARBAGE: Final = "riskmon replay-server: a frame that is not JSON {"
 _NOTICE_CLOSE_CODE: Final = 1012  # "service restart" (RFC 6455 registry)
 _READ_CHUNK_BYTES: Final = 1 << 20
@@ -255,8 +276,8 @@ def _classify(raw: bytes, line_number: int) -> _FrameLine | _RestLine | _Skipped
     if "body" not in record:
         return _Skipped(line_number, "rest response without a body")
     split = urlsplit(path)
-    if split.path == RestPath.ORDERS_PENDING and account is None:
-        return _Skipped(line_number, "orders-pending response without an account")
+    if split.path in _PRIVATE_REST_PATHS and account is None:
+        return _Skipped(line_number, f"{split.path} response without an account")
     return _RestLine(line_number, recv_ms, account, split.path, _query_key(split.query),
                      record["body"])
 
@@ -424,42 +445,107 @@ def _is_closed(position: dict[str, Any]) -> bool:
         return False
 
 
+def _succeeded(body: Any) -> list[Any] | None:
+    """The ``data`` rows of a successful REST body, else None (an error answer)."""
+    if type(body) is not dict or body.get("code") not in ("0", 0):
+        return None
+    rows = body.get("data")
+    return rows if type(rows) is list else None
+
+
+def _rest_body(rows: list[Any]) -> dict[str, Any]:
+    return {"code": "0", "msg": "", "data": rows}
+
+
+def _position_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """What identifies a position (OKX): instrument, margin mode and side."""
+    mode = row.get("mgnMode")
+    side = row.get("posSide")
+    return (row["instId"], mode if type(mode) is str else "cross",
+            side if type(side) is str else "net")
+
+
 class _PositionsView:
-    """The latest ``positions`` row pushed per (``instId``, ``posSide``)."""
+    """The latest ``positions`` row pushed (or recorded by REST) per (``instId``,
+    ``mgnMode``, ``posSide``)."""
 
     def __init__(self) -> None:
         self._arg: dict[str, Any] | None = None
-        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._known = False
+        # The recorded REST body, while no push came after it: answered as it is.
+        self._recorded: Any = None
 
     def apply(self, frame: dict[str, Any]) -> None:
         self._arg = frame["arg"]
+        self._known = True
+        self._recorded = None
         if _is_first_page(frame):
             self._rows = {}
-        for row in frame["data"]:
+        self._note_rows(frame["data"])
+
+    def reset(self, body: Any) -> None:
+        """A recorded ``GET /api/v5/account/positions``: the whole list, as of then."""
+        rows = _succeeded(body)
+        if rows is None:
+            return
+        self._rows = {}
+        self._note_rows(rows)
+        self._known = True
+        self._recorded = body
+
+    def _note_rows(self, rows: Iterable[Any]) -> None:
+        for row in rows:
             if type(row) is dict and type(row.get("instId")) is str:
-                side = row.get("posSide")
-                self._rows[(row["instId"], side if type(side) is str else "net")] = row
+                self._rows[_position_key(row)] = row
+
+    def _open_rows(self) -> list[dict[str, Any]]:
+        return [row for row in self._rows.values() if not _is_closed(row)]
 
     def snapshot(self) -> dict[str, Any] | None:
         if self._arg is None:
             return None
-        return _snapshot_frame(self._arg, [row for row in self._rows.values()
-                                           if not _is_closed(row)])
+        return _snapshot_frame(self._arg, self._open_rows())
+
+    def rest_body(self) -> Any:
+        """The answer to ``GET /api/v5/account/positions``: the recorded body when nothing
+        was pushed since, else the open positions so far (none before anything is known)."""
+        if self._recorded is not None:
+            return self._recorded
+        return _rest_body(self._open_rows() if self._known else [])
 
 
 class _AccountView:
-    """The latest ``account`` row pushed, with its ``details`` merged per currency."""
+    """The latest ``account`` row pushed (or recorded by REST balance), with its
+    ``details`` merged per currency."""
 
     def __init__(self) -> None:
         self._arg: dict[str, Any] | None = None
         self._row: dict[str, Any] = {}
         self._details: dict[str, dict[str, Any]] = {}
+        self._known = False
+        self._recorded: Any = None
 
     def apply(self, frame: dict[str, Any]) -> None:
         self._arg = frame["arg"]
+        self._known = True
+        self._recorded = None
         if _is_first_page(frame):
             self._details = {}
-        for row in frame["data"]:
+        self._note_rows(frame["data"])
+
+    def reset(self, body: Any) -> None:
+        """A recorded ``GET /api/v5/account/balance``: every currency, as of then."""
+        rows = _succeeded(body)
+        if rows is None or not rows:
+            return
+        self._details = {}
+        self._note_rows(rows)
+        self._known = True
+        self._recorded = body
+
+    def _note_rows(self, rows: Iterable[Any]) -> None:
+        for row in rows:
             if type(row) is not dict:
                 continue
             self._row = {name: value for name, value in row.items() if name != "details"}
@@ -468,10 +554,21 @@ class _AccountView:
                 if type(detail) is dict and type(detail.get("ccy")) is str:
                     self._details[detail["ccy"]] = detail
 
+    def _merged(self) -> dict[str, Any]:
+        return {**self._row, "details": list(self._details.values())}
+
     def snapshot(self) -> dict[str, Any] | None:
         if self._arg is None:
             return None
-        return _snapshot_frame(self._arg, [{**self._row, "details": list(self._details.values())}])
+        return _snapshot_frame(self._arg, [self._merged()])
+
+    def rest_body(self) -> Any:
+        """The answer to ``GET /api/v5/account/balance``: the recorded body when nothing
+        was pushed since, else the merged row so far; before anything is known, no row
+        (which the decoder reads as no news, not as an empty account)."""
+        if self._recorded is not None:
+            return self._recorded
+        return _rest_body([self._merged()] if self._known else [])
 
 
 @dataclass
@@ -479,6 +576,7 @@ class _AccountState:
     orders: _OrderBook = field(default_factory=_OrderBook)
     positions: _PositionsView = field(default_factory=_PositionsView)
     balances: _AccountView = field(default_factory=_AccountView)
+    config: Any = None  # the latest successful account/config body read so far
 
 
 # --- websocket replies (pure) --------------------------------------------------------------
@@ -605,6 +703,8 @@ class ReplayServer:
         self._awake = asyncio.Event()  # cleared during a stall
         self._awake.set()
         self._positioned = asyncio.Event()  # REST lines before the first frame are applied
+        # Public REST bodies served as of the push position (_read_as_passed).
+        self._public_rest: dict[tuple[str, Query], Any] = {}
         self._pushed = 0
         self._last_target: _Connection | None = None
         self._last_push_at = 0.0
@@ -825,8 +925,22 @@ class ReplayServer:
             await self._changed.wait()
 
     def _note_rest(self, line: _RestLine) -> None:
-        if line.path == RestPath.ORDERS_PENDING and line.account is not None:
-            self._state(line.account).orders.reset(line.body)
+        """A REST line the push position passed: what later requests of it answer."""
+        if line.account is None:
+            if _read_as_passed(line.path, line.query) and _succeeded(line.body) is not None:
+                self._public_rest[(line.path, line.query)] = line.body
+            return
+        state = self._state(line.account)
+        if line.path == RestPath.ORDERS_PENDING:
+            state.orders.reset(line.body)
+        elif line.query:
+            pass  # a filtered balance or positions body is not the whole state: not kept
+        elif line.path == RestPath.POSITIONS:
+            state.positions.reset(line.body)
+        elif line.path == RestPath.BALANCE:
+            state.balances.reset(line.body)
+        elif line.path == RestPath.ACCOUNT_CONFIG and _succeeded(line.body) is not None:
+            state.config = line.body
 
     def _note_pushed(self, line: _FrameLine) -> None:
         if line.account is None:
@@ -1082,19 +1196,26 @@ class ReplayServer:
         split = urlsplit(request.path)
         if split.path in (PUBLIC_PATH, PRIVATE_PATH):
             return None
+        query = _query_key(split.query)
         match split.path:
-            case RestPath.ORDERS_PENDING:
-                return await self._orders_pending(request, split.query)
+            case RestPath.ORDERS_PENDING | RestPath.ACCOUNT_CONFIG | RestPath.BALANCE | (
+                    RestPath.POSITIONS):
+                return await self._private_rest(request, split.path, split.query)
+            case _ if _read_as_passed(split.path, query):
+                await self._positioned.wait()
+                return _json_response(HTTPStatus.OK,
+                                      self._public_rest.get((split.path, query), _EMPTY_BODY))
             case RestPath.INSTRUMENTS | RestPath.POSITION_TIERS:
-                body = self._scan.public_bodies.get((split.path, _query_key(split.query)),
-                                                    _EMPTY_BODY)
+                body = self._scan.public_bodies.get((split.path, query), _EMPTY_BODY)
                 return _json_response(HTTPStatus.OK, body)
             case _:
                 return _json_response(HTTPStatus.NOT_FOUND,
                                       {"code": "404", "msg": f"Not Found: {split.path}",
                                        "data": []})
 
-    async def _orders_pending(self, request: Request, query: str) -> Response:
+    async def _private_rest(self, request: Request, path: str, query: str) -> Response:
+        """A signed request, answered for the account its ``OK-ACCESS-KEY`` names, as of
+        the push position (see the module docstring)."""
         # docs: "Error Code > REST API > Authentication" for the two refusals.
         api_key = request.headers.get("OK-ACCESS-KEY")
         if not api_key:
@@ -1106,8 +1227,27 @@ class ReplayServer:
             return _json_response(HTTPStatus.UNAUTHORIZED, {
                 "code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []})
         await self._positioned.wait()
-        status, body = self._state(account).orders.page(dict(parse_qsl(query)))
-        return _json_response(status, body)
+        state = self._state(account)
+        match path:
+            case RestPath.ORDERS_PENDING:
+                status, body = state.orders.page(dict(parse_qsl(query)))
+                return _json_response(status, body)
+            case RestPath.POSITIONS:
+                return _json_response(HTTPStatus.OK, state.positions.rest_body())
+            case RestPath.BALANCE:
+                return _json_response(HTTPStatus.OK, state.balances.rest_body())
+            case _:
+                return _json_response(HTTPStatus.OK,
+                                      _EMPTY_BODY if state.config is None else state.config)
+
+
+def _read_as_passed(path: str, query: Query) -> bool:
+    """Public REST served as of the push position rather than from the whole recording:
+    discount-rate tiers, and borrowing tiers (``position-tiers`` of ``instType=MARGIN``),
+    which the live feed loads as currencies come into use."""
+    if path == RestPath.DISCOUNT_RATE:
+        return True
+    return path == RestPath.POSITION_TIERS and ("instType", "MARGIN") in query
 
 
 def _check_readable(recording: Path) -> None:

@@ -1,11 +1,16 @@
 """The few OKX v5 REST calls the live feed makes (SPEC 3.1).
 
-After every (re)connect the feed loads live orders (``GET /api/v5/trade/orders-pending``,
-signed), and, unless the configuration supplies instruments, the instrument specs and the
-maintenance tiers of the families in use (``/api/v5/public/instruments``,
-``/api/v5/public/position-tiers``). That is a handful of GET requests per reconnect, so
-they go through the standard library's HTTP client in a worker thread: no extra dependency
-for a cold path. Only ``http`` and ``https`` URLs are accepted.
+After every private (re)connect the feed loads, signed, the account's configuration
+(``GET /api/v5/account/config``), balance (``/api/v5/account/balance``), positions
+(``/api/v5/account/positions``) and live orders (``/api/v5/trade/orders-pending``); at
+every public connect the instrument specs (``/api/v5/public/instruments``); and, public,
+as the engine comes to need them, the maintenance tiers of the families in use and the
+borrowing tiers of the currencies borrowed (``/api/v5/public/position-tiers``) and the
+discount-rate tiers of the currencies held
+(``/api/v5/public/discount-rate-interest-free-quota``). That is a handful of GET requests
+per reconnect, so they go through the standard library's HTTP client in a worker thread:
+no extra dependency for a cold path. Only ``http`` and ``https`` URLs are accepted. In
+demo trading (``okx.simulated``) every request carries ``x-simulated-trading: 1``.
 
 Every call returns the request path as sent (with its query) and the decoded JSON body;
 those are exactly what a recording's ``rest`` line holds (SPEC 3.2). Failures raise
@@ -26,13 +31,22 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from adapters.okx.auth import Credentials, rest_headers
+from adapters.okx.decode import RestPath
 from monitor.errors import ConfigError, FeedError
 
 __all__ = ["OkxRest"]
 
-ORDERS_PENDING: Final = "/api/v5/trade/orders-pending"
-INSTRUMENTS: Final = "/api/v5/public/instruments"
-POSITION_TIERS: Final = "/api/v5/public/position-tiers"
+ORDERS_PENDING: Final = RestPath.ORDERS_PENDING
+ACCOUNT_CONFIG: Final = RestPath.ACCOUNT_CONFIG
+BALANCE: Final = RestPath.BALANCE
+POSITIONS: Final = RestPath.POSITIONS
+INSTRUMENTS: Final = RestPath.INSTRUMENTS
+POSITION_TIERS: Final = RestPath.POSITION_TIERS
+DISCOUNT_RATE: Final = RestPath.DISCOUNT_RATE
+# docs: "Overview > Demo trading services": demo trading is the production REST host with
+# this header on every request (public ones too; the official SDK, okxapi/python-okx
+# okx/utils.py, sends it on unsigned requests as well).
+SIMULATED_TRADING_HEADER: Final = "x-simulated-trading"
 PAGE_LIMIT: Final = 100  # the docs' maximum for orders-pending
 MAX_PAGES: Final = 1000  # 100,000 live orders: beyond that something is wrong
 
@@ -40,13 +54,15 @@ MAX_PAGES: Final = 1000  # 100,000 live orders: beyond that something is wrong
 class OkxRest:
     """GET requests against ``base_url`` (``https://www.okx.com`` in production)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0,
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, simulated: bool = False,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        """``simulated``: OKX demo trading, every request carries ``x-simulated-trading: 1``."""
         scheme = urlsplit(base_url).scheme
         if scheme not in ("http", "https"):
             raise ConfigError("okx.rest_url", "must be an http:// or https:// URL")
         self._base = base_url.rstrip("/")
         self._timeout_s = timeout_s
+        self._simulated = simulated
         self._now = now
 
     async def get(self, path: str, params: Mapping[str, str] | None = None,
@@ -57,6 +73,8 @@ class OkxRest:
         """
         request_path = path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": "application/json"}
+        if self._simulated:
+            headers[SIMULATED_TRADING_HEADER] = "1"
         if credentials is not None:
             headers.update(rest_headers(credentials, "GET", request_path, "", self._now()))
         body = await asyncio.to_thread(self._fetch, request_path, headers)
