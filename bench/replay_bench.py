@@ -21,8 +21,8 @@ different 250 of the 10,000 accounts and runs with cold CPU caches; it is report
 absolute rate, not for the independence check.)
 Speeds are measured in one run, on the same machine, so the ratios are meaningful even
 where absolute rates are noisy; the floor and the replay alternate in ``--passes`` passes
-(default 3, each replay on a fresh engine), best of each. The scratch rate is measured on a prefix of the frames
-(``--scratch-frames``) because it is orders of magnitude slower.
+(default 3, each replay on a fresh engine), best of each. The scratch rate is measured on a
+prefix of the frames (``--scratch-frames``) because it is orders of magnitude slower.
 """
 
 from __future__ import annotations
