@@ -31,7 +31,8 @@ from monitor.alerts import Alert
 from monitor.config import RiskConfig
 from monitor.records import MarginPoint
 
-__all__ = ["ALERT_COLOURS", "LEVEL_COLOURS", "find_chromium", "render_html", "render_png"]
+__all__ = ["ALERT_COLOURS", "LEVEL_COLOURS", "find_chromium", "page_height", "render_html",
+           "render_png"]
 
 WIDTH: Final = 960
 RATIO_HEIGHT: Final = 360
@@ -221,10 +222,16 @@ def find_chromium() -> str | None:
     return None
 
 
-def render_png(page: Path, png: Path, chromium: str, *, timeout_s: float = 60.0) -> None:
-    """Screenshot ``page`` into ``png`` with headless Chromium (its own empty profile, no
-    network: the page needs none). Raises OSError or subprocess errors when it fails."""
-    height = RATIO_HEIGHT + FIGURES_HEIGHT + 420
+def page_height(alerts: int) -> int:
+    """The height in pixels the page of a report with ``alerts`` alerts needs."""
+    return min(RATIO_HEIGHT + FIGURES_HEIGHT + 360 + 24 * (alerts + 1), 16_000)
+
+
+def render_png(page: Path, png: Path, chromium: str, *, height: int,
+               timeout_s: float = 60.0) -> None:
+    """Screenshot ``page`` into ``png`` (``height`` pixels: see :func:`page_height`) with
+    headless Chromium, in its own empty profile and with no network (the page needs none).
+    Raises OSError or subprocess errors when it fails."""
     with tempfile.TemporaryDirectory(prefix="riskmon-chromium-") as profile:
         subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

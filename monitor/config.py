@@ -146,9 +146,14 @@ class Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML configuration file."""
+    return parse_config(read_config(path))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, unvalidated (ConfigError when it is unreadable)."""
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError as e:
         raise ConfigError("<file>", f"configuration file not found: {path}") from e
     except OSError as e:
@@ -157,7 +162,6 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError("<file>", f"{path} is not UTF-8 text (TOML must be)") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("<file>", f"not valid TOML: {e}") from e
-    return parse_config(raw)
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
