@@ -91,6 +91,16 @@ def load_tokens(tokens: Iterable[StreamToken],
     return resolved
 
 
+def token_scope(tokens: Mapping[str, frozenset[str]], token: str) -> frozenset[str] | None:
+    """The accounts ``token`` may see, or None when it is no known token. Every known token
+    is compared, in constant time, so timing tells nothing about them."""
+    scope: frozenset[str] | None = None
+    for known, accounts in tokens.items():
+        if hmac.compare_digest(known.encode(), token.encode()):
+            scope = accounts
+    return scope
+
+
 class Refused(Exception):
     """A subscribe request refused: ``code`` (a key of CLOSE_CODES) and a message."""
 
@@ -165,11 +175,7 @@ class AlertStreamHandler:
         token = request.get("token")
         if token is None:
             raise Refused("unauthorized", "this stream needs a token")
-        scope: frozenset[str] | None = None
-        for known, accounts in self._tokens.items():
-            # Compare every token in constant time, so timing tells nothing about them.
-            if hmac.compare_digest(known.encode(), token.encode()):
-                scope = accounts
+        scope = token_scope(self._tokens, token)
         if scope is None:
             raise Refused("unauthorized", "unknown token")
         if requested is None:

@@ -7,6 +7,9 @@ binds to loopback by default (SPEC 6).
 - ``GET /healthz``: 200 with a JSON body while the engine loop turns and every sink is
   alive, else 503 with the same body saying what is wrong.
 - ``GET /metrics``: the Prometheus text format (monitor.metrics).
+- ``GET /v1/status``: every account's figures now (monitor.status), for ``riskmon status``;
+  with ``[stream] tokens``, ``Authorization: Bearer <token>`` is required (401 without a
+  known one) and the answer holds that token's accounts only, as on the alert stream.
 - Anything else: 404.
 """
 
@@ -25,9 +28,12 @@ from websockets.http11 import Request, Response
 HealthCheck = Callable[[float], tuple[bool, dict[str, Any]]]
 MetricsText = Callable[[float], str]
 StreamHandler = Callable[[ServerConnection], Awaitable[None]]
+StatusAnswer = Callable[[str | None], tuple[HTTPStatus, dict[str, Any]]]
+"""``/v1/status``: the bearer token sent (None: none) -> status code and JSON body."""
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALERTS_PATH = "/v1/alerts"
+STATUS_PATH = "/v1/status"
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing connection may take to answer the close frame before it is
 aborted: a stuck subscriber must not hold its connection open."""
@@ -39,14 +45,24 @@ def _response(status: HTTPStatus, content_type: str, body: bytes) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
+def _bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 class HttpServer:
     """``/healthz``, ``/metrics`` and (when given a handler) the alert stream."""
 
     def __init__(self, health: HealthCheck, metrics: MetricsText,
-                 stream: StreamHandler | None = None) -> None:
+                 stream: StreamHandler | None = None,
+                 status: StatusAnswer | None = None) -> None:
         self._health = health
         self._metrics = metrics
         self._stream = stream
+        self._status = status
         self._server: Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -75,6 +91,9 @@ class HttpServer:
             return _response(status, "application/json", orjson.dumps(details))
         if path == "/metrics":
             return _response(HTTPStatus.OK, PROMETHEUS_TYPE, self._metrics(now).encode())
+        if path == STATUS_PATH and self._status is not None:
+            code, body = self._status(_bearer(request.headers.get("Authorization")))
+            return _response(code, "application/json", orjson.dumps(body))
         if path == ALERTS_PATH and self._stream is not None:
             return None  # on to the websocket handshake
         return _response(HTTPStatus.NOT_FOUND, "application/json",

@@ -203,12 +203,16 @@ class SqliteStore:
         try:
             # Refuse a newer schema before changing anything in the file, the journal mode
             # included; _migrate checks again under the write lock.
-            _check_version(int(await _fetch_value(db, "PRAGMA user_version")), location)
+            version = int(await _fetch_value(db, "PRAGMA user_version"))
+            _check_version(version, location)
             journal = await _fetch_value(db, "PRAGMA journal_mode = WAL")
             if str(journal).lower() != "wal":
                 raise SinkError(f"cannot enable WAL journal mode on {location!r} (got {journal!r})")
             await _execute(db, f"PRAGMA synchronous = {mode}")
-            await _migrate(db, location)
+            if version < SCHEMA_VERSION:
+                # Only then: the migration takes the write lock, and a reader opening a
+                # database a daemon is writing (riskmon alerts --db) must not wait for it.
+                await _migrate(db, location)
         except sqlite3.Error as e:
             await _close_quietly(db)
             raise SinkError(f"cannot prepare SQLite database {location!r}: {e}") from e
@@ -433,10 +437,13 @@ class SqliteStore:
         kinds: Collection[str] | None = None,
         levels: Collection[str] | None = None,
         limit: int | None = None,
+        from_ts: int | None = None,
+        to_ts: int | None = None,
     ) -> list[StoredAlert]:
         """Stored alerts inserted after ``after_seq`` (0: all), in insertion order, with
         their ``seq``; each of ``accounts``, ``kinds`` and ``levels`` (None: any) keeps
-        those whose field is one of the values. ``limit`` keeps the first ``limit``."""
+        those whose field is one of the values, ``from_ts`` / ``to_ts`` (event time, ms,
+        both included) those of that time. ``limit`` keeps the first ``limit``."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
         conditions = ["seq > ?"]
@@ -446,6 +453,10 @@ class SqliteStore:
                 wanted = sorted(set(values))
                 conditions.append(f"{column} IN ({_marks(len(wanted))})")
                 parameters.extend(wanted)
+        for condition, bound in (("ts >= ?", from_ts), ("ts <= ?", to_ts)):
+            if bound is not None:
+                conditions.append(condition)
+                parameters.append(bound)
         # LIMIT -1 is SQLite's "no limit".
         parameters.append(-1 if limit is None else limit)
         rows = await self._read(
@@ -455,6 +466,41 @@ class SqliteStore:
             parameters,
         )
         return [StoredAlert(row[0], _alert_from_row(row[1:])) for row in rows]
+
+    async def margin_history(self, account: str, *, from_ts: int | None = None,
+                             to_ts: int | None = None) -> list[MarginPoint]:
+        """An account's stored margin history in time order (``from_ts`` / ``to_ts``:
+        event time, ms, both included)."""
+        conditions = ["account = ?"]
+        parameters: list[Any] = [account]
+        for condition, bound in (("ts >= ?", from_ts), ("ts <= ?", to_ts)):
+            if bound is not None:
+                conditions.append(condition)
+                parameters.append(bound)
+        rows = await self._read(
+            "reading margin history",
+            "SELECT account, ts, margin_ratio, equity_usd, maint_margin_usd, init_margin_usd,"
+            f" level FROM margin_history WHERE {' AND '.join(conditions)} ORDER BY ts",
+            parameters)
+        return [_margin_point(row) for row in rows]
+
+    async def latest_margin(self) -> list[MarginPoint]:
+        """Every account's latest margin history sample, by account name."""
+        rows = await self._read(
+            "reading margin history",
+            "SELECT h.account, h.ts, h.margin_ratio, h.equity_usd, h.maint_margin_usd,"
+            " h.init_margin_usd, h.level FROM margin_history h JOIN (SELECT account,"
+            " max(ts) AS ts FROM margin_history GROUP BY account) last"
+            " ON h.account = last.account AND h.ts = last.ts ORDER BY h.account")
+        return [_margin_point(row) for row in rows]
+
+    async def history_accounts(self) -> list[str]:
+        """The accounts with stored margin history or alerts, by name."""
+        rows = await self._read(
+            "reading accounts",
+            "SELECT account FROM margin_history UNION SELECT account FROM alerts"
+            " ORDER BY account")
+        return [str(row[0]) for row in rows]
 
     async def quarantine_count(self) -> int:
         """How many quarantine rows are stored."""
@@ -611,6 +657,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _margin_point(row: Sequence[Any]) -> MarginPoint:
+    account, ts, ratio, equity, maint, init, stored = row
+    level = level_named(stored)
+    if level is None:
+        raise SinkError(f"margin history of account {account!r} holds an unknown level")
+    return MarginPoint(account, ts, ratio, equity, maint, init, level)
 
 
 def _alert_row(alert: Alert) -> tuple[Any, ...]:

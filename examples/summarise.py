@@ -8,34 +8,10 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
-
-def describe(alert: dict[str, Any]) -> str:
-    payload = alert["payload"]
-    match alert["kind"]:
-        case "level_changed":
-            return f"{alert['from_level']} -> {alert['level']}"
-        case "stop_loss" | "deleverage_plan":
-            orders = ", ".join(f"{o['side']} {o['size']:g} {o['inst_id']}"
-                               for o in payload["orders"])
-            rule = f"rule {payload['rule']}: " if "rule" in payload else ""
-            return f"{rule}{orders} (reduce-only market)"
-        case "feed_stale" if "missing" in payload:
-            return f"risk unknown, missing: {', '.join(payload['missing'])}"
-        case "feed_stale":
-            return f"no mark for {payload['age_ms'] / 1000:.0f} s"
-        case "reminder":
-            return f"still in {alert['level']}"
-        case "account_mode":
-            return str(payload["reason"])
-        case "exchange_divergence":
-            return ", ".join(f"{f['field']}: ours {f['ours']}, OKX's {f['theirs']}"
-                             for f in payload["fields"])
-        case _:
-            return ""
+from monitor.tables import alert_detail
 
 
 def main(alerts_path: str, state_path: str) -> None:
@@ -49,7 +25,7 @@ def main(alerts_path: str, state_path: str) -> None:
         ratio = alert["margin_ratio"]
         shown = "-" if ratio is None else f"{ratio:.3f}"
         print(f"{when:<24} {alert['kind']:<18} {alert['level']:<16} {shown:>7}  "
-              f"{describe(alert)}")
+              f"{alert_detail(alert)}")
     print()
     for name, account in state["accounts"].items():
         ratio = account["margin_ratio"]

@@ -10,23 +10,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from adapters.alert_stream import load_tokens
 from adapters.logging import configure_logging, get_logger
+from adapters.okx.auth import load_credentials
 from adapters.okx.decode import OkxDecoder
 from adapters.okx.replay_server import Faults, serve
 from adapters.recording import RecordingWriter
+from adapters.report import find_chromium, page_height, render_html, render_png
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
+from adapters.status_client import fetch_status
 from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
-from monitor.config import Config, load_config
+from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, level_named
+from monitor.config import Config, check_config, load_config, parse_config, read_config
 from monitor.daemon import tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, RiskmonError, SinkError
@@ -38,7 +48,10 @@ from monitor.pipeline import (
     replay_file,
     state_document,
 )
-from monitor.service import Monitor, build_daemon, load_all_credentials
+from monitor.records import MarginPoint
+from monitor.service import Monitor, build_daemon, check_stream_exposure, load_all_credentials
+from monitor.status import from_history, status_document
+from monitor.tables import ProgressBar, alerts_table, replay_summary, status_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "else JSON lines)")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"riskmon {riskmon_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser("replay", help="run the engine over a recorded feed")
@@ -97,12 +111,62 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--notice-after", type=int, default=None, metavar="N",
                         help="once, after N frames, send notice 64008 and close")
 
-    alerts = commands.add_parser("alerts", help="print stored alerts as JSON lines")
+    alerts = commands.add_parser("alerts", help="print stored alerts (a table on a terminal, "
+                                                 "else JSON lines)")
     alerts.add_argument("--db", type=Path, required=True)
-    alerts.add_argument("--account", default=None)
+    alerts.add_argument("--account", action="append", default=None, metavar="A",
+                        help="only this account (repeatable)")
+    alerts.add_argument("--kind", action="append", default=None, metavar="K",
+                        help=f"only this kind (repeatable): {', '.join(ALERT_KINDS)}")
+    alerts.add_argument("--level", default=None, metavar="LEVEL",
+                        help=f"only alerts at this level or worse: {', '.join(LEVELS)}")
     alerts.add_argument("--since", default=None, metavar="ID",
                         help="only alerts stored after this alert id")
-    alerts.add_argument("--kind", default=None)
+    alerts.add_argument("--from", dest="from_ts", default=None, metavar="TIME",
+                        help="only alerts of this event time or later (ISO 8601, UTC unless "
+                             "it says otherwise, or epoch milliseconds)")
+    alerts.add_argument("--to", dest="to_ts", default=None, metavar="TIME",
+                        help="only alerts of this event time or earlier")
+    alerts.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="at most N alerts (the first N that match)")
+    alerts.add_argument("--json", action="store_true",
+                        help="JSON lines even on a terminal")
+
+    check = commands.add_parser("check-config",
+                                help="validate a configuration, reporting every error at once")
+    check.add_argument("config", type=Path, help="TOML configuration")
+    check.add_argument("--offline", action="store_true",
+                       help="skip what only riskmon run needs (credentials, stream tokens)")
+
+    status = commands.add_parser("status", help="every account's figures now: from a running "
+                                                "daemon, a database or a replay")
+    source = status.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", default=None,
+                        help="a running daemon's HTTP address (http://127.0.0.1:8765)")
+    source.add_argument("--db", type=Path, default=None,
+                        help="a riskmon database: its latest margin samples")
+    source.add_argument("--recording", type=Path, default=None,
+                        help="replay this recording (needs --config) and show the end state")
+    status.add_argument("--config", type=Path, default=None,
+                        help="TOML configuration (thresholds; the replay's settings)")
+    status.add_argument("--token", default=None,
+                        help=f"stream token for --url (default: ${TOKEN_ENV})")
+    status.add_argument("--json", action="store_true", help="JSON even on a terminal")
+
+    report = commands.add_parser("report", help="an HTML page (and a PNG) per account: margin "
+                                                "ratio over time with thresholds and alerts")
+    report_source = report.add_mutually_exclusive_group(required=True)
+    report_source.add_argument("--db", type=Path, default=None, help="a riskmon database")
+    report_source.add_argument("--recording", type=Path, default=None,
+                               help="replay this recording (needs --config)")
+    report.add_argument("--config", type=Path, default=None,
+                        help="TOML configuration (thresholds; the replay's settings)")
+    report.add_argument("--account", action="append", default=None, metavar="A",
+                        help="only this account (repeatable; default: every account)")
+    report.add_argument("--out", type=Path, default=Path("."),
+                        help="directory for report-ACCOUNT.html and .png (default: .)")
+    report.add_argument("--no-png", action="store_true",
+                        help="HTML only (the PNG needs Chromium)")
     tail = commands.add_parser("tail", help="subscribe to a running riskmon's alerts and "
                                             "print them as JSON lines")
     tail.add_argument("--url", default=DEFAULT_URL, help=f"alert stream (default {DEFAULT_URL})")
@@ -139,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_replay_server(args))
             case "alerts":
                 return asyncio.run(_alerts(args))
+            case "check-config":
+                return _check_config(args)
+            case "status":
+                return asyncio.run(_status_command(args))
+            case "report":
+                return asyncio.run(_report(args))
             case "tail":
                 return asyncio.run(_tail(args))
     except ConfigError as e:
@@ -183,9 +253,15 @@ async def _replay(args: argparse.Namespace) -> int:
     else:
         head = SinkTask(Relay(), followers=followers)
     log.info("replay_started", file=str(args.file), speed=speed)
-    stats = await replay_file(args.file, processor, head, speed=speed)
+    bar = ProgressBar(sys.stderr, args.file.stat().st_size) if sys.stderr.isatty() else None
+    stats = await replay_file(args.file, processor, head, speed=speed,
+                              progress=None if bar is None else bar.update)
+    if bar is not None:
+        bar.finish()
     log.info("replay_finished", lines=stats.lines, events=stats.events,
              quarantined=stats.quarantined, alerts=stats.alerts)
+    if sys.stderr.isatty():
+        sys.stderr.write(replay_summary(args.file, stats, engine.levels()))
     if args.state_out is not None:
         args.state_out.write_bytes(state_document(engine, stats) + b"\n")
     return 0
@@ -197,7 +273,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-def _status(document: dict[str, Any]) -> None:
+def _status_line(document: dict[str, Any]) -> None:
     """One JSON line on standard output: what scripts and tests read (ports, progress)."""
     sys.stdout.buffer.write(orjson.dumps(document) + b"\n")
     sys.stdout.buffer.flush()
@@ -215,7 +291,7 @@ async def _run(args: argparse.Namespace) -> int:
     started.cancel()
     if monitor.started.is_set():
         port = monitor.port
-        _status({"event": "listening", "http": f"http://{config.stream.host}:{port}",
+        _status_line({"event": "listening", "http": f"http://{config.stream.host}:{port}",
                  "port": port})
         get_logger("riskmon.daemon").info(
             "daemon_started", port=port, accounts=sorted(config.accounts),
@@ -259,7 +335,7 @@ async def _replay_server(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     task = asyncio.create_task(serve(args.file, args.host, args.port, args.speed or None,
-                                     faults, _status))
+                                     faults, _status_line))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     task.cancel()
@@ -269,20 +345,228 @@ async def _replay_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def riskmon_version() -> str:
+    """The installed package's version."""
+    try:
+        return importlib.metadata.version("riskmon")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _event_time(value: str | None, option: str) -> int | None:
+    """``--from`` / ``--to``: epoch milliseconds, or ISO 8601 (UTC unless it says)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(option, f"{value!r} is neither ISO 8601 nor epoch milliseconds"
+                          ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _levels_from(level: str | None, option: str) -> list[str] | None:
+    """The levels at ``level`` or worse; a name that is no level is a usage error."""
+    if level is None:
+        return None
+    found = level_named(level)
+    if found is None:
+        raise ConfigError(option, f"unknown level {level!r}; levels: {', '.join(LEVELS)}")
+    return list(LEVELS[LEVEL_RANK[found]:])
+
+
+def _check_kinds(kinds: list[str] | None) -> None:
+    unknown = sorted(set(kinds or ()) - set(ALERT_KINDS))
+    if unknown:
+        raise ConfigError("--kind", f"unknown kind {', '.join(map(repr, unknown))}; kinds: "
+                                    f"{', '.join(ALERT_KINDS)}")
+
+
 async def _alerts(args: argparse.Namespace) -> int:
+    _check_kinds(args.kind)
+    levels = _levels_from(args.level, "--level")
+    from_ts = _event_time(args.from_ts, "--from")
+    to_ts = _event_time(args.to_ts, "--to")
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit", "must not be negative")
     if not args.db.is_file():
         print(f"riskmon: database not found: {args.db}", file=sys.stderr)
         return 2
     store = await SqliteStore.open(args.db)
     try:
-        alerts = await store.alerts(account=args.account, since=args.since, kind=args.kind)
+        after = 0
+        if args.since is not None:
+            seq = await store.alert_seq(args.since)
+            if seq is None:
+                raise ConfigError("--since", f"no stored alert has the id {args.since!r}")
+            after = seq
+        stored = await store.stored_alerts(after, accounts=args.account, kinds=args.kind,
+                                           levels=levels, limit=args.limit,
+                                           from_ts=from_ts, to_ts=to_ts)
     finally:
         await store.close()
-    out = sys.stdout.buffer
-    for alert in alerts:
-        out.write(orjson.dumps(alert.to_dict()) + b"\n")
+    alerts = [entry.alert.to_dict() for entry in stored]
+    out = sys.stdout
+    if out.isatty() and not args.json:
+        out.write(alerts_table(alerts) if alerts else "no alerts match\n")
+    else:
+        buffer = out.buffer
+        for alert in alerts:
+            buffer.write(orjson.dumps(alert) + b"\n")
     out.flush()
     return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Every error of the configuration at once; with what ``run`` needs unless --offline."""
+    try:
+        raw = read_config(args.config)
+    except ConfigError as e:
+        print(f"riskmon: configuration error: {e}", file=sys.stderr)
+        return 2
+    errors = check_config(raw)
+    if not errors and not args.offline:
+        config = parse_config(raw)
+        if not config.accounts:
+            errors.append(ConfigError("accounts", "riskmon run needs at least one "
+                                                  "[accounts.NAME] table"))
+        for account in config.accounts.values():
+            try:
+                load_credentials(account)
+            except ConfigError as e:
+                errors.append(e)
+        try:
+            load_tokens(config.stream.tokens)
+        except ConfigError as e:
+            errors.append(e)
+        try:
+            check_stream_exposure(config)
+        except ConfigError as e:
+            errors.append(e)
+    for error in errors:
+        print(f"{args.config}: {error.key}: {error.message}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} error{'s' if len(errors) != 1 else ''} in {args.config}",
+              file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok")
+    return 0
+
+
+async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine, list[Any]]:
+    """Replay a recording in memory: the engine at its end and every record produced."""
+    if not await asyncio.to_thread(recording.is_file):
+        raise ConfigError("--recording", f"recording not found: {recording}")
+    engine = MarginEngine(config)
+    processor = LineProcessor(engine, OkxDecoder().decode_line, str(recording),
+                              int(config.storage.history_interval_s * 1000))
+    collected: list[Any] = []
+
+    class Keep:
+        name = "keep"
+
+        async def write(self, records: Sequence[Any]) -> None:
+            collected.extend(records)
+
+        async def close(self) -> None:
+            return None
+
+    await replay_file(recording, processor, SinkTask(Keep()))
+    return engine, collected
+
+
+def _config_or_default(path: Path | None, needed_for: str | None = None) -> Config:
+    if path is None:
+        if needed_for is not None:
+            raise ConfigError("--config", f"required with {needed_for}")
+        return Config()
+    return load_config(path)
+
+
+async def _status_command(args: argparse.Namespace) -> int:
+    document: dict[str, Any]
+    if args.url is not None:
+        token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+        config = _config_or_default(args.config)
+        document = await asyncio.to_thread(fetch_status, args.url, token)
+    elif args.db is not None:
+        config = _config_or_default(args.config)
+        if not args.db.is_file():
+            print(f"riskmon: database not found: {args.db}", file=sys.stderr)
+            return 2
+        store = await SqliteStore.open(args.db)
+        try:
+            points = await store.latest_margin()
+        finally:
+            await store.close()
+        accounts = from_history(points)
+        document = status_document("database", max((p.ts for p in points), default=0),
+                                   accounts, config.risk)
+    else:
+        config = _config_or_default(args.config, "--recording")
+        engine, _ = await _replay_quietly(args.recording, config)
+        document = status_document("replay", engine.now_ms, engine.state(), config.risk)
+    out = sys.stdout
+    if out.isatty() and not args.json:
+        out.write(status_table(document))
+    else:
+        out.buffer.write(orjson.dumps(document) + b"\n")
+    out.flush()
+    return 0
+
+
+async def _report(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        config = _config_or_default(args.config)
+        if not args.db.is_file():
+            print(f"riskmon: database not found: {args.db}", file=sys.stderr)
+            return 2
+        store = await SqliteStore.open(args.db)
+        try:
+            names = args.account or await store.history_accounts()
+            histories = {name: await store.margin_history(name) for name in names}
+            stored = await store.stored_alerts(0, accounts=names)
+        finally:
+            await store.close()
+        alerts = [entry.alert for entry in stored]
+    else:
+        config = _config_or_default(args.config, "--recording")
+        # A finer margin history than a daemon stores: the chart is the point here.
+        config = replace(config, storage=replace(config.storage, history_interval_s=1.0))
+        engine, records = await _replay_quietly(args.recording, config)
+        names = args.account or sorted(engine.account_names())
+        histories = {name: sorted((r for r in records if isinstance(r, MarginPoint)
+                                   and r.account == name), key=lambda point: point.ts)
+                     for name in names}
+        alerts = [r for r in records if isinstance(r, Alert)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    chromium = None if args.no_png else find_chromium()
+    for name in names:
+        page = args.out / f"report-{_file_safe(name)}.html"
+        account_alerts = [alert for alert in alerts if alert.account == name]
+        page.write_text(render_html(name, histories.get(name, []), account_alerts,
+                                    config.risk))
+        written = [str(page)]
+        if chromium is not None:
+            png = page.with_suffix(".png")
+            try:
+                await asyncio.to_thread(partial(render_png, page, png, chromium,
+                                                height=page_height(len(account_alerts))))
+                written.append(str(png))
+            except (OSError, subprocess.SubprocessError) as e:
+                print(f"riskmon: no PNG for {name}: Chromium failed ({e})", file=sys.stderr)
+        _status_line({"event": "report", "account": name, "files": written})
+    if chromium is None and not args.no_png:
+        print("riskmon: no Chromium found (set RISKMON_CHROMIUM): HTML only", file=sys.stderr)
+    return 0
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 async def _tail(args: argparse.Namespace) -> int:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from monitor.errors import ConfigError
 from monitor.events import AccountMode
@@ -146,9 +146,14 @@ class Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML configuration file."""
+    return parse_config(read_config(path))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file, unvalidated (ConfigError when it is unreadable)."""
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError as e:
         raise ConfigError("<file>", f"configuration file not found: {path}") from e
     except OSError as e:
@@ -157,51 +162,111 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError("<file>", f"{path} is not UTF-8 text (TOML must be)") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("<file>", f"not valid TOML: {e}") from e
-    return parse_config(raw)
 
 
 def parse_config(raw: Mapping[str, Any]) -> Config:
-    """Validate a parsed TOML document."""
-    _only(raw, "", {"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                    "okx", "storage", "stream"})
-    risk = _parse_risk(_table(raw, "risk"))
+    """Validate a parsed TOML document; the first error raises."""
+    return _parse(raw, _Checker(collect=False))
+
+
+def check_config(raw: Mapping[str, Any]) -> list[ConfigError]:
+    """Every error of a parsed TOML document (``riskmon check-config``), in document order.
+
+    Each table (each instrument, account and rule, each ``[collateral]`` and ``[borrow]``
+    entry, each top-level key) is checked on its own, so one error does not hide the
+    others; within one table the first error is reported.
+    """
+    checker = _Checker(collect=True)
+    _parse(raw, checker)
+    return checker.errors
+
+
+_T = TypeVar("_T")
+
+
+class _Checker:
+    """Runs a parse step: raises its ConfigError, or (``collect``) records it and goes on
+    with ``fallback``."""
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.errors: list[ConfigError] = []
+
+    def attempt(self, fallback: _T, parse: Callable[..., _T], *args: Any) -> _T:
+        """``parse(*args)``, or ``fallback`` once its error is recorded."""
+        try:
+            return parse(*args)
+        except ConfigError as error:
+            if not self.collect:
+                raise
+            self.errors.append(error)
+            return fallback
+
+
+_TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
+                        "okx", "storage", "stream"})
+_NO_TABLE: Mapping[str, Any] = {}
+_NO_ITEMS: list[Any] = []
+
+
+def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
+    for key in raw:
+        check.attempt(None, _only, {key: None}, "", set(_TOP_LEVEL))
+    risk = check.attempt(RiskConfig(), _parse_risk, check.attempt(_NO_TABLE, _table, raw, "risk"))
     collateral = dict(DEFAULT_COLLATERAL)
-    configured = _table(raw, "collateral")
+    configured = check.attempt(_NO_TABLE, _table, raw, "collateral")
     for currency, value in configured.items():
-        collateral[currency] = _parse_collateral(value, f"collateral.{currency}")
-    borrow = {
-        currency: _parse_borrow(_as_table(body, f"borrow.{currency}"), f"borrow.{currency}")
-        for currency, body in _table(raw, "borrow").items()
-    }
-    interest = {
-        currency: _number(rate, f"interest.{currency}", low=0.0)
-        for currency, rate in _table(raw, "interest").items()
-    }
-    instruments = tuple(
-        _parse_instrument(item, f"instruments[{index}]")
-        for index, item in enumerate(_array(raw, "instruments"))
-    )
+        tiers = check.attempt(None, _parse_collateral, value, f"collateral.{currency}")
+        if tiers is not None:
+            collateral[currency] = tiers
+    borrow: dict[str, tuple[BorrowTier, ...]] = {}
+    for currency, body in check.attempt(_NO_TABLE, _table, raw, "borrow").items():
+        path = f"borrow.{currency}"
+        table = check.attempt(None, _as_table, body, path)
+        found = None if table is None else check.attempt(None, _parse_borrow, table, path)
+        if found is not None:
+            borrow[currency] = found
+    interest: dict[str, float] = {}
+    for currency, rate in check.attempt(_NO_TABLE, _table, raw, "interest").items():
+        value = check.attempt(None, _number, rate, f"interest.{currency}", 0.0)
+        if value is not None:
+            interest[currency] = value
+    instruments: list[Instrument] = []
     seen: set[str] = set()
-    for index, instrument in enumerate(instruments):
+    for index, item in enumerate(check.attempt(_NO_ITEMS, _array, raw, "instruments")):
+        instrument = check.attempt(None, _parse_instrument, item, f"instruments[{index}]")
+        if instrument is None:
+            continue
         if instrument.inst_id in seen:
-            raise ConfigError(f"instruments[{index}].inst_id", "duplicate instrument")
+            check.attempt(None, _fail, f"instruments[{index}].inst_id", "duplicate instrument")
+            continue
         seen.add(instrument.inst_id)
-    accounts = {
-        name: _parse_account(name, _as_table(body, f"accounts.{name}"))
-        for name, body in _table(raw, "accounts").items()
-    }
+        instruments.append(instrument)
+    accounts: dict[str, AccountConfig] = {}
+    for name, body in check.attempt(_NO_TABLE, _table, raw, "accounts").items():
+        table = check.attempt(None, _as_table, body, f"accounts.{name}")
+        account = None if table is None else check.attempt(None, _parse_account, name, table,
+                                                           check)
+        if account is not None:
+            accounts[name] = account
     return Config(
         risk=risk,
         collateral=collateral,
         configured_collateral=frozenset(configured),
         interest=interest,
         borrow=borrow,
-        instruments=instruments,
+        instruments=tuple(instruments),
         accounts=accounts,
-        okx=_parse_okx(_table(raw, "okx")),
-        storage=_parse_storage(_table(raw, "storage")),
-        stream=_parse_stream(_table(raw, "stream")),
+        okx=check.attempt(OkxConfig(), _parse_okx, check.attempt(_NO_TABLE, _table, raw, "okx")),
+        storage=check.attempt(StorageConfig(), _parse_storage,
+                              check.attempt(_NO_TABLE, _table, raw, "storage")),
+        stream=check.attempt(StreamConfig(), _parse_stream,
+                             check.attempt(_NO_TABLE, _table, raw, "stream")),
     )
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(key, message)
 
 
 def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
@@ -320,7 +385,9 @@ def _parse_instrument(raw: Any, path: str) -> Instrument:
     )
 
 
-def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
+def _parse_account(name: str, table: Mapping[str, Any],
+                   check: _Checker | None = None) -> AccountConfig:
+    check = check or _Checker(collect=False)
     path = f"accounts.{name}"
     _only(table, path, {"api_key_env", "api_secret_env", "passphrase_env", "credentials_file",
                         "stop_loss", "mode"})
@@ -331,9 +398,13 @@ def _parse_account(name: str, table: Mapping[str, Any]) -> AccountConfig:
     rules = []
     names: set[str] = set()
     for index, rule_raw in enumerate(_array(table, "stop_loss", path)):
-        rule = _parse_rule(rule_raw, f"{path}.stop_loss[{index}]")
+        rule_path = f"{path}.stop_loss[{index}]"
+        rule = check.attempt(None, _parse_rule, rule_raw, rule_path)
+        if rule is None:
+            continue
         if rule.name in names:
-            raise ConfigError(f"{path}.stop_loss[{index}].name", "duplicate rule name")
+            check.attempt(None, _fail, f"{rule_path}.name", "duplicate rule name")
+            continue
         names.add(rule.name)
         rules.append(rule)
 

@@ -304,12 +304,14 @@ async def replay_file(
     head: SinkTask | None,
     *,
     speed: float | None = None,
+    progress: Callable[[int, Stats], None] | None = None,
 ) -> Stats:
     """Run a recording through the processor; hand outputs to ``head`` (then followers).
 
     With ``speed`` the replay is paced by the recording's receive times, ``speed`` times
     real time; otherwise it runs as fast as possible. Lines are read about a megabyte at a
     time in a worker thread, and the loop yields to the sink tasks between chunks.
+    ``progress`` is told the bytes read so far and the counts after every chunk.
     """
     if head is not None:
         head.start()
@@ -337,6 +339,8 @@ async def replay_file(
                         await _flush(processor, head)
                         await asyncio.sleep(wait)
             await _flush(processor, head)
+            if progress is not None:
+                progress(handle.tell(), processor.stats)
     finally:
         handle.close()
         if head is not None:

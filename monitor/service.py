@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Collection, Mapping
+from http import HTTPStatus
+from typing import Any
 
-from adapters.alert_stream import AlertStreamHandler, load_tokens
+from adapters.alert_stream import AlertStreamHandler, load_tokens, token_scope
 from adapters.http_server import HttpServer
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, load_credentials
@@ -40,6 +42,7 @@ from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, SinkError
 from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import SinkTask
+from monitor.status import status_document
 from monitor.stream import AlertFilter, AlertHub, Subscription
 
 
@@ -124,7 +127,8 @@ class Monitor:
             if self._serve_http:
                 http = HttpServer(self.daemon.health, self._metrics_text,
                                   AlertStreamHandler(self.hub, self._tokens,
-                                                     heartbeat_s=self.config.stream.heartbeat_s))
+                                                     heartbeat_s=self.config.stream.heartbeat_s),
+                                  self._status)
                 host, port = self.config.stream.host, self.config.stream.port
                 try:
                     self.port = await http.start(host, port)
@@ -143,6 +147,22 @@ class Monitor:
             log.info("daemon_stopped", events=self.daemon.processor.stats.events,
                      alerts=self.daemon.processor.stats.alerts,
                      quarantined=self.daemon.processor.stats.quarantined)
+
+    def status(self, accounts: Collection[str] | None = None) -> dict[str, Any]:
+        """Every account's figures now (monitor.status); ``accounts`` keeps those."""
+        engine = self.daemon.engine
+        return status_document("daemon", engine.now_ms, engine.state(), self.config.risk,
+                               only=accounts)
+
+    def _status(self, token: str | None) -> tuple[HTTPStatus, dict[str, Any]]:
+        """``GET /v1/status``: scoped by the token like the alert stream."""
+        if not self._tokens:
+            return HTTPStatus.OK, self.status()
+        scope = None if token is None else token_scope(self._tokens, token)
+        if scope is None:
+            return HTTPStatus.UNAUTHORIZED, {"error": "unauthorized",
+                                             "msg": "a known token is required"}
+        return HTTPStatus.OK, self.status(scope)
 
     def _metrics_text(self, now: float) -> str:
         self.daemon.refresh_gauges()

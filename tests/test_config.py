@@ -22,6 +22,7 @@ from monitor.config import (
     StorageConfig,
     StreamConfig,
     StreamToken,
+    check_config,
     load_config,
     parse_config,
 )
@@ -475,3 +476,27 @@ def test_new_keys_are_validated_by_name(snippet: str, key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_toml(snippet)
     assert raised.value.key == key
+
+
+def test_check_config_reports_every_error_at_once() -> None:
+    raw = tomllib.loads(
+        "colour = 1\n"
+        "[risk]\nwarning = 0.5\n"
+        "[collateral]\nBTC = 2\nETH = 0.5\nSOL = -1\n"
+        "[[instruments]]\ninst_id = \"X\"\n"
+        "[accounts.main]\nmode = \"spot\"\n"
+        "[accounts.desk]\n[[accounts.desk.stop_loss]]\nname = \"r\"\nmetric = \"x\"\n"
+        "below = 1\naction = \"close_all\"\n"
+        "[stream]\nport = -1\n")
+    assert [error.key for error in check_config(raw)] == [
+        "colour", "risk.withdrawal_lock", "collateral.BTC", "collateral.SOL",
+        "instruments[0].ct_type", "accounts.main.mode", "accounts.desk.stop_loss[0].metric",
+        "stream.port"]
+    # parse_config raises the first of them.
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw)
+    assert raised.value.key == "colour"
+
+
+def test_check_config_of_a_valid_document_is_empty() -> None:
+    assert check_config(tomllib.loads(SPEC_EXAMPLE)) == []
