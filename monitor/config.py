@@ -128,6 +128,27 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineConfig:
+    """``[quarantine]``: how much of the bad input the logs and the database keep (riskmon's
+    choices; SPEC 4 asks only that it is quarantined with its reason).
+
+    Every bad input is counted by reason, exactly (``riskmon_quarantined_total``, the
+    ``quarantine_counts`` table). Of the inputs themselves, per run: the first
+    ``log_first`` get a log line each, then a ``quarantine_summary`` line at most every
+    ``log_summary_s`` seconds gives the counts by reason; the first ``store_first`` are
+    stored whole (up to 4 KiB each) in the ``quarantine`` table, then one in
+    ``store_sample_every`` (0: none); the table keeps at most ``store_max_rows`` rows, the
+    newest, across runs.
+    """
+
+    log_first: int = 10
+    log_summary_s: float = 60.0
+    store_first: int = 1000
+    store_sample_every: int = 1000
+    store_max_rows: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -142,6 +163,7 @@ class Config:
     okx: OkxConfig = field(default_factory=OkxConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -163,7 +185,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(raw: Mapping[str, Any]) -> Config:
     """Validate a parsed TOML document."""
     _only(raw, "", {"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                    "okx", "storage", "stream"})
+                    "okx", "storage", "stream", "quarantine"})
     risk = _parse_risk(_table(raw, "risk"))
     collateral = dict(DEFAULT_COLLATERAL)
     configured = _table(raw, "collateral")
@@ -201,6 +223,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         okx=_parse_okx(_table(raw, "okx")),
         storage=_parse_storage(_table(raw, "storage")),
         stream=_parse_stream(_table(raw, "stream")),
+        quarantine=_parse_quarantine(_table(raw, "quarantine")),
     )
 
 
@@ -462,6 +485,22 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
                         queue_size=queue_size)
 
 
+def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
+    _only(table, "quarantine", set(QuarantineConfig.__dataclass_fields__))
+    defaults = QuarantineConfig()
+    counts = {
+        key: _count(table.get(key, getattr(defaults, key)), f"quarantine.{key}")
+        for key in ("log_first", "store_first", "store_sample_every", "store_max_rows")
+    }
+    if counts["store_max_rows"] < 1:
+        raise ConfigError("quarantine.store_max_rows", "must be a positive integer")
+    return QuarantineConfig(
+        log_summary_s=_positive(table.get("log_summary_s", defaults.log_summary_s),
+                                "quarantine.log_summary_s"),
+        **counts,
+    )
+
+
 # -- small typed readers ---------------------------------------------------------------
 
 
@@ -520,6 +559,12 @@ def _number(value: Any, path: str, low: float | None = None, high: float | None 
     if high is not None and number > high:
         raise ConfigError(path, f"must be at most {high}")
     return number
+
+
+def _count(value: Any, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(path, "must be a non-negative integer")
+    return value
 
 
 def _positive(value: Any, path: str) -> float:

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from monitor.config import QuarantineConfig
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus
@@ -79,6 +80,7 @@ class Daemon:
         head: SinkTask,
         *,
         history_interval_ms: int = 60_000,
+        quarantine: QuarantineConfig | None = None,
         wall_s: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -86,7 +88,8 @@ class Daemon:
         self.feed = feed
         self.inbox = inbox
         self.head = head
-        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms)
+        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms,
+                                       quarantine=quarantine)
         self.metrics = Metrics(started_s=wall_s())
         self.wall_s = wall_s
         self.last_loop_s = wall_s()
@@ -115,6 +118,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(feed_task, ticker, stopper, return_exceptions=True)
             self._process(self.inbox.take())
+            self.processor.finish()
             await self._flush()
             await self.head.drain_and_close()
 

@@ -17,6 +17,7 @@ from monitor.config import (
     AccountConfig,
     Config,
     OkxConfig,
+    QuarantineConfig,
     RiskConfig,
     StopLossRule,
     StorageConfig,
@@ -472,6 +473,29 @@ def test_collateral_bands_borrow_tiers_and_account_modes_parse() -> None:
     ("[okx]\nsimulated = 1", "okx.simulated"),
 ])
 def test_new_keys_are_validated_by_name(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml(snippet)
+    assert raised.value.key == key
+
+
+def test_the_quarantine_table_parses_with_defaults() -> None:
+    assert parse_config({}).quarantine == QuarantineConfig(
+        log_first=10, log_summary_s=60.0, store_first=1000, store_sample_every=1000,
+        store_max_rows=10_000)
+    config = parse_toml("[quarantine]\nlog_first = 0\nlog_summary_s = 5\nstore_sample_every = 0\n")
+    assert config.quarantine == QuarantineConfig(log_first=0, log_summary_s=5.0,
+                                                 store_sample_every=0)
+
+
+@pytest.mark.parametrize(("snippet", "key"), [
+    ("[quarantine]\nlog_first = -1", "quarantine.log_first"),
+    ("[quarantine]\nlog_first = 1.5", "quarantine.log_first"),
+    ("[quarantine]\nstore_first = true", "quarantine.store_first"),
+    ("[quarantine]\nlog_summary_s = 0", "quarantine.log_summary_s"),
+    ("[quarantine]\nstore_max_rows = 0", "quarantine.store_max_rows"),
+    ("[quarantine]\nkeep = 1", "quarantine.keep"),
+])
+def test_quarantine_keys_are_validated_by_name(snippet: str, key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_toml(snippet)
     assert raised.value.key == key
