@@ -30,12 +30,13 @@ from typing import Any
 
 import orjson
 
+from monitor.alerts import LEVEL_RANK
 from monitor.config import QuarantineConfig
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus
 from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
-from monitor.metrics import Metrics
+from monitor.metrics import BuildInfo, Metrics
 from monitor.pipeline import LineProcessor, SinkTask
 
 TICK_INTERVAL_S = 1.0
@@ -90,7 +91,7 @@ class Daemon:
         self.head = head
         self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms,
                                        quarantine=quarantine)
-        self.metrics = Metrics(started_s=wall_s())
+        self.metrics = Metrics(started_s=wall_s(), build=BuildInfo.current())
         self.wall_s = wall_s
         self.last_loop_s = wall_s()
         self._interest_version = -1
@@ -210,12 +211,23 @@ class Daemon:
         self.inbox.wake()
 
     def refresh_gauges(self) -> None:
-        """Gauges that are read from the engine, not counted (called before a scrape)."""
+        """Gauges that are read from the engine and the feed, not counted (called before
+        a scrape): one pass over the accounts."""
         metrics = self.metrics
+        engine = self.engine
         metrics.inbox_depth = len(self.inbox)
         metrics.sink_queue_depth = self.head.queue_depths()
-        for name in self.engine.account_names():
-            metrics.margin_ratio[name] = self.engine.figures(name).margin_ratio
+        for name in engine.account_names():
+            figures = engine.figures(name)
+            metrics.margin_ratio[name] = figures.margin_ratio
+            metrics.account_equity_usd[name] = figures.equity_usd
+            metrics.account_maint_margin_usd[name] = figures.maint_margin_usd
+            metrics.account_level[name] = LEVEL_RANK[engine.level(name)]
+            metrics.account_risk_known[name] = engine.risk_known(name)
+        for link, stats in self.feed.link_stats().items():
+            metrics.feed_reconnects[link] = stats.reconnects
+            metrics.feed_errors[link] = stats.errors
+        metrics.stale_instruments = len(engine.stale_instruments())
 
     def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
         """``(healthy, details)`` for ``/healthz``: the engine loop turned within the last

@@ -540,6 +540,10 @@ class MarginEngine:
         """Whether nothing the account's risk depends on is missing (SPEC 1.5)."""
         return not self.accounts[name].missing
 
+    def stale_instruments(self) -> list[str]:
+        """Instruments in use whose mark is older than ``risk.stale_after_s`` (SPEC 2)."""
+        return list(self.stale)
+
     @property
     def has_checkpoints(self) -> bool:
         return bool(self._changed)
