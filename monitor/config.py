@@ -149,6 +149,19 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """``[health]``: when ``/healthz`` turns 503 (riskmon's choices; SPEC 5 names none).
+
+    ``feed_grace_s``: a feed connection down (or not up yet) that long, or an instrument in
+    use whose mark has been stale (``risk.stale_after_s``) that long; ``risk_unknown_grace_s``:
+    an account whose risk has been unknown (SPEC 1.5) that long. Wall-clock seconds.
+    """
+
+    feed_grace_s: float = 30.0
+    risk_unknown_grace_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -164,6 +177,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -185,7 +199,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(raw: Mapping[str, Any]) -> Config:
     """Validate a parsed TOML document."""
     _only(raw, "", {"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                    "okx", "storage", "stream", "quarantine"})
+                    "okx", "storage", "stream", "quarantine", "health"})
     risk = _parse_risk(_table(raw, "risk"))
     collateral = dict(DEFAULT_COLLATERAL)
     configured = _table(raw, "collateral")
@@ -224,6 +238,7 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
         storage=_parse_storage(_table(raw, "storage")),
         stream=_parse_stream(_table(raw, "stream")),
         quarantine=_parse_quarantine(_table(raw, "quarantine")),
+        health=_parse_health(_table(raw, "health")),
     )
 
 
@@ -499,6 +514,15 @@ def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
                                 "quarantine.log_summary_s"),
         **counts,
     )
+
+
+def _parse_health(table: Mapping[str, Any]) -> HealthConfig:
+    _only(table, "health", set(HealthConfig.__dataclass_fields__))
+    defaults = HealthConfig()
+    return HealthConfig(**{
+        key: _positive(table.get(key, getattr(defaults, key)), f"health.{key}")
+        for key in HealthConfig.__dataclass_fields__
+    })
 
 
 # -- small typed readers ---------------------------------------------------------------

@@ -88,7 +88,8 @@ class Feed(Protocol):
 
     def link_stats(self) -> Mapping[str, LinkStats]:
         """Every connection the feed keeps, by name (``public``, ``private:ACCOUNT``),
-        with its counters; the names are the same from the start."""
+        with its counters; the names are the same from the start (``/healthz`` counts a
+        connection that has not come up yet as down)."""
 
     def want(self, instruments: Collection[str], currencies: Collection[str],
              borrowed: Collection[str]) -> None:

@@ -190,4 +190,4 @@ def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: S
                    collateral=config.collateral.keys())
     return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
                   history_interval_ms=int(config.storage.history_interval_s * 1000),
-                  quarantine=config.quarantine)
+                  quarantine=config.quarantine, health=config.health)

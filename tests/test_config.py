@@ -16,6 +16,7 @@ from monitor.config import (
     DEFAULT_COLLATERAL,
     AccountConfig,
     Config,
+    HealthConfig,
     OkxConfig,
     QuarantineConfig,
     RiskConfig,
@@ -478,13 +479,16 @@ def test_new_keys_are_validated_by_name(snippet: str, key: str) -> None:
     assert raised.value.key == key
 
 
-def test_the_quarantine_table_parses_with_defaults() -> None:
+def test_quarantine_and_health_tables_parse_with_defaults() -> None:
     assert parse_config({}).quarantine == QuarantineConfig(
         log_first=10, log_summary_s=60.0, store_first=1000, store_sample_every=1000,
         store_max_rows=10_000)
-    config = parse_toml("[quarantine]\nlog_first = 0\nlog_summary_s = 5\nstore_sample_every = 0\n")
+    assert parse_config({}).health == HealthConfig(feed_grace_s=30.0, risk_unknown_grace_s=60.0)
+    config = parse_toml("[quarantine]\nlog_first = 0\nlog_summary_s = 5\nstore_sample_every = 0\n"
+                        "[health]\nfeed_grace_s = 2.5\n")
     assert config.quarantine == QuarantineConfig(log_first=0, log_summary_s=5.0,
                                                  store_sample_every=0)
+    assert config.health == HealthConfig(feed_grace_s=2.5)
 
 
 @pytest.mark.parametrize(("snippet", "key"), [
@@ -494,8 +498,11 @@ def test_the_quarantine_table_parses_with_defaults() -> None:
     ("[quarantine]\nlog_summary_s = 0", "quarantine.log_summary_s"),
     ("[quarantine]\nstore_max_rows = 0", "quarantine.store_max_rows"),
     ("[quarantine]\nkeep = 1", "quarantine.keep"),
+    ("[health]\nfeed_grace_s = 0", "health.feed_grace_s"),
+    ('[health]\nrisk_unknown_grace_s = "1m"', "health.risk_unknown_grace_s"),
+    ("[health]\nstale_grace_s = 1", "health.stale_grace_s"),
 ])
-def test_quarantine_keys_are_validated_by_name(snippet: str, key: str) -> None:
+def test_quarantine_and_health_keys_are_validated_by_name(snippet: str, key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_toml(snippet)
     assert raised.value.key == key
