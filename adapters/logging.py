@@ -22,9 +22,11 @@ import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 from monitor.alerts import Alert
-from monitor.records import QuarantineRecord
+from monitor.records import QuarantineRecord, QuarantineSummary
 
 REDACTED: Final = "***"
+LOG_RAW_LIMIT: Final = 256
+"""Characters of a quarantined input shown in its log line (the database keeps 4 KiB)."""
 
 _LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
@@ -186,11 +188,25 @@ def log_alert(logger: FilteringBoundLogger, alert: Alert) -> None:
 
 
 def log_quarantine(logger: FilteringBoundLogger, record: QuarantineRecord) -> None:
-    """Log a quarantined line or frame as one warning event ``"quarantine"``."""
+    """Log a quarantined line or frame as one warning event ``"quarantine"``, with the
+    first :data:`LOG_RAW_LIMIT` characters of the input as ``raw``."""
     logger.warning(
         "quarantine",
         source=record.source,
         recv_ts=record.recv_ms,
         reason=record.reason,
-        raw=record.raw,
+        raw=record.raw[:LOG_RAW_LIMIT],
+    )
+
+
+def log_quarantine_summary(logger: FilteringBoundLogger, summary: QuarantineSummary) -> None:
+    """Log the bad inputs of a window as one warning event ``"quarantine_summary"``:
+    ``counts`` by reason class, ``suppressed`` (those without a line of their own),
+    ``total`` since the run started and ``window_s``."""
+    logger.warning(
+        "quarantine_summary",
+        counts=dict(summary.counts),
+        suppressed=summary.suppressed,
+        total=summary.total,
+        window_s=summary.window_s,
     )

@@ -6,18 +6,25 @@ import math
 import time
 from collections.abc import Sequence
 
-from adapters.logging import get_logger, log_alert, log_quarantine
+from adapters.logging import get_logger, log_alert, log_quarantine, log_quarantine_summary
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
 from monitor.engine import Notice
 from monitor.errors import SinkError
 from monitor.pipeline import Record
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord
+from monitor.records import (
+    AccountCheckpoint,
+    MarginPoint,
+    QuarantineCounts,
+    QuarantineRecord,
+    QuarantineSummary,
+)
 
 
 class SqliteSink:
-    """Stores alerts (idempotently), quarantine, margin history and account checkpoints,
-    a whole batch in one transaction (see SqliteStore.write_batch)."""
+    """Stores alerts (idempotently), quarantine (the records marked ``store``, and every
+    count), margin history and account checkpoints, a whole batch in one transaction (see
+    SqliteStore.write_batch)."""
 
     name = "sqlite"
 
@@ -38,11 +45,17 @@ class SqliteSink:
         inserted alert."""
         # A checkpoint later in the batch supersedes an earlier one of the same account.
         checkpoints = {r.account: r for r in records if isinstance(r, AccountCheckpoint)}
+        counts: dict[str, int] = {}
+        for record in records:
+            if isinstance(record, QuarantineCounts):
+                for reason, count in record.counts:
+                    counts[reason] = counts.get(reason, 0) + count
         stored = await self.store.write_batch(
             alerts=[r for r in records if isinstance(r, Alert)],
-            quarantine=[r for r in records if isinstance(r, QuarantineRecord)],
+            quarantine=[r for r in records if isinstance(r, QuarantineRecord) and r.store],
             history=[r for r in records if isinstance(r, MarginPoint)],
             checkpoints=list(checkpoints.values()),
+            quarantine_counts=counts,
         )
         now = time.time()
         if now >= self._next_prune_s:
@@ -63,7 +76,9 @@ class SqliteSink:
 
 
 class LogSink:
-    """Every alert, quarantined input and notice as one structured log event."""
+    """Every alert and notice as one structured log event; quarantined input as one
+    event each for the records marked ``log`` (the first of a run), and the periodic
+    summaries of the rest (monitor.quarantine)."""
 
     name = "log"
 
@@ -75,7 +90,10 @@ class LogSink:
             if isinstance(record, Alert):
                 log_alert(self.logger, record)
             elif isinstance(record, QuarantineRecord):
-                log_quarantine(self.logger, record)
+                if record.log:
+                    log_quarantine(self.logger, record)
+            elif isinstance(record, QuarantineSummary):
+                log_quarantine_summary(self.logger, record)
             elif isinstance(record, Notice):
                 self.logger.warning(
                     "notice", notice=record.kind, account=record.account, subject=record.subject

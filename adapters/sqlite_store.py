@@ -6,7 +6,7 @@ Every public call is one transaction, made in one call on that thread; every SQL
 failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
 row contents.
 
-Schema (version 3, see :data:`MIGRATIONS`)::
+Schema (version 4, see :data:`MIGRATIONS`)::
 
     alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
                     id TEXT UNIQUE NOT NULL                 the alert's stable id
@@ -21,6 +21,10 @@ Schema (version 3, see :data:`MIGRATIONS`)::
                     maint_margin_usd, init_margin_usd REAL, level TEXT; index (ts)
     quarantine      id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ts INTEGER NULL,
                     stored_ts INTEGER, source, reason, raw TEXT; index (stored_ts)
+                    sampled INTEGER 0/1 (v4): kept as one of a sample
+                    at most ``quarantine_max_rows`` rows, the newest (v4)
+    quarantine_counts  reason TEXT PRIMARY KEY (a reason class, monitor.quarantine),
+                    count INTEGER, first_ts, last_ts INTEGER (stored time, ms)   (v4)
     level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER,
                     reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2),
                     pools TEXT (JSON array of [key, level, reminder_due_ts]; v3)
@@ -124,6 +128,23 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE level_state ADD COLUMN pools TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE alerts ADD COLUMN closing_fee_usd REAL NOT NULL DEFAULT 0",
     ),
+    # 3 -> 4: quarantine without floods (monitor.quarantine). Exact counts by reason class
+    # beside the (now bounded) rows; the rows of earlier versions are counted by their
+    # full reason, which is all they have.
+    (
+        """
+        CREATE TABLE quarantine_counts (
+            reason TEXT PRIMARY KEY,
+            count INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "INSERT INTO quarantine_counts (reason, count, first_ts, last_ts)"
+        " SELECT reason, count(*), min(stored_ts), max(stored_ts) FROM quarantine"
+        " GROUP BY reason",
+        "ALTER TABLE quarantine ADD COLUMN sampled INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 """Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
 
@@ -153,10 +174,12 @@ class SqliteStore:
     they are serialised, so each runs as its own transaction.
     """
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
+                 quarantine_max_rows: int = 10_000) -> None:
         """Wrap an open, migrated connection; use :meth:`open` instead."""
         self._db: aiosqlite.Connection | None = db
         self._retention_ms = retention_ms
+        self._quarantine_max_rows = quarantine_max_rows
         # One connection carries one transaction at a time; without the lock a second task
         # could issue BEGIN while the first is between BEGIN and COMMIT.
         self._lock = asyncio.Lock()
@@ -168,13 +191,15 @@ class SqliteStore:
         *,
         retention_days: float = 90.0,
         synchronous: str = "FULL",
+        quarantine_max_rows: int = 10_000,
     ) -> Self:
         """Open (creating if needed) the database at ``path`` and migrate it.
 
         ``path`` must name a file: the store needs WAL journal mode, which in-memory
         databases lack. ``retention_days`` (positive) is how long :meth:`prune` keeps rows;
         ``synchronous`` is SQLite's ``PRAGMA synchronous`` (``OFF``, ``NORMAL``, ``FULL``
-        or ``EXTRA``).
+        or ``EXTRA``); ``quarantine_max_rows`` (positive) caps the ``quarantine`` table:
+        each write deletes the oldest rows beyond it.
 
         Raises :class:`ValueError` for an invalid argument and :class:`SinkError` when the
         file cannot be opened, WAL cannot be enabled, or the database's schema version is
@@ -185,6 +210,8 @@ class SqliteStore:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
         if not (math.isfinite(retention_days) and retention_days > 0):
             raise ValueError("retention_days must be a positive number")
+        if quarantine_max_rows < 1:
+            raise ValueError("quarantine_max_rows must be a positive integer")
         location = os.fspath(path)
         _check_aiosqlite()
         if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
@@ -219,7 +246,8 @@ class SqliteStore:
         except BaseException:
             await _close_quietly(db)
             raise
-        return cls(db, retention_ms=round(retention_days * _MS_PER_DAY))
+        return cls(db, retention_ms=round(retention_days * _MS_PER_DAY),
+                   quarantine_max_rows=quarantine_max_rows)
 
     async def close(self) -> None:
         """Close the connection after any call in progress; closing twice is harmless."""
@@ -240,9 +268,11 @@ class SqliteStore:
         """
         return len(await self.write_batch(alerts=alerts))
 
-    async def write_quarantine(self, records: Sequence[QuarantineRecord]) -> None:
-        """Store quarantined input with its reason, in one transaction (see write_batch)."""
-        await self.write_batch(quarantine=records)
+    async def write_quarantine(self, records: Sequence[QuarantineRecord],
+                               counts: Mapping[str, int] | None = None) -> None:
+        """Store quarantined input with its reason, and add ``counts`` (reason class ->
+        bad inputs) to the exact counts, in one transaction (see write_batch)."""
+        await self.write_batch(quarantine=records, quarantine_counts=counts or {})
 
     async def write_history(self, points: Sequence[MarginPoint]) -> None:
         """Store margin history samples in one transaction.
@@ -262,6 +292,7 @@ class SqliteStore:
         quarantine: Sequence[QuarantineRecord] = (),
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
+        quarantine_counts: Mapping[str, int] | None = None,
     ) -> list[StoredAlert]:
         """Store everything in ONE transaction (one commit, one fsync); returns the alerts
         newly inserted, with their ``seq``, in insertion order (an alert whose id was
@@ -275,16 +306,24 @@ class SqliteStore:
         record's receive time when known, else the wall clock at this call (input whose
         receive time is unknown, such as an unparsable replay line, is then kept for the
         full retention from the moment it was quarantined rather than pruned at once).
+        Once the table holds more than ``quarantine_max_rows`` rows the oldest go, in the
+        same transaction. ``quarantine_counts`` (reason class -> bad inputs) is added to
+        ``quarantine_counts``: the producer counts every bad input there, stored or not
+        (monitor.quarantine), so the rows are a bounded sample and the counts exact.
         """
-        if not (alerts or quarantine or history or checkpoints):
+        counts = dict(quarantine_counts or {})
+        if not (alerts or quarantine or history or checkpoints or counts):
             return []
         alert_rows = [_alert_row(alert) for alert in alerts]
         now_ms = time.time_ns() // 1_000_000
         quarantine_rows = [
             (record.recv_ms, record.recv_ms if record.recv_ms is not None else now_ms,
-             record.source, record.reason, record.raw)
+             record.source, record.reason, record.raw, int(record.sampled))
             for record in quarantine
         ]
+        count_rows = [(reason, count, now_ms, now_ms) for reason, count in sorted(counts.items())
+                      if count > 0]
+        max_rows = self._quarantine_max_rows
         history_rows = [
             (point.account, point.ts, point.margin_ratio, point.equity_usd,
              point.maint_margin_usd, point.init_margin_usd, point.level)
@@ -299,6 +338,7 @@ class SqliteStore:
         parts = [f"{len(rows)} {what}" for rows, what in (
             (alert_rows, "alerts"), (quarantine_rows, "quarantine records"),
             (history_rows, "margin history points"), (checkpoint_rows, "checkpoints"),
+            (count_rows, "quarantine counts"),
         ) if rows]
         def write(db: sqlite3.Connection) -> list[StoredAlert]:
             stored: list[StoredAlert] = []
@@ -318,9 +358,19 @@ class SqliteStore:
                               if seqs.get(alert.id) is not None)
             if quarantine_rows:
                 db.executemany(
-                    "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
-                    f" VALUES ({_marks(5)})",
+                    "INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw, sampled)"
+                    f" VALUES ({_marks(6)})",
                     quarantine_rows,
+                )
+                # Ids only grow (AUTOINCREMENT): at most max_rows of them lie above this.
+                db.execute("DELETE FROM quarantine"
+                           " WHERE id <= (SELECT max(id) FROM quarantine) - ?", (max_rows,))
+            if count_rows:
+                db.executemany(
+                    "INSERT INTO quarantine_counts (reason, count, first_ts, last_ts)"
+                    f" VALUES ({_marks(4)}) ON CONFLICT (reason) DO UPDATE SET"
+                    " count = count + excluded.count, last_ts = excluded.last_ts",
+                    count_rows,
                 )
             if history_rows:
                 db.executemany(
@@ -376,7 +426,8 @@ class SqliteStore:
         """Delete rows older than the retention window; returns how many were deleted.
 
         Alerts and history go by event time (``ts``), quarantine by ``stored_ts`` (see
-        :meth:`write_quarantine`); a row exactly at the cutoff is kept. Level state is never
+        :meth:`write_quarantine`) and its counts by the last time a reason class was
+        counted (``last_ts``); a row exactly at the cutoff is kept. Level state is never
         pruned: it is needed however old it is.
         """
         cutoff = now_ms - self._retention_ms
@@ -386,6 +437,7 @@ class SqliteStore:
                 "DELETE FROM alerts WHERE ts < ?",
                 "DELETE FROM margin_history WHERE ts < ?",
                 "DELETE FROM quarantine WHERE stored_ts < ?",
+                "DELETE FROM quarantine_counts WHERE last_ts < ?",
             ))
 
         return await self._transaction("pruning", prune)
@@ -506,6 +558,12 @@ class SqliteStore:
         """How many quarantine rows are stored."""
         rows = await self._read("counting quarantine", "SELECT count(*) FROM quarantine")
         return int(rows[0][0])
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Bad inputs counted, by reason class (every one, stored as a row or not)."""
+        rows = await self._read("reading quarantine counts",
+                                "SELECT reason, count FROM quarantine_counts ORDER BY reason")
+        return {str(reason): int(count) for reason, count in rows}
 
     async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T], *,
                            immediate: bool = True) -> _T:

@@ -117,7 +117,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -515,8 +515,10 @@ class TimedStore(SqliteStore):
     during the latency runs, so that the alerts of the sustained-rate search do not pile up
     in this process's memory, which the daemon would not do)."""
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
-        super().__init__(db, retention_ms=retention_ms)
+    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
+                 quarantine_max_rows: int = 10_000) -> None:
+        super().__init__(db, retention_ms=retention_ms,
+                         quarantine_max_rows=quarantine_max_rows)
         self.spans: dict[str, tuple[float, float]] = {}
         self.noting = False
 
@@ -527,10 +529,12 @@ class TimedStore(SqliteStore):
         quarantine: Sequence[QuarantineRecord] = (),
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
+        quarantine_counts: Mapping[str, int] | None = None,
     ) -> list[StoredAlert]:
         start = time.time()
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
-                                             history=history, checkpoints=checkpoints)
+                                             history=history, checkpoints=checkpoints,
+                                             quarantine_counts=quarantine_counts)
         end = time.time()
         if self.noting:
             for alert in alerts:

@@ -50,7 +50,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -135,8 +135,10 @@ def _say(message: dict[str, Any]) -> None:
 class TimedStore(SqliteStore):
     """The real store, noting when each alert's transaction committed (by alert id)."""
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int) -> None:
-        super().__init__(db, retention_ms=retention_ms)
+    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
+                 quarantine_max_rows: int = 10_000) -> None:
+        super().__init__(db, retention_ms=retention_ms,
+                         quarantine_max_rows=quarantine_max_rows)
         self.committed: dict[str, float] = {}
 
     async def write_batch(
@@ -146,9 +148,11 @@ class TimedStore(SqliteStore):
         quarantine: Sequence[QuarantineRecord] = (),
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
+        quarantine_counts: Mapping[str, int] | None = None,
     ) -> list[StoredAlert]:
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
-                                             history=history, checkpoints=checkpoints)
+                                             history=history, checkpoints=checkpoints,
+                                             quarantine_counts=quarantine_counts)
         now = time.time()
         for alert in alerts:
             self.committed[alert.id] = now

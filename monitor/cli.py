@@ -241,14 +241,16 @@ async def _replay(args: argparse.Namespace) -> int:
     engine = MarginEngine(config)
     decoder = OkxDecoder()
     processor = LineProcessor(engine, decoder.decode_line, str(args.file),
-                              int(config.storage.history_interval_s * 1000))
+                              int(config.storage.history_interval_s * 1000),
+                              quarantine=config.quarantine)
     followers = [SinkTask(AlertLinesSink(args.alerts_out)), SinkTask(LogSink())]
 
     def on_retry(name: str, attempt: int, error: SinkError) -> None:
         log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
 
     if args.db is not None:
-        store = await SqliteStore.open(args.db, retention_days=config.storage.retention_days)
+        store = await SqliteStore.open(args.db, retention_days=config.storage.retention_days,
+                                       quarantine_max_rows=config.quarantine.store_max_rows)
         head = SinkTask(SqliteSink(store), followers=followers, on_retry=on_retry)
     else:
         head = SinkTask(Relay(), followers=followers)

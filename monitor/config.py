@@ -128,6 +128,40 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineConfig:
+    """``[quarantine]``: how much of the bad input the logs and the database keep (riskmon's
+    choices; SPEC 4 asks only that it is quarantined with its reason).
+
+    Every bad input is counted by reason, exactly (``riskmon_quarantined_total``, the
+    ``quarantine_counts`` table). Of the inputs themselves, per run: the first
+    ``log_first`` get a log line each, then a ``quarantine_summary`` line at most every
+    ``log_summary_s`` seconds gives the counts by reason; the first ``store_first`` are
+    stored whole (up to 4 KiB each) in the ``quarantine`` table, then one in
+    ``store_sample_every`` (0: none); the table keeps at most ``store_max_rows`` rows, the
+    newest, across runs.
+    """
+
+    log_first: int = 10
+    log_summary_s: float = 60.0
+    store_first: int = 1000
+    store_sample_every: int = 1000
+    store_max_rows: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """``[health]``: when ``/healthz`` turns 503 (riskmon's choices; SPEC 5 names none).
+
+    ``feed_grace_s``: a feed connection down (or not up yet) that long, or an instrument in
+    use whose mark has been stale (``risk.stale_after_s``) that long; ``risk_unknown_grace_s``:
+    an account whose risk has been unknown (SPEC 1.5) that long. Wall-clock seconds.
+    """
+
+    feed_grace_s: float = 30.0
+    risk_unknown_grace_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -142,6 +176,8 @@ class Config:
     okx: OkxConfig = field(default_factory=OkxConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -204,7 +240,7 @@ class _Checker:
 
 
 _TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                        "okx", "storage", "stream"})
+                        "okx", "storage", "stream", "quarantine", "health"})
 _NO_TABLE: Mapping[str, Any] = {}
 _NO_ITEMS: list[Any] = []
 
@@ -262,6 +298,10 @@ def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
                               check.attempt(_NO_TABLE, _table, raw, "storage")),
         stream=check.attempt(StreamConfig(), _parse_stream,
                              check.attempt(_NO_TABLE, _table, raw, "stream")),
+        quarantine=check.attempt(QuarantineConfig(), _parse_quarantine,
+                                 check.attempt(_NO_TABLE, _table, raw, "quarantine")),
+        health=check.attempt(HealthConfig(), _parse_health,
+                             check.attempt(_NO_TABLE, _table, raw, "health")),
     )
 
 
@@ -533,6 +573,31 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
                         queue_size=queue_size)
 
 
+def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
+    _only(table, "quarantine", set(QuarantineConfig.__dataclass_fields__))
+    defaults = QuarantineConfig()
+    counts = {
+        key: _count(table.get(key, getattr(defaults, key)), f"quarantine.{key}")
+        for key in ("log_first", "store_first", "store_sample_every", "store_max_rows")
+    }
+    if counts["store_max_rows"] < 1:
+        raise ConfigError("quarantine.store_max_rows", "must be a positive integer")
+    return QuarantineConfig(
+        log_summary_s=_positive(table.get("log_summary_s", defaults.log_summary_s),
+                                "quarantine.log_summary_s"),
+        **counts,
+    )
+
+
+def _parse_health(table: Mapping[str, Any]) -> HealthConfig:
+    _only(table, "health", set(HealthConfig.__dataclass_fields__))
+    defaults = HealthConfig()
+    return HealthConfig(**{
+        key: _positive(table.get(key, getattr(defaults, key)), f"health.{key}")
+        for key in HealthConfig.__dataclass_fields__
+    })
+
+
 # -- small typed readers ---------------------------------------------------------------
 
 
@@ -591,6 +656,12 @@ def _number(value: Any, path: str, low: float | None = None, high: float | None 
     if high is not None and number > high:
         raise ConfigError(path, f"must be at most {high}")
     return number
+
+
+def _count(value: Any, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(path, "must be a non-negative integer")
+    return value
 
 
 def _positive(value: Any, path: str) -> float:

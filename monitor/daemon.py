@@ -17,6 +17,11 @@ Shape (STYLE: one owner per resource)::
   it arrived, once a second) so that a silent feed still goes stale and reminders fire.
 - Stop: :meth:`Daemon.run` returns when ``stop`` is set, after cancelling the feed,
   applying what is still in the inbox and draining every sink.
+- Health (``/healthz``, :meth:`Daemon.health`): once a second the engine task notes which
+  feed connections are down, which instruments have a stale mark and which accounts'
+  risk is unknown (monitor.health); any of them lasting past its ``[health]`` grace
+  period makes the daemon *degraded*, and a stalled engine loop or a failed sink makes
+  it *unhealthy*; both answer 503 with the reasons.
 """
 
 from __future__ import annotations
@@ -30,15 +35,20 @@ from typing import Any
 
 import orjson
 
+from monitor.alerts import LEVEL_RANK
+from monitor.config import HealthConfig, QuarantineConfig
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus
 from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
-from monitor.metrics import Metrics
+from monitor.health import LISTED, Onsets
+from monitor.metrics import BuildInfo, Metrics
 from monitor.pipeline import LineProcessor, SinkTask
 
 TICK_INTERVAL_S = 1.0
 RAW_LIMIT = 4096
+LOOP_STALLED_S = 5 * TICK_INTERVAL_S
+"""The engine loop turns at least once a second; not within this long, it is stalled."""
 
 SWITCH_INTERVAL_S = 0.0002
 """The thread switch interval a daemon process runs with (Python's default: 5 ms).
@@ -79,6 +89,8 @@ class Daemon:
         head: SinkTask,
         *,
         history_interval_ms: int = 60_000,
+        quarantine: QuarantineConfig | None = None,
+        health: HealthConfig | None = None,
         wall_s: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -86,10 +98,17 @@ class Daemon:
         self.feed = feed
         self.inbox = inbox
         self.head = head
-        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms)
-        self.metrics = Metrics(started_s=wall_s())
+        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms,
+                                       quarantine=quarantine)
+        self.metrics = Metrics(started_s=wall_s(), build=BuildInfo.current())
+        self.health_config = health or HealthConfig()
         self.wall_s = wall_s
         self.last_loop_s = wall_s()
+        # When each adverse condition began (wall time), observed once a second.
+        self._links_down = Onsets()
+        self._stale = Onsets()
+        self._unknown = Onsets()
+        self._next_watch_s = 0.0
         self._interest_version = -1
         # Exchange time of the last event that moved the engine's clock, and when it came.
         self._anchor_event_ms = 0
@@ -102,11 +121,13 @@ class Daemon:
         feed_task = asyncio.create_task(self.feed.run(), name="feed")
         ticker = asyncio.create_task(self._tick_every_second(), name="ticker")
         stopper = asyncio.create_task(self._wake_on(stop), name="stopper")
+        self._watch()
         try:
             while not stop.is_set():
                 await self.inbox.wait()
                 self._process(self.inbox.take())
                 self._tick()
+                self._watch()
                 await self._flush()
                 if feed_task.done():
                     feed_task.result()  # a feed that ended by itself is a bug: surface it
@@ -115,6 +136,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(feed_task, ticker, stopper, return_exceptions=True)
             self._process(self.inbox.take())
+            self.processor.finish()
             await self._flush()
             await self.head.drain_and_close()
 
@@ -174,6 +196,19 @@ class Daemon:
             wall_ms = int(self.wall_s() * 1000)
             self.processor.feed_events([ClockTick(now_ms, wall_ms)])
 
+    def _watch(self) -> None:
+        """Once a second: which connections are down (or not up yet), which instruments
+        are stale and which accounts' risk is unknown, for :meth:`health`."""
+        now_s = self.wall_s()
+        if now_s < self._next_watch_s:
+            return
+        self._next_watch_s = now_s + TICK_INTERVAL_S
+        connected = self.metrics.feeds_connected
+        self._links_down.observe(
+            [name for name in self.feed.link_stats() if not connected.get(name, False)], now_s)
+        self._stale.observe(self.engine.stale_instruments(), now_s)
+        self._unknown.observe(self.engine.unknown_accounts(), now_s)
+
     def _follow_interest(self) -> None:
         """Tell the feed what the engine needs when that changed (``interest_version``
         moves with the instruments and currencies in use and the currencies borrowed)."""
@@ -206,26 +241,79 @@ class Daemon:
         self.inbox.wake()
 
     def refresh_gauges(self) -> None:
-        """Gauges that are read from the engine, not counted (called before a scrape)."""
+        """Gauges that are read from the engine and the feed, not counted (called before
+        a scrape): one pass over the accounts."""
         metrics = self.metrics
+        engine = self.engine
         metrics.inbox_depth = len(self.inbox)
         metrics.sink_queue_depth = self.head.queue_depths()
-        for name in self.engine.account_names():
-            metrics.margin_ratio[name] = self.engine.figures(name).margin_ratio
+        for name in engine.account_names():
+            figures = engine.figures(name)
+            metrics.margin_ratio[name] = figures.margin_ratio
+            metrics.account_equity_usd[name] = figures.equity_usd
+            metrics.account_maint_margin_usd[name] = figures.maint_margin_usd
+            metrics.account_level[name] = LEVEL_RANK[engine.level(name)]
+            metrics.account_risk_known[name] = engine.risk_known(name)
+        for link, stats in self.feed.link_stats().items():
+            metrics.feed_reconnects[link] = stats.reconnects
+            metrics.feed_errors[link] = stats.errors
+        metrics.stale_instruments = len(engine.stale_instruments())
 
     def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
-        """``(healthy, details)`` for ``/healthz``: the engine loop turned within the last
-        five seconds (it turns at least once a second) and every sink task is alive."""
+        """``(healthy, details)`` for ``/healthz``.
+
+        Healthy while there is no reason not to be. The reasons, each an object with a
+        ``reason`` field: ``engine_stalled`` (the loop has not turned for
+        :data:`LOOP_STALLED_S`) and ``sink_failed`` make the status ``unhealthy``;
+        ``feed_disconnected`` (connections down, or not up yet, for ``health.feed_grace_s``),
+        ``feed_stale`` (instruments whose mark has been stale that long) and
+        ``risk_unknown`` (accounts whose risk has been unknown for
+        ``health.risk_unknown_grace_s``, with what they miss) make it ``degraded``. The
+        last three name at most :data:`~monitor.health.LISTED` items, longest first, with
+        how long each has lasted (``for_s``) and ``count``, all of them.
+        """
+        config = self.health_config
         loop_age = now_s - self.last_loop_s
         sinks_ok = self.head.alive()
-        healthy = loop_age < 5 * TICK_INTERVAL_S and sinks_ok
-        return healthy, {
-            "status": "ok" if healthy else "unhealthy",
+        failures: list[dict[str, Any]] = []
+        if loop_age >= LOOP_STALLED_S:
+            failures.append({"reason": "engine_stalled", "engine_loop_age_s": round(loop_age, 3)})
+        if not sinks_ok:
+            failures.append({"reason": "sink_failed"})
+        degraded: list[dict[str, Any]] = []
+        down = self._links_down.lasting(config.feed_grace_s, now_s)
+        if down:
+            degraded.append(_reason("feed_disconnected", config.feed_grace_s, down,
+                                    lambda name, for_s: {"feed": name, "for_s": for_s}))
+        stale = self._stale.lasting(config.feed_grace_s, now_s)
+        if stale:
+            degraded.append(_reason("feed_stale", config.feed_grace_s, stale,
+                                    lambda inst, for_s: {"inst_id": inst, "for_s": for_s}))
+        unknown = [(name, for_s) for name, for_s in
+                   self._unknown.lasting(config.risk_unknown_grace_s, now_s)
+                   if name in self.engine.accounts and not self.engine.risk_known(name)]
+        if unknown:
+            degraded.append(_reason(
+                "risk_unknown", config.risk_unknown_grace_s, unknown,
+                lambda name, for_s: {"account": name, "for_s": for_s,
+                                     "missing": self.engine.missing(name)[:LISTED]}))
+        reasons = failures + degraded
+        status = "unhealthy" if failures else "degraded" if degraded else "ok"
+        return not reasons, {
+            "status": status,
+            "reasons": reasons,
             "engine_loop_age_s": round(loop_age, 3),
             "sinks_ok": sinks_ok,
             "feeds": dict(self.metrics.feeds_connected),
             "event_time_ms": self.engine.now_ms,
         }
+
+
+def _reason(code: str, grace_s: float, items: list[tuple[str, float]],
+            describe: Callable[[str, float], dict[str, Any]]) -> dict[str, Any]:
+    """One ``/healthz`` reason naming the first :data:`LISTED` of ``items``."""
+    return {"reason": code, "grace_s": grace_s, "count": len(items),
+            "items": [describe(key, round(for_s, 3)) for key, for_s in items[:LISTED]]}
 
 
 def _no_lines(line: bytes) -> list[Any]:

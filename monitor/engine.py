@@ -540,6 +540,18 @@ class MarginEngine:
         """Whether nothing the account's risk depends on is missing (SPEC 1.5)."""
         return not self.accounts[name].missing
 
+    def missing(self, name: str) -> list[str]:
+        """What the account's risk lacks, sorted (``--state-out``'s ``missing``)."""
+        return sorted(self.accounts[name].missing)
+
+    def unknown_accounts(self) -> list[str]:
+        """The accounts whose risk is unknown now (some item missing, SPEC 1.5)."""
+        return [name for name, account in self.unknown.items() if account.missing]
+
+    def stale_instruments(self) -> list[str]:
+        """Instruments in use whose mark is older than ``risk.stale_after_s`` (SPEC 2)."""
+        return list(self.stale)
+
     @property
     def has_checkpoints(self) -> bool:
         return bool(self._changed)

@@ -23,7 +23,7 @@ are never dropped or merged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, NamedTuple, Protocol
@@ -70,8 +70,26 @@ class LinkChange:
 FeedItem = Frame | RestBody | LinkChange
 
 
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """Counters of one feed connection since the process started, for ``/metrics``.
+
+    ``reconnects``: times the connection was opened again after it ended or failed to
+    open; ``errors``: connections that failed (to open, or while open) with an error, and
+    error messages and failed REST loads of the connection.
+    """
+
+    reconnects: int = 0
+    errors: int = 0
+
+
 class Feed(Protocol):
     """A live feed adapter."""
+
+    def link_stats(self) -> Mapping[str, LinkStats]:
+        """Every connection the feed keeps, by name (``public``, ``private:ACCOUNT``),
+        with its counters; the names are the same from the start (``/healthz`` counts a
+        connection that has not come up yet as down)."""
 
     def want(self, instruments: Collection[str], currencies: Collection[str],
              borrowed: Collection[str]) -> None:

@@ -1,14 +1,48 @@
 """The daemon's counters and gauges, rendered in the Prometheus text format (``/metrics``).
 
-Names follow Prometheus conventions (``_total`` counters, base units: seconds). The daemon's
-engine task updates them; the HTTP handler only reads and renders, in the same event loop.
+Names follow Prometheus conventions (``_total`` counters, base units: seconds, USD in
+names that hold USD). The daemon's engine task updates them; the HTTP handler only reads
+and renders, in the same event loop. Every family is rendered with its ``# HELP`` and
+``# TYPE`` lines even before it has a sample, so what a dashboard or a rule may query is
+visible from the first scrape.
+
+Cardinality: the ``account`` families have one series per account the engine knows
+(configured, or seen in the feed), the ``feed`` families one per connection (``public``,
+``private:ACCOUNT``), ``kind`` one per alert kind emitted and ``sink`` one per sink;
+nothing is labelled by instrument, reason or value.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
+
+LEVEL_RANKS_HELP = "0 normal, 1 warning, 2 withdrawal_lock, 3 deleverage, 4 liquidation"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInfo:
+    """What ``riskmon_build_info`` reports: the package version, the Python version and
+    whether the core runs compiled by mypyc (README, "Compiled build")."""
+
+    version: str
+    python: str
+    compiled: bool
+
+    @classmethod
+    def current(cls) -> BuildInfo:
+        """This process's build."""
+        try:
+            version = metadata.version("riskmon")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        engine = importlib.import_module("monitor.engine")
+        compiled = str(getattr(engine, "__file__", "")).endswith((".so", ".pyd"))
+        return cls(version, platform.python_version(), compiled)
 
 
 @dataclass
@@ -22,10 +56,18 @@ class Metrics:
     inbox_depth: int = 0
     sink_queue_depth: dict[str, int] = field(default_factory=dict)
     margin_ratio: dict[str, float | None] = field(default_factory=dict)
+    account_level: dict[str, int] = field(default_factory=dict)
+    account_equity_usd: dict[str, float] = field(default_factory=dict)
+    account_maint_margin_usd: dict[str, float] = field(default_factory=dict)
+    account_risk_known: dict[str, bool] = field(default_factory=dict)
     feeds_connected: dict[str, bool] = field(default_factory=dict)
+    feed_reconnects: dict[str, int] = field(default_factory=dict)
+    feed_errors: dict[str, int] = field(default_factory=dict)
+    stale_instruments: int = 0
     stream_subscribers: int = 0
     stream_cut_off: int = 0
     started_s: float = 0.0
+    build: BuildInfo | None = None
 
     def render(self, now_s: float) -> str:
         lines: list[str] = []
@@ -59,15 +101,45 @@ class Metrics:
                "Margin ratio per account (absent while it has no maintenance margin).",
                {f'account="{_escape(k)}"': v for k, v in self.margin_ratio.items()
                 if v is not None})
+        family("riskmon_account_level", "gauge",
+               f"Level per account, as a rank: {LEVEL_RANKS_HELP}.",
+               _by("account", self.account_level))
+        family("riskmon_account_equity_usd", "gauge",
+               "Adjusted equity per account, USD (the margin ratio's numerator).",
+               _by("account", self.account_equity_usd))
+        family("riskmon_account_maint_margin_usd", "gauge",
+               "Maintenance margin per account, USD (without the closing fee).",
+               _by("account", self.account_maint_margin_usd))
+        family("riskmon_account_risk_known", "gauge",
+               "1 while nothing an account's figures depend on is missing, else 0.",
+               {f'account="{_escape(k)}"': float(v) for k, v in self.account_risk_known.items()})
         family("riskmon_feed_connected", "gauge", "1 while a feed connection is up.",
                {f'feed="{_escape(k)}"': float(v) for k, v in self.feeds_connected.items()})
+        family("riskmon_feed_reconnects_total", "counter",
+               "Times a feed connection was opened again after it ended or failed.",
+               _by("feed", self.feed_reconnects))
+        family("riskmon_feed_errors_total", "counter",
+               "Feed connection failures, error messages and failed REST loads.",
+               _by("feed", self.feed_errors))
+        family("riskmon_stale_instruments", "gauge",
+               "Instruments in use whose mark price is older than risk.stale_after_s.",
+               self.stale_instruments)
         family("riskmon_stream_subscribers", "gauge",
                "Alert stream subscriptions receiving live alerts.", self.stream_subscribers)
         family("riskmon_stream_cut_off_total", "counter",
                "Alert stream subscriptions cut off for falling behind.", self.stream_cut_off)
         family("riskmon_uptime_seconds", "gauge", "Seconds since the daemon started.",
                max(0.0, now_s - self.started_s))
+        build = self.build
+        family("riskmon_build_info", "gauge", "Always 1; the labels say what runs.",
+               None if build is None else {
+                   f'version="{_escape(build.version)}",python="{_escape(build.python)}",'
+                   f'compiled="{str(build.compiled).lower()}"': 1.0})
         return "\n".join(lines) + "\n"
+
+
+def _by(label: str, values: Mapping[str, float]) -> dict[str, float]:
+    return {f'{label}="{_escape(key)}"': value for key, value in values.items()}
 
 
 def _number(value: float | None) -> str:

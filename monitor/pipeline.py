@@ -6,8 +6,9 @@ runs inside the read loop. Durable sinks come first: a batch reaches the followe
 file, logs, subscribers) only after every durable sink has stored it (SPEC 4: persist
 before publish).
 
-:class:`LineProcessor` is the synchronous heart shared by ``riskmon replay`` and the
-benchmark: one line in, events applied, alerts and quarantine records collected.
+:class:`LineProcessor` is the synchronous heart shared by ``riskmon replay``, the daemon
+and the benchmark: one line in, events applied, alerts and quarantine records collected.
+Bad input is counted exactly and kept within bounds (monitor.quarantine).
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ from typing import Protocol
 import orjson
 
 from monitor.alerts import Alert
+from monitor.config import QuarantineConfig
 from monitor.engine import MarginEngine, Notice
 from monitor.errors import BadInput, SinkError
 from monitor.events import Event
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
+from monitor.quarantine import QuarantineBook
+from monitor.records import (
+    AccountCheckpoint,
+    MarginPoint,
+    QuarantineCounts,
+    QuarantineRecord,
+    QuarantineSummary,
+    StoredAlert,
+)
 
-Record = Alert | QuarantineRecord | MarginPoint | Notice | AccountCheckpoint | StoredAlert
+Record = (Alert | QuarantineRecord | QuarantineCounts | QuarantineSummary | MarginPoint
+          | Notice | AccountCheckpoint | StoredAlert)
 LineDecoder = Callable[[bytes], list[Event]]
 
 RAW_LIMIT = 4096
@@ -64,15 +75,24 @@ class Stats:
 
 class LineProcessor:
     """Decode lines, apply their events, collect what came out (alerts, quarantine
-    records, margin history, notices) for the sinks."""
+    records and counts, margin history, notices) for the sinks.
+
+    ``quarantine`` bounds what is kept of bad input (monitor.quarantine); ``clock`` (a
+    monotonic clock, seconds) times the log's quarantine summaries and is read only while
+    bad input is pending.
+    """
 
     def __init__(self, engine: MarginEngine, decode: LineDecoder, source: str,
-                 history_interval_ms: int = 60_000) -> None:
+                 history_interval_ms: int = 60_000, *,
+                 quarantine: QuarantineConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.decode = decode
         self.source = source
         self.stats = Stats()
         self.outbox: list[Record] = []
+        self.clock = clock
+        self.book = QuarantineBook(quarantine or QuarantineConfig(), clock())
         self._history_interval_ms = history_interval_ms
         self._next_history_ms = 0
 
@@ -132,16 +152,39 @@ class LineProcessor:
 
     def quarantine(self, source: str, reason: str, raw: bytes | str,
                    recv_ms: int | None = None) -> None:
-        """Record one unusable input."""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        """Count one unusable input, and record it when it is to be logged or stored."""
         self.stats.quarantined += 1
+        log, store, sampled = self.book.admit(reason)
+        if not (log or store):
+            return
+        # Cut before decoding: a bad line can be megabytes long.
+        text = (raw[:RAW_LIMIT * 4].decode("utf-8", "replace") if isinstance(raw, bytes)
+                else raw[:RAW_LIMIT * 4])
         self.outbox.append(QuarantineRecord(source, recv_ms, reason,
-                                            text.rstrip("\n")[:RAW_LIMIT]))
+                                            text.rstrip("\n")[:RAW_LIMIT], log, store,
+                                            sampled))
 
     def take(self) -> list[Record]:
-        """Everything collected since the last call."""
+        """Everything collected since the last call, with the quarantine counts since then
+        and the log's quarantine summary when one is due."""
+        book = self.book
+        if book.pending:
+            counts = book.take_counts()
+            if counts is not None:
+                self.outbox.append(counts)
+        if book.summary_pending:
+            summary = book.summary(self.clock())
+            if summary is not None:
+                self.outbox.append(summary)
         records, self.outbox = self.outbox, []
         return records
+
+    def finish(self) -> None:
+        """The run ends: collect the last quarantine summary, if any bad input has not
+        been summarised (:meth:`take` hands it out)."""
+        summary = self.book.summary(self.clock(), final=True)
+        if summary is not None:
+            self.outbox.append(summary)
 
     def _collect(self, alerts: Sequence[Alert]) -> None:
         by_kind = self.stats.alerts_by_kind
@@ -341,6 +384,8 @@ async def replay_file(
             await _flush(processor, head)
             if progress is not None:
                 progress(handle.tell(), processor.stats)
+        processor.finish()
+        await _flush(processor, head)
     finally:
         handle.close()
         if head is not None:

@@ -12,13 +12,40 @@ class QuarantineRecord:
     """A line or frame that could not be used, kept with the reason.
 
     ``raw`` is the offending input as text (truncated by the producer to a sane size);
-    ``source`` says where it came from (a file and line number, or a feed name).
+    ``source`` says where it came from (a file and line number, or a feed name). ``log``:
+    the log sink writes it as a line of its own; ``store``: the database keeps it;
+    ``sampled``: it is kept as one of a sample, after the first ones of the run
+    (monitor.quarantine). Every bad input is counted in a :class:`QuarantineCounts`,
+    whether a record was made of it or not.
     """
 
     source: str
     recv_ms: int | None
     reason: str
     raw: str
+    log: bool = True
+    store: bool = True
+    sampled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineCounts:
+    """Bad inputs counted since the previous one, by reason class (monitor.quarantine):
+    what the database adds to its exact counts."""
+
+    counts: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineSummary:
+    """The log's summary of the bad inputs of the last ``window_s`` seconds: ``counts`` by
+    reason class, ``suppressed`` of them without a log line of their own, ``total`` since
+    the run started."""
+
+    counts: tuple[tuple[str, int], ...]
+    suppressed: int
+    total: int
+    window_s: float
 
 
 @dataclass(frozen=True, slots=True)

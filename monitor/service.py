@@ -82,7 +82,8 @@ class Monitor:
         log = get_logger("riskmon.daemon")
         path = config.storage.sqlite_path
         store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
-                                       synchronous=config.storage.synchronous)
+                                       synchronous=config.storage.synchronous,
+                                       quarantine_max_rows=config.quarantine.store_max_rows)
         try:
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
@@ -208,4 +209,5 @@ def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: S
     feed = OkxFeed(config.okx, dict(credentials), deliver,
                    collateral=config.collateral.keys())
     return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
-                  history_interval_ms=int(config.storage.history_interval_s * 1000))
+                  history_interval_ms=int(config.storage.history_interval_s * 1000),
+                  quarantine=config.quarantine, health=config.health)

@@ -16,7 +16,9 @@ from monitor.config import (
     DEFAULT_COLLATERAL,
     AccountConfig,
     Config,
+    HealthConfig,
     OkxConfig,
+    QuarantineConfig,
     RiskConfig,
     StopLossRule,
     StorageConfig,
@@ -500,3 +502,32 @@ def test_check_config_reports_every_error_at_once() -> None:
 
 def test_check_config_of_a_valid_document_is_empty() -> None:
     assert check_config(tomllib.loads(SPEC_EXAMPLE)) == []
+
+
+def test_quarantine_and_health_tables_parse_with_defaults() -> None:
+    assert parse_config({}).quarantine == QuarantineConfig(
+        log_first=10, log_summary_s=60.0, store_first=1000, store_sample_every=1000,
+        store_max_rows=10_000)
+    assert parse_config({}).health == HealthConfig(feed_grace_s=30.0, risk_unknown_grace_s=60.0)
+    config = parse_toml("[quarantine]\nlog_first = 0\nlog_summary_s = 5\nstore_sample_every = 0\n"
+                        "[health]\nfeed_grace_s = 2.5\n")
+    assert config.quarantine == QuarantineConfig(log_first=0, log_summary_s=5.0,
+                                                 store_sample_every=0)
+    assert config.health == HealthConfig(feed_grace_s=2.5)
+
+
+@pytest.mark.parametrize(("snippet", "key"), [
+    ("[quarantine]\nlog_first = -1", "quarantine.log_first"),
+    ("[quarantine]\nlog_first = 1.5", "quarantine.log_first"),
+    ("[quarantine]\nstore_first = true", "quarantine.store_first"),
+    ("[quarantine]\nlog_summary_s = 0", "quarantine.log_summary_s"),
+    ("[quarantine]\nstore_max_rows = 0", "quarantine.store_max_rows"),
+    ("[quarantine]\nkeep = 1", "quarantine.keep"),
+    ("[health]\nfeed_grace_s = 0", "health.feed_grace_s"),
+    ('[health]\nrisk_unknown_grace_s = "1m"', "health.risk_unknown_grace_s"),
+    ("[health]\nstale_grace_s = 1", "health.stale_grace_s"),
+])
+def test_quarantine_and_health_keys_are_validated_by_name(snippet: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_toml(snippet)
+    assert raised.value.key == key

@@ -6,7 +6,7 @@ into the sink."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ from monitor.alerts import Alert
 from monitor.daemon import Daemon
 from monitor.engine import MarginEngine
 from monitor.events import Event
-from monitor.feed import Frame, Inbox, LinkChange
+from monitor.feed import Frame, Inbox, LinkChange, LinkStats
 from monitor.pipeline import Record, SinkTask
 from monitor.records import QuarantineRecord
 from tests.builders import make_config
@@ -63,6 +63,9 @@ class BurstFeed:
     def want(self, instruments: Collection[str], currencies: Collection[str],
              borrowed: Collection[str]) -> None:
         self.wanted.append(sorted(instruments))
+
+    def link_stats(self) -> Mapping[str, LinkStats]:
+        return {"public": LinkStats(), "private:main": LinkStats()}
 
     async def run(self) -> None:
         for n, item in enumerate(self.items):
@@ -173,6 +176,9 @@ class InterestFeed:
     def want(self, instruments: Collection[str], currencies: Collection[str],
              borrowed: Collection[str]) -> None:
         self.calls.append((sorted(instruments), sorted(currencies), sorted(borrowed)))
+
+    def link_stats(self) -> Mapping[str, LinkStats]:
+        return {}
 
     async def run(self) -> None:
         await asyncio.Event().wait()

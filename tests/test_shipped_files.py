@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import build_parser
-from monitor.config import load_config
+from monitor.config import HealthConfig, QuarantineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +22,12 @@ def test_configuration_loads(path: str) -> None:
     config = load_config(ROOT / path)
     assert "main" in config.accounts
     assert config.accounts["main"].stop_loss[0].name == "guard-110"
+
+
+def test_the_deployment_configuration_shows_the_defaults_of_the_operational_tables() -> None:
+    config = load_config(ROOT / "deploy" / "riskmon.toml")
+    assert config.quarantine == QuarantineConfig()
+    assert config.health == HealthConfig()
 
 
 def test_example_recording_is_what_its_generator_writes(tmp_path: Path) -> None:

@@ -248,6 +248,7 @@ async def test_a_missing_directory_is_a_sink_error(tmp_path: Path) -> None:
         ({"synchronous": "SOMETIMES"}, "synchronous"),
         ({"retention_days": 0}, "retention_days"),
         ({"retention_days": float("nan")}, "retention_days"),
+        ({"quarantine_max_rows": 0}, "quarantine_max_rows"),
     ],
 )
 async def test_invalid_open_arguments(
@@ -517,3 +518,61 @@ async def test_an_aiosqlite_without_the_worker_call_is_refused_at_open(
     with pytest.raises(SinkError, match=f"aiosqlite {aiosqlite.__version__}"):
         await SqliteStore.open(db_path)
     assert not await asyncio.to_thread(db_path.exists)
+
+
+async def test_quarantine_counts_add_up_and_rows_keep_the_newest(db_path: Path) -> None:
+    store = await SqliteStore.open(db_path, quarantine_max_rows=3)
+    try:
+        for batch in range(3):
+            await store.write_quarantine(
+                [QuarantineRecord(f"f:{batch}:{n}", None, "frame is not JSON", "x",
+                                  sampled=n == 1) for n in range(2)],
+                {"frame is not JSON": 1_000, "line has no recv_ts": batch})
+        assert await store.quarantine_counts() == {"frame is not JSON": 3_000,
+                                                   "line has no recv_ts": 3}
+        assert await store.quarantine_count() == 3
+    finally:
+        await store.close()
+    assert rows(db_path, "SELECT source, sampled FROM quarantine ORDER BY id") == [
+        ("f:1:1", 1), ("f:2:0", 0), ("f:2:1", 1)]
+    # A count of zero adds no row; counts alone are a batch of their own.
+    store = await SqliteStore.open(db_path)
+    try:
+        await store.write_batch(quarantine_counts={"other": 0, "line has no recv_ts": 2})
+        assert await store.quarantine_counts() == {"frame is not JSON": 3_000,
+                                                   "line has no recv_ts": 5}
+    finally:
+        await store.close()
+
+
+async def test_quarantine_counts_are_pruned_by_the_last_time_counted(db_path: Path) -> None:
+    store = await SqliteStore.open(db_path, retention_days=1)
+    try:
+        await store.write_quarantine([], {"frame is not JSON": 4})
+        now = time.time_ns() // 1_000_000
+        assert await store.prune(now) == 0
+        assert await store.prune(now + 2 * DAY_MS) == 1
+        assert await store.quarantine_counts() == {}
+    finally:
+        await store.close()
+
+
+async def test_a_version_3_database_gets_counts_of_its_quarantine_rows(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path)) as db, db:
+        for step in MIGRATIONS[:3]:
+            for statement in step:
+                db.execute(statement)
+        db.executemany("INSERT INTO quarantine (recv_ts, stored_ts, source, reason, raw)"
+                       " VALUES (NULL, ?, 's', ?, 'x')",
+                       [(5, "frame is not JSON"), (9, "frame is not JSON"), (7, "bad")])
+        db.execute("PRAGMA user_version = 3")
+
+    store = await SqliteStore.open(db_path)
+    try:
+        assert await store.quarantine_counts() == {"bad": 1, "frame is not JSON": 2}
+        assert await store.quarantine_count() == 3
+    finally:
+        await store.close()
+    assert rows(db_path, "SELECT reason, count, first_ts, last_ts FROM quarantine_counts"
+                         " ORDER BY reason") == [("bad", 1, 7, 7), ("frame is not JSON", 2, 5, 9)]
+    assert rows(db_path, "SELECT DISTINCT sampled FROM quarantine") == [(0,)]

@@ -51,6 +51,11 @@ read until the connection fails, report, back off, again. Choices:
   (``/api/v5/public/discount-rate-interest-free-quota?ccy=C``) and the borrowing tiers of
   every currency borrowed (``/api/v5/public/position-tiers?instType=MARGIN&tdMode=cross&
   ccy=C``). A failed load is retried with backoff for as long as it is still wanted.
+- *Counters.* :meth:`OkxFeed.link_stats` counts, per connection, the reconnects (each
+  time the loop opens a connection again) and the errors: an attempt or a connection that
+  failed with an error (a refused connect or login, a failed REST load, no pong; a clean
+  close and the 64008 notice are not errors), an ``error`` message from OKX, and for the
+  public connection a failed public REST load.
 - *Demo trading.* With ``okx.simulated`` every REST request, public ones too, carries
   ``x-simulated-trading: 1`` (docs: "Overview > Demo trading services"; the websocket
   URLs are the demo ones by default, monitor.config).
@@ -88,7 +93,7 @@ from adapters.okx.rest import (
 from adapters.push_connection import PushConnection, check_websockets
 from monitor.config import OkxConfig
 from monitor.errors import FeedError
-from monitor.feed import FeedItem, Frame, LinkChange, RestBody
+from monitor.feed import FeedItem, Frame, LinkChange, LinkStats, RestBody
 
 __all__ = ["OkxFeed", "instrument_family"]
 
@@ -220,6 +225,11 @@ class OkxFeed:
                 group.create_task(link.run(), name=f"okx-private-{name}")
             group.create_task(self._load_public(), name="okx-public-rest")
 
+    def link_stats(self) -> dict[str, LinkStats]:
+        """Every connection's counters, by name: ``public``, ``private:ACCOUNT``."""
+        links: list[_Link] = [self.public, *self.private.values()]
+        return {link.name: LinkStats(link.reconnects, link.errors) for link in links}
+
     async def _load_public(self) -> None:
         """Fetch each wanted public load once, in the order wanted; a failure is retried
         with backoff for as long as the engine still wants it."""
@@ -230,6 +240,7 @@ class OkxFeed:
             try:
                 path, body = await self.rest.get(load.path, dict(load.params))
             except FeedError as e:
+                self.public.errors += 1
                 count = failures.get(load, 0)
                 failures[load] = count + 1
                 self.log.warning("public_load_failed", load=load.what, subject=load.subject,
@@ -260,6 +271,9 @@ class _Link:
         self._delivering = False
         self._held: list[Frame] = []
         self._failure: Exception | None = None
+        self.name = "public" if account is None else f"private:{account}"
+        self.reconnects = 0
+        self.errors = 0
 
     async def run(self) -> None:
         config = self.feed.config
@@ -290,10 +304,14 @@ class _Link:
                 reason = "closed"
             except _ReconnectNow as e:
                 reason, immediately = str(e), e.immediately
+                if not immediately:
+                    self.errors += 1  # no pong; a notice to reconnect is no error
             except FeedError as e:
                 reason = str(e)
+                self.errors += 1
             except (OSError, TimeoutError, WebSocketException) as e:
                 reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                self.errors += 1
             finally:
                 self.ws = None
                 self._delivering = False
@@ -306,6 +324,7 @@ class _Link:
             delay = 0.0 if immediately else backoff_delay(
                 failures, config.backoff_initial_s, config.backoff_max_s, self.feed.rng)
             failures += 1
+            self.reconnects += 1
             self.log.warning("feed_reconnecting", reason=reason, delay_s=round(delay, 3),
                              failures=failures)
             await asyncio.sleep(delay)
@@ -415,6 +434,7 @@ class _Link:
     def on_event(self, frame: dict[str, Any]) -> None:
         event = frame.get("event")
         if event == "error":
+            self.errors += 1
             self.log.warning("feed_error", code=frame.get("code"), msg=frame.get("msg"))
         elif event == "notice":
             self.log.warning("feed_notice", code=frame.get("code"), msg=frame.get("msg"))
