@@ -22,6 +22,10 @@ LEVEL_ICON: Final[Mapping[Level, str]] = {
     "liquidation": "\U0001f6a8",       # rotating light
 }
 SUMMARY_ICON: Final = "\u26a0\ufe0f"   # warning sign
+# Kinds that need a look even while the account's level is normal: at normal they get the
+# warning sign rather than the green circle.
+_ATTENTION_KINDS: Final = frozenset({"stop_loss", "feed_stale", "feed_disconnected",
+                                     "exchange_divergence", "account_mode"})
 MAX_ORDERS_SHOWN: Final = 8
 
 
@@ -138,7 +142,9 @@ def alert_text(alert: Alert) -> str:
                     f" {payload.get('reason') or 'see riskmon'}")
         case _:
             body = f"{who}: {alert.kind}, margin ratio {ratio}"
-    return f"{LEVEL_ICON[alert.level]} {body} [{utc_time(alert.ts)}]"
+    icon = (SUMMARY_ICON if alert.level == "normal" and alert.kind in _ATTENTION_KINDS
+            else LEVEL_ICON[alert.level])
+    return f"{icon} {body} [{utc_time(alert.ts)}]"
 
 
 def summary_counts(alerts: Sequence[Alert]) -> dict[str, Any]:
