@@ -6,7 +6,7 @@ Every public call is one transaction, made in one call on that thread; every SQL
 failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
 row contents.
 
-Schema (version 4, see :data:`MIGRATIONS`)::
+Schema (version 5, see :data:`MIGRATIONS`)::
 
     alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
                     id TEXT UNIQUE NOT NULL                 the alert's stable id
@@ -28,6 +28,9 @@ Schema (version 4, see :data:`MIGRATIONS`)::
     level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER,
                     reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2),
                     pools TEXT (JSON array of [key, level, reminder_due_ts]; v3)
+    notifier_cursor notifier TEXT PRIMARY KEY, delivered_seq INTEGER,   (v5)
+                    inflight_first_seq, inflight_last_seq INTEGER NULL,
+                    inflight_summary INTEGER (0/1), updated_ts INTEGER
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` step ``i`` takes a
 database from version ``i`` to ``i + 1``, and all pending steps run in one transaction at
@@ -54,6 +57,7 @@ from monitor.errors import SinkError
 from monitor.records import (
     AccountCheckpoint,
     MarginPoint,
+    NotifierCursor,
     PoolCheckpoint,
     QuarantineRecord,
     StoredAlert,
@@ -144,6 +148,19 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " SELECT reason, count(*), min(stored_ts), max(stored_ts) FROM quarantine"
         " GROUP BY reason",
         "ALTER TABLE quarantine ADD COLUMN sampled INTEGER NOT NULL DEFAULT 0",
+    ),
+    # 4 -> 5: each notifier's delivery cursor (adapters/notify, monitor.records.NotifierCursor).
+    (
+        """
+        CREATE TABLE notifier_cursor (
+            notifier TEXT PRIMARY KEY,
+            delivered_seq INTEGER NOT NULL,
+            inflight_first_seq INTEGER,
+            inflight_last_seq INTEGER,
+            inflight_summary INTEGER NOT NULL DEFAULT 0,
+            updated_ts INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
     ),
 )
 """Schema migrations; step ``i`` migrates ``user_version`` ``i`` to ``i + 1``. Append only."""
@@ -553,6 +570,34 @@ class SqliteStore:
             "SELECT account FROM margin_history UNION SELECT account FROM alerts"
             " ORDER BY account")
         return [str(row[0]) for row in rows]
+
+    async def last_alert_seq(self) -> int:
+        """The insertion number of the alert stored last (0 when none is)."""
+        rows = await self._read("reading alerts", "SELECT max(seq) FROM alerts")
+        return int(rows[0][0] or 0)
+
+    async def notifier_cursors(self) -> dict[str, NotifierCursor]:
+        """Every notifier's saved delivery cursor, by notifier name."""
+        rows = await self._read(
+            "loading notifier cursors",
+            "SELECT notifier, delivered_seq, inflight_first_seq, inflight_last_seq,"
+            " inflight_summary FROM notifier_cursor",
+        )
+        return {name: NotifierCursor(name, int(delivered), first, last, bool(summary))
+                for name, delivered, first, last, summary in rows}
+
+    async def save_notifier_cursor(self, cursor: NotifierCursor) -> None:
+        """Record a notifier's delivery cursor (insert or replace), in one transaction."""
+        row = (cursor.notifier, cursor.delivered_seq, cursor.inflight_first_seq,
+               cursor.inflight_last_seq, int(cursor.inflight_summary),
+               time.time_ns() // 1_000_000)
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO notifier_cursor (notifier, delivered_seq,"
+                       " inflight_first_seq, inflight_last_seq, inflight_summary, updated_ts)"
+                       f" VALUES ({_marks(6)})", row)
+
+        await self._transaction("saving a notifier cursor", save)
 
     async def quarantine_count(self) -> int:
         """How many quarantine rows are stored."""

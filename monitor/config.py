@@ -6,14 +6,18 @@ cannot silently leave a default in force; every error names the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
+import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from monitor.alerts import ALERT_KINDS, LEVELS, AlertKind, Level, level_named
 from monitor.errors import ConfigError
 from monitor.events import AccountMode
 from monitor.instruments import (
@@ -30,6 +34,9 @@ from monitor.instruments import (
 
 Metric = Literal["margin_ratio", "im_coverage", "equity_usd"]
 Action = Literal["close_all", "close", "reduce"]
+NotifierType = Literal["webhook", "telegram", "slack", "discord", "alertmanager"]
+NOTIFIER_TYPES: tuple[NotifierType, ...] = ("webhook", "telegram", "slack", "discord",
+                                            "alertmanager")
 
 # Seed 000: "BTC at 90%, USDT at 100%", MATIC 75%, AVAX 80%. A currency not listed counts
 # with factor 0 (the seed's PEPE exclusion). The live feed replaces these by the exchange's
@@ -162,6 +169,66 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    """One notification destination (``[notify.NAME]``; adapters/notify).
+
+    Secrets are named, never stored here: ``secret_env`` (the webhook's HMAC key),
+    ``bot_token_env`` (Telegram) and ``webhook_url_env`` (Slack and Discord, whose webhook
+    URL is the credential) are environment variable names, read when the daemon starts.
+    ``url`` is the destination's base URL (the webhook's full URL). ``rate_per_s`` 0
+    means no limit; ``burst`` messages may go at once before the rate applies.
+    """
+
+    name: str
+    type: NotifierType
+    url: str | None = None
+    secret_env: str | None = None
+    bot_token_env: str | None = None
+    chat_id: str | None = None
+    webhook_url_env: str | None = None
+    accounts: tuple[str, ...] | None = None
+    kinds: tuple[AlertKind, ...] | None = None
+    min_level: Level = "normal"
+    rate_per_s: float = 0.0
+    burst: int = 1
+    timeout_s: float = 10.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    queue_size: int = 1000
+    resend_interval_s: float = 60.0
+    event_duration_s: float = 300.0
+
+
+# Per type: the default base URL and rate limit (messages per second, burst). Telegram
+# asks bots to stay near one message per second in a chat (Bot FAQ); Slack's incoming
+# webhooks allow one per second with short bursts; Discord's webhooks about 30 a minute.
+NOTIFIER_DEFAULTS: Mapping[NotifierType, tuple[str | None, float, int]] = {
+    "webhook": (None, 0.0, 1),
+    "telegram": ("https://api.telegram.org", 1.0, 3),
+    "slack": (None, 1.0, 3),
+    "discord": (None, 0.5, 5),
+    "alertmanager": ("http://127.0.0.1:9093", 0.0, 1),
+}
+_NOTIFIER_COMMON = {"type", "accounts", "kinds", "min_level", "rate_per_s", "burst",
+                    "timeout_s", "backoff_initial_s", "backoff_max_s", "queue_size"}
+_NOTIFIER_KEYS: Mapping[NotifierType, set[str]] = {
+    "webhook": {"url", "secret_env"},
+    "telegram": {"url", "bot_token_env", "chat_id"},
+    "slack": {"webhook_url_env"},
+    "discord": {"webhook_url_env"},
+    "alertmanager": {"url", "resend_interval_s", "event_duration_s"},
+}
+_NOTIFIER_REQUIRED: Mapping[NotifierType, tuple[str, ...]] = {
+    "webhook": ("url",),
+    "telegram": ("bot_token_env", "chat_id"),
+    "slack": ("webhook_url_env",),
+    "discord": ("webhook_url_env",),
+    "alertmanager": (),
+}
+_NOTIFIER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -178,6 +245,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    notify: Mapping[str, NotifierConfig] = field(default_factory=dict)
 
 
 def load_config(path: str | Path) -> Config:
@@ -240,7 +308,8 @@ class _Checker:
 
 
 _TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                        "okx", "storage", "stream", "quarantine", "health"})
+                        "okx", "storage", "stream", "quarantine", "health",
+                        "notify"})
 _NO_TABLE: Mapping[str, Any] = {}
 _NO_ITEMS: list[Any] = []
 
@@ -302,6 +371,7 @@ def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
                                  check.attempt(_NO_TABLE, _table, raw, "quarantine")),
         health=check.attempt(HealthConfig(), _parse_health,
                              check.attempt(_NO_TABLE, _table, raw, "health")),
+        notify=_parse_notifiers(raw, check),
     )
 
 
@@ -596,6 +666,110 @@ def _parse_health(table: Mapping[str, Any]) -> HealthConfig:
         key: _positive(table.get(key, getattr(defaults, key)), f"health.{key}")
         for key in HealthConfig.__dataclass_fields__
     })
+
+
+def _parse_notifiers(raw: Mapping[str, Any], check: _Checker) -> dict[str, NotifierConfig]:
+    notifiers: dict[str, NotifierConfig] = {}
+    for name, body in check.attempt(_NO_TABLE, _table, raw, "notify").items():
+        table = check.attempt(None, _as_table, body, f"notify.{name}")
+        notifier = None if table is None else check.attempt(None, _parse_notifier, name, table)
+        if notifier is not None:
+            notifiers[name] = notifier
+    return notifiers
+
+
+def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
+    """``[notify.NAME]``: one destination; the keys allowed depend on its ``type``."""
+    path = f"notify.{name}"
+    if not _NOTIFIER_NAME.fullmatch(name):
+        raise ConfigError(path, "a notifier name may hold only letters, digits, _ and -")
+    kind = _string(_required(table, "type", path), f"{path}.type")
+    if kind not in NOTIFIER_TYPES:
+        raise ConfigError(f"{path}.type", f"must be one of {', '.join(NOTIFIER_TYPES)}")
+    notifier_type: NotifierType = kind
+    allowed = _NOTIFIER_COMMON | _NOTIFIER_KEYS[notifier_type]
+    for key in table:
+        if key not in allowed:
+            other = [t for t in NOTIFIER_TYPES if key in _NOTIFIER_KEYS[t]]
+            raise ConfigError(f"{path}.{key}", f"not a key of type {kind!r}" if other
+                              else "unknown key")
+    for key in _NOTIFIER_REQUIRED[notifier_type]:
+        _required(table, key, path)
+    default_url, default_rate, default_burst = NOTIFIER_DEFAULTS[notifier_type]
+
+    def optional_string(key: str) -> str | None:
+        value = table.get(key)
+        return None if value is None else _string(value, f"{path}.{key}")
+
+    url = optional_string("url") or default_url
+    if url is not None:
+        # A webhook or Telegram request carries alert contents and credentials: plain HTTP
+        # only to this machine. Alertmanager is usually reached on a private network.
+        _check_url(url, f"{path}.url", https_only=notifier_type != "alertmanager")
+    chat_id = table.get("chat_id")
+    if chat_id is not None:
+        if isinstance(chat_id, int) and not isinstance(chat_id, bool):
+            chat_id = str(chat_id)
+        chat_id = _string(chat_id, f"{path}.chat_id")
+    accounts = table.get("accounts")
+    kinds = table.get("kinds")
+    if kinds is not None:
+        for index, value in enumerate(_as_array(kinds, f"{path}.kinds")):
+            if value not in ALERT_KINDS:
+                raise ConfigError(f"{path}.kinds[{index}]",
+                                  f"unknown alert kind; kinds are {', '.join(ALERT_KINDS)}")
+    min_level = level_named(table.get("min_level", "normal"))
+    if min_level is None:
+        raise ConfigError(f"{path}.min_level", f"must be one of {', '.join(LEVELS)}")
+    burst = table.get("burst", default_burst)
+    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+        raise ConfigError(f"{path}.burst", "must be a positive integer")
+    queue_size = table.get("queue_size", 1000)
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+        raise ConfigError(f"{path}.queue_size", "must be a positive integer")
+    defaults = NotifierConfig(name, notifier_type)
+    seconds = {key: _positive(table.get(key, getattr(defaults, key)), f"{path}.{key}")
+               for key in ("timeout_s", "backoff_initial_s", "backoff_max_s",
+                           "resend_interval_s", "event_duration_s")}
+    if seconds["backoff_max_s"] < seconds["backoff_initial_s"]:
+        raise ConfigError(f"{path}.backoff_max_s", f"must not be below {path}.backoff_initial_s")
+    return NotifierConfig(
+        name=name,
+        type=notifier_type,
+        url=url,
+        secret_env=optional_string("secret_env"),
+        bot_token_env=optional_string("bot_token_env"),
+        chat_id=chat_id,
+        webhook_url_env=optional_string("webhook_url_env"),
+        accounts=None if accounts is None else tuple(
+            _string(a, f"{path}.accounts") for a in _as_array(accounts, f"{path}.accounts")),
+        kinds=None if kinds is None else tuple(cast(list[AlertKind], kinds)),
+        min_level=min_level,
+        rate_per_s=_number(table.get("rate_per_s", default_rate), f"{path}.rate_per_s",
+                           low=0.0),
+        burst=burst,
+        queue_size=queue_size,
+        **seconds,
+    )
+
+
+def _check_url(url: str, path: str, *, https_only: bool) -> None:
+    """An absolute http(s) URL; with ``https_only``, plain http only to a loopback host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, "must be an absolute http:// or https:// URL")
+    if https_only and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(path, "must be https:// (plain http only to a loopback address)")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine (localhost or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # -- small typed readers ---------------------------------------------------------------

@@ -66,6 +66,10 @@ class Metrics:
     stale_instruments: int = 0
     stream_subscribers: int = 0
     stream_cut_off: int = 0
+    notifier_deliveries: dict[str, int] = field(default_factory=dict)
+    notifier_failures: dict[str, int] = field(default_factory=dict)
+    notifier_lag_s: dict[str, float] = field(default_factory=dict)
+    notifier_queue_depth: dict[str, int] = field(default_factory=dict)
     started_s: float = 0.0
     build: BuildInfo | None = None
 
@@ -128,6 +132,20 @@ class Metrics:
                "Alert stream subscriptions receiving live alerts.", self.stream_subscribers)
         family("riskmon_stream_cut_off_total", "counter",
                "Alert stream subscriptions cut off for falling behind.", self.stream_cut_off)
+        # The notifier families are always announced, with no sample when none is
+        # configured, so dashboards and alert rules can name them unconditionally.
+        family("riskmon_notifier_deliveries_total", "counter",
+               "Messages a notifier delivered (a summary counts once).",
+               _by_notifier(self.notifier_deliveries))
+        family("riskmon_notifier_failures_total", "counter",
+               "Failed delivery attempts of a notifier (each retry counts).",
+               _by_notifier(self.notifier_failures))
+        family("riskmon_notifier_lag_seconds", "gauge",
+               "Age of the oldest stored alert a notifier has yet to deliver (0: none).",
+               _by_notifier(self.notifier_lag_s))
+        family("riskmon_notifier_queue_depth", "gauge",
+               "Stored alerts a notifier holds, waiting for delivery.",
+               _by_notifier(self.notifier_queue_depth))
         family("riskmon_uptime_seconds", "gauge", "Seconds since the daemon started.",
                max(0.0, now_s - self.started_s))
         build = self.build
@@ -140,6 +158,8 @@ class Metrics:
 
 def _by(label: str, values: Mapping[str, float]) -> dict[str, float]:
     return {f'{label}="{_escape(key)}"': value for key, value in values.items()}
+def _by_notifier(values: Mapping[str, float]) -> dict[str, float]:
+    return {f'notifier="{_escape(k)}"': v for k, v in values.items()}
 
 
 def _number(value: float | None) -> str:

@@ -105,3 +105,21 @@ class StoredAlert:
 
     seq: int
     alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierCursor:
+    """How far one notifier has delivered the stored alerts (adapters/notify).
+
+    ``delivered_seq``: every stored alert with a ``seq`` at or below it that the notifier's
+    filter keeps has been delivered. ``inflight_first_seq`` and ``inflight_last_seq``,
+    when set, are the first and last ``seq`` of the message being sent (``summary``: as
+    one summary), written before it is sent: after a crash the same message, with the
+    same idempotency key, is sent again before anything else.
+    """
+
+    notifier: str
+    delivered_seq: int
+    inflight_first_seq: int | None = None
+    inflight_last_seq: int | None = None
+    inflight_summary: bool = False

@@ -31,6 +31,7 @@ from typing import Any
 from adapters.alert_stream import AlertStreamHandler, load_tokens, token_scope
 from adapters.http_server import HttpServer
 from adapters.logging import get_logger
+from adapters.notify import Notifiers
 from adapters.okx.auth import Credentials, load_credentials
 from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
@@ -51,12 +52,13 @@ class Monitor:
 
     def __init__(self, config: Config, daemon: Daemon, store: SqliteStore,
                  reader: SqliteStore, hub: AlertHub, tokens: Mapping[str, frozenset[str]],
-                 *, serve_http: bool) -> None:
+                 *, serve_http: bool, notifiers: Notifiers | None = None) -> None:
         """Use :meth:`open`."""
         self.config = config
         self.daemon = daemon
         self.store = store
         self.hub = hub
+        self.notifiers = notifiers or Notifiers([], None)
         self._reader = reader
         self._tokens = tokens
         self._serve_http = serve_http
@@ -73,6 +75,9 @@ class Monitor:
         file). ``serve_http``: serve ``/healthz``, ``/metrics`` and the alert stream on
         ``[stream] host:port`` while running. Raises ConfigError (a missing secret or
         stream token, an unsafe stream address) and SinkError (the database).
+
+        Each ``[notify.NAME]`` destination gets a notifier following the SQLite sink
+        (adapters/notify): it delivers what SQLite stored, from its saved cursor on.
         """
         if credentials is None:
             credentials = load_all_credentials(config)
@@ -81,15 +86,22 @@ class Monitor:
             check_stream_exposure(config)
         log = get_logger("riskmon.daemon")
         path = config.storage.sqlite_path
-        store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
-                                       synchronous=config.storage.synchronous,
-                                       quarantine_max_rows=config.quarantine.store_max_rows)
+        notifiers = await Notifiers.open(config.notify, path,
+                                         retention_days=config.storage.retention_days)
+        try:
+            store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
+                                           synchronous=config.storage.synchronous,
+                                           quarantine_max_rows=config.quarantine.store_max_rows)
+        except BaseException:
+            await notifiers.stop(0)
+            raise
         try:
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
             reader = await SqliteStore.open(path, retention_days=config.storage.retention_days)
         except BaseException:
             await store.close()
+            await notifiers.stop(0)
             raise
         try:
             hub = AlertHub(reader, queue_size=config.stream.queue_size,
@@ -99,14 +111,18 @@ class Monitor:
                 log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
 
             head = SinkTask(SqliteSink(store, prune=True),
-                            followers=[SinkTask(LogSink()), SinkTask(hub)], on_retry=on_retry)
+                            followers=[SinkTask(LogSink()), SinkTask(hub),
+                                       *(SinkTask(n) for n in notifiers.notifiers)],
+                            on_retry=on_retry)
             daemon = build_daemon(config, credentials, head)
             daemon.engine.restore(await store.load_checkpoints())
         except BaseException:
             await reader.close()
             await store.close()
+            await notifiers.stop(0)
             raise
-        return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http)
+        return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http,
+                   notifiers=notifiers)
 
     def subscribe(self, *, accounts: Collection[str] | None = None,
                   kinds: Collection[str] | None = None, min_level: str = "normal",
@@ -136,9 +152,13 @@ class Monitor:
                 except OSError as e:
                     raise ConfigError("stream.port", f"cannot listen on {host}:{port}:"
                                                      f" {e.strerror or e}") from e
+            self.notifiers.start()
             self.started.set()
             await self.daemon.run(stop)
         finally:
+            # The sink chain has drained: the notifiers have every stored alert; they get
+            # a short grace to deliver it (what is left goes after the next start).
+            await self.notifiers.stop()
             if http is not None:
                 await http.close()
             # The sink chain closed the store if the daemon ran; if it never started (the
@@ -169,6 +189,7 @@ class Monitor:
         self.daemon.refresh_gauges()
         self.daemon.metrics.stream_subscribers = self.hub.subscribers
         self.daemon.metrics.stream_cut_off = self.hub.cut_off
+        self.notifiers.update_metrics(self.daemon.metrics, now)
         return self.daemon.metrics.render(now)
 
 

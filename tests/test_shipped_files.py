@@ -7,12 +7,13 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from monitor.cli import build_parser
-from monitor.config import HealthConfig, QuarantineConfig, load_config
+from monitor.config import HealthConfig, QuarantineConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +70,14 @@ def test_container_file_runs_the_daemon_with_a_valid_command_line() -> None:
     args = build_parser().parse_args(entrypoint[1:] + command)
     assert args.command == "run"
     assert "USER riskmon" in text and "STOPSIGNAL SIGTERM" in text
+
+
+def test_the_deploy_configurations_notifier_examples_are_valid() -> None:
+    text = (ROOT / "deploy" / "riskmon.toml").read_text()
+    start = text.index("# [notify.phone]")
+    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ")
+                            for line in text[start:].splitlines())
+    config = parse_config(tomllib.loads(uncommented))
+    assert {name: n.type for name, n in config.notify.items()} == {
+        "phone": "telegram", "desk": "slack", "hook": "webhook", "oncall": "alertmanager"}
+    assert config.notify["phone"].min_level == "warning"
