@@ -127,10 +127,15 @@ class Executor:
             state = await store.executor_state()
             last_seq = await store.last_alert_seq()
             executor = cls(config, traders, store, kinds, paused=state.get("paused") == "1")
+            fresh: dict[str, str] = {}
             for account, worker in executor.workers.items():
                 saved = state.get(f"cursor:{account}")
                 worker.cursor = int(saved) if saved is not None else last_seq
+                if saved is None:
+                    fresh[f"cursor:{account}"] = str(last_seq)
                 await worker.load()
+            if fresh:  # from now on, every trigger stored is taken, across restarts too
+                await store.save_execution(state=fresh)
         except BaseException:
             await store.close()
             raise
@@ -253,6 +258,7 @@ class _Worker:
         self.behind = True
 
     def start(self) -> None:
+        self.wake.set()  # the first turn catches up and follows up what load() found
         self.task = asyncio.create_task(self._run(), name=f"executor-{self.account}")
 
     async def stop(self) -> None:
@@ -289,9 +295,7 @@ class _Worker:
             self.wake.clear()
             try:
                 await self._turn()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a store failure: retry the turn after a backoff
+            except (RiskmonError, OSError) as e:  # the store failed: retry after a backoff
                 self._failures += 1
                 delay = backoff_delay(self._failures, *RETRY_BACKOFF_S, self._rng)
                 log.error("executor_error", account=self.account, error=str(e),
