@@ -62,6 +62,7 @@ _POSITION_SIDES: Final = frozenset({"net", "long", "short"})
 # Position fields that are linear in the size at a given mark (docs "Get positions"):
 # scaled with it; the others (margins, liquidation price, ratios) are left as recorded.
 _LINEAR_FIELDS: Final = ("upl", "notionalUsd")
+_SCALED_PLACES: Final = 8  # at least, for a scaled field
 
 
 def _parameter_error(name: str) -> tuple[str, str]:
@@ -179,14 +180,12 @@ def reduced_row(row: dict[str, Any], reduction: Decimal) -> dict[str, Any]:
     if available is not None:
         result["availPos"] = _text(max(abs(available) - reduction, Decimal(0))
                                    .copy_sign(available))
-    ratio = left / abs(size)
     for name in _LINEAR_FIELDS:
         value = parse_decimal(row.get(name))
         if value is not None:
-            scaled = value * ratio
             exponent = value.as_tuple().exponent
-            if type(exponent) is int and exponent < 0:
-                scaled = scaled.quantize(Decimal(1).scaleb(exponent))
+            places = max(-exponent if type(exponent) is int else 0, _SCALED_PLACES)
+            scaled = (value * left / abs(size)).quantize(Decimal(1).scaleb(-places))
             result[name] = _text(scaled)
     return result
 

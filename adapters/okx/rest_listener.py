@@ -36,6 +36,7 @@ __all__ = ["HttpRequest", "HttpResponse", "RestListener"]
 
 _READ_BYTES: Final = 65536
 _MAX_HEAD_BYTES: Final = 16 * 1024
+_LINGER_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +110,26 @@ class RestListener:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # The connection runs in a task of its own, which close() cancels: asyncio's stream
+        # server logs the cancellation of its own callback task as an error (3.11).
+        task = asyncio.create_task(self._run(reader, writer))
         self._connections.add(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                task.cancel()
+                raise
+        finally:
+            self._connections.discard(task)
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(reader, writer, self._handler, self._max_body,
                               self._idle_timeout_s).run()
         except (ConnectionError, TimeoutError):
             pass
         finally:
-            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -229,3 +240,12 @@ class _Connection:
             return
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send_response(response, close=True)
+        # A lingering close: closing with the client's bytes unread would reset the
+        # connection, and the client could lose the answer; so stop writing, then read and
+        # drop what it still sends, for a while.
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(_LINGER_S):
+                while await self._reader.read(_READ_BYTES):
+                    pass
