@@ -2,7 +2,8 @@
 
 :class:`ReplayServer` serves a recording (SPEC 3.2) so that the live OKX adapter can be
 pointed at it unchanged: ``ws://H:P/ws/v5/public``, ``ws://H:P/ws/v5/private`` and the REST
-base ``http://H:P``, all on one port. Message formats and error codes follow the OKX v5 docs
+base ``http://H:P``, all on one port, and the REST base again, with POST, on a second port
+(``http://H:R``, see below). Message formats and error codes follow the OKX v5 docs
 (https://www.okx.com/docs-v5/en/, "Overview > WebSocket" and "Error Code > WebSocket"):
 
 - Text ``ping`` is answered with text ``pong``.
@@ -18,13 +19,17 @@ base ``http://H:P``, all on one port. Message formats and error codes follow the
   (60011). Private channels are the private endpoint's (account, positions, orders, ...) and
   any channel the recording has with an account.
 - REST over plain HTTP GET on the same port (websockets' ``process_request`` hook answers
-  requests that are not websocket upgrades). Signed, by the ``OK-ACCESS-KEY`` header
-  (mapped to an account like the ``apiKey`` at login; 401 with 50103 or 50111 otherwise):
-  ``/api/v5/trade/orders-pending``, ``/api/v5/account/config``,
-  ``/api/v5/account/balance`` and ``/api/v5/account/positions``. Public:
+  requests that are not websocket upgrades), and over HTTP/1.1 GET and POST on the REST
+  port (:mod:`adapters.okx.rest_listener`, on h11: keep-alive, bodies up to 1 MiB, else
+  413; a malformed request 400). Both ports give the same answers from the same code.
+  Signed, by the ``OK-ACCESS-KEY`` header (mapped to an account like the ``apiKey`` at
+  login; 401 with 50103 or 50111 otherwise): ``/api/v5/trade/orders-pending``,
+  ``/api/v5/account/config``, ``/api/v5/account/balance``, ``/api/v5/account/positions``,
+  and the simulator's ``/api/v5/trade/order`` and ``/api/v5/trade/orders-history`` (GET)
+  and ``/api/v5/trade/batch-orders`` (POST, REST port only). Public:
   ``/api/v5/public/instruments``, ``/api/v5/public/position-tiers`` and
   ``/api/v5/public/discount-rate-interest-free-quota``. Other paths, websocket ones
-  included, are 404.
+  included, are 404; a known path with the other method 405 (50115).
 
 Pushes. Every data frame of the recording goes, in recorded order, to the connection it
 belongs to: public frames to the public connection, private frames of account A to the
@@ -73,6 +78,47 @@ instruments and tiers the latest recorded body of the whole recording whose path
 match. Without a match: ``{"code": "0", "msg": "", "data": []}``. Recorded error bodies
 of these paths are not served (the live feed retried them; what followed counts).
 
+Order simulator (the pure part in :mod:`adapters.okx.order_simulator`; codes from the
+docs "Error Code > REST API"). ``POST /api/v5/trade/batch-orders`` needs the four
+``OK-ACCESS-*`` headers non-empty (the signature cannot be checked; 401 with 50103,
+50104, 50106 or 50107, 50111 for a key that names no account), a JSON array of 1 to 20
+orders (50000 empty body, 50002 not JSON, 51000 not an array, 51111 more than 20) and a
+key not in ``Faults.read_only_keys`` (50120). Each order is checked in turn: the
+parameters (50014 missing, 51000 malformed; ``clOrdId`` optional, else 1-32
+alphanumerics), a ``clOrdId`` not used by an order placed for the account before
+(51016; a refused order does not use it up), only ``ordType`` ``market`` with
+``reduceOnly`` true (else 50038, "unavailable in demo trading": the simulator opens no
+position), a mark pushed for the instrument (51109 "No available offers" otherwise), and
+against the account's position of (``instId``, ``tdMode`` as ``mgnMode``, ``posSide`` or
+``net``) as the simulator left it, less its live simulated orders: none (51169), the
+order on the side of the position (51170), larger than it (51112). The answer is OKX's:
+``{"code": "0"|"1"|"2", "msg", "data": [{"clOrdId", "ordId", "tag", "ts", "sCode",
+"sMsg"}], "inTime", "outTime"}``. A placed order is pushed on the account's connection if
+it subscribed ``orders`` (``live``, then ``filled`` at the latest mark pushed, with
+``fillPx``, ``fillSz``, ``accFillSz``, ``avgPx``, ``fillTime``...), then ``positions``
+gets the position's new row if subscribed (``pos`` "0" when closed). Exchange times
+(``ts``, ``cTime``, ``uTime``, ``fillTime``, ``inTime``, ``outTime``) are on the replay
+clock: the latest pushed frame's ``recv_ts`` plus the time since, times ``speed``.
+``GET /api/v5/trade/order`` finds a simulated order by ``ordId`` or ``clOrdId`` (51603
+otherwise; 51003 without either); ``orders-pending`` lists the simulated orders while
+live (only a fault holds one live); ``orders-history`` (``instType`` required) lists the
+finished ones newest first; ``account/config`` rows gain ``perm`` (``read_only,trade``,
+or ``read_only`` for a key of ``read_only_keys``). Each request is reported to
+``on_orders`` (``riskmon replay-server``: one ``{"event": "orders"}`` status line), and
+every order kept in :attr:`ReplayServer.orders_received`.
+
+The position overlay: every positions row that goes out after a simulated fill (recorded
+pushes, re-subscribe snapshots, ``account/positions``) is the recorded row of that
+(``instId``, ``mgnMode``, ``posSide``) less what the simulator closed of it: ``pos`` and
+``availPos`` lose that much in magnitude, never below zero, and ``upl`` and
+``notionalUsd`` (linear in the size at the row's mark) scale with them; a position left
+at zero is closed, so snapshots and REST leave it out. Not adjusted: the position's
+margins (``imr``, ``mmr``, ``margin``, ``mgnRatio``), ``liqPx``, realised PnL, fees (a fill
+charges ``fee`` "0"), and the account channel and ``account/balance`` (cash, equity,
+margins): the exchange's own figures there keep the recording's values, so the daemon's
+divergence check may see them differ; no balance model is invented. Recorded orders
+cannot be looked up, and ``balance_and_position`` pushes are not overlaid.
+
 Faults (:class:`Faults`, for integration tests), counted in recorded frames pushed: drop
 (abort the TCP connection of the next frame, no close frame), garbage (a text frame that is
 not JSON), stall (no pushes, pongs or acknowledgements on any websocket connection: what
@@ -80,7 +126,11 @@ arrives is held, as by a frozen server, and answered afterwards; REST is not hel
 websockets would drop an HTTP request held past its 10 s opening-handshake timeout),
 failed logins (60009 Login failed) and the 64008 service-upgrade ``notice`` to every
 connection, which are then closed (code 1012) after ``notice_close_s``; pushing resumes on
-new connections.
+new connections. Order faults, counted in orders or ``batch-orders`` requests: refused
+orders (``reject_orders``, 51008 by default), rate limiting (HTTP 429, 50011), late
+answers (``timeout_requests``: placed and filled, answered after ``order_timeout_s``),
+partial fills (then ``canceled``), fills held ``fill_delay_s`` (the order stays live,
+the fill and its pushes come later), and read-only keys.
 
 The recording is streamed, never held in memory: a first pass in a worker thread counts
 frames, finds the roles it needs, the accounts and the instruments and tiers bodies; the
@@ -814,7 +864,10 @@ class ReplayServer:
     ``speed`` paces the pushes at N times the recorded pace (None: as fast as the clients
     take them); ``switch_gap_s`` is the least time between two pushes to different
     connections; ``subscribe_grace_s`` how long a frame waits for its channel to be
-    subscribed. See the module docstring for the protocol.
+    subscribed. ``record_push_times`` keeps the time of each push (:attr:`push_times`);
+    ``on_orders`` is called with a summary of each ``batch-orders`` request;
+    ``max_body_bytes`` bounds a REST request's body. See the module docstring for the
+    protocol and the simulator.
 
     Raises:
         RecordingError: the recording is missing or unreadable.
