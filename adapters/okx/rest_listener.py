@@ -32,7 +32,7 @@ import orjson
 from adapters.logging import get_logger
 from monitor.errors import ConfigError, RiskmonError
 
-__all__ = ["HttpRequest", "HttpResponse", "RestListener"]
+__all__ = ["HttpRequest", "HttpResponse", "RestListener", "json_error"]
 
 _READ_BYTES: Final = 65536
 _MAX_HEAD_BYTES: Final = 16 * 1024
