@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("file", type=Path, help="recording (JSON lines, SPEC 3.2)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8443)
+    server.add_argument("--rest-port", type=int, default=0,
+                        help="HTTP/1.1 REST port, GET and POST (default 0: any free port)")
     server.add_argument("--speed", type=float, default=1.0,
                         help="pace at N times the recorded pace; 0: as fast as possible")
     faults = server.add_argument_group("fault injection (for tests)")
@@ -123,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse the first N logins")
     faults.add_argument("--notice-after", type=int, default=None, metavar="N",
                         help="once, after N frames, send notice 64008 and close")
+    faults.add_argument("--reject-orders", type=int, default=0, metavar="N",
+                        help="refuse the first N orders that would be placed")
+    faults.add_argument("--reject-code", default="51008",
+                        help="sCode of --reject-orders (default 51008)")
+    faults.add_argument("--reject-message",
+                        default="Order failed. Insufficient USDT margin in account",
+                        help="sMsg of --reject-orders")
+    faults.add_argument("--rate-limit-requests", type=int, default=0, metavar="N",
+                        help="answer the first N batch-orders requests 429 (50011)")
+    faults.add_argument("--timeout-requests", type=int, default=0, metavar="N",
+                        help="place the orders of the first N batch-orders requests but "
+                             "answer only after --order-timeout-s")
+    faults.add_argument("--order-timeout-s", type=float, default=30.0)
+    faults.add_argument("--partial-fills", type=int, default=0, metavar="N",
+                        help="the first N orders fill --partial-fill-ratio, then cancel")
+    faults.add_argument("--partial-fill-ratio", type=float, default=0.5)
+    faults.add_argument("--delay-fills", type=int, default=0, metavar="N",
+                        help="the first N orders stay live --fill-delay-s before filling")
+    faults.add_argument("--fill-delay-s", type=float, default=5.0)
+    faults.add_argument("--read-only-key", action="append", default=[], metavar="KEY",
+                        help="an API key with perm read_only (repeatable)")
 
     alerts = commands.add_parser("alerts", help="print stored alerts (a table on a terminal, "
                                                  "else JSON lines)")
@@ -359,11 +382,18 @@ async def _replay_server(args: argparse.Namespace) -> int:
     faults = Faults(drop_after=args.drop_after, drop_times=args.drop_times,
                     garbage_after=args.garbage_after, stall_after=args.stall_after,
                     stall_s=args.stall_s, fail_logins=args.fail_logins,
-                    notice_after=args.notice_after)
+                    notice_after=args.notice_after, reject_orders=args.reject_orders,
+                    reject_code=args.reject_code, reject_message=args.reject_message,
+                    rate_limit_requests=args.rate_limit_requests,
+                    timeout_requests=args.timeout_requests,
+                    order_timeout_s=args.order_timeout_s, partial_fills=args.partial_fills,
+                    partial_fill_ratio=args.partial_fill_ratio, delay_fills=args.delay_fills,
+                    fill_delay_s=args.fill_delay_s,
+                    read_only_keys=frozenset(args.read_only_key))
     stop = asyncio.Event()
     _stop_on_signals(stop)
     task = asyncio.create_task(serve(args.file, args.host, args.port, args.speed or None,
-                                     faults, _status_line))
+                                     faults, _status_line, rest_port=args.rest_port))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     task.cancel()

@@ -848,7 +848,9 @@ async def test_the_account_rest_state_follows_the_push_position(tmp_path: Path) 
     recording = write_recording(tmp_path / "r.jsonl", lines)
     async with running(recording, speed=None, subscribe_grace_s=30.0) as (server, port):
         # Before any push: the recorded bodies, as they are.
-        assert await http_get(port, ACCOUNT_CONFIG, KEY) == (200, lines[0]["body"])
+        # account/config gains the key's permissions (docs "Get account configuration").
+        assert await http_get(port, ACCOUNT_CONFIG, KEY) == (200, rest(
+            ACCOUNT_CONFIG, [{**config_row, "perm": "read_only,trade"}], T0)["body"])
         assert await http_get(port, BALANCE, KEY) == (200, lines[1]["body"])
         assert await http_get(port, POSITIONS, KEY) == (200, lines[2]["body"])
         empty = (200, {"code": "0", "msg": "", "data": []})
@@ -956,8 +958,11 @@ async def test_serve_reports_listening_and_finished_and_keeps_serving(tmp_path: 
         seen = 0
         listening = await next_status()
         port = listening["port"]
+        rest_port = listening["rest_port"]
         assert listening == {"event": "listening", "ws_url": f"ws://127.0.0.1:{port}",
-                             "rest_url": f"http://127.0.0.1:{port}", "port": port}
+                             "rest_url": f"http://127.0.0.1:{port}", "port": port,
+                             "rest_port": rest_port}
+        assert type(rest_port) is int and rest_port not in (0, port)
         ws = await connect(listening["ws_url"] + PUBLIC_PATH, ping_interval=None)
         await subscribe(ws, mark_arg(BTC), mark_arg(ETH))
         assert await data_frames(ws, 2) == [frame(line) for line in lines]

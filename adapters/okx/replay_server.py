@@ -2,7 +2,8 @@
 
 :class:`ReplayServer` serves a recording (SPEC 3.2) so that the live OKX adapter can be
 pointed at it unchanged: ``ws://H:P/ws/v5/public``, ``ws://H:P/ws/v5/private`` and the REST
-base ``http://H:P``, all on one port. Message formats and error codes follow the OKX v5 docs
+base ``http://H:P``, all on one port, and the REST base again, with POST, on a second port
+(``http://H:R``, see below). Message formats and error codes follow the OKX v5 docs
 (https://www.okx.com/docs-v5/en/, "Overview > WebSocket" and "Error Code > WebSocket"):
 
 - Text ``ping`` is answered with text ``pong``.
@@ -18,13 +19,17 @@ base ``http://H:P``, all on one port. Message formats and error codes follow the
   (60011). Private channels are the private endpoint's (account, positions, orders, ...) and
   any channel the recording has with an account.
 - REST over plain HTTP GET on the same port (websockets' ``process_request`` hook answers
-  requests that are not websocket upgrades). Signed, by the ``OK-ACCESS-KEY`` header
-  (mapped to an account like the ``apiKey`` at login; 401 with 50103 or 50111 otherwise):
-  ``/api/v5/trade/orders-pending``, ``/api/v5/account/config``,
-  ``/api/v5/account/balance`` and ``/api/v5/account/positions``. Public:
+  requests that are not websocket upgrades), and over HTTP/1.1 GET and POST on the REST
+  port (:mod:`adapters.okx.rest_listener`, on h11: keep-alive, bodies up to 1 MiB, else
+  413; a malformed request 400). Both ports give the same answers from the same code.
+  Signed, by the ``OK-ACCESS-KEY`` header (mapped to an account like the ``apiKey`` at
+  login; 401 with 50103 or 50111 otherwise): ``/api/v5/trade/orders-pending``,
+  ``/api/v5/account/config``, ``/api/v5/account/balance``, ``/api/v5/account/positions``,
+  and the simulator's ``/api/v5/trade/order`` and ``/api/v5/trade/orders-history`` (GET)
+  and ``/api/v5/trade/batch-orders`` (POST, REST port only). Public:
   ``/api/v5/public/instruments``, ``/api/v5/public/position-tiers`` and
   ``/api/v5/public/discount-rate-interest-free-quota``. Other paths, websocket ones
-  included, are 404.
+  included, are 404; a known path with the other method 405 (50115).
 
 Pushes. Every data frame of the recording goes, in recorded order, to the connection it
 belongs to: public frames to the public connection, private frames of account A to the
@@ -73,6 +78,47 @@ instruments and tiers the latest recorded body of the whole recording whose path
 match. Without a match: ``{"code": "0", "msg": "", "data": []}``. Recorded error bodies
 of these paths are not served (the live feed retried them; what followed counts).
 
+Order simulator (the pure part in :mod:`adapters.okx.order_simulator`; codes from the
+docs "Error Code > REST API"). ``POST /api/v5/trade/batch-orders`` needs the four
+``OK-ACCESS-*`` headers non-empty (the signature cannot be checked; 401 with 50103,
+50104, 50106 or 50107, 50111 for a key that names no account), a JSON array of 1 to 20
+orders (50000 empty body, 50002 not JSON, 51000 not an array, 51111 more than 20) and a
+key not in ``Faults.read_only_keys`` (50120). Each order is checked in turn: the
+parameters (50014 missing, 51000 malformed; ``clOrdId`` optional, else 1-32
+alphanumerics), a ``clOrdId`` not used by an order placed for the account before
+(51016; a refused order does not use it up), only ``ordType`` ``market`` with
+``reduceOnly`` true (else 50038, "unavailable in demo trading": the simulator opens no
+position), a mark pushed for the instrument (51109 "No available offers" otherwise), and
+against the account's position of (``instId``, ``tdMode`` as ``mgnMode``, ``posSide`` or
+``net``) as the simulator left it, less its live simulated orders: none (51169), the
+order on the side of the position (51170), larger than it (51112). The answer is OKX's:
+``{"code": "0"|"1"|"2", "msg", "data": [{"clOrdId", "ordId", "tag", "ts", "sCode",
+"sMsg"}], "inTime", "outTime"}``. A placed order is pushed on the account's connection if
+it subscribed ``orders`` (``live``, then ``filled`` at the latest mark pushed, with
+``fillPx``, ``fillSz``, ``accFillSz``, ``avgPx``, ``fillTime``...), then ``positions``
+gets the position's new row if subscribed (``pos`` "0" when closed). Exchange times
+(``ts``, ``cTime``, ``uTime``, ``fillTime``, ``inTime``, ``outTime``) are on the replay
+clock: the latest pushed frame's ``recv_ts`` plus the time since, times ``speed``.
+``GET /api/v5/trade/order`` finds a simulated order by ``ordId`` or ``clOrdId`` (51603
+otherwise; 51003 without either); ``orders-pending`` lists the simulated orders while
+live (only a fault holds one live); ``orders-history`` (``instType`` required) lists the
+finished ones newest first; ``account/config`` rows gain ``perm`` (``read_only,trade``,
+or ``read_only`` for a key of ``read_only_keys``). Each request is reported to
+``on_orders`` (``riskmon replay-server``: one ``{"event": "orders"}`` status line), and
+every order kept in :attr:`ReplayServer.orders_received`.
+
+The position overlay: every positions row that goes out after a simulated fill (recorded
+pushes, re-subscribe snapshots, ``account/positions``) is the recorded row of that
+(``instId``, ``mgnMode``, ``posSide``) less what the simulator closed of it: ``pos`` and
+``availPos`` lose that much in magnitude, never below zero, and ``upl`` and
+``notionalUsd`` (linear in the size at the row's mark) scale with them; a position left
+at zero is closed, so snapshots and REST leave it out. Not adjusted: the position's
+margins (``imr``, ``mmr``, ``margin``, ``mgnRatio``), ``liqPx``, realised PnL, fees (a fill
+charges ``fee`` "0"), and the account channel and ``account/balance`` (cash, equity,
+margins): the exchange's own figures there keep the recording's values, so the daemon's
+divergence check may see them differ; no balance model is invented. Recorded orders
+cannot be looked up, and ``balance_and_position`` pushes are not overlaid.
+
 Faults (:class:`Faults`, for integration tests), counted in recorded frames pushed: drop
 (abort the TCP connection of the next frame, no close frame), garbage (a text frame that is
 not JSON), stall (no pushes, pongs or acknowledgements on any websocket connection: what
@@ -80,7 +126,11 @@ arrives is held, as by a frozen server, and answered afterwards; REST is not hel
 websockets would drop an HTTP request held past its 10 s opening-handshake timeout),
 failed logins (60009 Login failed) and the 64008 service-upgrade ``notice`` to every
 connection, which are then closed (code 1012) after ``notice_close_s``; pushing resumes on
-new connections.
+new connections. Order faults, counted in orders or ``batch-orders`` requests: refused
+orders (``reject_orders``, 51008 by default), rate limiting (HTTP 429, 50011), late
+answers (``timeout_requests``: placed and filled, answered after ``order_timeout_s``),
+partial fills (then ``canceled``), fills held ``fill_delay_s`` (the order stays live,
+the fill and its pushes come later), and read-only keys.
 
 The recording is streamed, never held in memory: a first pass in a worker thread counts
 frames, finds the roles it needs, the accounts and the instruments and tiers bodies; the
@@ -101,6 +151,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
@@ -115,9 +166,26 @@ from websockets.http11 import Request, Response
 
 from adapters.logging import get_logger
 from adapters.okx.decode import RestPath
+from adapters.okx.order_simulator import (
+    DUPLICATE_CLIENT_ID,
+    INSUFFICIENT_MARGIN,
+    NO_PRICE,
+    ParsedOrder,
+    PositionKey,
+    SimulatedOrder,
+    answer_row,
+    batch_answer,
+    check_order,
+    parse_decimal,
+    partial_size,
+    position_size,
+    reduced_row,
+    reduction_refusal,
+)
+from adapters.okx.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
 
-__all__ = ["NO_FAULTS", "PRIVATE_PATH", "PUBLIC_PATH", "Faults", "RecordingError",
+__all__ = ["NO_FAULTS", "PRIVATE_PATH", "PUBLIC_PATH", "Faults", "ReceivedOrder", "RecordingError",
            "ReplayServer", "serve"]
 
 PUBLIC_PATH: Final = "/ws/v5/public"
@@ -144,6 +212,35 @@ _EMPTY_BODY: Final[dict[str, Any]] = {"code": "0", "msg": "", "data": []}
 _PRIVATE_REST_PATHS: Final = frozenset(
     {RestPath.ORDERS_PENDING, RestPath.ACCOUNT_CONFIG, RestPath.BALANCE, RestPath.POSITIONS}
 )
+# The REST paths and their method; the trade ones are the simulator's (docs "Order Book
+# Trading > Trade").
+_BATCH_ORDERS: Final = "/api/v5/trade/batch-orders"
+_ORDER: Final = "/api/v5/trade/order"
+_ORDERS_HISTORY: Final = "/api/v5/trade/orders-history"
+_SIGNED_GET_PATHS: Final = _PRIVATE_REST_PATHS | {_ORDER, _ORDERS_HISTORY}
+_REST_METHODS: Final = {
+    **dict.fromkeys(_SIGNED_GET_PATHS, "GET"),
+    **dict.fromkeys((RestPath.INSTRUMENTS, RestPath.POSITION_TIERS, RestPath.DISCOUNT_RATE),
+                    "GET"),
+    _BATCH_ORDERS: "POST",
+}
+_SIGNED_HEADERS: Final = ("OK-ACCESS-KEY", "OK-ACCESS-SIGN", "OK-ACCESS-TIMESTAMP",
+                          "OK-ACCESS-PASSPHRASE")
+# docs "Error Code > REST API > API class".
+_EMPTY_HEADER_CODES: Final = {"OK-ACCESS-KEY": "50103", "OK-ACCESS-PASSPHRASE": "50104",
+                              "OK-ACCESS-SIGN": "50106", "OK-ACCESS-TIMESTAMP": "50107"}
+_BATCH_LIMIT: Final = 20  # docs "Place multiple orders": "up to 20 orders"
+# Simulated ids: numeric like OKX's, above any a recording is likely to hold, so that the
+# newest-first order of orders-pending puts them after the recorded ones.
+_ORDER_ID_BASE: Final = 9_000_000_000_000_000_000
+_TRADE_ID_BASE: Final = 900_000_000
+
+
+def _empty_parameter_body(name: str) -> dict[str, Any]:
+    # docs "Error Code > REST API > General class": 50014, HTTP 400.
+    return {"code": "50014", "msg": f"Parameter {name} can not be empty.", "data": []}
+
+
 _GARBAGE: Final = "riskmon replay-server: a frame that is not JSON {"
 _NOTICE_CLOSE_CODE: Final = 1012  # "service restart" (RFC 6455 registry)
 _READ_CHUNK_BYTES: Final = 1 << 20
@@ -161,7 +258,8 @@ class RecordingError(RiskmonError):
 
 @dataclass(frozen=True, slots=True)
 class Faults:
-    """Faults to inject, all off by default; counts are of recorded frames pushed.
+    """Faults to inject, all off by default; counts are of recorded frames pushed, or of
+    orders and ``batch-orders`` requests where the name says so.
 
     - ``drop_after=N``: after every N frames, up to ``drop_times`` times, abort the TCP
       connection (no close frame) the next frame is destined for.
@@ -172,10 +270,26 @@ class Faults:
     - ``fail_logins=N``: answer the first N well-formed logins with 60009 Login failed.
     - ``notice_after=N``: once, send the 64008 ``notice`` to every connection and close them
       (code 1012) ``notice_close_s`` seconds later; pushing waits for new connections.
+    - ``reject_orders=N``: refuse the first N orders that would have been placed with
+      ``reject_code`` / ``reject_message`` (default 51008, insufficient margin).
+    - ``rate_limit_requests=N``: answer the first N ``batch-orders`` requests HTTP 429
+      ``50011 Too Many Requests``; nothing of them is placed.
+    - ``timeout_requests=N``: place the orders of the first N ``batch-orders`` requests as
+      usual (they fill and push) but hold the answer ``order_timeout_s`` seconds: the order
+      reached the exchange, its answer is late or, past the client's timeout, lost.
+    - ``partial_fills=N``: the first N placed orders fill ``partial_fill_ratio`` of their
+      size (rounded down to the precision ``sz`` was written with), then end ``canceled``
+      with ``accFillSz`` < ``sz``, as an OKX market order that could not fill completely.
+    - ``delay_fills=N``: the first N placed orders stay ``live`` for ``fill_delay_s``
+      seconds before they fill (and before the fill's pushes).
+    - ``read_only_keys``: API keys (``OK-ACCESS-KEY``) whose ``account/config`` ``perm``
+      is ``read_only``; their ``batch-orders`` get 50120.
 
     Raises:
-        ConfigError: a count is negative (``drop_after`` must be positive), or a duration
-            negative or not finite; the key is the field name.
+        ConfigError: a count is negative (``drop_after`` must be positive), a duration
+            negative or not finite, ``partial_fill_ratio`` outside [0, 1), ``reject_code``
+            not a non-zero code of digits, ``reject_message`` not a string, or a key of
+            ``read_only_keys`` not a non-empty string; the key is the field name.
     """
 
     drop_after: int | None = None
@@ -186,11 +300,22 @@ class Faults:
     fail_logins: int = 0
     notice_after: int | None = None
     notice_close_s: float = 1.0
+    reject_orders: int = 0
+    reject_code: str = INSUFFICIENT_MARGIN[0]
+    reject_message: str = INSUFFICIENT_MARGIN[1]
+    rate_limit_requests: int = 0
+    timeout_requests: int = 0
+    order_timeout_s: float = 30.0
+    partial_fills: int = 0
+    partial_fill_ratio: float = 0.5
+    delay_fills: int = 0
+    fill_delay_s: float = 5.0
+    read_only_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if value is None:
+            if value is None or item.name in _SPECIAL_FAULT_FIELDS:
                 continue
             if item.name.endswith("_s"):
                 if type(value) not in (int, float) or not 0 <= value < math.inf:
@@ -199,7 +324,23 @@ class Faults:
                 raise ConfigError(item.name, "must be a non-negative integer")
         if self.drop_after == 0:
             raise ConfigError("drop_after", "must be a positive integer")
+        if type(self.partial_fill_ratio) not in (int, float) or not (
+                0 <= self.partial_fill_ratio < 1):
+            raise ConfigError("partial_fill_ratio", "must be a number in [0, 1)")
+        if type(self.reject_code) is not str or not _REJECT_CODE.fullmatch(self.reject_code):
+            raise ConfigError("reject_code", "must be an OKX error code (digits, not 0)")
+        if type(self.reject_message) is not str:
+            raise ConfigError("reject_message", "must be a string")
+        keys = self.read_only_keys
+        if not isinstance(keys, set | frozenset | list | tuple) or not all(
+                type(key) is str and key for key in keys):
+            raise ConfigError("read_only_keys", "must be a set of non-empty API keys")
+        object.__setattr__(self, "read_only_keys", frozenset(keys))
 
+
+_SPECIAL_FAULT_FIELDS: Final = frozenset(
+    {"reject_code", "reject_message", "partial_fill_ratio", "read_only_keys"})
+_REJECT_CODE: Final = re.compile(r"[1-9][0-9]{0,7}")
 
 NO_FAULTS: Final = Faults()
 
@@ -365,10 +506,12 @@ def _family(inst_id: Any) -> str | None:
 
 
 class _OrderBook:
-    """An account's live orders, as ``GET /api/v5/trade/orders-pending`` would list them."""
+    """An account's live orders, as ``GET /api/v5/trade/orders-pending`` would list them:
+    the recorded ones, and the simulator's while they are live."""
 
     def __init__(self) -> None:
         self._orders: dict[str, dict[str, Any]] = {}
+        self._simulated: dict[str, dict[str, Any]] = {}  # a recorded body does not reset them
 
     def reset(self, body: Any) -> None:
         """Start again from a recorded response; an error body (no list of rows) is ignored."""
@@ -382,48 +525,63 @@ class _OrderBook:
 
     def apply(self, rows: Iterable[Any]) -> None:
         """Apply ``orders`` rows: live states upsert by ``ordId``, final states remove."""
-        for row in rows:
-            if type(row) is not dict or type(row.get("ordId")) is not str:
-                continue
-            state = row.get("state")
-            if state in _LIVE_ORDER_STATES:
-                self._orders[row["ordId"]] = row
-            elif state in _FINAL_ORDER_STATES:
-                self._orders.pop(row["ordId"], None)
+        _apply_order_rows(self._orders, rows)
+
+    def note_simulated(self, row: dict[str, Any]) -> None:
+        """A simulated order's row, as it changes."""
+        _apply_order_rows(self._simulated, [row])
 
     def page(self, params: dict[str, str]) -> tuple[HTTPStatus, dict[str, Any]]:
         """The response to a request with these query parameters (see the module docstring)."""
-        raw_limit = params.get("limit", "")
-        limit = _PAGE_LIMIT
-        if raw_limit:
-            try:
-                limit = int(raw_limit)
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= _PAGE_LIMIT:
-                # docs: "Error Code > REST API": 51000 Parameter {param0} error
-                return HTTPStatus.BAD_REQUEST, {"code": "51000", "msg": "Parameter limit error",
-                                                "data": []}
-        rows = [row for row in self._orders.values() if self._selected(row, params)]
-        rows.sort(key=lambda row: _order_key(row["ordId"]), reverse=True)
-        after = params.get("after")
-        before = params.get("before")
-        if after:
-            rows = [row for row in rows if _order_key(row["ordId"]) < _order_key(after)]
-        if before:
-            rows = [row for row in rows if _order_key(row["ordId"]) > _order_key(before)]
-        # "before" alone pages toward newer orders: the ones next to the cursor come first.
-        rows = rows[-limit:] if before and not after else rows[:limit]
-        return HTTPStatus.OK, {"code": "0", "msg": "", "data": rows}
+        return _order_page([*self._orders.values(), *self._simulated.values()], params)
 
-    @staticmethod
-    def _selected(row: dict[str, Any], params: dict[str, str]) -> bool:
-        for name in _ORDER_FILTERS:
-            wanted = params.get(name)
-            if wanted and row.get(name) != wanted:
-                return False
-        family = params.get("instFamily") or params.get("uly")
-        return not family or _family(row.get("instId")) == family
+
+def _apply_order_rows(orders: dict[str, dict[str, Any]], rows: Iterable[Any]) -> None:
+    for row in rows:
+        if type(row) is not dict or type(row.get("ordId")) is not str:
+            continue
+        state = row.get("state")
+        if state in _LIVE_ORDER_STATES:
+            orders[row["ordId"]] = row
+        elif state in _FINAL_ORDER_STATES:
+            orders.pop(row["ordId"], None)
+
+
+def _order_page(orders: list[dict[str, Any]],
+                params: dict[str, str]) -> tuple[HTTPStatus, dict[str, Any]]:
+    """Orders filtered and paged as ``orders-pending`` and ``orders-history`` do: newest
+    first by ``ordId``; ``limit``, ``after`` (older than), ``before`` (newer than)."""
+    raw_limit = params.get("limit", "")
+    limit = _PAGE_LIMIT
+    if raw_limit:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= _PAGE_LIMIT:
+            # docs: "Error Code > REST API": 51000 Parameter {param0} error
+            return HTTPStatus.BAD_REQUEST, {"code": "51000", "msg": "Parameter limit error",
+                                            "data": []}
+    rows = [row for row in orders if _selected(row, params)]
+    rows.sort(key=lambda row: _order_key(row["ordId"]), reverse=True)
+    after = params.get("after")
+    before = params.get("before")
+    if after:
+        rows = [row for row in rows if _order_key(row["ordId"]) < _order_key(after)]
+    if before:
+        rows = [row for row in rows if _order_key(row["ordId"]) > _order_key(before)]
+    # "before" alone pages toward newer orders: the ones next to the cursor come first.
+    rows = rows[-limit:] if before and not after else rows[:limit]
+    return HTTPStatus.OK, {"code": "0", "msg": "", "data": rows}
+
+
+def _selected(row: dict[str, Any], params: dict[str, str]) -> bool:
+    for name in _ORDER_FILTERS:
+        wanted = params.get(name)
+        if wanted and row.get(name) != wanted:
+            return False
+    family = params.get("instFamily") or params.get("uly")
+    return not family or _family(row.get("instId")) == family
 
 
 def _is_first_page(frame: dict[str, Any]) -> bool:
@@ -457,7 +615,7 @@ def _rest_body(rows: list[Any]) -> dict[str, Any]:
     return {"code": "0", "msg": "", "data": rows}
 
 
-def _position_key(row: dict[str, Any]) -> tuple[str, str, str]:
+def _position_key(row: dict[str, Any]) -> PositionKey:
     """What identifies a position (OKX): instrument, margin mode and side."""
     mode = row.get("mgnMode")
     side = row.get("posSide")
@@ -467,14 +625,16 @@ def _position_key(row: dict[str, Any]) -> tuple[str, str, str]:
 
 class _PositionsView:
     """The latest ``positions`` row pushed (or recorded by REST) per (``instId``,
-    ``mgnMode``, ``posSide``)."""
+    ``mgnMode``, ``posSide``), and what the simulator closed of each: every row that goes
+    out (pushes, snapshots, REST) is the recorded one less that (:func:`reduced_row`)."""
 
     def __init__(self) -> None:
         self._arg: dict[str, Any] | None = None
-        self._rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._rows: dict[PositionKey, dict[str, Any]] = {}
         self._known = False
         # The recorded REST body, while no push came after it: answered as it is.
         self._recorded: Any = None
+        self.closed: dict[PositionKey, Decimal] = {}  # by the simulator, per position
 
     def apply(self, frame: dict[str, Any]) -> None:
         self._arg = frame["arg"]
@@ -499,8 +659,36 @@ class _PositionsView:
             if type(row) is dict and type(row.get("instId")) is str:
                 self._rows[_position_key(row)] = row
 
+    def _overlaid(self, row: dict[str, Any]) -> dict[str, Any]:
+        reduction = self.closed.get(_position_key(row))
+        return row if reduction is None else reduced_row(row, reduction)
+
+    def outgoing(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """A recorded push as it goes out: its rows less what the simulator closed."""
+        if not self.closed:
+            return frame
+        rows = [self._overlaid(row) if type(row) is dict and type(row.get("instId")) is str
+                else row for row in frame["data"]]
+        return {**frame, "data": rows}
+
+    def current(self, key: PositionKey) -> dict[str, Any] | None:
+        """The position's latest row, after the simulated trades (None: never seen)."""
+        row = self._rows.get(key)
+        return None if row is None else self._overlaid(row)
+
+    def update_frame(self, key: PositionKey, now_ms: int) -> dict[str, Any] | None:
+        """A ``positions`` push of one position's row as the simulator left it."""
+        row = self.current(key)
+        if row is None:
+            return None
+        arg = self._arg if self._arg is not None else {"channel": "positions",
+                                                       "instType": "ANY"}
+        return {"arg": arg, "eventType": "event_update",
+                "data": [{**row, "uTime": str(now_ms)}]}
+
     def _open_rows(self) -> list[dict[str, Any]]:
-        return [row for row in self._rows.values() if not _is_closed(row)]
+        rows = (self._overlaid(row) for row in self._rows.values())
+        return [row for row in rows if not _is_closed(row)]
 
     def snapshot(self) -> dict[str, Any] | None:
         if self._arg is None:
@@ -509,8 +697,9 @@ class _PositionsView:
 
     def rest_body(self) -> Any:
         """The answer to ``GET /api/v5/account/positions``: the recorded body when nothing
-        was pushed since, else the open positions so far (none before anything is known)."""
-        if self._recorded is not None:
+        was pushed or simulated since, else the open positions so far (none before anything
+        is known)."""
+        if self._recorded is not None and not self.closed:
             return self._recorded
         return _rest_body(self._open_rows() if self._known else [])
 
@@ -577,6 +766,15 @@ class _AccountState:
     positions: _PositionsView = field(default_factory=_PositionsView)
     balances: _AccountView = field(default_factory=_AccountView)
     config: Any = None  # the latest successful account/config body read so far
+    # The simulator's orders (every one placed, newest last), by clOrdId and ordId.
+    simulated: list[SimulatedOrder] = field(default_factory=list)
+    by_client_id: dict[str, SimulatedOrder] = field(default_factory=dict)
+    by_order_id: dict[str, SimulatedOrder] = field(default_factory=dict)
+
+    def reserved(self, key: PositionKey) -> Decimal:
+        """What the account's live simulated orders will still close of a position."""
+        return sum((order.order.size - order.filled for order in self.simulated
+                    if order.live and order.order.key == key), Decimal(0))
 
 
 # --- websocket replies (pure) --------------------------------------------------------------
@@ -666,7 +864,10 @@ class ReplayServer:
     ``speed`` paces the pushes at N times the recorded pace (None: as fast as the clients
     take them); ``switch_gap_s`` is the least time between two pushes to different
     connections; ``subscribe_grace_s`` how long a frame waits for its channel to be
-    subscribed. See the module docstring for the protocol.
+    subscribed. ``record_push_times`` keeps the time of each push (:attr:`push_times`);
+    ``on_orders`` is called with a summary of each ``batch-orders`` request;
+    ``max_body_bytes`` bounds a REST request's body. See the module docstring for the
+    protocol and the simulator.
 
     Raises:
         RecordingError: the recording is missing or unreadable.
@@ -675,7 +876,9 @@ class ReplayServer:
 
     def __init__(self, recording: Path, *, speed: float | None = 1.0,
                  faults: Faults = NO_FAULTS, switch_gap_s: float = 0.01,
-                 subscribe_grace_s: float = 5.0) -> None:
+                 subscribe_grace_s: float = 5.0, record_push_times: bool = False,
+                 on_orders: Callable[[dict[str, Any]], None] | None = None,
+                 max_body_bytes: int = 1 << 20) -> None:
         if speed is not None and not 0 < speed < math.inf:
             raise ConfigError("speed", "must be a positive number (None: no pacing)")
         for name, value in (("switch_gap_s", switch_gap_s),
@@ -716,14 +919,30 @@ class ReplayServer:
         self._stall_pending = False
         self._notice_sent = False
         self._logged_unwanted: set[tuple[str | None, str, str | None]] = set()
+        # The REST listener (h11) and the order simulator.
+        self._rest_listener = RestListener(self._serve_rest, max_body_bytes=max_body_bytes)
+        self._rest_port: int | None = None
+        self._on_orders = on_orders
+        self._marks: dict[str, str] = {}  # instId -> markPx of the latest mark pushed
+        self._last_recv_ms: int | None = None  # of the latest frame pushed
+        self._received: list[ReceivedOrder] = []
+        self._push_times: dict[int, list[float]] | None = {} if record_push_times else None
+        self._order_ids = itertools.count(1)
+        self._trade_ids = itertools.count(1)
+        self._order_requests = 0  # authenticated batch-orders requests
+        self._orders_checked = 0  # orders that passed every check (reject_orders)
+        self._orders_placed = 0  # (partial_fills, delay_fills)
 
     # -- public API ------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Scan the recording, start listening and pushing; return the bound port.
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    rest_port: int | None = 0) -> int:
+        """Scan the recording, start listening and pushing; return the bound websocket port.
 
-        With ``port=0`` the system picks a free port. Give an address rather than a name
-        that resolves to several (``localhost``): each family would get its own port.
+        ``rest_port`` is the HTTP/1.1 REST listener's (GET and POST, :attr:`rest_port` once
+        bound; None: no listener). With port 0 the system picks a free port. Give an address
+        rather than a name that resolves to several (``localhost``): each family would get
+        its own port.
         """
         if self._server is not None:
             raise RuntimeError("the replay server is already started")
@@ -745,10 +964,18 @@ class ReplayServer:
             )
         except OSError as error:
             raise RiskmonError(f"cannot listen on {host}:{port} ({error.strerror})") from error
+        if rest_port is not None:
+            try:
+                self._rest_port = await self._rest_listener.start(host, rest_port)
+            except RiskmonError:
+                self._server.close()
+                await self._server.wait_closed()
+                raise
         self._finished = asyncio.get_running_loop().create_future()
         bound: int = self._server.sockets[0].getsockname()[1]
         self._pump_task = asyncio.create_task(self._pump(), name="replay-server-pump")
-        self._log.info("replay_server_listening", host=host, port=bound)
+        self._log.info("replay_server_listening", host=host, port=bound,
+                       rest_port=self._rest_port)
         return bound
 
     async def wait_finished(self) -> int:
@@ -767,6 +994,23 @@ class ReplayServer:
         """Recording lines that are not of the SPEC 3.2 shapes."""
         return len(self._scan.skipped)
 
+    @property
+    def rest_port(self) -> int | None:
+        """The HTTP/1.1 REST listener's port (None before :meth:`start` or without one)."""
+        return self._rest_port
+
+    @property
+    def orders_received(self) -> tuple[ReceivedOrder, ...]:
+        """Every order of every ``batch-orders`` request so far, in arrival order."""
+        return tuple(self._received)
+
+    @property
+    def push_times(self) -> dict[int, list[float]]:
+        """With ``record_push_times``: per recorded ``recv_ts``, the
+        :func:`time.perf_counter` at which each frame of it was pushed, in push order
+        (frames that share a ``recv_ts`` share a list). Empty otherwise."""
+        return {} if self._push_times is None else self._push_times
+
     async def close(self) -> None:
         """Stop pushing, close every connection and stop listening."""
         tasks = [*self._background]
@@ -780,6 +1024,7 @@ class ReplayServer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._rest_listener.close()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -836,7 +1081,6 @@ class ReplayServer:
 
     async def _push(self, line: _FrameLine, pace: _Pace) -> None:
         """Push one frame to its connection, waiting for whatever it needs first."""
-        payload = orjson.dumps(line.frame)
         grace: tuple[_Connection, float] | None = None
         while True:
             if self._stall_pending:
@@ -886,16 +1130,25 @@ class ReplayServer:
                     self._log.warning("replay_fault", fault="garbage", conn_id=target.conn_id,
                                       frames=self._pushed)
                     await target.send(_GARBAGE)
-                await target.send(payload)
+                await target.send(self._payload(line))
             except ConnectionClosed:
                 target.alive = False
                 continue
+            if self._push_times is not None:
+                self._push_times.setdefault(line.recv_ms, []).append(time.perf_counter())
             break
         self._pushed += 1
+        self._last_recv_ms = line.recv_ms
         self._last_target = target
         self._last_push_at = time.monotonic()
         self._note_pushed(line)
         self._arm_stall()
+
+    def _payload(self, line: _FrameLine) -> bytes:
+        """A recorded frame as it goes out: positions less what the simulator closed."""
+        if line.account is not None and line.channel == "positions":
+            return orjson.dumps(self._state(line.account).positions.outgoing(line.frame))
+        return orjson.dumps(line.frame)
 
     def _subscribed_or_moved(self, target: _Connection,
                              line: _FrameLine) -> Callable[[], bool]:
@@ -944,6 +1197,11 @@ class ReplayServer:
 
     def _note_pushed(self, line: _FrameLine) -> None:
         if line.account is None:
+            if line.channel == "mark-price":
+                for row in line.frame["data"]:
+                    if (type(row) is dict and type(row.get("instId")) is str
+                            and parse_decimal(row.get("markPx")) is not None):
+                        self._marks[row["instId"]] = row["markPx"]
             return
         state = self._state(line.account)
         match line.channel:
@@ -1192,53 +1450,341 @@ class ReplayServer:
 
     async def _process_request(self, connection: ServerConnection,
                                request: Request) -> Response | None:
-        """Answer REST requests; let websocket upgrades on the two endpoints through."""
-        split = urlsplit(request.path)
-        if split.path in (PUBLIC_PATH, PRIVATE_PATH):
+        """REST on the websocket port (GET only: websockets parses nothing else); let
+        websocket upgrades on the two endpoints through."""
+        if urlsplit(request.path).path in (PUBLIC_PATH, PRIVATE_PATH):
             return None
+        headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        status, body = await self._rest("GET", request.path, headers, b"",
+                                        time.perf_counter())
+        return _json_response(status, body)
+
+    async def _serve_rest(self, request: HttpRequest) -> HttpResponse:
+        """REST on the HTTP/1.1 listener: the same answers, and POST."""
+        status, body = await self._rest(request.method, request.target, request.headers,
+                                        request.body, request.arrived_at)
+        return HttpResponse(status.value, orjson.dumps(body))
+
+    async def _rest(self, method: str, target: str, headers: dict[str, str], body: bytes,
+                    arrived_at: float) -> tuple[HTTPStatus, Any]:
+        """Every REST answer, whichever port asked (``headers`` by lower-case name)."""
+        split = urlsplit(target)
+        if split.path not in _REST_METHODS:
+            return HTTPStatus.NOT_FOUND, {"code": "404", "msg": f"Not Found: {split.path}",
+                                          "data": []}
+        if method != _REST_METHODS[split.path]:
+            # docs: "Error Code > REST API > API class": 50115 Invalid request method.
+            return HTTPStatus.METHOD_NOT_ALLOWED, {"code": "50115",
+                                                   "msg": "Invalid request method.",
+                                                   "data": []}
         query = _query_key(split.query)
         match split.path:
-            case RestPath.ORDERS_PENDING | RestPath.ACCOUNT_CONFIG | RestPath.BALANCE | (
-                    RestPath.POSITIONS):
-                return await self._private_rest(request, split.path, split.query)
+            case str(path) if path == _BATCH_ORDERS:
+                return await self._batch_orders(headers, body, arrived_at)
+            case str(path) if path in _SIGNED_GET_PATHS:
+                return await self._private_rest(headers, path, split.query)
             case _ if _read_as_passed(split.path, query):
                 await self._positioned.wait()
-                return _json_response(HTTPStatus.OK,
-                                      self._public_rest.get((split.path, query), _EMPTY_BODY))
-            case RestPath.INSTRUMENTS | RestPath.POSITION_TIERS:
-                body = self._scan.public_bodies.get((split.path, query), _EMPTY_BODY)
-                return _json_response(HTTPStatus.OK, body)
+                return HTTPStatus.OK, self._public_rest.get((split.path, query), _EMPTY_BODY)
             case _:
-                return _json_response(HTTPStatus.NOT_FOUND,
-                                      {"code": "404", "msg": f"Not Found: {split.path}",
-                                       "data": []})
+                return HTTPStatus.OK, self._scan.public_bodies.get((split.path, query),
+                                                                   _EMPTY_BODY)
 
-    async def _private_rest(self, request: Request, path: str, query: str) -> Response:
-        """A signed request, answered for the account its ``OK-ACCESS-KEY`` names, as of
-        the push position (see the module docstring)."""
-        # docs: "Error Code > REST API > Authentication" for the two refusals.
-        api_key = request.headers.get("OK-ACCESS-KEY")
-        if not api_key:
-            return _json_response(HTTPStatus.UNAUTHORIZED, {
-                "code": "50103", "msg": "Request header OK-ACCESS-KEY cannot be empty",
-                "data": []})
+    def _authenticated(self, headers: dict[str, str],
+                       names: tuple[str, ...]) -> tuple[str, str] | tuple[HTTPStatus, Any]:
+        """(api key, account) of a signed request, or the refusal (status, body).
+
+        docs: "Error Code > REST API > API class": 50103/50104/50106/50107 for an empty
+        header, 50111 for a key that names no account (all HTTP 401).
+        """
+        for name in names:
+            if not headers.get(name.lower()):
+                code = _EMPTY_HEADER_CODES[name]
+                return HTTPStatus.UNAUTHORIZED, {
+                    "code": code, "msg": f"Request header {name} cannot be empty", "data": []}
+        api_key = headers["ok-access-key"]
         account = self._account_for_key(api_key)
         if account is None:
-            return _json_response(HTTPStatus.UNAUTHORIZED, {
-                "code": "50111", "msg": "Invalid OK-ACCESS-KEY", "data": []})
+            return HTTPStatus.UNAUTHORIZED, {"code": "50111", "msg": "Invalid OK-ACCESS-KEY",
+                                             "data": []}
+        return api_key, account
+
+    async def _private_rest(self, headers: dict[str, str], path: str,
+                            query: str) -> tuple[HTTPStatus, Any]:
+        """A signed request, answered for the account its ``OK-ACCESS-KEY`` names, as of
+        the push position (see the module docstring)."""
+        match self._authenticated(headers, ("OK-ACCESS-KEY",)):
+            case (str(api_key), str(account)):
+                pass
+            case refusal:
+                return refusal
         await self._positioned.wait()
         state = self._state(account)
+        params = dict(parse_qsl(query))
         match path:
             case RestPath.ORDERS_PENDING:
-                status, body = state.orders.page(dict(parse_qsl(query)))
-                return _json_response(status, body)
+                return state.orders.page(params)
             case RestPath.POSITIONS:
-                return _json_response(HTTPStatus.OK, state.positions.rest_body())
+                return HTTPStatus.OK, state.positions.rest_body()
             case RestPath.BALANCE:
-                return _json_response(HTTPStatus.OK, state.balances.rest_body())
+                return HTTPStatus.OK, state.balances.rest_body()
+            case RestPath.ACCOUNT_CONFIG:
+                return HTTPStatus.OK, self._config_body(state, api_key)
+            case str(order_path) if order_path == _ORDER:
+                return _order_details(state, params)
             case _:
-                return _json_response(HTTPStatus.OK,
-                                      _EMPTY_BODY if state.config is None else state.config)
+                if not params.get("instType"):
+                    return HTTPStatus.BAD_REQUEST, _empty_parameter_body("instType")
+                return _order_page([dict(order.row) for order in state.simulated
+                                    if not order.live], params)
+
+    def _config_body(self, state: _AccountState, api_key: str) -> Any:
+        """``account/config`` as recorded, with ``perm`` as the key's (docs "Get account
+        configuration": "read_only", "trade", "withdraw", comma separated)."""
+        if state.config is None:
+            return _EMPTY_BODY
+        perm = "read_only" if api_key in self._faults.read_only_keys else "read_only,trade"
+        rows = [{**row, "perm": perm} if type(row) is dict else row
+                for row in state.config["data"]]
+        return {**state.config, "data": rows}
+
+    # -- the order simulator ---------------------------------------------------------------
+
+    async def _batch_orders(self, headers: dict[str, str], body: bytes,
+                            arrived_at: float) -> tuple[HTTPStatus, Any]:
+        """``POST /api/v5/trade/batch-orders`` (docs "Place multiple orders")."""
+        in_us = self._exchange_now_ms() * 1000
+        account: str | None = None
+        orders: list[Any] | None = None
+        match self._authenticated(headers, _SIGNED_HEADERS):
+            case (str(api_key), str(account)):
+                status, answer = await self._place_batch(api_key, account, body, in_us,
+                                                         arrived_at)
+            case (HTTPStatus() as status, dict() as answer):
+                pass
+            case _:  # pragma: no cover - _authenticated returns one of the two
+                raise AssertionError("unexpected authentication result")
+        if answer.get("code") not in ("0", "1", "2"):
+            orders = _orders_of(body)
+            rows = [answer_row(_client_id_of(raw), "", "", (answer["code"], answer["msg"]),
+                               in_us // 1000) for raw in orders or ()]
+            self._received.extend(ReceivedOrder(arrived_at, account, raw, row)
+                                  for raw, row in zip(orders or (), rows, strict=True))
+        else:
+            rows = answer["data"]
+        if self._on_orders is not None:
+            self._on_orders({"event": "orders", "account": account,
+                             "http_status": status.value, "code": answer["code"],
+                             "orders": [{"clOrdId": row["clOrdId"], "ordId": row["ordId"],
+                                         "sCode": row["sCode"]} for row in rows]})
+        return status, answer
+
+    async def _place_batch(self, api_key: str, account: str, body: bytes, in_us: int,
+                           arrived_at: float) -> tuple[HTTPStatus, dict[str, Any]]:
+        self._order_requests += 1
+        request_number = self._order_requests
+        if request_number <= self._faults.rate_limit_requests:
+            self._log.warning("replay_fault", fault="rate_limit", account=account,
+                              request=request_number)
+            # docs "Error Code > REST API > General class": 50011, HTTP 429.
+            return HTTPStatus.TOO_MANY_REQUESTS, {"code": "50011", "msg": "Too Many Requests",
+                                                  "data": []}
+        if not body.strip():
+            return HTTPStatus.BAD_REQUEST, {"code": "50000", "data": [],
+                                            "msg": "Body for POST request cannot be empty."}
+        try:
+            orders = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return HTTPStatus.BAD_REQUEST, {"code": "50002", "msg": "JSON syntax error",
+                                            "data": []}
+        if type(orders) is not list or not orders:
+            return HTTPStatus.BAD_REQUEST, {"code": "51000", "msg": "Parameter orders error",
+                                            "data": []}
+        if len(orders) > _BATCH_LIMIT:
+            return HTTPStatus.OK, {"code": "51111", "data": [],
+                                   "msg": f"Maximum {_BATCH_LIMIT} orders can be placed in "
+                                          f"bulk."}
+        if api_key in self._faults.read_only_keys:
+            # docs "Error Code > REST API > API class": 50120 (HTTP 200).
+            return HTTPStatus.OK, {"code": "50120", "data": [],
+                                   "msg": "This API key doesn't have permission to use this "
+                                          "function"}
+        await self._positioned.wait()
+        rows = [self._place(account, raw, arrived_at) for raw in orders]
+        if request_number <= self._faults.timeout_requests:
+            self._log.warning("replay_fault", fault="order_timeout", account=account,
+                              request=request_number, seconds=self._faults.order_timeout_s)
+            await asyncio.sleep(self._faults.order_timeout_s)
+        return HTTPStatus.OK, batch_answer(rows, in_us, self._exchange_now_ms() * 1000)
+
+    def _place(self, account: str, raw: Any, arrived_at: float) -> dict[str, str]:
+        """Check one order and place it (its fill runs as a task); its answer row."""
+        now_ms = self._exchange_now_ms()
+        state = self._state(account)
+        outcome = self._order_refusal(state, raw)
+        if isinstance(outcome, ParsedOrder):
+            order = self._accept(state, account, outcome, raw, now_ms)
+            row = order.answer(now_ms)
+        else:
+            tag = raw.get("tag", "") if type(raw) is dict else ""
+            row = answer_row(_client_id_of(raw), "", tag if type(tag) is str else "",
+                             outcome, now_ms)
+        self._received.append(ReceivedOrder(arrived_at, account, raw, row))
+        return row
+
+    def _order_refusal(self, state: _AccountState,
+                       raw: Any) -> ParsedOrder | tuple[str, str]:
+        order = check_order(raw)
+        if not isinstance(order, ParsedOrder):
+            return order
+        if order.client_id and order.client_id in state.by_client_id:
+            return DUPLICATE_CLIENT_ID
+        if order.inst_id not in self._marks:
+            return NO_PRICE
+        position = position_size(state.positions.current(order.key))
+        refusal = reduction_refusal(order, position, state.reserved(order.key))
+        if refusal is not None:
+            return refusal
+        self._orders_checked += 1
+        if self._orders_checked <= self._faults.reject_orders:
+            self._log.warning("replay_fault", fault="reject_order", order=self._orders_checked,
+                              code=self._faults.reject_code)
+            return (self._faults.reject_code, self._faults.reject_message)
+        return order
+
+    def _accept(self, state: _AccountState, account: str, parsed: ParsedOrder,
+                raw: dict[str, Any], now_ms: int) -> SimulatedOrder:
+        position = state.positions.current(parsed.key) or {}
+        order = SimulatedOrder.placed(
+            account, parsed, raw, str(_ORDER_ID_BASE + next(self._order_ids)),
+            _text_field(position, "instType") or _inst_type(parsed.inst_id),
+            _text_field(position, "ccy"), _text_field(position, "lever"), now_ms)
+        state.simulated.append(order)
+        state.by_order_id[order.row["ordId"]] = order
+        if parsed.client_id:
+            state.by_client_id[parsed.client_id] = order
+        state.orders.note_simulated(dict(order.row))
+        self._orders_placed += 1
+        number = self._orders_placed
+        task = asyncio.create_task(self._execute(
+            order, delayed=number <= self._faults.delay_fills,
+            partial=number <= self._faults.partial_fills))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return order
+
+    async def _execute(self, order: SimulatedOrder, *, delayed: bool, partial: bool) -> None:
+        """An accepted market order's life: ``live``, then its fill at the mark of the time
+        (or a part of it, then ``canceled``), each pushed, then the position's new size."""
+        state = self._state(order.account)
+        key = order.order.key
+        await self._push_order(order)
+        if delayed:
+            self._log.warning("replay_fault", fault="fill_delay", ord_id=order.row["ordId"],
+                              seconds=self._faults.fill_delay_s)
+            await asyncio.sleep(self._faults.fill_delay_s)
+        size = (partial_size(order.order.size, self._faults.partial_fill_ratio) if partial
+                else order.order.size)
+        if size > 0:
+            now_ms = self._exchange_now_ms()
+            order.fill(size, self._marks[order.order.inst_id], now_ms,
+                       str(_TRADE_ID_BASE + next(self._trade_ids)))
+            state.positions.closed[key] = state.positions.closed.get(key, Decimal(0)) + size
+            await self._push_order(order)
+        if partial:
+            self._log.warning("replay_fault", fault="partial_fill", ord_id=order.row["ordId"],
+                              filled=str(size))
+            order.cancel(self._exchange_now_ms())
+            await self._push_order(order)
+        if size > 0:
+            frame = state.positions.update_frame(key, self._exchange_now_ms())
+            if frame is not None:
+                await self._push_private(order.account, "positions", frame)
+
+    async def _push_order(self, order: SimulatedOrder) -> None:
+        state = self._state(order.account)
+        state.orders.note_simulated(dict(order.row))
+        await self._push_private(order.account, "orders",
+                                 {"arg": {"channel": "orders", "instType": "ANY"},
+                                  "data": [order.push_row()]})
+
+    async def _push_private(self, account: str, channel: str, frame: dict[str, Any]) -> None:
+        """A simulator push to the account's connection, if it subscribed the channel; the
+        ``arg`` is the subscription's own."""
+        await self._awake.wait()  # a stall holds these too
+        conn = self._target(account)
+        if conn is None:
+            return
+        arg = next((orjson.loads(key) for key, (subscribed, _) in conn.subscriptions.items()
+                    if subscribed == channel), None)
+        if arg is None:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await conn.send(orjson.dumps({**frame, "arg": arg}))
+
+    def _exchange_now_ms(self) -> int:
+        """The replay clock: the latest pushed frame's ``recv_ts`` and the time since (at
+        ``speed``); wall-clock time before the first push."""
+        if self._last_recv_ms is None:
+            return int(time.time() * 1000)
+        elapsed = time.monotonic() - self._last_push_at
+        return self._last_recv_ms + int(elapsed * 1000 * (self._speed or 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedOrder:
+    """One order of a ``batch-orders`` request: when the request arrived
+    (:func:`time.perf_counter`), the account its key named (None: refused before that),
+    the order as the body held it, and its ``data`` row in the answer (for a request
+    refused as a whole, a row with the request's code)."""
+
+    arrived_at: float
+    account: str | None
+    order: Any
+    answer: dict[str, str]
+
+
+def _order_details(state: _AccountState, params: dict[str, str]) -> tuple[HTTPStatus, Any]:
+    """``GET /api/v5/trade/order`` (docs "Get order details"): by ``ordId``, else
+    ``clOrdId``, among the simulated orders of the instrument."""
+    inst_id = params.get("instId")
+    if not inst_id:
+        return HTTPStatus.BAD_REQUEST, _empty_parameter_body("instId")
+    order_id, client_id = params.get("ordId"), params.get("clOrdId")
+    if not order_id and not client_id:
+        return HTTPStatus.OK, {"code": "51003", "data": [],
+                               "msg": "Either client order ID or order ID is required."}
+    order = (state.by_order_id.get(order_id) if order_id
+             else state.by_client_id.get(client_id or ""))
+    if order is None or order.order.inst_id != inst_id:
+        return HTTPStatus.OK, {"code": "51603", "msg": "Order does not exist.", "data": []}
+    return HTTPStatus.OK, {"code": "0", "msg": "", "data": [dict(order.row)]}
+
+
+def _orders_of(body: bytes) -> list[Any] | None:
+    try:
+        orders = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return orders if type(orders) is list and len(orders) <= _BATCH_LIMIT else None
+
+
+def _client_id_of(raw: Any) -> str:
+    client_id = raw.get("clOrdId", "") if type(raw) is dict else ""
+    return client_id if type(client_id) is str else ""
+
+
+def _text_field(row: dict[str, Any], name: str) -> str:
+    value = row.get(name, "")
+    return value if type(value) is str else ""
+
+
+def _inst_type(inst_id: str) -> str:
+    """An instrument's type from its id (docs "Get instruments", ``instId`` formats)."""
+    parts = inst_id.split("-")
+    if len(parts) == 3:
+        return "SWAP" if parts[2] == "SWAP" else "FUTURES"
+    return "OPTION" if len(parts) == 5 else "MARGIN"
 
 
 def _read_as_passed(path: str, query: Query) -> bool:
@@ -1265,22 +1811,25 @@ def _url_host(host: str) -> str:
 
 
 async def serve(recording: Path, host: str, port: int, speed: float | None, faults: Faults,
-                status: Callable[[dict[str, Any]], None]) -> None:
+                status: Callable[[dict[str, Any]], None], *, rest_port: int = 0) -> None:
     """Serve ``recording`` until cancelled (``riskmon replay-server``).
 
-    Calls ``status`` with ``{"event": "listening", "ws_url", "rest_url", "port"}`` once
-    bound, and ``{"event": "finished", "frames": N}`` after the last frame; it keeps
-    serving (pongs, acknowledgements, REST) afterwards.
+    Calls ``status`` with ``{"event": "listening", "ws_url", "rest_url", "port",
+    "rest_port"}`` once bound (``rest_url`` is the websocket port's GET-only REST;
+    ``rest_port`` the HTTP/1.1 listener's, GET and POST), ``{"event": "orders", ...}`` per
+    ``batch-orders`` request, and ``{"event": "finished", "frames": N}`` after the last
+    frame; it keeps serving (pongs, acknowledgements, REST, orders) afterwards.
 
     Raises:
         RecordingError: the recording is missing or unreadable.
         ConfigError: ``speed`` is not positive.
     """
-    server = ReplayServer(recording, speed=speed, faults=faults)
+    server = ReplayServer(recording, speed=speed, faults=faults, on_orders=status)
     try:
-        bound = await server.start(host, port)
+        bound = await server.start(host, port, rest_port)
         status({"event": "listening", "ws_url": f"ws://{_url_host(host)}:{bound}",
-                "rest_url": f"http://{_url_host(host)}:{bound}", "port": bound})
+                "rest_url": f"http://{_url_host(host)}:{bound}", "port": bound,
+                "rest_port": server.rest_port})
         status({"event": "finished", "frames": await server.wait_finished()})
         await asyncio.get_running_loop().create_future()  # until cancelled
     finally:
