@@ -419,11 +419,16 @@ class _Worker:
             attempts.append(self._attempt(item, now_ms, "dry_run" if dry_run else "sending",
                                           {}, dry_run))
         await self.executor.store.save_execution(pending, attempts, state)
+        skipped = []
         for item in finished:
             self._untrack(item)
-            self.executor.log.info("execution_skipped", account=self.account,
-                                   trigger=item.leg.alert_id, leg=item.leg.index,
-                                   reason="no position left to close")
+            self.executor.log.warning("execution_skipped", account=self.account,
+                                      trigger=item.leg.alert_id, leg=item.leg.index)
+            # Nothing was sent for it: say so (the position was closed by someone else,
+            # or flipped), never stay silent about a trigger that did not act.
+            skipped.append(self._failed_alert(item, "no position left to close",
+                                              will_retry=False))
+        await self.executor._emit(skipped)
         if dry_run:
             for item, client_id, size in orders:
                 self._untrack(item)

@@ -17,8 +17,8 @@ from monitor.execution import (
     TRANSITIONS,
     Leg,
     LegProgress,
-    closable,
     client_order_id,
+    closable,
     execution_alert,
     legs_of,
 )

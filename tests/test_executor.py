@@ -217,7 +217,7 @@ async def test_orders_are_sized_to_the_live_position(harness: Harness) -> None:
         await until(lambda: "execution_filled" in harness.kinds())
     finally:
         await executor.stop()
-    assert [list(exchange.placed.values())[0][1]] == [120.0]
+    assert [size for _, size, _ in exchange.placed.values()] == [120.0]
     assert harness.store is not None
     legs = await harness.store.execution_legs()
     assert [p.state for p in legs] == ["filled", "skipped"]

@@ -48,7 +48,6 @@ ORDER: Final = "/api/v5/trade/order"
 BATCH_LIMIT: Final = 20
 ORDER_NOT_FOUND: Final = "51603"
 RATE_LIMITED: Final = "50011"
-ANY_POSITION: Final = "ANY"
 
 
 class Budget:
@@ -116,7 +115,8 @@ class OkxTrader:
     async def positions(self) -> dict[PositionKey, float]:
         """Every open position's signed contracts, by (instId, margin mode, side)."""
         await self.positions_budget.take()
-        path = f"{RestPath.POSITIONS}?instType={ANY_POSITION}"
+        # No query: the whole list (a filtered answer would not say what is closed).
+        path = RestPath.POSITIONS
         body = await self._body("GET", path)
         try:
             events = OkxDecoder().decode_rest(path, body, self.account, 0)
