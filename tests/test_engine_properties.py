@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.config import BoundsConfig, StopLossRule
-from monitor.errors import BadInput
 from monitor.engine import Figures, MarginEngine
+from monitor.errors import BadInput
 from monitor.events import (
     AccountConfigUpdate,
     AccountMode,
