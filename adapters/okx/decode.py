@@ -78,7 +78,8 @@ configuration (monitor.engine).
   subnormal ``1e-320``, no ``1e308``.
 - Timestamps (``ts``, ``uTime``, ``pTime``, ``recv_ts``) are whole milliseconds in
   [0, :data:`_TIMESTAMP_MAX_MS`] (the year 2200), written with ASCII digits: no ``ts``
-  of 2^63 or more reaches the engine or SQLite.
+  of 2^63 or more reaches the engine or SQLite. (A mark price's ``ts`` is checked by
+  value only, as ``int()`` reads it: the hot path spends no scan on its spelling.)
 - Identifiers (``instId``, ``ccy``, ``ordId``, the other codes, account names) are
   printable ASCII, at most :data:`_IDENTIFIER_LENGTH` characters: no NUL, no control
   characters. The mark-price path leaves this to the engine, which checks an instrument
