@@ -168,6 +168,32 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BoundsConfig:
+    """``[bounds]``: when a well-formed input is still implausible (riskmon's choices; issue
+    15, "bad input never moves state"). The engine applies them (monitor.engine); the
+    decoder's fixed limits on spelling, magnitude and identifiers are in adapters/okx/decode.
+
+    - ``price_band``: a mark or index price more than this factor away from the last
+      accepted price of the same instrument (or index), either way, is quarantined; the
+      first mark of an instrument is held to the band around its index price when one is
+      known. Greater than 1.
+    - ``confirm_after``: the market really moved that much when this many out-of-band prices
+      in a row agree with each other (each within the band of the one before, no accepted
+      price between them): the last of them is accepted and becomes the new reference. The
+      same count confirms a jump of the clock (below). 1 switches both checks off.
+    - ``max_ahead_s``: an event dated more than this ahead of its own receive time is
+      quarantined, and no single event moves the engine clock more than this ahead (a
+      larger jump needs ``confirm_after`` events in a row beyond it, as after a gap in a
+      recording). The daemon's clock ticks keep the clock moving during silence, so live it
+      never needs confirming.
+    """
+
+    price_band: float = 2.0
+    confirm_after: int = 3
+    max_ahead_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class HealthConfig:
     """``[health]``: when ``/healthz`` turns 503 (riskmon's choices; SPEC 5 names none).
 
@@ -291,6 +317,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     notify: Mapping[str, NotifierConfig] = field(default_factory=dict)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
@@ -363,7 +390,7 @@ class _Checker:
 
 
 _TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                        "okx", "storage", "stream", "quarantine", "health",
+                        "okx", "storage", "stream", "quarantine", "bounds", "health",
                         "notify", "execution"})
 _NO_TABLE: Mapping[str, Any] = {}
 _NO_ITEMS: list[Any] = []
@@ -424,6 +451,8 @@ def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
                              check.attempt(_NO_TABLE, _table, raw, "stream")),
         quarantine=check.attempt(QuarantineConfig(), _parse_quarantine,
                                  check.attempt(_NO_TABLE, _table, raw, "quarantine")),
+        bounds=check.attempt(BoundsConfig(), _parse_bounds,
+                             check.attempt(_NO_TABLE, _table, raw, "bounds")),
         health=check.attempt(HealthConfig(), _parse_health,
                              check.attempt(_NO_TABLE, _table, raw, "health")),
         notify=_parse_notifiers(raw, check),
@@ -767,6 +796,23 @@ def _parse_execution(table: Mapping[str, Any]) -> ExecutionConfig:
         else:
             values[key] = _positive(value, path)
     return ExecutionConfig(**values)
+
+
+def _parse_bounds(table: Mapping[str, Any]) -> BoundsConfig:
+    _only(table, "bounds", set(BoundsConfig.__dataclass_fields__))
+    defaults = BoundsConfig()
+    band = _number(table.get("price_band", defaults.price_band), "bounds.price_band")
+    if band <= 1.0:
+        raise ConfigError("bounds.price_band", "must be greater than 1")
+    confirm = _count(table.get("confirm_after", defaults.confirm_after), "bounds.confirm_after")
+    if confirm < 1:
+        raise ConfigError("bounds.confirm_after", "must be a positive integer")
+    return BoundsConfig(
+        price_band=band,
+        confirm_after=confirm,
+        max_ahead_s=_positive(table.get("max_ahead_s", defaults.max_ahead_s),
+                              "bounds.max_ahead_s"),
+    )
 
 
 def _parse_health(table: Mapping[str, Any]) -> HealthConfig:

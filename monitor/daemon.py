@@ -147,31 +147,33 @@ class Daemon:
     # -- the engine task ---------------------------------------------------------------
 
     def _process(self, items: list[FeedItem]) -> None:
-        """Parse and decode every waiting item, then apply all their events in one call.
+        """Parse, decode and apply every waiting item, each whole or not at all.
 
-        The decoder does not depend on the engine, so decoding the whole batch first gives
-        the events in the same order; the bookkeeping (history sample, clock anchor, lag
-        gauge, wall-clock read) then runs once per batch instead of once per frame.
+        An item the decoder or the engine refuses (monitor.engine: implausible) is
+        quarantined and changes nothing. The bookkeeping (history sample, clock anchor, lag
+        gauge, wall-clock read) runs once per batch instead of once per frame.
         """
         processor = self.processor
         decoder = self.decoder
         self.metrics.frames += len(items)
         events: list[Event] = []
+        before = self.engine.now_ms
         for item in items:
             try:
                 if isinstance(item, Frame):
-                    events += decoder.decode_message(item.text, item.account, item.recv_ms)
+                    decoded = decoder.decode_message(item.text, item.account, item.recv_ms)
                 elif isinstance(item, RestBody):
-                    events += decoder.decode_rest(item.path, item.body, item.account,
+                    decoded = decoder.decode_rest(item.path, item.body, item.account,
                                                   item.recv_ms)
                 else:
-                    events.append(self._link_change(item))
+                    decoded = [self._link_change(item)]
+                processor.apply_input(decoded)
+                events += decoded
             except BadInput as e:
                 processor.quarantine(_source(item), e.reason, _raw(item), item.recv_ms)
         now_s = self.wall_s()
         if events:
-            before = self.engine.now_ms
-            processor.feed_events(events)
+            processor.settle()
             if self.engine.now_ms > before:
                 self._anchor_event_ms = self.engine.now_ms
                 self._anchor_wall_s = now_s
@@ -233,6 +235,7 @@ class Daemon:
         stats = self.processor.stats
         metrics.events = stats.events
         metrics.quarantined = stats.quarantined
+        metrics.out_of_order = dict(stats.out_of_order)
         metrics.alerts_by_kind = dict(stats.alerts_by_kind)
         metrics.conflated = self.inbox.conflated
         if records:

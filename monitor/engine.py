@@ -27,6 +27,34 @@ it is missing (its first balance and positions snapshots, an instrument's spec, 
 currency's price, borrowing tiers of a debt, a mode it can follow). While anything is
 missing no level and no rule is evaluated; after ``stale_after`` a ``feed_stale`` alert names
 what is missing, and ``feed_recovered`` follows when it arrives.
+
+Plausibility (issue 15, "bad input never moves state"; ``[bounds]``, monitor.config). Before
+an event touches any state the engine judges it against what it holds, and either applies
+it, ignores it (counted in :attr:`MarginEngine.out_of_order`) or raises
+:class:`~monitor.errors.BadInput` for the caller to quarantine:
+
+- an event dated more than ``max_ahead_s`` after its own receive time: bad input;
+- an event that would move the clock more than ``max_ahead_s`` ahead: bad input, unless it is
+  the ``confirm_after``-th in a row to do so with no move of the clock between them and each
+  within ``max_ahead_s`` of the one before (a gap in a recording), which is applied;
+- a mark (index) price more than ``price_band`` times away from the last accepted price of
+  its instrument (index), either way; the first mark of an instrument against its index
+  (``BASE-QUOTE`` of ``BASE-QUOTE-...``) when one is known: bad input, unless it is the
+  ``confirm_after``-th out-of-band price in a row, each within the band of the one before,
+  with no accepted price between them (the market really moved): that one is applied and
+  is the new reference. So the band never locks an instrument out for longer than
+  ``confirm_after - 1`` ticks;
+- the first mark of an instrument id that is not an identifier (monitor.events): bad input
+  (the decoder checks every other identifier; on the hot path this costs nothing);
+- a mark or index price older than the last one applied for its instrument (index), an order
+  update older than the last one of that order, a balance or positions push older than
+  the last one of its account: out of order, ignored and counted.
+
+A refused event changes nothing but the tally of votes toward confirming a jump, which the
+next applied price of the instrument (the next move of the clock) clears: the run with the
+bad line and the run without it end in the same state with the same alerts. ClockTick,
+FeedStatus and ``UNTIMED`` events are exempt: they are the daemon's own, or dated by the
+engine's clock.
 """
 
 from __future__ import annotations
@@ -38,6 +66,7 @@ from typing import Any, Final, Literal
 
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
 from monitor.config import AccountConfig, Config, StopLossRule
+from monitor.errors import BadInput
 from monitor.events import (
     UNTIMED,
     AccountConfigUpdate,
@@ -62,6 +91,7 @@ from monitor.events import (
     PositionSide,
     PositionSnapshot,
     PositionUpdate,
+    identifier_problem,
 )
 from monitor.formulas import (
     borrowing_margin,
@@ -84,6 +114,11 @@ POOL_ACCOUNT: Final = 0
 POOL_CURRENCY: Final = 1
 POOL_ISOLATED: Final = 2
 POOL_EXCHANGE: Final = 3
+
+NO_CLOCK_LIMIT: Final = 1 << 62
+"""The clock limit before the engine has a clock: any first event time is taken."""
+ORDER_TIMES_KEPT: Final = 100_000
+"""Orders whose last update time is kept for the out-of-order check (the oldest go first)."""
 
 ACCOUNT_POOL_KEY: Final = ""
 """The key of an account's own pool (cross, or the exchange's figures)."""
@@ -413,6 +448,24 @@ class MarginEngine:
         # is due for each (emitted by the next event, which dates it).
         self._announce: dict[str, AccountState] = {}
         self._noticed: set[tuple[str, str | None, str]] = set()
+        # Plausibility (see the module docstring).
+        bounds = config.bounds
+        self._band_high = bounds.price_band
+        self._band_low = 1.0 / bounds.price_band
+        self._confirm_after = bounds.confirm_after
+        self._max_ahead_ms = int(bounds.max_ahead_s * 1000)
+        self._clock_limit_ms = NO_CLOCK_LIMIT  # now_ms + max_ahead once the clock runs
+        self.index_ms: dict[tuple[str, str], int] = {}
+        # Out-of-band prices in a row per instrument ("mark:ID") or index ("index:B-Q"):
+        # (the last of them, how many, the time of the last accepted price then).
+        self._band_votes: dict[str, tuple[float, int, int]] = {}
+        # Events in a row beyond the clock limit: (the last one's time, how many, the clock
+        # then).
+        self._jump_votes: tuple[int, int, int] = (0, 0, -1)
+        self._order_ms: dict[tuple[str, str], int] = {}
+        self._account_ms: dict[tuple[str, str], int] = {}
+        self.out_of_order: dict[str, int] = {"mark": 0, "index": 0, "order": 0,
+                                             "positions": 0, "balance": 0}
         self._stale_after_ms = int(config.risk.stale_after_s * 1000)
         self._repeat_ms = int(config.risk.repeat_interval_s * 1000)
         # The event being applied, for helpers deep in the bookkeeping that emit alerts.
@@ -438,6 +491,19 @@ class MarginEngine:
             # its fields natively rather than through the Event union. No bookkeeping but
             # the clock (_mark_arrived does its own).
             event_ms = event.event_ms
+            # Plausibility in one dict lookup and three comparisons: in the band of the last
+            # mark, within the clock limit, not too far ahead of its receive time; the rest
+            # (a first mark, out of band, a jump, out of order) in _admit_mark.
+            last = self.marks.get(event.inst_id)
+            if (last is None
+                    or not last * self._band_low <= event.price <= last * self._band_high
+                    or event_ms > self._clock_limit_ms
+                    or event_ms - event.recv_ms > self._max_ahead_ms):
+                if not self._admit_mark(event, last):
+                    return ()
+            elif event_ms <= self.now_ms and event_ms < self.mark_ms[event.inst_id]:
+                self.out_of_order["mark"] += 1
+                return ()
             self.last_recv_ms = event.recv_ms
             if event_ms > self.now_ms:
                 self._advance(event_ms, event.recv_ms, alerts)
@@ -446,6 +512,8 @@ class MarginEngine:
                 self._announce_modes()
             self._on_mark(event, alerts)
         else:
+            if event.event_ms != UNTIMED and not self._admit(event):
+                return ()
             self.last_recv_ms = event.recv_ms
             if event.event_ms > self.now_ms:
                 self._advance(event.event_ms, event.recv_ms, alerts)
@@ -465,6 +533,7 @@ class MarginEngine:
     def _advance(self, event_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
         """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
         self.now_ms = event_ms
+        self._clock_limit_ms = event_ms + self._max_ahead_ms
         if event_ms >= self._next_sweep_ms:
             self._next_sweep_ms = event_ms + SWEEP_INTERVAL_MS
             self._begin(event_ms, recv_ms, alerts)
@@ -499,6 +568,200 @@ class MarginEngine:
                 self._on_feed_status(event, alerts)
             case ClockTick():
                 pass  # its only work is the sweep in apply()
+
+    # -- plausibility (see the module docstring) ---------------------------------------
+
+    def screen(self, events: Sequence[Event]) -> None:
+        """Judge the events of one input as :meth:`apply` would, one after the other,
+        without applying them or changing anything.
+
+        The pipeline calls this for an input of more than one event, so that it is applied
+        whole or not at all: :meth:`apply` judges each event against the state the events
+        before it left, and this follows the clock and the prices they would set.
+
+        Raises:
+            BadInput: one of the events would be refused (the reason is that event's).
+        """
+        now_ms = self.now_ms
+        limit = self._clock_limit_ms
+        prices: dict[str, tuple[float | None, int]] = {}
+        for event in events:
+            event_ms = event.event_ms
+            if event_ms == UNTIMED or type(event) is ClockTick or type(event) is FeedStatus:
+                continue
+            if event_ms - event.recv_ms > self._max_ahead_ms:
+                raise BadInput(self._ahead_reason(event_ms, event.recv_ms))
+            if type(event) is MarkPrice or type(event) is IndexPrice:
+                if isinstance(event, MarkPrice):
+                    key = f"mark:{event.inst_id}"
+                    if event.inst_id not in self.marks:
+                        problem = identifier_problem(event.inst_id)
+                        if problem is not None:
+                            raise BadInput(f"mark-price instId {event.inst_id!r} {problem}")
+                else:
+                    key = f"index:{event.base}-{event.quote}"
+                held = prices.get(key)
+                reference, reference_ms = self._reference(event) if held is None else held
+                if reference_ms >= 0 and event_ms < reference_ms:
+                    continue  # out of order: apply() ignores it
+                if reference is not None and not (reference * self._band_low <= event.price
+                                                  <= reference * self._band_high):
+                    votes = self._band_votes.get(key)
+                    if not self._confirms(votes, event.price, reference_ms):
+                        raise BadInput(self._band_reason(key, event.price, reference, 1))
+                prices[key] = (event.price, event_ms)
+            if event_ms > limit and now_ms > 0:
+                candidate, count, clock = self._jump_votes
+                if not (clock == now_ms and count + 1 >= self._confirm_after
+                        and abs(event_ms - candidate) <= self._max_ahead_ms) and (
+                        self._confirm_after > 1):
+                    raise BadInput(self._jump_reason(event_ms, now_ms, 1))
+            if event_ms > now_ms:
+                now_ms = event_ms
+                limit = now_ms + self._max_ahead_ms
+
+    def _reference(self, event: MarkPrice | IndexPrice) -> tuple[float | None, int]:
+        """The price an event's price is held to, and the time of that price (-1: none of
+        its own, such as the index price a first mark is held to)."""
+        if type(event) is MarkPrice:
+            last = self.marks.get(event.inst_id)
+            if last is not None:
+                return last, self.mark_ms[event.inst_id]
+            base, _, rest = event.inst_id.partition("-")
+            quote = rest.partition("-")[0]
+            return self.index_prices.get((base, quote)), -1
+        assert type(event) is IndexPrice
+        pair = (event.base, event.quote)
+        return self.index_prices.get(pair), self.index_ms.get(pair, -1)
+
+    def _confirms(self, votes: tuple[float, int, int] | None, price: float,
+                  reference_ms: int) -> bool:
+        """Whether an out-of-band ``price`` is the ``confirm_after``-th in a row."""
+        if self._confirm_after <= 1:
+            return True
+        if votes is None:
+            return False
+        candidate, count, since_ms = votes
+        return (since_ms == reference_ms and count + 1 >= self._confirm_after
+                and candidate * self._band_low <= price <= candidate * self._band_high)
+
+    def _vote_band(self, key: str, price: float, reference: float, reference_ms: int) -> None:
+        """Count an out-of-band price toward moving the band; raise unless confirmed."""
+        if self._confirms(self._band_votes.get(key), price, reference_ms):
+            self._band_votes.pop(key, None)
+            return
+        votes = self._band_votes.get(key)
+        count = 1
+        if votes is not None:
+            candidate, previous, since_ms = votes
+            if since_ms == reference_ms and (
+                    candidate * self._band_low <= price <= candidate * self._band_high):
+                count = previous + 1
+        if len(self._band_votes) >= ORDER_TIMES_KEPT:
+            self._band_votes.clear()  # garbage by the hundred thousand: start over
+        self._band_votes[key] = (price, count, reference_ms)
+        raise BadInput(self._band_reason(key, price, reference, count))
+
+    def _vote_jump(self, event_ms: int) -> None:
+        """Count an event beyond the clock limit toward a jump; raise unless confirmed."""
+        if self.now_ms == 0 or self._confirm_after <= 1:
+            return
+        candidate, count, clock = self._jump_votes
+        if clock == self.now_ms and abs(event_ms - candidate) <= self._max_ahead_ms:
+            count += 1
+        else:
+            count = 1
+        if count >= self._confirm_after:
+            self._jump_votes = (0, 0, -1)
+            return
+        self._jump_votes = (event_ms, count, self.now_ms)
+        raise BadInput(self._jump_reason(event_ms, self.now_ms, count))
+
+    def _admit_mark(self, event: MarkPrice, last: float | None) -> bool:
+        """The slow path of a mark's plausibility: True to apply it, False to ignore it (out
+        of order, counted); raises BadInput to refuse it."""
+        inst_id = event.inst_id
+        event_ms = event.event_ms
+        if last is None:
+            problem = identifier_problem(inst_id)
+            if problem is not None:
+                raise BadInput(f"mark-price instId {inst_id!r} {problem}")
+        if event_ms - event.recv_ms > self._max_ahead_ms:
+            raise BadInput(self._ahead_reason(event_ms, event.recv_ms))
+        reference, reference_ms = self._reference(event)
+        if reference_ms >= 0 and event_ms < reference_ms:
+            self.out_of_order["mark"] += 1
+            return False
+        if event_ms > self._clock_limit_ms:
+            self._vote_jump(event_ms)
+        if reference is not None and not (
+                reference * self._band_low <= event.price <= reference * self._band_high):
+            self._vote_band(f"mark:{inst_id}", event.price, reference, reference_ms)
+        return True
+
+    def _admit(self, event: Event) -> bool:
+        """Plausibility of a timed event other than a mark (see :meth:`_admit_mark`)."""
+        event_ms = event.event_ms
+        if type(event) is ClockTick or type(event) is FeedStatus:
+            return True
+        if event_ms - event.recv_ms > self._max_ahead_ms:
+            raise BadInput(self._ahead_reason(event_ms, event.recv_ms))
+        order_key: tuple[str, str] | None = None
+        account_key: tuple[str, str] | None = None
+        if type(event) is IndexPrice:
+            pair = (event.base, event.quote)
+            reference, reference_ms = self._reference(event)
+            if event_ms < reference_ms:
+                self.out_of_order["index"] += 1
+                return False
+            if event_ms > self._clock_limit_ms:
+                self._vote_jump(event_ms)
+            if reference is not None and not (
+                    reference * self._band_low <= event.price <= reference * self._band_high):
+                self._vote_band(f"index:{pair[0]}-{pair[1]}", event.price, reference,
+                                reference_ms)
+            self.index_ms[pair] = event_ms
+            return True
+        if type(event) is OrderUpdate:
+            order_key = (event.account, event.order.order_id)
+            if event_ms < self._order_ms.get(order_key, 0):
+                self.out_of_order["order"] += 1
+                return False
+        elif type(event) is PositionUpdate or type(event) is PositionSnapshot:
+            account_key = (event.account, "positions")
+        elif type(event) is BalanceUpdate:
+            account_key = (event.account, "balance")
+        if account_key is not None and event_ms < self._account_ms.get(account_key, 0):
+            self.out_of_order[account_key[1]] += 1
+            return False
+        if event_ms > self._clock_limit_ms:
+            self._vote_jump(event_ms)
+        # Accepted: remember its time for the out-of-order check of the next one.
+        if order_key is not None:
+            times = self._order_ms
+            times.pop(order_key, None)
+            times[order_key] = event_ms
+            if len(times) > ORDER_TIMES_KEPT:
+                del times[next(iter(times))]
+        elif account_key is not None:
+            self._account_ms[account_key] = event_ms
+        return True
+
+    def _ahead_reason(self, event_ms: int, recv_ms: int) -> str:
+        return (f"event time {event_ms} is {(event_ms - recv_ms) / 1000:.3f} s after its "
+                f"receive time {recv_ms}, more than bounds.max_ahead_s "
+                f"({self._max_ahead_ms / 1000:g} s)")
+
+    def _jump_reason(self, event_ms: int, now_ms: int, count: int) -> str:
+        return (f"event time {event_ms} would move the clock {(event_ms - now_ms) / 1000:.3f} s "
+                f"ahead, more than bounds.max_ahead_s ({self._max_ahead_ms / 1000:g} s); "
+                f"{count} of {self._confirm_after} in a row confirm a jump")
+
+    def _band_reason(self, key: str, price: float, reference: float, count: int) -> str:
+        kind, _, name = key.partition(":")
+        return (f"{kind} price {price!r} of {name} is more than {self._band_high:g} times "
+                f"away from the reference {reference!r} (bounds.price_band); {count} of "
+                f"{self._confirm_after} in a row confirm a move")
 
     @property
     def has_notices(self) -> bool:

@@ -30,6 +30,25 @@ AccountMode = Literal["multi_currency", "single_currency", "portfolio", "unsuppo
 UNTIMED: Final = 0
 """``event_ms`` of an event that has no exchange time (see the module docstring)."""
 
+IDENTIFIER_LENGTH: Final = 64
+"""The longest identifier (instrument id, currency, order id, account name) accepted."""
+
+
+def identifier_problem(text: str) -> str | None:
+    """Why ``text`` is not an identifier, or None when it is one: 1 to
+    :data:`IDENTIFIER_LENGTH` characters of printable ASCII (no NUL, no control characters,
+    no spaces at either end). Adapters check every identifier with this; the engine checks
+    a mark price's instrument id the first time it sees it (issue 15)."""
+    if not text:
+        return "is empty"
+    if len(text) > IDENTIFIER_LENGTH:
+        return f"is longer than {IDENTIFIER_LENGTH} characters"
+    if not text.isascii() or not text.isprintable():
+        return "is not printable ASCII"
+    if text[0] == " " or text[-1] == " ":
+        return "starts or ends with a space"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class InstrumentUpdate:

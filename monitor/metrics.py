@@ -51,6 +51,7 @@ class Metrics:
     events: int = 0
     quarantined: int = 0
     conflated: int = 0
+    out_of_order: dict[str, int] = field(default_factory=dict)
     alerts_by_kind: dict[str, int] = field(default_factory=dict)
     feed_lag_s: float | None = None
     inbox_depth: int = 0
@@ -91,6 +92,9 @@ class Metrics:
         family("riskmon_events_total", "counter", "Events applied to the engine.", self.events)
         family("riskmon_quarantined_total", "counter", "Inputs quarantined as bad.",
                self.quarantined)
+        family("riskmon_out_of_order_total", "counter",
+               "Events ignored as older than the last applied one of their kind, by kind.",
+               _by("kind", self.out_of_order))
         family("riskmon_conflated_total", "counter",
                "Mark-price frames replaced by a newer one under pressure.", self.conflated)
         family("riskmon_alerts_total", "counter", "Alerts emitted, by kind.",

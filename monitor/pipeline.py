@@ -71,6 +71,9 @@ class Stats:
     quarantined: int = 0
     alerts: int = 0
     alerts_by_kind: dict[str, int] = field(default_factory=dict)
+    # Events ignored as older than the last applied one of their kind (monitor.engine's
+    # out_of_order, by kind: mark, index, order, positions, balance); the same dict.
+    out_of_order: dict[str, int] = field(default_factory=dict)
 
 
 class LineProcessor:
@@ -89,7 +92,7 @@ class LineProcessor:
         self.engine = engine
         self.decode = decode
         self.source = source
-        self.stats = Stats()
+        self.stats = Stats(out_of_order=engine.out_of_order)
         self.outbox: list[Record] = []
         self.clock = clock
         self.book = QuarantineBook(quarantine or QuarantineConfig(), clock())
@@ -99,10 +102,12 @@ class LineProcessor:
     def feed_chunk(self, lines: list[bytes], first_line_number: int) -> int | None:
         """Decode and apply lines; return the receive time of the last event applied.
 
-        The replay's hot loop (lookups hoisted out of it). A line that cannot be decoded
-        is quarantined whole: its events are never applied, so the account state is
-        untouched by it (the decoder raises before returning anything). Blank lines decode
-        to nothing.
+        The replay's hot loop (lookups hoisted out of it). A line that cannot be decoded,
+        or whose events the engine refuses as implausible (monitor.engine), is quarantined
+        whole: its events are never applied, so the account state is untouched by it (the
+        decoder raises before returning anything; the engine judges an event before it
+        changes anything, and the events of a line of several together with
+        ``engine.screen`` first). Blank lines decode to nothing.
         """
         decode = self.decode
         engine = self.engine  # engine.apply(event) below: compiled by mypyc, a direct call
@@ -113,13 +118,15 @@ class LineProcessor:
             line_number += 1
             try:
                 events = decode(line)
+                if len(events) > 1:
+                    engine.screen(events)
+                for event in events:
+                    alerts = engine.apply(event)
+                    if alerts:
+                        self._collect(alerts)
             except BadInput as e:
                 self.quarantine(f"{self.source}:{line_number}", e.reason, line)
                 continue
-            for event in events:
-                alerts = engine.apply(event)
-                if alerts:
-                    self._collect(alerts)
             events_seen += len(events)
             if engine.now_ms >= self._next_history_ms:
                 self._sample_history()
@@ -131,13 +138,34 @@ class LineProcessor:
         return engine.last_recv_ms if events_seen else None
 
     def feed_events(self, events: list[Event]) -> None:
-        """Apply events that did not come from a line (a live feed's decoded frame)."""
-        apply = self.engine.apply
+        """Apply events that did not come from a line (a live feed's decoded frames, or the
+        daemon's own), as one input; see :meth:`apply_input` and :meth:`settle`.
+
+        Raises:
+            BadInput: the engine refused them (nothing was applied).
+        """
+        self.apply_input(events)
+        self.settle()
+
+    def apply_input(self, events: list[Event]) -> None:
+        """Apply the events of one input (a frame, a REST body) whole or not at all.
+
+        Raises:
+            BadInput: the engine refused one of them as implausible; none was applied, and
+                the caller quarantines the input.
+        """
+        engine = self.engine
+        if len(events) > 1:
+            engine.screen(events)
         for event in events:
-            alerts = apply(event)
+            alerts = engine.apply(event)
             if alerts:
                 self._collect(alerts)
         self.stats.events += len(events)
+
+    def settle(self) -> None:
+        """After a batch of inputs: the margin history sample when due, then the engine's
+        notices and checkpoints."""
         if self.engine.now_ms >= self._next_history_ms:
             self._sample_history()
         self._collect_engine_records()
@@ -405,6 +433,7 @@ def state_document(engine: MarginEngine, stats: Stats) -> bytes:
     """The ``--state-out`` JSON object (SPEC 7)."""
     return orjson.dumps(
         {"accounts": engine.state(),
-         "stats": {"events": stats.events, "quarantined": stats.quarantined}},
+         "stats": {"events": stats.events, "quarantined": stats.quarantined,
+                   "out_of_order": dict(stats.out_of_order)}},
         option=orjson.OPT_INDENT_2,
     )

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monitor.alerts import Alert, AlertKind, Level, alert_id
-from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
+from monitor.config import AccountConfig, BoundsConfig, Config, RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
     BalanceUpdate,
@@ -63,9 +63,11 @@ def make_config(
     risk: RiskConfig | None = None,
     interest: dict[str, float] | None = None,
     collateral: dict[str, float] | None = None,
+    bounds: BoundsConfig | None = None,
 ) -> Config:
     base = Config()
     return Config(
+        bounds=bounds or BoundsConfig(),
         risk=risk or RiskConfig(),
         collateral={c: CollateralTiers.flat(f) for c, f in collateral.items()}
         if collateral is not None else dict(base.collateral),

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from monitor.config import RiskConfig, StopLossRule
+from monitor.config import BoundsConfig, RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
     UNTIMED,
@@ -238,7 +238,10 @@ def test_usdt_valued_by_its_index_when_fed() -> None:
 
 
 def test_interest_accrues_to_the_second_by_event_time() -> None:
-    engine = MarginEngine(make_config(interest={"USDT": 0.00002}))
+    # An hour without events: a gap of the clock, which [bounds] would make wait for
+    # confirmation; this is about interest, so the jump check is off (confirm_after 1).
+    engine = MarginEngine(make_config(interest={"USDT": 0.00002},
+                                      bounds=BoundsConfig(confirm_after=1)))
     run(engine, [index("BTC", "USDT", 50_000, 0),
                  BalanceUpdate("main", (CurrencyBalance("USDT", -1000, None, None),
                                         CurrencyBalance("BTC", 1, None, None)),
@@ -372,10 +375,12 @@ def test_exchange_divergence_once_until_back_in_tolerance() -> None:
         return BalanceUpdate("main", (CurrencyBalance("USDT", 100, None, None),), False,
                              figures, ts, ts)
 
-    alerts = run(engine, [exchange(ours * 1.01, 2), exchange(ours * 1.2, 3),
-                          exchange(ours * 1.3, 4), exchange(ours, 5), exchange(ours * 0.8, 6)])
+    # After the scenario's balance snapshot at 1000: an older push would be out of order.
+    alerts = run(engine, [exchange(ours * 1.01, 1002), exchange(ours * 1.2, 1003),
+                          exchange(ours * 1.3, 1004), exchange(ours, 1005),
+                          exchange(ours * 0.8, 1006)])
     divergences = [a for a in alerts if a.kind == "exchange_divergence"]
-    assert [a.ts for a in divergences] == [3, 6]
+    assert [a.ts for a in divergences] == [1003, 1006]
     assert divergences[0].payload["theirs"] == approx(ours * 1.2)
 
 

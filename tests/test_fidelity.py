@@ -223,7 +223,10 @@ def test_linear_cross_position_in_one_way_mode_from_a_push() -> None:
     decoder = OkxDecoder()
     run(engine, [*decoder.decode_rest(RestPath.BALANCE, {"code": "0", "msg": "", "data": [{
         "uTime": "1", "details": [{"ccy": "USDT", "cashBal": "20", "uTime": "1"}]}]},
-        "main", RECV_MS), PositionSnapshot("main", (), 1, 1),
+        "main", RECV_MS),
+        # Dated just before the push (its pTime): an event years earlier, then the push,
+        # would be a jump of the clock the engine refuses (monitor.engine, plausibility).
+        PositionSnapshot("main", (), int(row["pTime"]) - 1, int(row["pTime"]) - 1),
         *decoder.decode_frame(push, "main", RECV_MS),
         MarkPrice("XRP-USDT-SWAP", float(row["markPx"]), 1_693_151_906_023, RECV_MS)])
     position = one_position(engine)
@@ -339,10 +342,12 @@ def test_account_push_total_equity_is_okxs() -> None:
     # eq x coinUsdPrice.
     push = fixture("nautilus_okx_ws_account_push_spot_like.json")
     details = push["data"][0]["details"]
-    events: list[Event] = [usd_price(d["ccy"], float(d["coinUsdPrice"]), 1) for d in details
-                           if d["ccy"] != "USDT"]
+    # Prices dated just before the push (not at 1: the push would then jump the clock).
+    before = int(push["data"][0]["uTime"]) - 1
+    events: list[Event] = [usd_price(d["ccy"], float(d["coinUsdPrice"]), before)
+                           for d in details if d["ccy"] != "USDT"]
     usdt = next(d for d in details if d["ccy"] == "USDT")
-    events.append(IndexPrice("USDT", "USD", float(usdt["coinUsdPrice"]), 1, 1))
+    events.append(IndexPrice("USDT", "USD", float(usdt["coinUsdPrice"]), before, before))
     events += OkxDecoder().decode_frame(push, "main", RECV_MS)
     engine = MarginEngine(Config())
     run(engine, events)

@@ -1592,3 +1592,59 @@ def test_entry_points_check_receive_time(recv_ms: Any) -> None:
         decoder.decode_frame(MARK, None, recv_ms)
     with pytest.raises(BadInput, match=r"recv_ms .* is not a millisecond timestamp"):
         decoder.decode_rest(RestPath.INSTRUMENTS, ok([]), None, recv_ms)
+
+
+# --- plausibility limits (issue 15) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(public_line(mark_price_push(mark=" 1 ")), "is not a plain decimal",
+                     id="padded-price"),
+        pytest.param(public_line(mark_price_push(mark="1_000")), "is not a plain decimal",
+                     id="underscore-price"),
+        pytest.param(public_line(mark_price_push(mark="1e3")), "is not a plain decimal",
+                     id="exponent-price"),
+        pytest.param(public_line(mark_price_push(mark="١٢٣")), "is not a plain decimal",
+                     id="arabic-digits"),
+        pytest.param(public_line(mark_price_push(mark="0." + "0" * 20 + "1")),
+                     "outside the plausible prices", id="tiny-price"),
+        pytest.param(public_line(mark_price_push(mark="10000000000000000000")),
+                     "outside the plausible prices", id="huge-price"),
+        pytest.param(public_line(mark_price_push(mark=1e300)),
+                     "outside the plausible prices", id="huge-json-number"),
+        pytest.param(public_line(_with(MARK, ("data", 0, "ts"), "9223372036854775808")),
+                     "is not a millisecond timestamp", id="ts-2p63"),
+        pytest.param(line({"recv_ts": 2**63, "frame": MARK}),
+                     "is not a millisecond timestamp", id="recv-ts-2p63"),
+        pytest.param(private_line(orders_push(order_row(sz="1e3"))), "sz '1e3' is not a plain",
+                     id="exponent-size"),
+        pytest.param(private_line(orders_push(order_row(sz="1" + "0" * 25))),
+                     "beyond the plausible magnitude", id="huge-size"),
+        pytest.param(private_line(orders_push(order_row(ordId="1\x002"))),
+                     "ordId '1\\x002' is not printable ASCII", id="nul-order-id"),
+        pytest.param(private_line(orders_push(order_row(instId="B" * 65))),
+                     "is longer than 64 characters", id="long-inst-id"),
+        pytest.param(private_line(orders_push(order_row(uTime="\uff11\uff17\uff10\uff10"))),
+                     "is not a millisecond timestamp", id="fullwidth-time"),
+        pytest.param(line({"recv_ts": RECV, "account": "ma\nin", "frame": orders_push(
+            order_row())}), "is not an account name", id="control-account"),
+        pytest.param(line({"recv_ts": RECV, "account": "main", "rest": "//[", "body": {}}),
+                     "is not a path", id="rest-path-not-a-url"),
+    ],
+)
+def test_implausible_input_is_bad_input(raw: bytes, reason: str) -> None:
+    with pytest.raises(BadInput) as caught:
+        OkxDecoder().decode_line(raw)
+    assert reason in caught.value.reason
+
+
+def test_a_deeply_nested_frame_is_bad_input_not_a_recursion_error() -> None:
+    nested: list[object] = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(BadInput):
+        OkxDecoder().decode_frame({"arg": {"channel": "orders"}, "data": nested}, "main", RECV)
+    with pytest.raises(BadInput):
+        OkxDecoder().decode_line(b'{"recv_ts": 1, "frame": ' + b"[" * 2000 + b"]" * 2000 + b"}")

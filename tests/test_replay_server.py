@@ -552,6 +552,33 @@ async def test_bad_lines_are_skipped_and_operational_frames_not_replayed(
         await ws.close()
 
 
+async def test_a_deeply_nested_frame_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    # Issue 15 ("the replay server crashes on a deeply nested frame"): orjson reads JSON
+    # nested up to 1024 deep but writes at most 255 deep, so a frame between the two was read
+    # and then failed its push. Such lines (a frame, a REST body) are skipped when read.
+    nested = "[" * 300 + "]" * 300
+    lines: list[Line | str] = [
+        mark_price(BTC, "60000", T0),
+        f'{{"recv_ts": {T0 + 1}, "frame": {{"arg": {mark_arg_text()}, "data": [{nested}]}}}}',
+        f'{{"recv_ts": {T0 + 2}, "account": "main", "rest": "/api/v5/trade/orders-pending",'
+        f' "body": {{"code": "0", "msg": "", "data": [{nested}]}}}}',
+        mark_price(BTC, "60001", T0 + 3),
+    ]
+    recording = write_recording(tmp_path / "r.jsonl", lines)
+    async with running(recording, speed=None) as (server, port):
+        ws = await open_ws(port)
+        await subscribe(ws, mark_arg(BTC))
+        assert await data_frames(ws, 2) == [frame(mark_price(BTC, "60000", T0)),
+                                            frame(mark_price(BTC, "60001", T0 + 3))]
+        assert await server.wait_finished() == 2
+        assert server.lines_skipped == 2
+        await ws.close()
+
+
+def mark_arg_text() -> str:
+    return orjson.dumps(mark_arg(BTC)).decode()
+
+
 # --- faults and reconnects ------------------------------------------------------------------
 
 

@@ -61,6 +61,32 @@ The live feed's reader hands messages on unparsed; :func:`mark_price_key` reads 
 instrument of a mark-price push from its text (for conflation) without parsing it, and is
 certain about what it recognises.
 
+Plausibility limits (issue 15, "bad input never moves state"). What the decoder can judge
+from one line alone it judges here, with fixed limits; what needs state (the band around
+the last price, the clock, the order of events) the engine judges with the ``[bounds]``
+configuration (monitor.engine).
+
+- Numbers are read only from their canonical decimal spelling, as OKX writes them
+  (``"42133.7"``, ``"-0.5"``, ``"0"``; docs: every numeric field is a String of plain
+  decimals, and none of the captured payloads in tests/fixtures/okx has anything else):
+  no spaces, signs other than a leading ``-``, underscores, exponents, ``inf`` or ``nan``,
+  at most :data:`_NUMBER_LENGTH` characters. (JSON numbers, which OKX does not send either,
+  are taken as parsed.) Every number is finite with a magnitude of at most
+  :data:`_MAGNITUDE_LIMIT` (1e18).
+- Prices (``markPx``, ``idxPx``, order ``px``, position ``avgPx``) lie in
+  [:data:`_PRICE_MIN`, :data:`_PRICE_MAX`] = [1e-12, 1e12]: positive, finite, no
+  subnormal ``1e-320``, no ``1e308``.
+- Timestamps (``ts``, ``uTime``, ``pTime``, ``recv_ts``) are whole milliseconds in
+  [0, :data:`_TIMESTAMP_MAX_MS`] (the year 2200), written with ASCII digits: no ``ts``
+  of 2^63 or more reaches the engine or SQLite. (A mark price's ``ts`` is checked by
+  value only, as ``int()`` reads it: the hot path spends no scan on its spelling.)
+- Identifiers (``instId``, ``ccy``, ``ordId``, the other codes, account names) are
+  printable ASCII, at most :data:`_IDENTIFIER_LENGTH` characters: no NUL, no control
+  characters. The mark-price path leaves this to the engine, which checks an instrument
+  id the first time it sees it (monitor.events.identifier_problem; see the hot path).
+- Nothing else escapes: every input, whatever its type, depth or size, decodes or raises
+  :class:`BadInput` (tests/test_fuzz_input.py).
+
 Paged snapshots. OKX splits large ``positions`` and ``account`` snapshots into pages
 (``curPage`` 1, 2, ... and ``lastPage``). The decoder buffers the pages per account and emits
 one event on the last page. When a page of the snapshot in progress is lost (rejected as
@@ -73,6 +99,8 @@ for the same reason.
 
 from __future__ import annotations
 
+import re
+import reprlib
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -81,6 +109,7 @@ import orjson
 
 from monitor.errors import BadInput
 from monitor.events import (
+    IDENTIFIER_LENGTH,
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -102,6 +131,7 @@ from monitor.events import (
     PositionSide,
     PositionSnapshot,
     PositionUpdate,
+    identifier_problem,
 )
 from monitor.instruments import (
     BorrowTier,
@@ -118,6 +148,19 @@ __all__ = ["OkxDecoder", "RestPath", "mark_price_key"]
 
 _INFINITY: Final = float("inf")
 _loads: Final = orjson.loads
+
+# Plausibility limits (see the module docstring).
+_PRICE_MIN: Final = 1e-12
+_PRICE_MAX: Final = 1e12
+_MAGNITUDE_LIMIT: Final = 1e18
+_NUMBER_LENGTH: Final = 40
+_TIMESTAMP_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01T00:00:00Z
+_TIMESTAMP_DIGITS: Final = 13
+_IDENTIFIER_LENGTH: Final = IDENTIFIER_LENGTH
+# The characters of a canonical positive decimal; what float() takes beyond them (spaces,
+# "+", "_", exponents, "inf", "nan", non-ASCII digits) is not how OKX writes a price.
+_DECIMAL_CHARACTERS: Final = "0123456789."
+_CANONICAL_NUMBER: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 # Instrument types of positions and orders the margin model leaves to the balances (see
@@ -157,7 +200,7 @@ _PRICED_ORDER_TYPES: Final = frozenset(
     {"limit", "post_only", "fok", "ioc", "mmp", "mmp_and_post_only", "op_fok"}
 )
 
-_Bound = Literal["any", "non_negative", "positive"]
+_Bound = Literal["any", "non_negative", "positive", "price"]
 
 
 class RestPath:
@@ -183,7 +226,11 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
     # Written flat on purpose: every mark-price tick of every instrument held goes through
     # here (the replay benchmark pushes a million of them and needs the pipeline at >= 40 %
     # of bare orjson.loads), so it avoids helper calls and intermediate objects. It makes the
-    # same checks as the generic helpers below; keep the two in step.
+    # same checks as the generic helpers below; keep the two in step. The plausibility
+    # checks (issue 15) add one str.strip per price and one comparison per timestamp; the
+    # price and timestamp ranges reuse the comparisons that were here already. The instrument
+    # id is checked by the engine the first time it sees one (a dict miss there), not per
+    # tick here.
     if type(data) is not list:
         raise BadInput(f"mark-price data {_show(data)} is not an array")
     events: list[Event] = []
@@ -195,6 +242,11 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             raise BadInput(f"mark-price instId {_show(inst_id)} is not an instrument id")
         raw_price = row.get("markPx")
         if type(raw_price) is str:
+            # Stripping the canonical characters leaves "" (a shared empty string, nothing
+            # allocated) unless the spelling has anything else.
+            if raw_price.strip(_DECIMAL_CHARACTERS):
+                raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
+                                              "price"))
             try:
                 price = float(raw_price)
             except ValueError:
@@ -205,11 +257,11 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             price = float(raw_price)
         else:
             raise BadInput(f"mark-price {inst_id} markPx {_show(raw_price)} is not a number")
-        # One comparison rejects NaN (every comparison with it is false), infinity and <= 0.
-        if not 0.0 < price < _INFINITY:
-            raise BadInput(
-                _bound_reason(f"mark-price {inst_id}", "markPx", raw_price, price, "positive")
-            )
+        # One comparison rejects NaN (every comparison with it is false), infinity, <= 0,
+        # subnormals and the absurdly large.
+        if not _PRICE_MIN <= price <= _PRICE_MAX:
+            raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
+                                          "price"))
         raw_ts = row.get("ts")
         try:
             # int() alone, then the sign: cheaper than isdecimal() first, and it still
@@ -217,10 +269,8 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             event_ms = int(raw_ts) if type(raw_ts) is str or type(raw_ts) is int else -1
         except ValueError:
             event_ms = -1
-        if event_ms < 0:
-            raise BadInput(
-                f"mark-price {inst_id} ts {_show(raw_ts)} is not a millisecond timestamp"
-            )
+        if not 0 <= event_ms <= _TIMESTAMP_MAX_MS:
+            raise BadInput(_timestamp_reason(f"mark-price {inst_id}", "ts", raw_ts))
         # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
         # which goes through object.__setattr__ per field and costs two thirds of an
         # orjson.loads: compiled by mypyc, plain stores into the new object; interpreted,
@@ -376,7 +426,7 @@ class OkxDecoder:
         if type(record) is not dict:
             raise BadInput(f"line is a JSON {_json_kind(record)}, not an object")
         recv_ms = record.get("recv_ts")
-        if type(recv_ms) is not int or recv_ms < 0:
+        if type(recv_ms) is not int or not 0 <= recv_ms <= _TIMESTAMP_MAX_MS:
             if recv_ms is None:
                 raise BadInput("line has no recv_ts")
             raise BadInput(f"line recv_ts {_show(recv_ms)} is not a millisecond timestamp")
@@ -409,6 +459,7 @@ class OkxDecoder:
             BadInput: the frame is not usable (see the module docstring).
         """
         _check_recv_ms(recv_ms)
+        _check_account(account)
         if type(frame) is dict:
             arg = frame.get("arg")
             if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
@@ -426,6 +477,7 @@ class OkxDecoder:
                 usable (see :meth:`decode_frame`).
         """
         _check_recv_ms(recv_ms)
+        _check_account(account)
         try:
             frame = _loads(text)
         except orjson.JSONDecodeError:
@@ -447,6 +499,7 @@ class OkxDecoder:
             BadInput: the body is not usable, or reports an error ``code``.
         """
         _check_recv_ms(recv_ms)
+        _check_account(account)
         return self._decode_rest(path, body, account, recv_ms)
 
     # -- websocket frames ------------------------------------------------------------------
@@ -564,16 +617,20 @@ class OkxDecoder:
     # -- REST bodies -----------------------------------------------------------------------
 
     def _decode_rest(self, path: Any, body: Any, account: str | None, recv_ms: int) -> list[Event]:
-        if type(path) is not str:
-            raise BadInput(f"REST path {_show(path)} is not a string")
-        split = urlsplit(path)
+        if type(path) is not str or len(path) > 1024 or not path.isascii() or (
+                not path.isprintable()):
+            raise BadInput(f"REST path {_show(path)} is not a printable ASCII path")
+        try:
+            split = urlsplit(path)
+            query = parse_qs(split.query)
+        except ValueError as error:  # "Invalid IPv6 URL", for one
+            raise BadInput(f"REST path {_show(path)} is not a path ({error})") from None
         # Every response is the state at the time of the response, which has no exchange
         # time of its own: UNTIMED (see the module docstring).
         match split.path:
             case RestPath.INSTRUMENTS:
                 return self._apply_instruments(_rest_rows(body, split.path), recv_ms)
             case RestPath.POSITION_TIERS:
-                query = parse_qs(split.query)
                 # Cross and isolated tiers differ; the cross-margin model uses the cross ones.
                 if query.get("tdMode", ["cross"])[-1] != "cross":
                     return []
@@ -715,7 +772,7 @@ def _decode_index_tickers(rows: list[dict[str, Any]], recv_ms: int) -> list[Even
         if not base or not quote or "-" in quote:
             raise BadInput(f"index-tickers instId {_show(index_id)} is not BASE-QUOTE")
         context = f"index-tickers {index_id}"
-        price = _number(row, "idxPx", context, "positive")
+        price = _number(row, "idxPx", context, "price")
         event_ms = _timestamp(row, "ts", context)
         events.append(IndexPrice(base, quote, price, event_ms, recv_ms))
     return events
@@ -754,9 +811,9 @@ def _parse_orders(rows: list[dict[str, Any]], context: str
         if order_type in _MARKET_ORDER_TYPES:
             price = None
         elif order_type in _PRICED_ORDER_TYPES:
-            price = _number(row, "px", where, "positive")
+            price = _number(row, "px", where, "price")
         else:
-            price = _optional_number(row, "px", where, "positive")
+            price = _optional_number(row, "px", where, "price")
         size = _number(row, "sz", where, "non_negative")
         filled = _optional_number(row, "accFillSz", where, "non_negative") or 0.0
         reduce_only = _flag(row, "reduceOnly", where)
@@ -832,7 +889,7 @@ def _parse_position(row: dict[str, Any], context: str) -> tuple[Position, int] |
         # A closed position: avgPx is "" (or "0") and means nothing.
         average = _optional_number(row, "avgPx", where, "non_negative") or 0.0
     else:
-        average = _number(row, "avgPx", where, "positive")
+        average = _number(row, "avgPx", where, "price")
     leverage = _optional_number(row, "lever", where, "positive")
     margin: float | None = None
     if margin_mode == "isolated":
@@ -1096,7 +1153,8 @@ def _parse_tier(row: dict[str, Any], family: str) -> tuple[int, Tier]:
 
 def _tier_number(row: dict[str, Any], context: str) -> int:
     raw_number = row.get("tier")
-    if type(raw_number) is not str or not raw_number.isdecimal():
+    if (type(raw_number) is not str or not raw_number.isascii() or not raw_number.isdecimal()
+            or len(raw_number) > 6):
         raise BadInput(f"{context} tier {_show(raw_number)} is not a tier number")
     return int(raw_number)
 
@@ -1180,7 +1238,7 @@ def _check_update_type(event_type: Any, context: str) -> None:
 
 
 def _check_recv_ms(recv_ms: Any) -> None:
-    if type(recv_ms) is not int or recv_ms < 0:
+    if type(recv_ms) is not int or not 0 <= recv_ms <= _TIMESTAMP_MAX_MS:
         raise BadInput(f"recv_ms {_show(recv_ms)} is not a millisecond timestamp")
 
 
@@ -1188,9 +1246,16 @@ def _account_of(record: dict[str, Any]) -> str | None:
     account = record.get("account")
     if account is None:
         return None
-    if type(account) is not str or not account:
+    if type(account) is not str or identifier_problem(account) is not None:
         raise BadInput(f"line account {_show(account)} is not an account name")
     return account
+
+
+def _check_account(account: Any) -> None:
+    """The account an entry point was given: None (public) or an identifier."""
+    if account is not None and (type(account) is not str
+                                or identifier_problem(account) is not None):
+        raise BadInput(f"account {_show(account)} is not an account name")
 
 
 def _require(account: str | None, context: str) -> str:
@@ -1221,20 +1286,28 @@ def _rest_rows(body: Any, path: str) -> list[dict[str, Any]]:
 
 
 def _text(row: dict[str, Any], name: str, context: str) -> str:
-    """A required, non-empty string field."""
+    """A required identifier or code: a non-empty string of printable ASCII, at most
+    :data:`_IDENTIFIER_LENGTH` characters."""
     value = row.get(name)
     if type(value) is not str or not value:
         if value is None:
             raise BadInput(f"{context} {name} is missing")
         raise BadInput(f"{context} {name} {_show(value)} is not a non-empty string")
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise BadInput(f"{context} {name} {_show(value)} {problem}")
     return value
 
 
 def _optional_text(row: dict[str, Any], name: str, context: str) -> str:
-    """A string field that may be absent or "" (returned as "")."""
+    """An identifier or code that may be absent or "" (returned as "")."""
     value = row.get(name, "")
     if type(value) is not str:
         raise BadInput(f"{context} {name} {_show(value)} is not a string")
+    if value:
+        problem = identifier_problem(value)
+        if problem is not None:
+            raise BadInput(f"{context} {name} {_show(value)} {problem}")
     return value
 
 
@@ -1249,32 +1322,64 @@ def _flag(row: dict[str, Any], name: str, context: str) -> bool:
 
 
 def _parse_float(raw: Any, name: str, context: str) -> float:
+    """A finite number of magnitude at most 1e18, from a canonical decimal string (or a
+    JSON number); see the module docstring."""
     if type(raw) is str:
+        if len(raw) > _NUMBER_LENGTH or _CANONICAL_NUMBER.fullmatch(raw) is None:
+            raise BadInput(_number_reason(context, name, raw, "any"))
+        value = float(raw)
+    elif type(raw) is float or type(raw) is int:
         try:
             value = float(raw)
-        except ValueError:
-            raise BadInput(f"{context} {name} {_show(raw)} is not a number") from None
-    elif type(raw) is float or type(raw) is int:
-        value = float(raw)
+        except OverflowError:  # a JSON integer beyond the range of a float
+            raise BadInput(f"{context} {name} {_show(raw)} is not a finite number") from None
     else:
         raise BadInput(f"{context} {name} {_show(raw)} is not a number")
-    if value != value or value in (_INFINITY, -_INFINITY):
-        raise BadInput(f"{context} {name} {_show(raw)} is not a finite number")
+    if not -_MAGNITUDE_LIMIT <= value <= _MAGNITUDE_LIMIT:
+        raise BadInput(_number_reason(context, name, raw, "any"))
     return value
 
 
 def _bounded(value: float, bound: _Bound, name: str, context: str, raw: Any) -> float:
-    if (bound == "positive" and not value > 0.0) or (bound == "non_negative" and value < 0.0):
-        raise BadInput(_bound_reason(context, name, raw, value, bound))
+    if ((bound == "positive" and not value > 0.0) or (bound == "non_negative" and value < 0.0)
+            or (bound == "price" and not _PRICE_MIN <= value <= _PRICE_MAX)):
+        raise BadInput(_number_reason(context, name, raw, bound))
     return value
 
 
-def _bound_reason(context: str, name: str, raw: Any, value: float, bound: _Bound) -> str:
+def _number_reason(context: str, name: str, raw: Any, bound: _Bound) -> str:
+    """Why ``raw`` is not a number within ``bound`` (off the hot path: only for a reason)."""
+    where = f"{context} {name} {_show(raw)}"
+    value: float | None = None
+    if type(raw) is float or type(raw) is int:
+        try:
+            value = float(raw)
+        except OverflowError:
+            return f"{where} is not a finite number"
+    elif type(raw) is str:
+        try:
+            value = float(raw)
+        except ValueError:
+            return f"{where} is not a number"
+    if value is None:
+        return f"{where} is not a number"
     if value != value or value in (_INFINITY, -_INFINITY):
-        return f"{context} {name} {_show(raw)} is not a finite number"
-    if bound == "positive":
-        return f"{context} {name} {_show(raw)} must be > 0"
-    return f"{context} {name} {_show(raw)} must not be negative"
+        return f"{where} is not a finite number"
+    if type(raw) is str and (len(raw) > _NUMBER_LENGTH
+                             or _CANONICAL_NUMBER.fullmatch(raw) is None):
+        return f"{where} is not a plain decimal (as OKX writes numbers)"
+    if bound in ("positive", "price") and not value > 0.0:
+        return f"{where} must be > 0"
+    if bound == "non_negative" and value < 0.0:
+        return f"{where} must not be negative"
+    if bound == "price" and not _PRICE_MIN <= value <= _PRICE_MAX:
+        return f"{where} is outside the plausible prices [{_PRICE_MIN:g}, {_PRICE_MAX:g}]"
+    return f"{where} is beyond the plausible magnitude {_MAGNITUDE_LIMIT:g}"
+
+
+def _timestamp_reason(context: str, name: str, raw: Any) -> str:
+    return (f"{context} {name} {_show(raw)} is not a millisecond timestamp "
+            f"(ASCII digits, at most the year 2200)")
 
 
 def _number(row: dict[str, Any], name: str, context: str, bound: _Bound) -> float:
@@ -1298,13 +1403,18 @@ def _optional_number(row: dict[str, Any], name: str, context: str, bound: _Bound
 def _timestamp(row: dict[str, Any], name: str, context: str) -> int:
     """A required millisecond timestamp: a string of digits (or a JSON integer), >= 0."""
     raw = row.get(name)
-    if type(raw) is str and raw.isdecimal():
-        return int(raw)
-    if type(raw) is int and raw >= 0:
-        return raw
-    if raw is None:
+    if (type(raw) is str and raw.isascii() and raw.isdecimal()
+            and len(raw) <= _TIMESTAMP_DIGITS):
+        value = int(raw)
+    elif type(raw) is int:
+        value = raw
+    elif raw is None:
         raise BadInput(f"{context} {name} is missing")
-    raise BadInput(f"{context} {name} {_show(raw)} is not a millisecond timestamp")
+    else:
+        value = -1
+    if not 0 <= value <= _TIMESTAMP_MAX_MS:
+        raise BadInput(_timestamp_reason(context, name, raw))
+    return value
 
 
 def _optional_timestamp(row: dict[str, Any], name: str, context: str) -> int | None:
@@ -1328,6 +1438,20 @@ def _json_kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """``repr(value)``, cut short: a reason names the bad value, it does not copy the frame."""
-    text = repr(value)
+    """``repr(value)``, cut short: a reason names the bad value, it does not copy the frame.
+
+    A container is shown from a bounded copy (never the repr of a megabyte, nor a
+    RecursionError for one nested a thousand deep)."""
+    if type(value) is list or type(value) is dict:
+        text = _short_repr.repr(value)
+    else:
+        text = repr(value if type(value) is not str else value[:80])
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_short_repr: Final = reprlib.Repr()
+_short_repr.maxlevel = 3
+_short_repr.maxdict = 4
+_short_repr.maxlist = 4
+_short_repr.maxstring = 40
+_short_repr.maxother = 40

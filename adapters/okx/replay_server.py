@@ -387,6 +387,20 @@ def _query_key(query: str) -> Query:
     return tuple(sorted(parse_qsl(query, keep_blank_values=True)))
 
 
+_UNSERVABLE = "nested too deep to be sent again as JSON"
+
+
+def _servable(value: Any) -> bool:
+    """Whether ``value`` can be serialised for sending. orjson reads JSON nested up to 1024
+    deep but writes at most 255 deep (JSONEncodeError "Recursion limit reached"): such a
+    line is skipped when the recording is read, not left to fail the push (issue 15)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
 def _classify(raw: bytes, line_number: int) -> _FrameLine | _RestLine | _Skipped | None:
     """What one recording line is; None for a blank line or an operational frame.
 
@@ -416,7 +430,12 @@ def _classify(raw: bytes, line_number: int) -> _FrameLine | _RestLine | _Skipped
         return _Skipped(line_number, "rest is not a request path")
     if "body" not in record:
         return _Skipped(line_number, "rest response without a body")
-    split = urlsplit(path)
+    if not _servable(record["body"]):
+        return _Skipped(line_number, _UNSERVABLE)
+    try:
+        split = urlsplit(path)
+    except ValueError:  # "Invalid IPv6 URL", for one
+        return _Skipped(line_number, "rest is not a request path")
     if split.path in _PRIVATE_REST_PATHS and account is None:
         return _Skipped(line_number, f"{split.path} response without an account")
     return _RestLine(line_number, recv_ms, account, split.path, _query_key(split.query),
@@ -440,6 +459,8 @@ def _classify_frame(
         return _Skipped(line_number, "frame data is not an array")
     if account is None and channel in _PRIVATE_CHANNELS:
         return _Skipped(line_number, f"private channel {channel} without an account")
+    if not _servable(frame):
+        return _Skipped(line_number, _UNSERVABLE)
     inst_id = arg.get("instId")
     return _FrameLine(line_number, recv_ms, account, channel,
                       inst_id if type(inst_id) is str else None, frame)
@@ -492,7 +513,7 @@ def _scan(path: Path) -> _Scan:
 
 def _order_key(order_id: str) -> tuple[int, int, str]:
     """Sort key of an ``ordId``: numeric ids by value (OKX allocates them increasing)."""
-    if order_id.isascii() and order_id.isdigit():
+    if order_id.isascii() and order_id.isdecimal() and len(order_id) <= 30:
         return (1, int(order_id), "")
     return (0, 0, order_id)
 
