@@ -221,6 +221,8 @@ async def test_orders_are_sized_to_the_live_position(harness: Harness) -> None:
     assert harness.store is not None
     legs = await harness.store.execution_legs()
     assert [p.state for p in legs] == ["filled", "skipped"]
+    skipped = [a.payload for a in harness.alerts if a.kind == "execution_failed"]
+    assert [(p["inst_id"], p["reason"]) for p in skipped] == [(ETH, "no position left to close")]
     await harness.close()
 
 
@@ -255,8 +257,10 @@ async def test_a_partial_fill_sends_the_remainder(harness: Harness) -> None:
         await executor.stop()
     assert [size for _, size, _ in exchange.placed.values()] == [300.0, 180.0]
     assert exchange.positions_now() == {}
-    retry = next(a for a in harness.alerts if a.kind == "execution_failed")
-    assert retry.payload["reason"] == "partially filled" and retry.payload["will_retry"]
+    failed = [a.payload for a in harness.alerts if a.kind == "execution_failed"]
+    # ETH's position was gone: said so, not silently skipped.
+    assert [(p["inst_id"], p["reason"], p["will_retry"]) for p in failed] == [
+        (ETH, "no position left to close", False), (BTC, "partially filled", True)]
     filled = next(a for a in harness.alerts if a.kind == "execution_filled")
     assert filled.payload["filled"] == 300.0 and filled.payload["attempt"] == 2
     await harness.close()
