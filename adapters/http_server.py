@@ -10,11 +10,20 @@ binds to loopback by default (SPEC 6).
 - ``GET /v1/status``: every account's figures now (monitor.status), for ``riskmon status``;
   with ``[stream] tokens``, ``Authorization: Bearer <token>`` is required (401 without a
   known one) and the answer holds that token's accounts only, as on the alert stream.
+- ``/v1/executor`` (when execution is on): the executor's kill switch, with
+  ``Authorization: Bearer <control token>`` (``[execution] control_token_env``; 401
+  without it). A plain GET answers the executor's status; a websocket on the same path
+  takes ``{"op": "pause"}``, ``{"op": "resume"}`` or ``{"op": "status"}`` messages and
+  answers each with the status after it (``riskmon executor pause|resume|status``). A
+  websocket, not a POST: this server's HTTP parser (websockets') takes GET requests only,
+  and a GET must not change anything.
 - Anything else: 404.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -23,6 +32,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 HealthCheck = Callable[[float], tuple[bool, dict[str, Any]]]
@@ -31,9 +41,25 @@ StreamHandler = Callable[[ServerConnection], Awaitable[None]]
 StatusAnswer = Callable[[str | None], tuple[HTTPStatus, dict[str, Any]]]
 """``/v1/status``: the bearer token sent (None: none) -> status code and JSON body."""
 
+
+class Control:
+    """The executor's kill switch as the HTTP face sees it: who may use it and what it
+    does (monitor.service wires it to adapters/executor.py)."""
+
+    def __init__(self, token: str, status: Callable[[], dict[str, Any]],
+                 operate: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        self.token = token
+        self.status = status
+        self.operate = operate
+
+    def allowed(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token, self.token)
+
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ALERTS_PATH = "/v1/alerts"
 STATUS_PATH = "/v1/status"
+EXECUTOR_PATH = "/v1/executor"
+CONTROL_MESSAGE_LIMIT = 1024
 CLOSE_TIMEOUT_S = 2.0
 """How long a closing connection may take to answer the close frame before it is
 aborted: a stuck subscriber must not hold its connection open."""
@@ -58,11 +84,13 @@ class HttpServer:
 
     def __init__(self, health: HealthCheck, metrics: MetricsText,
                  stream: StreamHandler | None = None,
-                 status: StatusAnswer | None = None) -> None:
+                 status: StatusAnswer | None = None,
+                 control: Control | None = None) -> None:
         self._health = health
         self._metrics = metrics
         self._stream = stream
         self._status = status
+        self._control = control
         self._server: Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -96,9 +124,38 @@ class HttpServer:
             return _response(code, "application/json", orjson.dumps(body))
         if path == ALERTS_PATH and self._stream is not None:
             return None  # on to the websocket handshake
+        if path == EXECUTOR_PATH and self._control is not None:
+            if not self._control.allowed(_bearer(request.headers.get("Authorization"))):
+                return _response(HTTPStatus.UNAUTHORIZED, "application/json", orjson.dumps(
+                    {"error": "unauthorized", "msg": "the control token is required"}))
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return None
+            return _response(HTTPStatus.OK, "application/json",
+                             orjson.dumps(self._control.status()))
         return _response(HTTPStatus.NOT_FOUND, "application/json",
                          orjson.dumps({"error": f"no such path: {path}"}))
 
     async def _handle(self, connection: ServerConnection) -> None:
-        if self._stream is not None:
+        path = connection.request.path.split("?", 1)[0] if connection.request else ""
+        if path == EXECUTOR_PATH and self._control is not None:
+            await self._serve_control(connection, self._control)
+        elif self._stream is not None:
             await self._stream(connection)
+
+    async def _serve_control(self, connection: ServerConnection, control: Control) -> None:
+        """One answer per ``{"op": ...}`` message; anything else gets an error answer."""
+        with contextlib.suppress(ConnectionClosed):
+            async for message in connection:
+                try:
+                    if len(message) > CONTROL_MESSAGE_LIMIT:
+                        raise ValueError("message too long")
+                    request = orjson.loads(message)
+                    op = request.get("op") if isinstance(request, dict) else None
+                    if op not in ("pause", "resume", "status"):
+                        raise ValueError("op must be pause, resume or status")
+                except (ValueError, orjson.JSONDecodeError) as e:
+                    await connection.send(orjson.dumps({"error": "bad_request",
+                                                        "msg": str(e)}).decode())
+                    continue
+                answer = control.status() if op == "status" else await control.operate(op)
+                await connection.send(orjson.dumps(answer).decode())

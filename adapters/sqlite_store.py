@@ -6,7 +6,7 @@ Every public call is one transaction, made in one call on that thread; every SQL
 failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
 row contents.
 
-Schema (version 5, see :data:`MIGRATIONS`)::
+Schema (version 6, see :data:`MIGRATIONS`)::
 
     alerts          seq INTEGER PRIMARY KEY AUTOINCREMENT   insertion order, never reused
                     id TEXT UNIQUE NOT NULL                 the alert's stable id
@@ -31,6 +31,11 @@ Schema (version 5, see :data:`MIGRATIONS`)::
     notifier_cursor notifier TEXT PRIMARY KEY, delivered_seq INTEGER,   (v5)
                     inflight_first_seq, inflight_last_seq INTEGER NULL,
                     inflight_summary INTEGER (0/1), updated_ts INTEGER
+    execution_legs  (alert_id, leg) PRIMARY KEY: one order a trigger asks for, its state  (v6)
+                    (monitor.execution.LegProgress), attempts, fill and last sCode/sMsg
+    execution_attempts  client_id TEXT PRIMARY KEY: one order request, stored before it   (v6)
+                    is sent, then with the exchange's answer (JSON) and final state
+    executor_state  key TEXT PRIMARY KEY, value TEXT: ``cursor``, ``paused``              (v6)
 
 The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` step ``i`` takes a
 database from version ``i`` to ``i + 1``, and all pending steps run in one transaction at
@@ -54,6 +59,7 @@ import orjson
 
 from monitor.alerts import Alert, alert_from_dict, level_named
 from monitor.errors import SinkError
+from monitor.execution import FINAL_STATES, Leg, LegProgress, OrderAttempt
 from monitor.records import (
     AccountCheckpoint,
     MarginPoint,
@@ -159,6 +165,63 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             inflight_last_seq INTEGER,
             inflight_summary INTEGER NOT NULL DEFAULT 0,
             updated_ts INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
+    # 5 -> 6: stop-loss execution (monitor.execution, adapters/executor.py).
+    (
+        """
+        CREATE TABLE execution_legs (
+            alert_id TEXT NOT NULL,
+            leg INTEGER NOT NULL,
+            account TEXT NOT NULL,
+            source_kind TEXT NOT NULL,
+            inst_id TEXT NOT NULL,
+            side TEXT NOT NULL,
+            pos_side TEXT NOT NULL,
+            margin_mode TEXT NOT NULL,
+            size REAL NOT NULL,
+            state TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            client_id TEXT NOT NULL,
+            order_id TEXT NOT NULL,
+            order_size REAL NOT NULL,
+            filled REAL NOT NULL,
+            order_filled REAL NOT NULL,
+            avg_price REAL,
+            resends INTEGER NOT NULL,
+            reuse_id INTEGER NOT NULL,
+            first_sent_ts INTEGER,
+            s_code TEXT NOT NULL,
+            s_msg TEXT NOT NULL,
+            created_ts INTEGER NOT NULL,
+            updated_ts INTEGER NOT NULL,
+            PRIMARY KEY (alert_id, leg)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX execution_legs_state ON execution_legs (state)",
+        """
+        CREATE TABLE execution_attempts (
+            client_id TEXT PRIMARY KEY,
+            alert_id TEXT NOT NULL,
+            leg INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            account TEXT NOT NULL,
+            inst_id TEXT NOT NULL,
+            side TEXT NOT NULL,
+            size REAL NOT NULL,
+            sent_ts INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            dry_run INTEGER NOT NULL,
+            updated_ts INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX execution_attempts_alert ON execution_attempts (alert_id, leg)",
+        """
+        CREATE TABLE executor_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
         ) WITHOUT ROWID
         """,
     ),
@@ -599,6 +662,80 @@ class SqliteStore:
 
         await self._transaction("saving a notifier cursor", save)
 
+    # -- execution (monitor.execution) ---------------------------------------------------
+
+    async def save_execution(self, legs: Sequence[LegProgress] = (),
+                             attempts: Sequence[OrderAttempt] = (),
+                             state: Mapping[str, str] | None = None) -> None:
+        """Upsert legs and order attempts and set executor state keys, in one transaction
+        (the executor stores an attempt before its request goes)."""
+        now = time.time_ns() // 1_000_000
+        leg_rows = [(p.leg.alert_id, p.leg.index, p.leg.account, p.source_kind,
+                     p.leg.inst_id, p.leg.side, p.leg.position_side, p.leg.margin_mode,
+                     p.leg.size, p.state, p.attempt, p.client_id, p.order_id, p.order_size,
+                     p.filled, p.order_filled, p.average_price, p.resends, int(p.reuse_id),
+                     p.first_sent_ms,
+                     p.s_code, p.s_msg, p.created_ms, now) for p in legs]
+        attempt_rows = [(a.client_id, a.alert_id, a.leg, a.attempt, a.account, a.inst_id,
+                         a.side, a.size, a.sent_ms, a.state,
+                         orjson.dumps(dict(a.answer), default=_json_default).decode(),
+                         int(a.dry_run), now) for a in attempts]
+
+        def save(db: sqlite3.Connection) -> None:
+            if leg_rows:
+                db.executemany(f"INSERT OR REPLACE INTO execution_legs ({_LEG_COLUMNS})"
+                               f" VALUES ({_marks(len(_LEG_COLUMN_NAMES))})", leg_rows)
+            if attempt_rows:
+                db.executemany(
+                    "INSERT OR REPLACE INTO execution_attempts (client_id, alert_id, leg,"
+                    " attempt, account, inst_id, side, size, sent_ts, state, answer, dry_run,"
+                    f" updated_ts) VALUES ({_marks(13)})", attempt_rows)
+            if state:
+                db.executemany("INSERT OR REPLACE INTO executor_state (key, value)"
+                               " VALUES (?, ?)", list(state.items()))
+
+        await self._transaction("saving execution state", save)
+
+    async def execution_legs(self, *, open_only: bool = False,
+                             alert_id: str | None = None) -> list[LegProgress]:
+        """Stored legs, oldest trigger first; ``open_only``: those not in a final state."""
+        conditions, parameters = [], []
+        if open_only:
+            conditions.append(f"state NOT IN ({_marks(len(FINAL_STATES))})")
+            parameters.extend(sorted(FINAL_STATES))
+        if alert_id is not None:
+            conditions.append("alert_id = ?")
+            parameters.append(alert_id)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._read("reading execution legs",
+                                f"SELECT {_LEG_COLUMNS} FROM execution_legs{where}"
+                                " ORDER BY created_ts, alert_id, leg", parameters)
+        return [_leg_from_row(row) for row in rows]
+
+    async def execution_attempts(self, alert_id: str | None = None) -> list[OrderAttempt]:
+        """Stored order attempts (of one trigger, or all), in the order they were sent."""
+        where, parameters = ("WHERE alert_id = ?", [alert_id]) if alert_id else ("", [])
+        rows = await self._read(
+            "reading execution attempts",
+            "SELECT client_id, alert_id, leg, attempt, account, inst_id, side, size, sent_ts,"
+            f" state, answer, dry_run FROM execution_attempts {where}"
+            " ORDER BY sent_ts, alert_id, leg, attempt", parameters)
+        return [OrderAttempt(row[0], row[1], int(row[2]), int(row[3]), row[4], row[5],
+                             row[6], float(row[7]), int(row[8]), row[9],
+                             orjson.loads(row[10]), bool(row[11])) for row in rows]
+
+    async def alert_by_id(self, alert_id: str) -> Alert | None:
+        """The stored alert with this id, if any."""
+        rows = await self._read("reading alerts",
+                                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))
+        return _alert_from_row(rows[0]) if rows else None
+
+    async def executor_state(self) -> dict[str, str]:
+        """The executor's saved keys (``cursor``: the last trigger seq taken; ``paused``)."""
+        rows = await self._read("reading executor state",
+                                "SELECT key, value FROM executor_state")
+        return {str(key): str(value) for key, value in rows}
+
     async def quarantine_count(self) -> int:
         """How many quarantine rows are stored."""
         rows = await self._read("counting quarantine", "SELECT count(*) FROM quarantine")
@@ -760,6 +897,24 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_LEG_COLUMN_NAMES: Final = (
+    "alert_id", "leg", "account", "source_kind", "inst_id", "side", "pos_side", "margin_mode",
+    "size", "state", "attempt", "client_id", "order_id", "order_size", "filled",
+    "order_filled", "avg_price", "resends", "reuse_id", "first_sent_ts", "s_code", "s_msg",
+    "created_ts", "updated_ts",
+)
+_LEG_COLUMNS: Final = ", ".join(_LEG_COLUMN_NAMES)
+
+
+def _leg_from_row(row: Sequence[Any]) -> LegProgress:
+    leg = Leg(row[0], int(row[1]), row[2], row[4], row[5], row[6], row[7], float(row[8]))
+    return LegProgress(leg, row[3], int(row[22]), state=row[9], attempt=int(row[10]),
+                       client_id=row[11], order_id=row[12], order_size=float(row[13]),
+                       filled=float(row[14]), order_filled=float(row[15]),
+                       average_price=row[16], resends=int(row[17]), reuse_id=bool(row[18]),
+                       first_sent_ms=row[19], s_code=row[20], s_msg=row[21])
 
 
 def _margin_point(row: Sequence[Any]) -> MarginPoint:

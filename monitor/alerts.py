@@ -32,6 +32,9 @@ AlertKind = Literal[
     "reminder",
     "exchange_divergence",
     "account_mode",
+    "execution_sent",
+    "execution_filled",
+    "execution_failed",
 ]
 ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from adapters.alert_stream import load_tokens
+from adapters.executor_client import control_executor
 from adapters.logging import configure_logging, get_logger
 from adapters.okx.auth import load_credentials
 from adapters.okx.decode import OkxDecoder
@@ -81,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="TOML configuration")
     run.add_argument("--state-out", type=Path, default=None,
                      help="at shutdown, write every account's figures (as replay does)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="execution goes through every step but sends no order; it logs "
+                          "what it would send (sets [execution] dry_run)")
+
+    executor = commands.add_parser("executor", help="the kill switch of a running daemon's "
+                                                    "stop-loss execution")
+    executor.add_argument("op", choices=("pause", "resume", "status"),
+                          help="pause: no new orders until resume (kept across restarts)")
+    executor.add_argument("--url", default="http://127.0.0.1:8765",
+                          help="the daemon's HTTP address (default: %(default)s)")
+    executor.add_argument("--token-env", default="RISKMON_CONTROL_TOKEN", metavar="VAR",
+                          help="the variable holding the control token (default: %(default)s)")
 
     record = commands.add_parser("record", help="write what the live feed delivers to a "
                                                 "recording (SPEC 3.2)")
@@ -234,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_report(args))
             case "tail":
                 return asyncio.run(_tail(args))
+            case "executor":
+                return asyncio.run(_executor(args))
     except ConfigError as e:
         print(f"riskmon: configuration error: {e}", file=sys.stderr)
         return 2
@@ -306,6 +321,8 @@ def _status_line(document: dict[str, Any]) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.dry_run:
+        config = replace(config, execution=replace(config.execution, dry_run=True))
     tune_interpreter()
     monitor = await Monitor.open(config)
     stop = asyncio.Event()
@@ -325,6 +342,15 @@ async def _run(args: argparse.Namespace) -> int:
     if args.state_out is not None:
         args.state_out.write_bytes(
             state_document(monitor.daemon.engine, monitor.daemon.processor.stats) + b"\n")
+    return 0
+
+
+async def _executor(args: argparse.Namespace) -> int:
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise ConfigError("--token-env", f"environment variable {args.token_env} is not set")
+    answer = await control_executor(args.url, token, args.op)
+    sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 

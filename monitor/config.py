@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 from monitor.alerts import ALERT_KINDS, LEVELS, AlertKind, Level, level_named
 from monitor.errors import ConfigError
@@ -89,6 +89,18 @@ class AccountConfig:
     credentials_file: str | None = None
     stop_loss: tuple[StopLossRule, ...] = ()
     mode: AccountMode | None = None
+    # Execution (monitor.execution): opt-in per account, and a key that can trade, kept
+    # apart from the read-only key the feed uses.
+    execute: bool = False
+    trade_api_key_env: str | None = None
+    trade_api_secret_env: str | None = None
+    trade_passphrase_env: str | None = None
+    trade_credentials_file: str | None = None
+
+    @property
+    def has_trade_key(self) -> bool:
+        """Whether a trade key is configured (environment variables or a file)."""
+        return self.trade_credentials_file is not None or self.trade_api_key_env is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,41 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionConfig:
+    """``[execution]``: how stop-loss triggers are carried out (monitor.execution,
+    adapters/executor.py) once ``risk.execute_triggers`` is true and an account has
+    ``execute = true``. riskmon's choices; SPEC 1.7 only says execution is opt-in.
+
+    - ``dry_run``: go through every step but send nothing; log what would be sent
+      (``riskmon run --dry-run`` sets it).
+    - ``deleverage_plans``: also carry out ``deleverage_plan`` alerts (off: only
+      ``stop_loss`` triggers are executed).
+    - ``max_attempts``: orders placed per leg (the first and the retries after a
+      rejection or a partial fill) before the leg is given up and escalated.
+    - ``request_timeout_s``: an order request without an answer that long is looked up
+      by its ``clOrdId``; ``fill_timeout_s``: an accepted order without a final state on
+      the ``orders`` channel that long is looked up too (and every ``fill_timeout_s``
+      after), up to ``give_up_s`` after it was sent, then escalated.
+    - ``max_trigger_age_s``: a trigger older than this (wall time since it was emitted)
+      when its turn comes, after a long outage or restart, is not executed: it fails,
+      loudly, rather than act on a market that has moved on.
+    - ``control_token_env``: the variable holding the token of ``riskmon executor
+      pause|resume`` (required when execution is on: no execution without a kill switch).
+    - ``queue_size``: triggers and order updates waiting for the executor.
+    """
+
+    dry_run: bool = False
+    deleverage_plans: bool = False
+    max_attempts: int = 3
+    request_timeout_s: float = 5.0
+    fill_timeout_s: float = 5.0
+    give_up_s: float = 60.0
+    max_trigger_age_s: float = 60.0
+    control_token_env: str = "RISKMON_CONTROL_TOKEN"
+    queue_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class NotifierConfig:
     """One notification destination (``[notify.NAME]``; adapters/notify).
 
@@ -273,6 +320,14 @@ class Config:
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     notify: Mapping[str, NotifierConfig] = field(default_factory=dict)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def executing_accounts(self) -> tuple[str, ...]:
+        """The accounts whose triggers are sent to the exchange (or, in a dry run, would
+        be): ``risk.execute_triggers`` and the account's own ``execute``."""
+        if not self.risk.execute_triggers:
+            return ()
+        return tuple(name for name, account in self.accounts.items() if account.execute)
 
 
 def load_config(path: str | Path) -> Config:
@@ -336,7 +391,7 @@ class _Checker:
 
 _TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
                         "okx", "storage", "stream", "quarantine", "bounds", "health",
-                        "notify"})
+                        "notify", "execution"})
 _NO_TABLE: Mapping[str, Any] = {}
 _NO_ITEMS: list[Any] = []
 
@@ -401,6 +456,8 @@ def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
         health=check.attempt(HealthConfig(), _parse_health,
                              check.attempt(_NO_TABLE, _table, raw, "health")),
         notify=_parse_notifiers(raw, check),
+        execution=check.attempt(ExecutionConfig(), _parse_execution,
+                                check.attempt(_NO_TABLE, _table, raw, "execution")),
     )
 
 
@@ -529,7 +586,7 @@ def _parse_account(name: str, table: Mapping[str, Any],
     check = check or _Checker(collect=False)
     path = f"accounts.{name}"
     _only(table, path, {"api_key_env", "api_secret_env", "passphrase_env", "credentials_file",
-                        "stop_loss", "mode"})
+                        "stop_loss", "mode", "execute", *_TRADE_KEYS})
     mode = table.get("mode")
     if mode is not None and mode not in _ACCOUNT_MODES:
         raise ConfigError(f"{path}.mode", "must be 'multi_currency', 'single_currency' or "
@@ -551,7 +608,7 @@ def _parse_account(name: str, table: Mapping[str, Any],
         value = table.get(key)
         return None if value is None else _string(value, f"{path}.{key}")
 
-    return AccountConfig(
+    account = AccountConfig(
         name=name,
         api_key_env=optional_string("api_key_env"),
         api_secret_env=optional_string("api_secret_env"),
@@ -559,7 +616,40 @@ def _parse_account(name: str, table: Mapping[str, Any],
         credentials_file=optional_string("credentials_file"),
         stop_loss=tuple(rules),
         mode=cast(AccountMode | None, mode),
+        execute=_bool(table.get("execute", False), f"{path}.execute"),
+        **{key: optional_string(key) for key in _TRADE_KEYS},
     )
+    _check_trade_key(account, path)
+    return account
+
+
+_TRADE_KEYS: Final = ("trade_api_key_env", "trade_api_secret_env", "trade_passphrase_env",
+                      "trade_credentials_file")
+
+
+def _check_trade_key(account: AccountConfig, path: str) -> None:
+    """An executing account names a trade key of its own: three variables or a file,
+    none shared with the read-only key the feed logs in with."""
+    variables = (account.trade_api_key_env, account.trade_api_secret_env,
+                 account.trade_passphrase_env)
+    if account.trade_credentials_file is not None and any(variables):
+        raise ConfigError(f"{path}.trade_credentials_file",
+                          "give either trade_credentials_file or the trade_*_env variables")
+    if any(variables) and not all(variables):
+        missing = next(key for key, value in zip(_TRADE_KEYS, variables, strict=False)
+                       if value is None)
+        raise ConfigError(f"{path}.{missing}", "required with the other trade_*_env keys")
+    if account.execute and not account.has_trade_key:
+        raise ConfigError(f"{path}.execute", "needs a trade key: trade_api_key_env, "
+                          "trade_api_secret_env and trade_passphrase_env (or "
+                          "trade_credentials_file), separate from the read-only key")
+    read = {account.api_key_env, account.api_secret_env, account.passphrase_env} - {None}
+    shared = read & set(variables)
+    if shared or (account.trade_credentials_file is not None
+                  and account.trade_credentials_file == account.credentials_file):
+        raise ConfigError(f"{path}.trade_api_key_env" if shared
+                          else f"{path}.trade_credentials_file",
+                          "the trade key must be separate from the read-only key")
 
 
 def _parse_rule(raw: Any, path: str) -> StopLossRule:
@@ -686,6 +776,26 @@ def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
                                 "quarantine.log_summary_s"),
         **counts,
     )
+
+
+def _parse_execution(table: Mapping[str, Any]) -> ExecutionConfig:
+    _only(table, "execution", set(ExecutionConfig.__dataclass_fields__))
+    defaults = ExecutionConfig()
+    values: dict[str, Any] = {}
+    for key in ExecutionConfig.__dataclass_fields__:
+        value = table.get(key, getattr(defaults, key))
+        path = f"execution.{key}"
+        if key in ("dry_run", "deleverage_plans"):
+            values[key] = _bool(value, path)
+        elif key in ("max_attempts", "queue_size"):
+            if _count(value, path) < 1:
+                raise ConfigError(path, "must be a positive integer")
+            values[key] = value
+        elif key == "control_token_env":
+            values[key] = _string(value, path)
+        else:
+            values[key] = _positive(value, path)
+    return ExecutionConfig(**values)
 
 
 def _parse_bounds(table: Mapping[str, Any]) -> BoundsConfig:

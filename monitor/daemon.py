@@ -39,7 +39,7 @@ from monitor.alerts import LEVEL_RANK
 from monitor.config import HealthConfig, QuarantineConfig
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
-from monitor.events import UNTIMED, ClockTick, Event, FeedStatus
+from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
 from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
 from monitor.health import LISTED, Onsets
 from monitor.metrics import BuildInfo, Metrics
@@ -92,8 +92,12 @@ class Daemon:
         quarantine: QuarantineConfig | None = None,
         health: HealthConfig | None = None,
         wall_s: Callable[[], float] = time.time,
+        order_observer: Callable[[OrderUpdate], None] | None = None,
     ) -> None:
+        """``order_observer`` is told every order update, after the engine applied it
+        (the executor follows its own orders by them); it must not wait."""
         self.engine = engine
+        self.order_observer = order_observer
         self.decoder = decoder
         self.feed = feed
         self.inbox = inbox
@@ -173,6 +177,11 @@ class Daemon:
             if self.engine.now_ms > before:
                 self._anchor_event_ms = self.engine.now_ms
                 self._anchor_wall_s = now_s
+            observer = self.order_observer
+            if observer is not None:
+                for event in events:
+                    if isinstance(event, OrderUpdate):
+                        observer(event)
             timed = next((e for e in reversed(events) if e.event_ms != UNTIMED), None)
             if timed is not None:
                 self.metrics.feed_lag_s = (timed.recv_ms - timed.event_ms) / 1000

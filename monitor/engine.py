@@ -403,6 +403,10 @@ class MarginEngine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.risk = config.risk
+        # Accounts whose triggers the executor sends (not a dry run): their stop_loss
+        # alerts say ``"dry_run": false``.
+        self._executing = (frozenset() if config.execution.dry_run
+                           else frozenset(config.executing_accounts()))
         self.ladder = LevelLadder(config.risk)
         self.instruments: dict[str, Instrument] = {i.inst_id: i for i in config.instruments}
         self._configured_instruments = frozenset(self.instruments)
@@ -1571,7 +1575,7 @@ class MarginEngine:
             "below": rule.below,
             "action": rule.action,
             "orders": orders,
-            "dry_run": not self.risk.execute_triggers,
+            "dry_run": account.name not in self._executing,
         }
         if rule.action == "close":
             payload["target_inst_id"] = rule.inst_id

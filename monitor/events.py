@@ -102,13 +102,23 @@ class Order:
 
 @dataclass(frozen=True, slots=True)
 class OrderUpdate:
-    """An order changed. ``live`` is False once it is filled, cancelled or otherwise done."""
+    """An order changed. ``live`` is False once it is filled, cancelled or otherwise done.
+
+    ``client_id`` is the id the client gave the order ("" when none: OKX ``clOrdId``),
+    ``state`` the exchange's own word for where the order is (OKX ``state``: ``live``,
+    ``partially_filled``, ``filled``, ``canceled``, ...), ``average_price`` the average
+    fill price so far (None before any fill). The engine reads none of the three; the
+    executor follows its own orders by them (monitor.execution).
+    """
 
     account: str
     order: Order
     live: bool
     event_ms: int
     recv_ms: int
+    client_id: str = ""
+    state: str = ""
+    average_price: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,23 +24,29 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
 from typing import Any
 
 from adapters.alert_stream import AlertStreamHandler, load_tokens, token_scope
-from adapters.http_server import HttpServer
+from adapters.executor import Executor
+from adapters.http_server import Control, HttpServer
 from adapters.logging import get_logger
 from adapters.notify import Notifiers
-from adapters.okx.auth import Credentials, load_credentials
+from adapters.okx.auth import Credentials, load_credentials, load_trade_credentials
 from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
+from adapters.okx.trade import OkxTrader
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
+from monitor.alerts import Alert
 from monitor.config import Config
 from monitor.daemon import Daemon
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, SinkError
+from monitor.events import OrderUpdate
+from monitor.execution import Trader
 from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import SinkTask
 from monitor.status import status_document
@@ -52,13 +58,16 @@ class Monitor:
 
     def __init__(self, config: Config, daemon: Daemon, store: SqliteStore,
                  reader: SqliteStore, hub: AlertHub, tokens: Mapping[str, frozenset[str]],
-                 *, serve_http: bool, notifiers: Notifiers | None = None) -> None:
+                 *, serve_http: bool, notifiers: Notifiers | None = None,
+                 executor: Executor | None = None, control_token: str | None = None) -> None:
         """Use :meth:`open`."""
         self.config = config
         self.daemon = daemon
         self.store = store
         self.hub = hub
         self.notifiers = notifiers or Notifiers([], None)
+        self.executor = executor
+        self._control_token = control_token
         self._reader = reader
         self._tokens = tokens
         self._serve_http = serve_http
@@ -88,12 +97,23 @@ class Monitor:
         path = config.storage.sqlite_path
         notifiers = await Notifiers.open(config.notify, path,
                                          retention_days=config.storage.retention_days)
+        executor: Executor | None = None
+        control_token: str | None = None
+        try:
+            if config.executing_accounts():
+                control_token = control_token_of(config)
+                executor = await open_executor(config, path)
+        except BaseException:
+            await notifiers.stop(0)
+            raise
         try:
             store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
                                            synchronous=config.storage.synchronous,
                                            quarantine_max_rows=config.quarantine.store_max_rows)
         except BaseException:
             await notifiers.stop(0)
+            if executor is not None:
+                await executor.stop()
             raise
         try:
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
@@ -102,6 +122,8 @@ class Monitor:
         except BaseException:
             await store.close()
             await notifiers.stop(0)
+            if executor is not None:
+                await executor.stop()
             raise
         try:
             hub = AlertHub(reader, queue_size=config.stream.queue_size,
@@ -110,19 +132,31 @@ class Monitor:
             def on_retry(name: str, attempt: int, error: SinkError) -> None:
                 log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
 
-            head = SinkTask(SqliteSink(store, prune=True),
-                            followers=[SinkTask(LogSink()), SinkTask(hub),
-                                       *(SinkTask(n) for n in notifiers.notifiers)],
+            followers = [SinkTask(LogSink()), SinkTask(hub),
+                         *(SinkTask(n) for n in notifiers.notifiers)]
+            if executor is not None:
+                followers.append(SinkTask(executor))
+            head = SinkTask(SqliteSink(store, prune=True), followers=followers,
                             on_retry=on_retry)
-            daemon = build_daemon(config, credentials, head)
+            daemon = build_daemon(config, credentials, head,
+                                  order_observer=executor.on_order if executor else None)
+            if executor is not None:
+                chain = head
+
+                async def emit(alerts: list[Alert]) -> None:
+                    await chain.put(list(alerts))
+
+                executor.emit = emit
             daemon.engine.restore(await store.load_checkpoints())
         except BaseException:
             await reader.close()
             await store.close()
             await notifiers.stop(0)
+            if executor is not None:
+                await executor.stop()
             raise
         return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http,
-                   notifiers=notifiers)
+                   notifiers=notifiers, executor=executor, control_token=control_token)
 
     def subscribe(self, *, accounts: Collection[str] | None = None,
                   kinds: Collection[str] | None = None, min_level: str = "normal",
@@ -142,10 +176,19 @@ class Monitor:
         http: HttpServer | None = None
         try:
             if self._serve_http:
+                control = None
+                if self.executor is not None and self._control_token is not None:
+                    executor = self.executor
+
+                    async def operate(op: str) -> dict[str, Any]:
+                        await executor.set_paused(op == "pause")
+                        return executor.status()
+
+                    control = Control(self._control_token, executor.status, operate)
                 http = HttpServer(self.daemon.health, self._metrics_text,
                                   AlertStreamHandler(self.hub, self._tokens,
                                                      heartbeat_s=self.config.stream.heartbeat_s),
-                                  self._status)
+                                  self._status, control)
                 host, port = self.config.stream.host, self.config.stream.port
                 try:
                     self.port = await http.start(host, port)
@@ -153,9 +196,14 @@ class Monitor:
                     raise ConfigError("stream.port", f"cannot listen on {host}:{port}:"
                                                      f" {e.strerror or e}") from e
             self.notifiers.start()
+            if self.executor is not None:
+                self.executor.start()
             self.started.set()
             await self.daemon.run(stop)
         finally:
+            if self.executor is not None:
+                # What is open is stored; the next start looks it up before sending.
+                await self.executor.stop()
             # The sink chain has drained: the notifiers have every stored alert; they get
             # a short grace to deliver it (what is left goes after the next start).
             await self.notifiers.stop()
@@ -215,8 +263,39 @@ def check_stream_exposure(config: Config) -> None:
                                          "unauthenticated")
 
 
+def control_token_of(config: Config, environ: Mapping[str, str] = os.environ) -> str:
+    """The kill switch's token: execution does not start without one."""
+    variable = config.execution.control_token_env
+    token = environ.get(variable, "")
+    if not token:
+        raise ConfigError("execution.control_token_env",
+                          f"environment variable {variable} is not set: execution needs a "
+                          "kill switch (riskmon executor pause), and the switch a token")
+    return token
+
+
+async def open_executor(config: Config, sqlite_path: str) -> Executor:
+    """The executor of the executing accounts, each with its trade key and client; it
+    refuses to start (ConfigError) when a key cannot trade."""
+    traders: dict[str, Trader] = {}
+    for name in config.executing_accounts():
+        traders[name] = OkxTrader(name, config.okx.rest_url,
+                                  load_trade_credentials(config.accounts[name]),
+                                  timeout_s=config.execution.request_timeout_s,
+                                  simulated=config.okx.simulated)
+    executor = await Executor.open(config.execution, traders, sqlite_path,
+                                   retention_days=config.storage.retention_days)
+    try:
+        await executor.check_keys()
+    except BaseException:
+        await executor.stop()
+        raise
+    return executor
+
+
 def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: SinkTask,
-                 tap: Callable[[FeedItem], None] | None = None) -> Daemon:
+                 tap: Callable[[FeedItem], None] | None = None,
+                 order_observer: Callable[[OrderUpdate], None] | None = None) -> Daemon:
     """The OKX feed, inbox, engine and decoder around the sink chain ``head``; ``tap``
     sees every feed item first (``riskmon record``)."""
     inbox = Inbox()
@@ -231,4 +310,5 @@ def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: S
                    collateral=config.collateral.keys())
     return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
                   history_interval_ms=int(config.storage.history_interval_s * 1000),
-                  quarantine=config.quarantine, health=config.health)
+                  quarantine=config.quarantine, health=config.health,
+                  order_observer=order_observer)

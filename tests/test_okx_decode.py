@@ -736,14 +736,19 @@ LIMIT_BUY = Order(
 )
 def test_orders_channel(overrides: dict[str, Any], order: Order, live: bool) -> None:
     events = OkxDecoder().decode_line(private_line(orders_push(order_row(**overrides))))
-    assert events == [OrderUpdate(ACCOUNT, order, live, 1_700_000_000_200, RECV)]
+    # clOrdId, state and avgPx ("0" before the first fill) are what the executor follows.
+    state = overrides.get("state", "live")
+    average = float(overrides["avgPx"]) if overrides.get("avgPx", "0") != "0" else None
+    assert events == [OrderUpdate(ACCOUNT, order, live, 1_700_000_000_200, RECV,
+                                  "guard1", state, average)]
 
 
 def test_orders_channel_skips_spot_orders() -> None:
     # The doc's own example: a SPOT order, lever "0", posSide "". Out of scope.
     spot = order_row(instId="BTC-USDT", instType="SPOT", lever="0", posSide="", tdMode="cash")
     events = OkxDecoder().decode_frame(orders_push(spot, order_row()), ACCOUNT, RECV)
-    assert events == [OrderUpdate(ACCOUNT, LIMIT_BUY, True, 1_700_000_000_200, RECV)]
+    assert events == [OrderUpdate(ACCOUNT, LIMIT_BUY, True, 1_700_000_000_200, RECV,
+                                  "guard1", "live")]
 
 
 def test_orders_pending_rest() -> None:

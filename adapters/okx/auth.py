@@ -31,7 +31,8 @@ from typing import Any
 from monitor.config import AccountConfig
 from monitor.errors import ConfigError
 
-__all__ = ["Credentials", "load_credentials", "login_request", "rest_headers", "sign"]
+__all__ = ["Credentials", "load_credentials", "load_trade_credentials", "login_request",
+           "rest_headers", "sign"]
 
 _VERIFY_PATH = "/users/self/verify"
 _FILE_KEYS = ("api_key", "api_secret", "passphrase")
@@ -92,17 +93,29 @@ def load_credentials(account: AccountConfig,
     Raises :class:`ConfigError` naming the key (and the variable or file) when something is
     missing, empty, or the file is readable by others; the message never holds a value.
     """
+    return _load(account, "", "required for a live feed (or set credentials_file)", environ)
+
+
+def load_trade_credentials(account: AccountConfig,
+                           environ: Mapping[str, str] | None = None) -> Credentials:
+    """The account's trade key (``trade_credentials_file`` or ``trade_*_env``), which
+    execution uses and the feed never does; errors as :func:`load_credentials`."""
+    return _load(account, "trade_", "required to execute triggers (or set "
+                 "trade_credentials_file)", environ)
+
+
+def _load(account: AccountConfig, prefix: str, missing: str,
+          environ: Mapping[str, str] | None) -> Credentials:
     env = os.environ if environ is None else environ
     path = f"accounts.{account.name}"
-    if account.credentials_file is not None:
-        return _from_file(Path(account.credentials_file), f"{path}.credentials_file")
+    file = getattr(account, f"{prefix}credentials_file")
+    if file is not None:
+        return _from_file(Path(file), f"{path}.{prefix}credentials_file")
     values: list[str] = []
-    for key, variable in (("api_key_env", account.api_key_env),
-                          ("api_secret_env", account.api_secret_env),
-                          ("passphrase_env", account.passphrase_env)):
+    for key in (f"{prefix}api_key_env", f"{prefix}api_secret_env", f"{prefix}passphrase_env"):
+        variable = getattr(account, key)
         if variable is None:
-            raise ConfigError(f"{path}.{key}",
-                              "required for a live feed (or set credentials_file)")
+            raise ConfigError(f"{path}.{key}", missing)
         value = env.get(variable, "")
         if not value:
             raise ConfigError(f"{path}.{key}", f"environment variable {variable} is not set")

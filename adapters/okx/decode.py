@@ -645,7 +645,7 @@ class OkxDecoder:
                 owner = _require(account, split.path)
                 rows = _rest_rows(body, split.path)
                 orders = tuple(
-                    order for order, live, _ in _parse_orders(rows, "orders-pending") if live
+                    order for order, live, _, _ in _parse_orders(rows, "orders-pending") if live
                 )
                 return [OrdersSnapshot(owner, orders, UNTIMED, recv_ms)]
             case RestPath.POSITIONS:
@@ -781,14 +781,15 @@ def _decode_index_tickers(rows: list[dict[str, Any]], recv_ms: int) -> list[Even
 def _decode_orders(rows: list[dict[str, Any]], account: str, recv_ms: int) -> list[Event]:
     """Orders channel rows -> :class:`OrderUpdate` (docs: "WS / Order channel")."""
     return [
-        OrderUpdate(account, order, live, event_ms, recv_ms)
-        for order, live, event_ms in _parse_orders(rows, "orders")
+        OrderUpdate(account, order, live, event_ms, recv_ms, *_order_follow_up(row, order))
+        for order, live, event_ms, row in _parse_orders(rows, "orders")
     ]
 
 
-def _parse_orders(rows: list[dict[str, Any]], context: str) -> list[tuple[Order, bool, int]]:
-    """Orders in scope with their liveness and ``uTime``; shared by channel and REST."""
-    parsed: list[tuple[Order, bool, int]] = []
+def _parse_orders(rows: list[dict[str, Any]], context: str
+                  ) -> list[tuple[Order, bool, int, dict[str, Any]]]:
+    """Orders in scope with their liveness, ``uTime`` and row; shared by channel and REST."""
+    parsed: list[tuple[Order, bool, int, dict[str, Any]]] = []
     for row in rows:
         if _optional_text(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
             continue
@@ -830,8 +831,18 @@ def _parse_orders(rows: list[dict[str, Any]], context: str) -> list[tuple[Order,
             raise BadInput(f"{where} tdMode {_show(trade_mode)} is not cross or isolated")
         order = Order(order_id, inst_id, side, price, size, filled, reduce_only, leverage,
                       position_side, margin_mode)
-        parsed.append((order, live, event_ms))
+        parsed.append((order, live, event_ms, row))
     return parsed
+
+
+def _order_follow_up(row: dict[str, Any], order: Order) -> tuple[str, str, float | None]:
+    """What the executor follows an order by: ``clOrdId``, ``state`` and ``avgPx``
+    (docs: "WS / Order channel"; ``avgPx`` is "" or "0" before the first fill)."""
+    where = f"orders {order.inst_id} {order.order_id}"
+    client_id = _optional_text(row, "clOrdId", where) or ""
+    state = row.get("state")
+    average = _optional_number(row, "avgPx", where, "non_negative")
+    return client_id, state if type(state) is str else "", average or None
 
 
 def _parse_positions(rows: list[dict[str, Any]], context: str) -> tuple[list[Position], int | None]:
