@@ -150,26 +150,28 @@ async def run(accounts: int, rate: int, seconds: float) -> dict[str, Any]:
         db = directory / "daemon.db"
         config = directory / "bench.toml"
         env = write_config(config, port, rest_port, accounts, db)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "--log-format", "json", "--log-level",
-             "warning", "run", "--config", str(config)],
-            env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=(directory / "daemon.log").open("wb"))
+        log_path = directory / "daemon.log"
+        with log_path.open("wb") as log_file:
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "monitor", "--log-format", "json", "--log-level",
+                "warning", "run", "--config", str(config), env={**os.environ, **env},
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
         try:
             finished = asyncio.ensure_future(server.wait_finished())
-            while not finished.done():
-                if daemon.poll() is not None:
-                    finished.cancel()
-                    log = (directory / "daemon.log").read_text()[-2000:]
-                    raise SystemExit(f"the daemon exited ({daemon.returncode}): {log}")
-                await asyncio.sleep(0.2)
+            exited = asyncio.ensure_future(daemon.wait())
+            await asyncio.wait([finished, exited], return_when=asyncio.FIRST_COMPLETED)
+            if not finished.done():
+                finished.cancel()
+                raise SystemExit(f"the daemon exited ({daemon.returncode}): "
+                                 f"{log_path.read_text()[-2000:]}")
             pushed = finished.result()
             deadline = time.monotonic() + 30
             while len(server.orders_received) < accounts and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
+            if daemon.returncode is None:
+                daemon.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(daemon.wait(), 30)
             await server.close()
         with sqlite3.connect(db) as connection:
             triggers = dict(connection.execute(
