@@ -56,7 +56,7 @@ _NON_ALNUM: Final = re.compile(r"[^a-z0-9]+")
 # Alerts that need a human even when the account level is normal.
 _WARNING_KINDS: Final = frozenset(
     {"stop_loss", "feed_stale", "feed_disconnected", "exchange_divergence", "deleverage_plan",
-     "account_mode"}
+     "account_mode", "execution_failed"}
 )
 
 

@@ -176,3 +176,17 @@ def test_execution_alerts_keep_the_trigger_time_and_have_stable_ids() -> None:
     assert (one.ts, one.level, one.margin_ratio) == (trigger.ts, trigger.level,
                                                      trigger.margin_ratio)
     assert one.payload["trigger_id"] == trigger.id and one.emitted_ms == T0 + 99
+
+
+def test_execution_alerts_read_as_a_person_needs_them() -> None:
+    from adapters.notify.text import alert_text
+
+    trigger = fired_stop_loss()
+    failed = execution_alert("execution_failed", trigger, "0/3/0/failed", T0, {
+        "inst_id": BTC, "side": "sell", "reason": "rejected", "s_code": "51008",
+        "s_msg": "Insufficient margin", "remaining": 300.0, "will_retry": False})
+    text = alert_text(failed)
+    assert "51008" in text and "300 contracts left" in text and "act now" in text
+    filled = execution_alert("execution_filled", trigger, "0/filled", T0, {
+        "inst_id": BTC, "side": "sell", "filled": 300.0, "avg_price": 39_000.0})
+    assert "sell 300 BTC-USDT-SWAP filled at 39000" in alert_text(filled)

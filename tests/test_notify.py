@@ -392,6 +392,8 @@ async def test_a_stuck_destination_delays_neither_the_store_nor_another_notifier
             for n in range(0, 400, 20):
                 await running.publish(sent[n:n + 20])
             await phone.wait_for(lambda r: len(r) == 400)
+            # The 400th request has arrived; its answer is counted a moment later.
+            await wait_until(lambda: running.notifier("phone").deliveries == 400)
             elapsed = time.monotonic() - started
             assert await running.store.last_alert_seq() == 400  # all stored meanwhile
             assert len(slow.requests) == 1  # still waiting on its first answer

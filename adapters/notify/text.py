@@ -25,7 +25,9 @@ SUMMARY_ICON: Final = "\u26a0\ufe0f"   # warning sign
 # Kinds that need a look even while the account's level is normal: at normal they get the
 # warning sign rather than the green circle.
 _ATTENTION_KINDS: Final = frozenset({"stop_loss", "feed_stale", "feed_disconnected",
-                                     "exchange_divergence", "account_mode"})
+                                     "exchange_divergence", "account_mode",
+                                     "execution_sent", "execution_filled",
+                                     "execution_failed"})
 MAX_ORDERS_SHOWN: Final = 8
 
 
@@ -140,6 +142,25 @@ def alert_text(alert: Alert) -> str:
         case "account_mode":
             body = (f"{who}: account mode {payload.get('mode')}:"
                     f" {payload.get('reason') or 'see riskmon'}")
+        case "execution_sent":
+            orders = payload.get("orders")
+            shown = []
+            for order in orders if isinstance(orders, list) else []:
+                if isinstance(order, Mapping):
+                    shown.append(f"{order.get('side')} {_number(order.get('order_size'))}"
+                                 f" {order.get('inst_id')} (sCode {order.get('s_code')})")
+            body = f"{who}: stop-loss orders sent: {'; '.join(shown) or '?'}"
+        case "execution_filled":
+            body = (f"{who}: {payload.get('side')} {_number(payload.get('filled'))}"
+                    f" {payload.get('inst_id')} filled at {_price(payload.get('avg_price'))}")
+        case "execution_failed":
+            retry = ("will retry" if payload.get("will_retry")
+                     else "NOT retried: act now")
+            code = f" (sCode {payload['s_code']}: {payload.get('s_msg')})" if payload.get(
+                "s_code") else ""
+            body = (f"{who}: closing {payload.get('side')} {payload.get('inst_id')} failed:"
+                    f" {payload.get('reason')}{code}; {_number(payload.get('remaining'))}"
+                    f" contracts left, {retry}")
         case _:
             body = f"{who}: {alert.kind}, margin ratio {ratio}"
     icon = (SUMMARY_ICON if alert.level == "normal" and alert.kind in _ATTENTION_KINDS
@@ -181,6 +202,10 @@ def summary_text(alerts: Sequence[Alert]) -> str:
 def truncate(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
     return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def _price(value: Any) -> str:
+    return f"{value:.10g}" if isinstance(value, int | float) else "n/a"
 
 
 def _number(value: Any) -> str:
