@@ -582,15 +582,13 @@ class _Worker:
             self._retry_later([progress])
             await self.executor._emit([self._failed_alert(progress, reason, will_retry=True)])
         else:
-            self._untrack(progress)
             await self._report_failed(progress, reason)
 
     async def _finish(self, progress: LegProgress, event: LegEvent, reason: str) -> None:
         progress.step(event, self.config.max_attempts)
         progress.s_msg = progress.s_msg or reason
         await self.executor.store.save_execution([progress])
-        self._untrack(progress)
-        await self._report_failed(progress, reason)
+        await self._report_failed(progress, reason)  # untracks it
 
     async def _report_failed(self, progress: LegProgress, reason: str) -> None:
         self.counts["failed"] += 1
