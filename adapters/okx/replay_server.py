@@ -243,6 +243,7 @@ def _empty_parameter_body(name: str) -> dict[str, Any]:
 
 _GARBAGE: Final = "riskmon replay-server: a frame that is not JSON {"
 _NOTICE_CLOSE_CODE: Final = 1012  # "service restart" (RFC 6455 registry)
+_YIELD_EVERY_S: Final = 0.0005  # the push loop lets other tasks run at least this often
 _READ_CHUNK_BYTES: Final = 1 << 20
 _SHOWN_REQUEST_CHARS: Final = 200
 
@@ -924,6 +925,8 @@ class ReplayServer:
         self._ready_seq = itertools.count(1)
         # One waiter (the pump) wakes on any change of connections or subscriptions.
         self._changed = asyncio.Event()
+        self._roles: dict[str | None, _Connection] | None = None  # see _find_roles
+        self._roles_ready = False
         self._awake = asyncio.Event()  # cleared during a stall
         self._awake.set()
         self._positioned = asyncio.Event()  # REST lines before the first frame are applied
@@ -932,6 +935,7 @@ class ReplayServer:
         self._pushed = 0
         self._last_target: _Connection | None = None
         self._last_push_at = 0.0
+        self._yielded_at = 0.0
         self._logins = 0
         self._drops_left = faults.drop_times if faults.drop_after is not None else 0
         self._next_drop_at = faults.drop_after or 0
@@ -969,6 +973,7 @@ class ReplayServer:
             raise RuntimeError("the replay server is already started")
         try:
             self._scan = await asyncio.to_thread(_scan, self._recording)
+            self._roles = None
         except OSError as error:
             raise RecordingError(self._recording, f"cannot be read ({error})") from error
         for skipped in self._scan.skipped:
@@ -1122,6 +1127,7 @@ class ReplayServer:
             delay = pace.delay(line.recv_ms, time.monotonic())
             if delay > 0:
                 await asyncio.sleep(delay)
+                self._yielded_at = time.monotonic()
                 continue  # the target may be gone by now: check everything again
             key = (line.channel, None if line.account is not None else line.inst_id)
             if key not in target.unwanted and not target.wants(line):
@@ -1154,6 +1160,7 @@ class ReplayServer:
                 await target.send(self._payload(line))
             except ConnectionClosed:
                 target.alive = False
+                self._note_change()
                 continue
             if self._push_times is not None:
                 self._push_times.setdefault(line.recv_ms, []).append(time.perf_counter())
@@ -1161,9 +1168,15 @@ class ReplayServer:
         self._pushed += 1
         self._last_recv_ms = line.recv_ms
         self._last_target = target
-        self._last_push_at = time.monotonic()
+        self._last_push_at = now = time.monotonic()
         self._note_pushed(line)
         self._arm_stall()
+        if now - self._yielded_at > _YIELD_EVERY_S:
+            # Behind the recording's pace no push waits, and a send into a buffer with
+            # room does not yield: without this, the REST listener and the order
+            # simulator would wait for the push loop to catch up.
+            await asyncio.sleep(0)
+            self._yielded_at = time.monotonic()
 
     def _payload(self, line: _FrameLine) -> bytes:
         """A recorded frame as it goes out: positions less what the simulator closed."""
@@ -1176,21 +1189,44 @@ class ReplayServer:
         """Whether ``target`` subscribed the frame's channel, or is no longer its target."""
         return lambda: self._target(line.account) is not target or target.wants(line)
 
+    def _note_change(self) -> None:
+        """A connection changed (logged in, subscribed, retiring, gone): the roles are
+        worked out again when next needed, and whoever waits for a change looks again."""
+        self._roles = None
+        self._changed.set()
+
     def _all_ready(self) -> bool:
         """Whether every role the recording needs has a ready connection."""
-        if self._scan.needs_public and self._target(None) is None:
-            return False
-        return all(self._target(account) is not None for account in self._scan.needed_accounts)
+        if self._roles is None:
+            self._find_roles()
+        return self._roles_ready
 
     def _target(self, account: str | None) -> _Connection | None:
         """The latest ready connection of a role: public (None) or the account's."""
-        found: _Connection | None = None
+        roles = self._roles
+        if roles is None:
+            roles = self._find_roles()
+        return roles.get(account)
+
+    def _find_roles(self) -> dict[str | None, _Connection]:
+        """Each role's latest ready connection, in one pass over the connections (per
+        frame it would cost connections x accounts: the push loop could not keep up with
+        a recording of many accounts), and whether every role needed has one."""
+        roles: dict[str | None, _Connection] = {}
         for conn in self._connections:
-            if (conn.alive and not conn.retiring and conn.ready_seq is not None
-                    and conn.private == (account is not None) and conn.account == account
-                    and (found is None or conn.ready_seq > (found.ready_seq or 0))):
-                found = conn
-        return found
+            if not conn.alive or conn.retiring or conn.ready_seq is None:
+                continue
+            if conn.private and conn.account is None:
+                continue  # not logged in: no role yet
+            role = conn.account if conn.private else None
+            found = roles.get(role)
+            if found is None or conn.ready_seq > (found.ready_seq or 0):
+                roles[role] = conn
+        self._roles = roles
+        self._roles_ready = ((not self._scan.needs_public or None in roles)
+                             and all(account in roles
+                                     for account in self._scan.needed_accounts))
+        return roles
 
     async def _wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait for ``predicate`` to hold, re-checking it whenever a connection changes."""
@@ -1256,7 +1292,7 @@ class ReplayServer:
                           account=conn.account, frames=self._pushed)
         conn.alive = False
         conn.websocket.transport.abort()  # no close frame: the TCP connection just ends
-        self._changed.set()
+        self._note_change()
 
     def _arm_stall(self) -> None:
         # Armed right after the N-th push, before anything else can run, so that nothing a
@@ -1293,7 +1329,7 @@ class ReplayServer:
             task = asyncio.create_task(self._close_later(conn))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        self._changed.set()
+        self._note_change()
 
     async def _close_later(self, conn: _Connection) -> None:
         await asyncio.sleep(self._faults.notice_close_s)
@@ -1317,7 +1353,7 @@ class ReplayServer:
         finally:
             conn.alive = False
             self._connections.remove(conn)
-            self._changed.set()
+            self._note_change()
             self._log.info("replay_connection_closed", conn_id=conn.conn_id,
                            account=conn.account)
 
@@ -1368,7 +1404,7 @@ class ReplayServer:
                 self._log.info("replay_login", conn_id=conn.conn_id, account=account)
                 await conn.send(_dumps({"event": "login", "code": "0", "msg": "",
                                         "connId": conn.conn_id}))
-                self._changed.set()
+                self._note_change()
                 return
         self._log.info("replay_login_refused", conn_id=conn.conn_id, code=failure[0])
         await conn.send(_error(*failure, conn.conn_id))
@@ -1433,8 +1469,9 @@ class ReplayServer:
             if op == "subscribe":
                 if conn.ready_seq is None:
                     conn.ready_seq = next(self._ready_seq)
+                    self._note_change()
                 await self._send_snapshots(conn, {channel for _, channel, _ in accepted})
-        self._changed.set()
+        self._note_change()
 
     def _argument_failure(self, conn: _Connection, arg: Any) -> tuple[str, str] | None:
         if type(arg) is not dict:
