@@ -228,6 +228,9 @@ class ExecutionConfig:
     - ``control_token_env``: the variable holding the token of ``riskmon executor
       pause|resume`` (required when execution is on: no execution without a kill switch).
     - ``queue_size``: triggers and order updates waiting for the executor.
+    - ``keep_warm_s``: an account's trade connection idle this long gets a cheap signed
+      request (the key's account configuration), so that a trigger's orders never wait
+      for a new TCP and TLS connection.
     """
 
     dry_run: bool = False
@@ -239,6 +242,7 @@ class ExecutionConfig:
     max_trigger_age_s: float = 60.0
     control_token_env: str = "RISKMON_CONTROL_TOKEN"
     queue_size: int = 1000
+    keep_warm_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ import orjson
 
 from monitor.alerts import LEVEL_RANK
 from monitor.config import HealthConfig, QuarantineConfig
-from monitor.engine import MarginEngine
+from monitor.engine import ExposureKey, MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
 from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
@@ -187,6 +187,17 @@ class Daemon:
                 self.metrics.feed_lag_s = (timed.recv_ms - timed.event_ms) / 1000
         self._follow_interest()
         self.last_loop_s = now_s
+
+    def live_positions(self, account: str) -> dict[ExposureKey, float] | None:
+        """The account's positions as its private connection last reported them, while
+        that connection is up and the first positions snapshot has come; else None (the
+        executor then asks the exchange). Right after a reconnect they are those held
+        before it until the new snapshot replaces them (the REST bootstrap and the
+        channel's snapshot follow the connect at once); the executor's orders are
+        reduce-only in any case. Read between engine turns: one event loop, no lock."""
+        if not self.metrics.feeds_connected.get(f"private:{account}", False):
+            return None
+        return self.engine.held_positions(account)
 
     def _link_change(self, item: LinkChange) -> FeedStatus:
         name = "public" if item.account is None else f"private:{item.account}"

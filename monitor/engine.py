@@ -811,6 +811,16 @@ class MarginEngine:
         """What the account's risk lacks, sorted (``--state-out``'s ``missing``)."""
         return sorted(self.accounts[name].missing)
 
+    def held_positions(self, name: str) -> dict[ExposureKey, float] | None:
+        """The account's open positions as the feed last reported them: signed contracts
+        by (instrument, margin mode, side); None before its first positions snapshot (or
+        for an account the engine does not know). The executor sizes its orders by it."""
+        account = self.accounts.get(name)
+        if account is None or "snapshot:positions" in account.missing:
+            return None
+        return {key: exposure.contracts for key, exposure in account.exposures.items()
+                if exposure.contracts != 0.0}
+
     def unknown_accounts(self) -> list[str]:
         """The accounts whose risk is unknown now (some item missing, SPEC 1.5)."""
         return [name for name, account in self.unknown.items() if account.missing]

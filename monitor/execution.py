@@ -358,4 +358,9 @@ class Trader(Protocol):
         """The order with this client id as the venue reports it; None if it has none."""
         ...
 
+    async def warm(self) -> None:
+        """A cheap call that keeps the connection to the venue open (the executor makes
+        it when the account has been idle for ``[execution] keep_warm_s``)."""
+        ...
+
     async def close(self) -> None: ...

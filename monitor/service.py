@@ -147,6 +147,7 @@ class Monitor:
                     await chain.put(list(alerts))
 
                 executor.emit = emit
+                executor.live_positions = daemon.live_positions
             daemon.engine.restore(await store.load_checkpoints())
         except BaseException:
             await reader.close()

@@ -49,12 +49,18 @@ class FakeExchange:
     held: list[str] = field(default_factory=list)
     push: Callable[[OrderUpdate], None] | None = None
     unstored: list[str] = field(default_factory=list)
+    warm_calls: int = 0
+    positions_reads: int = 0
 
     async def permissions(self) -> frozenset[str]:
         return frozenset(self.perm.split(","))
 
     async def positions(self) -> dict[PositionKey, float]:
+        self.positions_reads += 1
         return self.positions_now()
+
+    async def warm(self) -> None:
+        self.warm_calls += 1
 
     def positions_now(self) -> dict[PositionKey, float]:
         return {k: v for k, v in self.book.items() if v != 0}
@@ -223,6 +229,51 @@ async def test_orders_are_sized_to_the_live_position(harness: Harness) -> None:
     assert [p.state for p in legs] == ["filled", "skipped"]
     skipped = [a.payload for a in harness.alerts if a.kind == "execution_failed"]
     assert [(p["inst_id"], p["reason"]) for p in skipped] == [(ETH, "no position left to close")]
+    await harness.close()
+
+
+async def test_the_live_feed_positions_size_the_orders_when_it_has_them(
+        harness: Harness) -> None:
+    # The daemon's view of the account (its positions channel) is used when it can vouch
+    # for it: no REST round trip before the orders. Where it cannot (None), REST is read.
+    executor, exchange = await harness.open()
+    views: list[str] = []
+
+    def live(account: str) -> dict[PositionKey, float] | None:
+        views.append(account)
+        return {(BTC, "cross", "long"): 250.0} if len(views) == 1 else None
+
+    executor.live_positions = live
+    try:
+        await harness.trigger(executor, fired_stop_loss())
+        await until(lambda: "execution_filled" in harness.kinds())
+        assert exchange.positions_reads == 0
+        assert [size for _, size, _ in exchange.placed.values()] == [250.0]
+        # The ETH leg: no position in the live view, so nothing is sent for it.
+        legs = await executor.store.execution_legs()
+        assert [p.state for p in legs] == ["filled", "skipped"]
+        # A second trigger: the view cannot vouch now, so the exchange is asked.
+        first = fired_stop_loss()
+        await harness.trigger(executor, dataclasses.replace(first, id=first.id + "b"))
+        await until(lambda: exchange.positions_reads == 1)
+    finally:
+        await executor.stop()
+    assert views == ["main", "main"]
+    await harness.close()
+
+
+async def test_an_idle_trade_connection_is_kept_warm(harness: Harness) -> None:
+    executor, exchange = await harness.open(dataclasses.replace(FAST, keep_warm_s=0.05))
+    try:
+        await until(lambda: exchange.warm_calls >= 3)
+        warmed = exchange.warm_calls
+        await harness.trigger(executor, fired_stop_loss())
+        await until(lambda: harness.kinds().count("execution_filled") == 2)
+    finally:
+        await executor.stop()
+    assert warmed >= 3 and exchange.positions_now() == {}
+    # Warmed only when idle: the trigger went out without a warming call in front of it.
+    assert len(exchange.requests) == 1
     await harness.close()
 
 
