@@ -100,14 +100,16 @@ def write_recording(path: Path, accounts: int, total_ms: int) -> None:
                               "ts": str(ts)}]}}, separators=(",", ":")) + "\n")
 
 
-def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path) -> dict[str, str]:
+def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path,
+                 synchronous: str) -> dict[str, str]:
     env = {"RISKMON_CONTROL_TOKEN": "bench-control"}
     parts = [
         "[risk]\nexecute_triggers = true\nstale_after_s = 30\n",
         f'[okx]\npublic_url = "ws://127.0.0.1:{port}/ws/v5/public"\n'
         f'private_url = "ws://127.0.0.1:{port}/ws/v5/private"\n'
         f'rest_url = "http://127.0.0.1:{rest_port}"\n',
-        f'[storage]\nsqlite_path = "{db}"\n', "[stream]\nport = 0\n",
+        f'[storage]\nsqlite_path = "{db}"\nsynchronous = "{synchronous}"\n',
+        "[stream]\nport = 0\n",
         "[execution]\nmax_trigger_age_s = 600\n",
     ]
     for i in range(INSTRUMENTS):
@@ -135,7 +137,7 @@ def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path)
     return env
 
 
-async def run(accounts: int, rate: int, seconds: float) -> dict[str, Any]:
+async def run(accounts: int, rate: int, seconds: float, synchronous: str) -> dict[str, Any]:
     total_ms = int(seconds * rate / INSTRUMENTS)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -148,7 +150,7 @@ async def run(accounts: int, rate: int, seconds: float) -> dict[str, Any]:
         assert rest_port is not None
         db = directory / "daemon.db"
         config = directory / "bench.toml"
-        env = write_config(config, port, rest_port, accounts, db)
+        env = write_config(config, port, rest_port, accounts, db, synchronous)
         log_path = directory / "daemon.log"
         with log_path.open("wb") as log_file:
             daemon = await asyncio.create_subprocess_exec(
@@ -204,8 +206,10 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--rate", type=int, default=10_000, help="frames per second")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
+                        help="storage.synchronous of the daemon (the alert's commit)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.accounts, args.rate, args.seconds))
+    result = asyncio.run(run(args.accounts, args.rate, args.seconds, args.synchronous))
     latencies = result["latencies_ms"]
     inner = result["inner_ms"]
     if inner:
