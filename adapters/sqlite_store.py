@@ -502,20 +502,25 @@ class SqliteStore:
                                                  _pool_checkpoints(account, pools_json)))
         return checkpoints
 
-    async def prune(self, now_ms: int) -> int:
+    async def prune(self, now_ms: int, *, event_ms: int | None = None) -> int:
         """Delete rows older than the retention window; returns how many were deleted.
 
-        Alerts and history go by event time (``ts``), quarantine by ``stored_ts`` (see
+        Alerts and history go by event time (``ts``): against ``event_ms``, the newest
+        event time the caller has seen (the daemon's: a replay of an old recording keeps
+        what it stores), else against ``now_ms``. Quarantine goes by ``stored_ts`` (see
         :meth:`write_quarantine`) and its counts by the last time a reason class was
-        counted (``last_ts``); a row exactly at the cutoff is kept. Level state is never
-        pruned: it is needed however old it is.
+        counted (``last_ts``), both against ``now_ms``. A row exactly at the cutoff is
+        kept. Level state is never pruned: it is needed however old it is.
         """
         cutoff = now_ms - self._retention_ms
+        event_cutoff = (now_ms if event_ms is None else event_ms) - self._retention_ms
 
         def prune(db: sqlite3.Connection) -> int:
-            return sum(db.execute(statement, (cutoff,)).rowcount for statement in (
+            deleted = sum(db.execute(statement, (event_cutoff,)).rowcount for statement in (
                 "DELETE FROM alerts WHERE ts < ?",
                 "DELETE FROM margin_history WHERE ts < ?",
+            ))
+            return deleted + sum(db.execute(statement, (cutoff,)).rowcount for statement in (
                 "DELETE FROM quarantine WHERE stored_ts < ?",
                 "DELETE FROM quarantine_counts WHERE last_ts < ?",
             ))

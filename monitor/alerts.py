@@ -115,10 +115,11 @@ def alert_from_dict(data: Mapping[str, Any]) -> Alert:
 def alert_id(account: str, kind: str, ts: int, sequence: int, discriminator: str) -> str:
     """A stable, time-sortable alert id.
 
-    The id depends only on the input (account, kind, event time, the alert's place among
-    the account's alerts at that event time, and what distinguishes it, such as a level pair
-    or a rule name), so replaying the same recording yields the same ids, and a daemon that
-    re-processes an event after a restart produces the same id (idempotent insert).
+    The id depends only on the input (account, kind, event time, what distinguishes the
+    alert, such as a level pair or a rule name, and ``sequence``: how many alerts of that
+    account, kind and discriminator came at that event time before it), so replaying the
+    same recording yields the same ids, and a daemon that re-processes an event after a
+    restart produces the same id (idempotent insert).
     """
     key = f"{account}\x1f{kind}\x1f{ts}\x1f{sequence}\x1f{discriminator}".encode()
     digest = hashlib.blake2b(key, digest_size=8).hexdigest()

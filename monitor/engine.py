@@ -357,14 +357,16 @@ class AccountState:
         "missing",
         "mode",
         "name",
+        "occurrences",
         "order_keys",
         "owed",
+        "pending",
         "pools",
+        "rederiving",
         "reminder_due_ms",
         "reported",
         "restored",
         "rule_states",
-        "sequence",
         "updates",
     )
 
@@ -390,8 +392,15 @@ class AccountState:
         self.exchange: ExchangeAccountFigures | None = None
         self.owed: frozenset[str] = frozenset()
         self.updates = 0
+        # Alerts emitted at the event time ``last_alert_ts``, by kind and discriminator
+        # (see _emit): what tells two alerts of one kind at one time apart.
         self.last_alert_ts = -1
-        self.sequence = 0
+        self.occurrences: dict[tuple[str, str], int] = {}
+        # A checkpoint restored but not taken over yet (see MarginEngine.restore).
+        self.pending: AccountCheckpoint | None = None
+        # Whether the account's risk was known before that checkpoint's time: the events
+        # re-delivered since the restart re-derive its state.
+        self.rederiving = False
         # Running USD totals of the cross pool: equity (adjusted in multi-currency mode),
         # maintenance margin, closing fee and initial margin (borrowing margin included).
         self.equity_usd = self.maint_usd = self.fee_usd = self.init_usd = 0.0
@@ -444,6 +453,10 @@ class MarginEngine:
         # Accounts whose checkpoint changed since the last drain_checkpoints(): an
         # ordered set, like the others.
         self._changed: dict[str, AccountState] = {}
+        # Accounts whose restored checkpoint waits for the clock (see restore), and the
+        # earliest time among theirs.
+        self._pending: dict[str, AccountState] = {}
+        self._next_takeover_ms = NO_CLOCK_LIMIT
         # Accounts followed on the exchange's figures or not at all: an account_mode alert
         # is due for each (emitted by the next event, which dates it).
         self._announce: dict[str, AccountState] = {}
@@ -534,6 +547,8 @@ class MarginEngine:
         """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
         self.now_ms = event_ms
         self._clock_limit_ms = event_ms + self._max_ahead_ms
+        if event_ms > self._next_takeover_ms:
+            self._pass_checkpoints(event_ms)
         if event_ms >= self._next_sweep_ms:
             self._next_sweep_ms = event_ms + SWEEP_INTERVAL_MS
             self._begin(event_ms, recv_ms, alerts)
@@ -835,33 +850,101 @@ class MarginEngine:
 
     def drain_checkpoints(self) -> list[AccountCheckpoint]:
         """Checkpoints of the accounts whose levels, reminders or rules changed since the
-        last call. The pipeline stores them with the alerts of the same batch."""
+        last call, but not of an account whose restored checkpoint waits (see
+        :meth:`restore`). The pipeline stores them with the alerts of the same batch."""
         changed, self._changed = self._changed, {}
-        return [self._checkpoint(account) for account in changed.values()]
+        return [self._checkpoint(account) for account in changed.values()
+                if account.pending is None]
 
     def restore(self, checkpoints: Iterable[AccountCheckpoint]) -> None:
         """Resume from checkpoints saved by a previous run, before any event is applied.
 
-        Each pool's restored level is where its next transition starts from, so a restart
-        that finds the account where it left it emits nothing, and one that finds it
-        elsewhere emits exactly the transition from the stored level. A rule that fired
+        A checkpoint waits until the account's risk is known again (its snapshots and
+        marks arrived). If that happens at or after the checkpoint's time (``ts``, the
+        engine's clock when it was saved), or before the engine has a clock, the account's
+        state comes from snapshots alone and the checkpoint is taken over then. If it
+        happens before, the events since the restart are ones the previous run had
+        applied, re-delivered (a feed replayed from an earlier point): re-applying them
+        re-derives the same levels, rules and reminders, and the same alerts with the same
+        ids, which the store holds already (idempotent insert); the checkpoint is dropped
+        when the clock passes its time. A checkpoint still waiting then (the risk never
+        became known) is taken over. Taking a checkpoint over at the start instead would
+        judge re-delivered events against a level they had not reached yet: a false
+        recovery at the first of them, then a relapse, and a stop-loss fired again.
+
+        From then on each pool's level is where its next transition starts from, so a
+        restart that finds the account where it left it emits nothing, and one that finds
+        it elsewhere emits exactly the transition from the stored level. A rule that fired
         stays disarmed until its metric recovers; a reminder stays due when it was due.
         Like every account, a restored one is not evaluated until its balance and
-        positions snapshots have arrived.
+        positions snapshots and the marks of what it holds have arrived.
+
+        While a checkpoint waits, the account saves none (the stored one stays the truth).
         """
         for checkpoint in checkpoints:
             account = self._account(checkpoint.account)
-            entries = {pool.key: (pool.level, pool.reminder_due_ms)
-                       for pool in checkpoint.pools}
-            if not entries:
-                entries[ACCOUNT_POOL_KEY] = (checkpoint.level, checkpoint.reminder_due_ms)
-            account.restored = entries
-            for pool in account.pools.values():
-                self._restore_pool(pool)
-            disarmed = set(checkpoint.disarmed_rules)
-            for rule_state in account.rule_states:
-                if rule_state.rule.name in disarmed:
-                    rule_state.disarm()
+            account.pending = checkpoint
+            account.rederiving = False
+            self._pending[account.name] = account
+            self._changed.pop(account.name, None)
+        self._next_takeover_ms = self._earliest_pending()
+
+    def _earliest_pending(self) -> int:
+        return min((account.pending.ts for account in self._pending.values()
+                    if account.pending is not None), default=NO_CLOCK_LIMIT)
+
+    def _pass_checkpoints(self, now_ms: int) -> None:
+        """The clock passed the time of waiting checkpoints: each is taken over, unless
+        the re-delivered events re-derived the account's state through that time, which
+        is then the newer truth (a checkpoint is saved at the end of a batch; more events
+        of its time may have come after it, before the kill)."""
+        for account in list(self._pending.values()):
+            checkpoint = account.pending
+            if checkpoint is None or checkpoint.ts >= now_ms:
+                continue
+            if account.rederiving:
+                account.pending = None
+                del self._pending[account.name]
+                self._changed[account.name] = account  # the stored one may be older
+            else:
+                self._take_over(account, checkpoint)
+        self._next_takeover_ms = self._earliest_pending()
+
+    def _first_known(self, account: AccountState, checkpoint: AccountCheckpoint,
+                     ts: int) -> None:
+        """The account's risk is known for the first time since the restart, at ``ts``:
+        from then on its state is the re-delivered events' own when that is before the
+        checkpoint's time; otherwise it comes from snapshots alone (no history to
+        re-derive it), and the checkpoint is taken over now."""
+        if ts < checkpoint.ts and self.now_ms != 0:
+            account.rederiving = True
+        else:
+            self._take_over(account, checkpoint)
+            self._next_takeover_ms = self._earliest_pending()
+
+    def _take_over(self, account: AccountState, checkpoint: AccountCheckpoint) -> None:
+        """The account's levels, reminders and rules become the checkpoint's."""
+        account.pending = None
+        del self._pending[account.name]
+        self._changed[account.name] = account
+        entries = {pool.key: (pool.level, pool.reminder_due_ms) for pool in checkpoint.pools}
+        if not entries:
+            entries[ACCOUNT_POOL_KEY] = (checkpoint.level, checkpoint.reminder_due_ms)
+        account.restored = entries
+        for pool in account.pools.values():
+            if pool.key not in entries:
+                # Not in the checkpoint: it was at normal then, with no reminder due.
+                pool.level = "normal"
+                pool.level_low, pool.level_high = self.ladder.band("normal")
+                pool.reminder_due_ms = None
+            self._restore_pool(pool)
+        self._track_critical(account)
+        disarmed = set(checkpoint.disarmed_rules)
+        for rule_state in account.rule_states:
+            if rule_state.rule.name in disarmed:
+                rule_state.disarm()
+            else:
+                rule_state.rearm()
 
     def state(self) -> dict[str, Any]:
         """The ``accounts`` object of ``--state-out`` (SPEC 7)."""
@@ -1163,8 +1246,12 @@ class MarginEngine:
             targets = [self._account(event.account)]
         feed = "public" if event.account is None else "private"
         for account in targets:
+            # The receive time keeps a connection alert's id apart from one a previous
+            # run stored at the same event time (the clock stands still while a feed is
+            # down, and a restart counts occurrences afresh).
             self._emit(alerts, account, kind, event.event_ms, event.recv_ms, None, None,
-                       {"feed": feed, "reason": event.reason})
+                       {"feed": feed, "reason": event.reason},
+                       discriminator=f"{feed}:{event.recv_ms}")
 
     # -- account modes (SPEC 1.5) ------------------------------------------------------
 
@@ -1472,6 +1559,8 @@ class MarginEngine:
 
     def _evaluate(self, account: AccountState, ts: int, recv_ms: int, inst_id: str | None,
                   mark: float | None, alerts: list[Alert]) -> None:
+        if account.pending is not None and not account.rederiving and not account.missing:
+            self._first_known(account, account.pending, ts)  # see restore()
         if account.name in self.debtors:
             self._accrue(account, ts)
         account.updates += 1
@@ -2027,13 +2116,18 @@ class MarginEngine:
               discriminator: str = "") -> None:
         if figures is None:
             figures = self._headline(account)
-        if ts == account.last_alert_ts:
-            account.sequence += 1
-        else:
+        # The id tells apart alerts of one kind and discriminator at one event time by
+        # their count, not by their place among all the account's alerts then: so an alert
+        # not emitted again (a connection alert, one a restart re-derives differently)
+        # never shifts the id of another.
+        if ts != account.last_alert_ts:
             account.last_alert_ts = ts
-            account.sequence = 0
+            account.occurrences.clear()
+        key = (kind, discriminator or inst_id or "")
+        occurrence = account.occurrences.get(key, 0)
+        account.occurrences[key] = occurrence + 1
         alerts.append(Alert(
-            id=alert_id(account.name, kind, ts, account.sequence, discriminator or inst_id or ""),
+            id=alert_id(account.name, kind, ts, occurrence, key[1]),
             ts=ts,
             emitted_ms=recv_ms,
             account=account.name,

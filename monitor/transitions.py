@@ -129,3 +129,8 @@ class RuleState:
         """Restore the state "fired, not yet re-armed" (from a checkpoint)."""
         self.armed = False
         self.low, self.high = -INFINITY, self.rearm_bound
+
+    def rearm(self) -> None:
+        """Restore the state "armed" (from a checkpoint)."""
+        self.armed = True
+        self.low, self.high = self.rule.below, INFINITY

@@ -483,3 +483,87 @@ def test_a_restart_from_a_checkpoint_neither_repeats_nor_loses_a_transition() ->
         alerts += run(second, ticks[cut:])
         assert [(a.kind, a.level, a.ts) for a in alerts] == [
             (a.kind, a.level, a.ts) for a in expected], f"restart after {cut} ticks"
+
+
+def restart_story() -> tuple[StopLossRule, list[Event]]:
+    """Snapshots, then ticks down the ladder and back, with a stop-loss rule; at 4,000
+    two level changes at one event time (a mark, then a position cut by half)."""
+    rule = StopLossRule(name="guard", metric="margin_ratio", below=1.0, action="close_all")
+    history: list[Event] = [
+        BalanceUpdate("main", (CurrencyBalance("USDT", 100, None, None),), True, None,
+                      1_000, 1_000),
+        PositionSnapshot("main", (Position(BTC, 10, 40_000, 10),), 1_000, 1_000),
+        mark(BTC, 39_300, 1_000), mark(BTC, 39_230, 2_000), mark(BTC, 39_180, 3_000),
+        mark(BTC, 39_150, 4_000), position(BTC, 5, 40_000, 4_000),
+        position(BTC, 10, 40_000, 5_000), mark(BTC, 39_400, 6_000),
+        mark(BTC, 39_130, 7_000), mark(BTC, 39_400, 8_000)]
+    return rule, history
+
+
+def test_two_level_changes_at_one_event_time_have_ids_of_their_own() -> None:
+    rule, history = restart_story()
+    alerts = run(MarginEngine(make_config(rules=(rule,))), history)
+    at_4000 = [a for a in alerts if a.ts == 4_000 and a.kind == "level_changed"]
+    assert [(a.from_level, a.level) for a in at_4000] == [("withdrawal_lock", "deleverage"),
+                                                          ("deleverage", "normal")]
+    assert len({a.id for a in alerts}) == len(alerts)
+
+
+def test_a_restart_re_delivered_from_the_start_repeats_and_loses_nothing() -> None:
+    # The daemon killed after any event, its checkpoint saved with the alerts so far, then
+    # fed every event again from the start (a feed replayed from an earlier point): what
+    # it emits again has the ids already stored, and the rest is exactly what a run
+    # without the kill emits. Taken over at the start (as before), the restored level
+    # made the first re-delivered events a false recovery, then a relapse.
+    rule, history = restart_story()
+    expected = run(MarginEngine(make_config(rules=(rule,))), history)
+    assert {"level_changed", "deleverage_plan", "stop_loss"} <= {a.kind for a in expected}
+    for cut in range(1, len(history) + 1):
+        first = MarginEngine(make_config(rules=(rule,)))
+        stored = run(first, history[:cut])
+        saved = first.drain_checkpoints()
+        second = MarginEngine(make_config(rules=(rule,)))
+        second.restore(saved)
+        ids = {a.id for a in stored}
+        again = run(second, history)
+        assert stored + [a for a in again if a.id not in ids] == expected, f"cut {cut}"
+        # Saved again once the clock passed the checkpoint (not when it never did).
+        assert second.drain_checkpoints() == (
+            run_checkpoints(rule, history) if cut < len(history) else [])
+
+
+def run_checkpoints(rule: StopLossRule, history: list[Event]) -> list[AccountCheckpoint]:
+    engine = MarginEngine(make_config(rules=(rule,)))
+    run(engine, history)
+    return engine.drain_checkpoints()
+
+
+def test_connection_alerts_shift_no_other_alerts_id() -> None:
+    rule, history = restart_story()
+    expected = run(MarginEngine(make_config(rules=(rule,))), history)
+    # A reconnect between the two events of 4,000: its alerts are dated 4,000 too.
+    links = [FeedStatus("main", "disconnected", "test", UNTIMED, 50_000),
+             FeedStatus("main", "connected", "test", UNTIMED, 50_001)]
+    alerts = run(MarginEngine(make_config(rules=(rule,))), [*history[:6], *links, *history[6:]])
+    assert [a for a in alerts if a.kind not in ("feed_connected", "feed_disconnected")] == (
+        expected)
+    assert [a.ts for a in alerts if a.kind in ("feed_connected", "feed_disconnected")] == [
+        4_000, 4_000]
+
+
+def test_a_checkpoint_waiting_for_its_time_is_not_overwritten() -> None:
+    # Killed again before the re-delivered events reach the checkpoint's time: the stored
+    # checkpoint must still be the one of the first run.
+    rule, history = restart_story()
+    first = MarginEngine(make_config(rules=(rule,)))
+    run(first, history[:6])
+    saved = first.drain_checkpoints()
+    second = MarginEngine(make_config(rules=(rule,)))
+    second.restore(saved)
+    fresh = MarginEngine(make_config(rules=(rule,)))
+    run(second, history[:4])
+    run(fresh, history[:4])
+    assert second.drain_checkpoints() == []
+    assert second.level("main") == fresh.level("main") != first.level("main")
+    run(second, history[4:6])
+    assert second.level("main") == first.level("main") == "deleverage"

@@ -576,3 +576,30 @@ async def test_a_version_3_database_gets_counts_of_its_quarantine_rows(db_path: 
     assert rows(db_path, "SELECT reason, count, first_ts, last_ts FROM quarantine_counts"
                          " ORDER BY reason") == [("bad", 1, 7, 7), ("frame is not JSON", 2, 5, 9)]
     assert rows(db_path, "SELECT DISTINCT sampled FROM quarantine") == [(0,)]
+
+
+async def test_the_daemons_sink_prunes_by_event_time_and_passes_on_only_news(
+        store: SqliteStore) -> None:
+    # Issue 15: a replay of a recording older than the retention kept nothing once the
+    # sink pruned by the wall clock (at its first write, so at every restart).
+    from adapters.sinks import SqliteSink
+    from monitor.records import StoredAlert
+
+    old = [make_alert(n, ts=BASE_TS + n) for n in range(3)]  # years before the wall clock
+    sink = SqliteSink(store, close_store=False, prune=True)
+    passed = await sink.write([*old, MarginPoint("main", BASE_TS, 1.2, 1.0, 1.0, 1.0,
+                                                 "warning")])
+    assert [r.alert.id for r in passed if isinstance(r, StoredAlert)] == [
+        a.id for a in old]
+    assert [a.id for a in await store.alerts()] == [a.id for a in old]
+    # The same alerts again (events re-delivered after a restart) and one new: the
+    # followers (log, stream, notifiers, executor) get only the new one.
+    new = make_alert(9, ts=BASE_TS + 9)
+    passed = await sink.write([*old, new])
+    assert [r.id for r in passed if isinstance(r, Alert)] == [new.id]
+    assert [r.alert.id for r in passed if isinstance(r, StoredAlert)] == [new.id]
+    # Older than the retention by the newest event time stored: pruned (when due).
+    sink._next_prune_s = 0.0
+    await sink.write([make_alert(20, ts=BASE_TS + 100 * DAY_MS)])
+    assert [a.id for a in await store.alerts()] == [
+        make_alert(20, ts=BASE_TS + 100 * DAY_MS).id]
