@@ -15,7 +15,8 @@ Protocol (JSON text messages; ``riskmon tail`` is the reference client)::
 Every field but ``op`` is optional: no ``accounts`` means every account the token may see
 (every account, without tokens), no ``kinds`` all kinds, no ``min_level`` ``normal``, no
 ``since`` live alerts only. The subscribe request must come within ``subscribe_timeout_s``
-of the handshake, and is the only message a client sends. Messages with an ``event`` field
+of the handshake, be at most ``max_message_bytes`` long, and is the only message a client
+sends: another one closes the connection (4400). Messages with an ``event`` field
 are the server's own; alerts have none. ``resume_id`` is the alert after which this
 stream starts: a client that received nothing yet resumes from it after a disconnect.
 
@@ -29,9 +30,16 @@ Errors and closes (close codes 4000-4999 are the application's, by RFC 6455):
     unauthorized    4401  token missing or unknown
     forbidden       4403  an account outside the token's accounts
     unknown_since   4404  ``since`` names no stored alert (never stored, or pruned)
-    slow_subscriber 4408  the client fell more than the queue size behind: resume with
-                          ``since`` set to the last id received
+    slow_subscriber 4408  the client fell more than the queue size behind, or did not
+                          read what riskmon had buffered for it (``send_buffer_bytes``)
+                          for ``send_timeout_s``: resume with ``since`` set to the last id
+                          received
     (1001)                riskmon is stopping
+    (1009)                a message longer than ``max_message_bytes`` (websockets closes)
+    (1011)                no answer to a websocket ping within ``ping_timeout_s``
+
+A close never waits on the client for more than ``CLOSE_TIMEOUT_S``: a client that does
+not read gets its connection aborted (its close frame may then never arrive).
 
 Nothing here logs a token or puts one in a message.
 """
@@ -43,6 +51,7 @@ import contextlib
 import hmac
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -50,6 +59,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from adapters.http_server import CLOSE_TIMEOUT_S, LimitedConnection
 from monitor.config import StreamToken
 from monitor.errors import ConfigError
 from monitor.stream import (
@@ -72,6 +82,8 @@ GOING_AWAY: Final = 1001
 _FIELDS: Final = frozenset({"op", "token", "accounts", "kinds", "min_level", "since"})
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close frame's reason fits in 123 bytes
 _ERROR_SEND_TIMEOUT_S: Final = 2.0
+_STALL_CHECKS: Final = 10
+"""Looks at whether sends to a subscriber wait, per ``send_timeout_s``."""
 
 
 def load_tokens(tokens: Iterable[StreamToken],
@@ -114,23 +126,32 @@ class AlertStreamHandler:
     """Serves one websocket connection of the alert stream (see the module docstring)."""
 
     def __init__(self, hub: AlertHub, tokens: Mapping[str, frozenset[str]] | None = None, *,
-                 heartbeat_s: float = 15.0, subscribe_timeout_s: float = 10.0) -> None:
+                 heartbeat_s: float = 15.0, subscribe_timeout_s: float = 5.0,
+                 send_timeout_s: float = 30.0) -> None:
         """``tokens``: token value -> the accounts it may see; None or empty: no auth."""
         self.hub = hub
         self._tokens = dict(tokens or {})
         self.heartbeat_s = heartbeat_s
         self.subscribe_timeout_s = subscribe_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.closed: Counter[str] = Counter()
+        """Connections refused or closed by riskmon, by reason: a key of CLOSE_CODES
+        (``slow_subscriber`` only for a stalled send buffer; the hub counts queue
+        overflows). Those websockets closes on its own, HttpServer's gate counts."""
 
     async def __call__(self, ws: ServerConnection) -> None:
         try:
             subscription, ack = await self._subscribe(ws)
         except Refused as refused:
+            self.closed[refused.code] += 1
             await _refuse(ws, refused)
             return
         except ConnectionClosed:
             return
         try:
             await ws.send(orjson.dumps(ack).decode())
+            if isinstance(ws, LimitedConnection):
+                ws.settle()
             await self._serve(ws, subscription)
         except ConnectionClosed:
             pass
@@ -139,7 +160,8 @@ class AlertStreamHandler:
 
     async def _subscribe(self, ws: ServerConnection) -> tuple[Subscription, dict[str, Any]]:
         try:
-            message = await asyncio.wait_for(ws.recv(), self.subscribe_timeout_s)
+            async with asyncio.timeout(self.subscribe_timeout_s):
+                message = await ws.recv()
         except TimeoutError:
             raise Refused("bad_request", f"no subscribe request within "
                                          f"{self.subscribe_timeout_s:g} s") from None
@@ -192,21 +214,32 @@ class AlertStreamHandler:
         sender = asyncio.create_task(self._send_alerts(ws, subscription))
         reader = asyncio.create_task(_read_until_closed(ws))
         cut_off = asyncio.create_task(subscription.cut_off.wait())
+        stalled = asyncio.create_task(_until_stalled(ws, self.send_timeout_s))
+        tasks = (sender, reader, cut_off, stalled)
         try:
-            await asyncio.wait([sender, reader, cut_off], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, reader, cut_off):
+            for task in tasks:
                 task.cancel()
-            for task in (sender, reader, cut_off):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await task
         if subscription.cut_off.is_set():
             # The client is behind by a whole queue and may not be reading at all, so no
             # error message (sending it could wait forever): the close frame carries the
-            # reason, and the close timeout then aborts the connection of a stuck client.
+            # reason, and a bounded close aborts the connection of a stuck client.
             await _close(ws, "slow_subscriber", str(subscription.error))
+        elif stalled.done() and not stalled.cancelled():
+            self.closed["slow_subscriber"] += 1
+            await _close(ws, "slow_subscriber",
+                         f"not reading for {self.send_timeout_s:g} s; resume with since set"
+                         " to the last alert id received")
+        elif reader.done() and not reader.cancelled() and reader.result():
+            self.closed["bad_request"] += 1
+            await _refuse(ws, Refused("bad_request", "the subscribe request is the only"
+                                                     " message a client sends"))
         elif sender.done() and not sender.cancelled() and sender.exception() is None:
-            await ws.close(GOING_AWAY, "riskmon is stopping")
+            await _close_with(ws, GOING_AWAY, "riskmon is stopping")
 
     async def _send_alerts(self, ws: ServerConnection, subscription: Subscription) -> None:
         hub = self.hub
@@ -217,8 +250,11 @@ class AlertStreamHandler:
                     # message would be most of the cost of a busy stream).
                     stored = await subscription.next_stored()
                 else:
-                    stored = await asyncio.wait_for(subscription.next_stored(),
-                                                    self.heartbeat_s)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+                    # cancellation that comes as the alert does, and this task, cancelled
+                    # when the client is refused or leaves, would then never end.
+                    async with asyncio.timeout(self.heartbeat_s):
+                        stored = await subscription.next_stored()
             except TimeoutError:
                 await ws.send(orjson.dumps({"event": "heartbeat",
                                             "ts": time.time_ns() // 1_000_000}).decode())
@@ -258,21 +294,50 @@ def _parse_request(message: str | bytes) -> dict[str, Any]:
 async def _refuse(ws: ServerConnection, refused: Refused) -> None:
     """Send the error message, then close with its code and reason."""
     with contextlib.suppress(ConnectionClosed, TimeoutError):
-        await asyncio.wait_for(ws.send(orjson.dumps({"event": "error", "code": refused.code,
-                                                     "msg": refused.message}).decode()),
-                               _ERROR_SEND_TIMEOUT_S)
+        async with asyncio.timeout(_ERROR_SEND_TIMEOUT_S):
+            await ws.send(orjson.dumps({"event": "error", "code": refused.code,
+                                        "msg": refused.message}).decode())
     await _close(ws, refused.code, refused.message)
 
 
 async def _close(ws: ServerConnection, code: str, message: str) -> None:
     """Close with the code of ``code`` and ``message`` as the reason (shortened to fit)."""
     reason = message.encode()[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
-    await ws.close(CLOSE_CODES[code], reason)
+    await _close_with(ws, CLOSE_CODES[code], reason)
 
 
-async def _read_until_closed(ws: ServerConnection) -> None:
-    """Consume whatever the client sends after subscribing (nothing is expected) until it
-    closes, so its close frame is seen."""
-    with contextlib.suppress(ConnectionClosed):
-        async for _ in ws:
-            pass
+async def _close_with(ws: ServerConnection, code: int, reason: str) -> None:
+    """``ws.close``, bounded: websockets applies its close timeout only once the close
+    frame is written out, and a client that does not read never lets it be, so after
+    ``CLOSE_TIMEOUT_S`` the transport is aborted (descriptor and buffers freed)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.transport.abort()
+
+
+async def _read_until_closed(ws: ServerConnection) -> bool:
+    """Wait for the client's close (so its close frame is seen); True if it sent a message
+    first (it must not: the connection is then refused)."""
+    try:
+        await ws.recv()
+    except ConnectionClosed:
+        return False
+    return True
+
+
+async def _until_stalled(ws: ServerConnection, send_timeout_s: float) -> None:
+    """Return once sends have waited ``send_timeout_s`` for the client to read (its buffer
+    full, not drained since): websockets' pings queue behind the data then, so nothing
+    else notices that it stopped reading. Never returns for a connection that is not a
+    LimitedConnection (they are what HttpServer serves)."""
+    if not isinstance(ws, LimitedConnection):
+        await asyncio.Future()  # cancelled with the other tasks of _serve
+        return
+    period = send_timeout_s / _STALL_CHECKS
+    while True:
+        await asyncio.sleep(period)
+        since = ws.paused_since
+        if since is not None and ws.loop.time() - since >= send_timeout_s:
+            return

@@ -137,13 +137,42 @@ class StreamToken:
 class StreamConfig:
     """``[stream]``: the alert stream and /healthz, /metrics. ``heartbeat_s``: a heartbeat
     after that long without a message; ``queue_size``: alerts a subscriber may fall
-    behind before it is cut off (both riskmon's choices; SPEC 6 names neither)."""
+    behind before it is cut off (both riskmon's choices; SPEC 6 names neither).
+
+    The limits that keep the port's memory and descriptors bounded whatever clients do
+    (README, "Alert stream under abuse"; all riskmon's choices):
+
+    - ``max_connections``: TCP connections open on the port at once, any path; one more
+      is answered 503 and closed as soon as it is accepted.
+    - ``max_pending``: of those, connections not yet past their opening (the HTTP request,
+      the websocket handshake and, on ``/v1/alerts``, the subscribe request), so clients
+      that stall there cannot keep subscribers out.
+    - ``handshake_timeout_s``: from accepting the connection to the end of the websocket
+      handshake (or the HTTP answer); ``subscribe_timeout_s``: from there to the subscribe
+      request.
+    - ``max_message_bytes``: the largest message a client may send (the subscribe
+      request); a larger one closes the connection with 1009.
+    - ``send_buffer_bytes``: bytes riskmon buffers for one connection before it waits for
+      the client to read; ``send_timeout_s``: a subscriber whose buffer stays that full
+      this long is closed (4408 ``slow_subscriber``).
+    - ``ping_interval_s``, ``ping_timeout_s``: websocket pings; a client that does not
+      answer one in time is closed (1011).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765
     tokens: tuple[StreamToken, ...] = ()
     heartbeat_s: float = 15.0
     queue_size: int = 1000
+    max_connections: int = 256
+    max_pending: int = 64
+    handshake_timeout_s: float = 5.0
+    subscribe_timeout_s: float = 5.0
+    max_message_bytes: int = 8192
+    send_buffer_bytes: int = 65536
+    send_timeout_s: float = 30.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,7 +770,7 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
 
 
 def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
-    _only(table, "stream", {"host", "port", "tokens", "heartbeat_s", "queue_size"})
+    _only(table, "stream", set(StreamConfig.__dataclass_fields__))
     tokens = []
     for index, raw in enumerate(_array(table, "tokens", "stream")):
         path = f"stream.tokens[{index}]"
@@ -756,14 +785,32 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
     port = table.get("port", defaults.port)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ConfigError("stream.port", "must be an integer in [0, 65535]")
-    queue_size = table.get("queue_size", defaults.queue_size)
-    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-        raise ConfigError("stream.queue_size", "must be a positive integer")
-    return StreamConfig(host=_string(table.get("host", defaults.host), "stream.host"),
-                        port=port, tokens=tuple(tokens),
-                        heartbeat_s=_positive(table.get("heartbeat_s", defaults.heartbeat_s),
-                                              "stream.heartbeat_s"),
-                        queue_size=queue_size)
+    sizes: dict[str, int] = {}
+    for key in ("queue_size", "max_connections", "max_pending", "max_message_bytes",
+                "send_buffer_bytes"):
+        value = table.get(key, getattr(defaults, key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"stream.{key}", "must be a positive integer")
+        sizes[key] = value
+    if sizes["max_pending"] > sizes["max_connections"]:
+        raise ConfigError("stream.max_pending", "must not exceed stream.max_connections")
+    if sizes["max_message_bytes"] < 256:
+        raise ConfigError("stream.max_message_bytes",
+                          "must be at least 256 (a subscribe request needs room)")
+    times = {
+        key: _positive(table.get(key, getattr(defaults, key)), f"stream.{key}")
+        for key in ("heartbeat_s", "handshake_timeout_s", "subscribe_timeout_s",
+                    "send_timeout_s", "ping_interval_s", "ping_timeout_s")
+    }
+    return StreamConfig(
+        host=_string(table.get("host", defaults.host), "stream.host"), port=port,
+        tokens=tuple(tokens), heartbeat_s=times["heartbeat_s"], queue_size=sizes["queue_size"],
+        max_connections=sizes["max_connections"], max_pending=sizes["max_pending"],
+        handshake_timeout_s=times["handshake_timeout_s"],
+        subscribe_timeout_s=times["subscribe_timeout_s"],
+        max_message_bytes=sizes["max_message_bytes"],
+        send_buffer_bytes=sizes["send_buffer_bytes"], send_timeout_s=times["send_timeout_s"],
+        ping_interval_s=times["ping_interval_s"], ping_timeout_s=times["ping_timeout_s"])
 
 
 def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:

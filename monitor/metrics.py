@@ -67,6 +67,9 @@ class Metrics:
     stale_instruments: int = 0
     stream_subscribers: int = 0
     stream_cut_off: int = 0
+    stream_connections: int = 0
+    stream_pending: int = 0
+    stream_closed: dict[str, int] = field(default_factory=dict)
     notifier_deliveries: dict[str, int] = field(default_factory=dict)
     notifier_failures: dict[str, int] = field(default_factory=dict)
     notifier_lag_s: dict[str, float] = field(default_factory=dict)
@@ -136,6 +139,14 @@ class Metrics:
                "Alert stream subscriptions receiving live alerts.", self.stream_subscribers)
         family("riskmon_stream_cut_off_total", "counter",
                "Alert stream subscriptions cut off for falling behind.", self.stream_cut_off)
+        family("riskmon_stream_connections", "gauge",
+               "TCP connections open on the [stream] port, any path.", self.stream_connections)
+        family("riskmon_stream_pending_connections", "gauge",
+               "Of those, connections not yet past their handshake and subscribe request.",
+               self.stream_pending)
+        family("riskmon_stream_closed_total", "counter",
+               "Connections on the [stream] port refused or closed by riskmon, by reason.",
+               _by("reason", self.stream_closed))
         # The notifier families are always announced, with no sample when none is
         # configured, so dashboards and alert rules can name them unconditionally.
         family("riskmon_notifier_deliveries_total", "counter",

@@ -73,6 +73,8 @@ class Monitor:
         self._serve_http = serve_http
         self.port: int | None = None
         self.started = asyncio.Event()
+        self._http: HttpServer | None = None
+        self._stream_handler: AlertStreamHandler | None = None
 
     @classmethod
     async def open(cls, config: Config, *,
@@ -186,10 +188,14 @@ class Monitor:
                         return executor.status()
 
                     control = Control(self._control_token, executor.status, operate)
+                limits = self.config.stream
+                self._stream_handler = AlertStreamHandler(
+                    self.hub, self._tokens, heartbeat_s=limits.heartbeat_s,
+                    subscribe_timeout_s=limits.subscribe_timeout_s,
+                    send_timeout_s=limits.send_timeout_s)
                 http = HttpServer(self.daemon.health, self._metrics_text,
-                                  AlertStreamHandler(self.hub, self._tokens,
-                                                     heartbeat_s=self.config.stream.heartbeat_s),
-                                  self._status, control)
+                                  self._stream_handler, self._status, control, limits)
+                self._http = http
                 host, port = self.config.stream.host, self.config.stream.port
                 try:
                     self.port = await http.start(host, port)
@@ -236,8 +242,13 @@ class Monitor:
 
     def _metrics_text(self, now: float) -> str:
         self.daemon.refresh_gauges()
-        self.daemon.metrics.stream_subscribers = self.hub.subscribers
-        self.daemon.metrics.stream_cut_off = self.hub.cut_off
+        metrics = self.daemon.metrics
+        metrics.stream_subscribers = self.hub.subscribers
+        metrics.stream_cut_off = self.hub.cut_off
+        if self._http is not None and self._stream_handler is not None:
+            metrics.stream_connections = self._http.connections
+            metrics.stream_pending = self._http.pending
+            metrics.stream_closed = dict(self._http.gate.closed + self._stream_handler.closed)
         self.notifiers.update_metrics(self.daemon.metrics, now)
         return self.daemon.metrics.render(now)
 

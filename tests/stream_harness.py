@@ -12,6 +12,7 @@ from adapters.http_server import HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
+from monitor.config import StreamConfig
 from monitor.pipeline import Record, SinkTask
 from monitor.records import StoredAlert
 from monitor.stream import AlertHub
@@ -85,12 +86,14 @@ class StreamServer:
 
     def __init__(self, db: Path, *, tokens: Mapping[str, frozenset[str]] | None = None,
                  queue_size: int = 1000, heartbeat_s: float = 15.0,
-                 subscribe_timeout_s: float = 10.0) -> None:
+                 subscribe_timeout_s: float = 10.0,
+                 limits: StreamConfig | None = None) -> None:
+        """``limits``: the ``[stream]`` limits (its queue size, heartbeat and subscribe
+        timeout replace the arguments); None: the defaults."""
         self.db = db
         self.tokens = tokens
-        self.queue_size = queue_size
-        self.heartbeat_s = heartbeat_s
-        self.subscribe_timeout_s = subscribe_timeout_s
+        self.limits = limits or StreamConfig(queue_size=queue_size, heartbeat_s=heartbeat_s,
+                                             subscribe_timeout_s=subscribe_timeout_s)
         self.port = 0
         self._parts: tuple[HttpServer, Chain, SqliteStore, SqliteStore] | None = None
 
@@ -106,11 +109,15 @@ class StreamServer:
     async def start(self) -> StreamServer:
         store = await SqliteStore.open(self.db, synchronous="OFF")
         reader = await SqliteStore.open(self.db)
-        chain = Chain(store, reader, queue_size=self.queue_size,
+        limits = self.limits
+        chain = Chain(store, reader, queue_size=limits.queue_size,
                       last_id=await reader.last_alert_id())
-        handler = AlertStreamHandler(chain.hub, self.tokens, heartbeat_s=self.heartbeat_s,
-                                     subscribe_timeout_s=self.subscribe_timeout_s)
-        http = HttpServer(lambda now: (True, {}), lambda now: "", handler)
+        handler = AlertStreamHandler(chain.hub, self.tokens, heartbeat_s=limits.heartbeat_s,
+                                     subscribe_timeout_s=limits.subscribe_timeout_s,
+                                     send_timeout_s=limits.send_timeout_s)
+        http = HttpServer(lambda now: (True, {}), lambda now: "", handler, limits=limits)
+        self.handler = handler
+        self.http = http
         self.port = await http.start("127.0.0.1", self.port)
         self._parts = (http, chain, store, reader)
         return self
