@@ -249,7 +249,6 @@ class _Worker:
         self._rng = random.Random()
         self._failures = 0
         self._idle_since = time.monotonic()
-        self.warmed = 0
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -333,7 +332,6 @@ class _Worker:
             self.executor.log.warning("execution_warm_failed", account=self.account,
                                       error=str(e))
         self._idle_since = time.monotonic()
-        self.warmed += 1
 
     async def _turn(self) -> None:
         while self.orders:
