@@ -158,6 +158,17 @@ BAD_LINES = [
     bad_mark(price=b"[1]"),
     bad_mark(price=b"true"),
     bad_mark(price=b"null"),
+    # Spellings float() takes but OKX never writes (compiled, the decoder scans the code
+    # points; interpreted, it strips the canonical characters).
+    bad_mark(price=b'" 60000"'),
+    bad_mark(price=b'"60000\\n"'),
+    bad_mark(price=b'"6_0000"'),
+    bad_mark(price=b'"+60000"'),
+    bad_mark(price=b'"6e4"'),
+    bad_mark(price=b'"6E4"'),
+    bad_mark(price=b'"60000.5/"'),
+    bad_mark(price=b'"\\u0666\\u0660\\u0660"'),
+    bad_mark(price=b'"60000.5\\u00a0"'),
     bad_mark(ts=b'"-1"'),
     bad_mark(ts=b'"1.5"'),
     bad_mark(ts=b"1.5"),

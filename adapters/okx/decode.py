@@ -160,6 +160,9 @@ _IDENTIFIER_LENGTH: Final = IDENTIFIER_LENGTH
 # The characters of a canonical positive decimal; what float() takes beyond them (spaces,
 # "+", "_", exponents, "inf", "nan", non-ASCII digits) is not how OKX writes a price.
 _DECIMAL_CHARACTERS: Final = "0123456789."
+_ZERO: Final = ord("0")
+_NINE: Final = ord("9")
+_DOT: Final = ord(".")
 _CANONICAL_NUMBER: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
@@ -233,6 +236,7 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
     # tick here.
     if type(data) is not list:
         raise BadInput(f"mark-price data {_show(data)} is not an array")
+    single = len(data) == 1  # the usual frame: return [mark], a list allocated once
     events: list[Event] = []
     for row in data:
         if type(row) is not dict:
@@ -242,9 +246,18 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             raise BadInput(f"mark-price instId {_show(inst_id)} is not an instrument id")
         raw_price = row.get("markPx")
         if type(raw_price) is str:
-            # Stripping the canonical characters leaves "" (a shared empty string, nothing
-            # allocated) unless the spelling has anything else.
-            if raw_price.strip(_DECIMAL_CHARACTERS):
+            # Only digits and dots (a plain decimal; float() would also take spaces, "_",
+            # "+" and exponents). Compiled, a loop over the code points (read in place by
+            # mypyc, nothing allocated) costs a third of str.strip; interpreted, the loop
+            # would cost more than strip, which leaves "" (shared, nothing allocated)
+            # unless the spelling has anything else.
+            if _COMPILED:
+                for index in range(len(raw_price)):
+                    code = ord(raw_price[index])
+                    if code > _NINE or (code < _ZERO and code != _DOT):
+                        raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx",
+                                                      raw_price, "price"))
+            elif raw_price.strip(_DECIMAL_CHARACTERS):
                 raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
                                               "price"))
             try:
@@ -263,11 +276,17 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
                                           "price"))
         raw_ts = row.get("ts")
-        try:
-            # int() alone, then the sign: cheaper than isdecimal() first, and it still
-            # rejects everything that is not a whole number.
-            event_ms = int(raw_ts) if type(raw_ts) is str or type(raw_ts) is int else -1
-        except ValueError:
+        # int() alone, then the sign: cheaper than isdecimal() first, and it still rejects
+        # everything that is not a whole number. A str is converted apart from an int: the
+        # narrowed type lets compiled code call the str parser directly.
+        if type(raw_ts) is str:
+            try:
+                event_ms = int(raw_ts)
+            except ValueError:
+                event_ms = -1
+        elif type(raw_ts) is int:
+            event_ms = raw_ts
+        else:
             event_ms = -1
         if not 0 <= event_ms <= _TIMESTAMP_MAX_MS:
             raise BadInput(_timestamp_reason(f"mark-price {inst_id}", "ts", raw_ts))
@@ -286,6 +305,8 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             _set_mark_price(mark, price)
             _set_mark_event_ms(mark, event_ms)
             _set_mark_recv_ms(mark, recv_ms)
+        if single:
+            return [mark]
         events.append(mark)
     return events
 
@@ -319,6 +340,7 @@ if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms",
 ):
     raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
 _ASSIGN_MARK_FIELDS: Final = _can_assign_mark_fields()
+_COMPILED: Final = _ASSIGN_MARK_FIELDS  # true exactly when mypyc compiled this module
 
 
 # --- reading a mark-price push without parsing it (the live feed's reader) ----------------
