@@ -22,9 +22,12 @@ For each trigger, a worker:
    they are read over REST (``GET account/positions``). The orders are reduce-only as
    well: the exchange itself refuses to let one grow a position;
 2. stores the legs and one attempt row per order (``execution_legs``,
-   ``execution_attempts``) with its advanced cursor, in one transaction, and only then
-3. sends the orders (``POST batch-orders``, 20 per request), stores the answers and
-   emits ``execution_sent`` (one per request, listing every order and its ``sCode``);
+   ``execution_attempts``) with its advanced cursor, in one transaction, and
+3. sends the orders (``POST batch-orders``, 20 per request) while that transaction
+   commits: the first request does not wait for the commit (it would add the commit's
+   time, about a millisecond, to every trigger's latency), its answer does. Then it
+   stores the answers and emits ``execution_sent`` (one per request, listing every order
+   and its ``sCode``);
 4. follows each order on the ``orders`` channel to its end: ``execution_filled`` when it
    is filled; a rejection or an order that ended partly filled is ``execution_failed``
    with the exchange's ``sCode``/``sMsg`` and ``will_retry``, and the remainder is sent
@@ -37,7 +40,9 @@ order without a final state after ``fill_timeout_s``, is looked up by its client
 (``GET trade/order``): found, it is followed; unknown to the exchange, it is sent again
 with the *same* client id (the exchange refuses a second order with an id it has seen),
 at most :data:`~monitor.execution.MAX_RESENDS` times. After a restart every open leg is
-looked up the same way before anything is sent, so no order is ever placed twice.
+looked up the same way before anything is sent, and so is every leg of a trigger stored
+after the cursor (the run before may have sent its first order, whose client id is known
+from the trigger, and died before the commit): no order is ever placed twice.
 
 Safety: execution needs ``risk.execute_triggers`` and the account's ``execute``; a key
 that cannot trade refuses the start (:meth:`Executor.check_keys`); ``pause`` (the kill
@@ -249,6 +254,10 @@ class _Worker:
         self._rng = random.Random()
         self._failures = 0
         self._idle_since = time.monotonic()
+        self.recovering = False
+        """The first catch-up after a start: its triggers may have been sent already."""
+        self._unconfirmed: set[tuple[str, int]] = set()
+        """Legs of such triggers not yet known to have been placed."""
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -263,10 +272,12 @@ class _Worker:
                 continue  # pruned: nothing left to report about
             self.sources[source.id] = source
             if progress.state == "sending":
-                progress.state = "unknown"  # stored before its request: may have gone
+                progress.state = "unknown"  # stored with its request: may have gone
             self._track(progress, 0.0)
-        # Triggers stored after the cursor (the previous run stopped before taking them).
+        # Triggers stored after the cursor: the previous run stopped before taking them,
+        # or took one, sent its orders and died before their commit (see _recover).
         self.behind = True
+        self.recovering = True
 
     def start(self) -> None:
         self.wake.set()  # the first turn catches up and follows up what load() found
@@ -365,16 +376,18 @@ class _Worker:
             page = await store.stored_alerts(self.cursor, accounts=[self.account],
                                              kinds=self.executor.kinds, limit=PAGE_SIZE)
             for stored in page:
-                await self._take(stored)
+                await self._take(stored, recovering=self.recovering)
             if len(page) < PAGE_SIZE:
                 break
         self.behind = False
+        self.recovering = False
         self.triggers.clear()  # everything queued was in the store too, and is taken
 
     # -- a trigger ------------------------------------------------------------------------
 
-    async def _take(self, stored: StoredAlert) -> None:
-        """Turn a stored trigger into legs and send them (or fail them at once)."""
+    async def _take(self, stored: StoredAlert, *, recovering: bool = False) -> None:
+        """Turn a stored trigger into legs and send them (or fail them at once); when
+        ``recovering``, look its first orders up instead (see :meth:`_recover`)."""
         if stored.seq <= self.cursor:
             return
         source = stored.alert
@@ -386,6 +399,9 @@ class _Worker:
             await self.executor.store.save_execution(state=cursor)
             return
         self.sources[source.id] = source
+        if recovering:
+            await self._recover(progress, cursor, now_ms)
+            return
         age_ms = now_ms - source.emitted_ms
         reason = ("paused" if self.executor.paused
                   else "expired" if age_ms > self.config.max_trigger_age_s * 1000 else None)
@@ -404,6 +420,23 @@ class _Worker:
         for item in progress:
             self._track(item, 0.0)
         await self._send(progress, state=cursor)
+
+    async def _recover(self, progress: list[LegProgress], cursor: Mapping[str, str],
+                       now_ms: int) -> None:
+        """A trigger found after the cursor at a start. The run before may have sent its
+        orders and died before their commit (the first request goes while the attempts
+        commit): each leg's first order, whose client id follows from the trigger, is
+        looked up before anything is sent. Found, it is followed; absent, it goes as a
+        resend of that id (or fails ``expired``, or waits while paused, as a new trigger
+        would)."""
+        for item in progress:
+            item.next_attempt(item.leg.size)
+            item.state = "unknown"
+            item.first_sent_ms = now_ms
+            self._unconfirmed.add(self._key(item))
+        await self.executor.store.save_execution(progress, state=cursor)
+        for item in progress:
+            self._track(item, 0.0)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -448,7 +481,14 @@ class _Worker:
             orders.append((item, client_id, size))
             attempts.append(self._attempt(item, now_ms, "dry_run" if dry_run else "sending",
                                           {}, dry_run))
-        await self.executor.store.save_execution(pending, attempts, state)
+        save = self.executor.store.save_execution(pending, attempts, state)
+        limit = max(1, self.trader.batch_limit)
+        if orders and not dry_run:
+            # The first request goes while the attempts commit; its answer waits for it.
+            await self._request(orders[:limit], asyncio.ensure_future(save))
+            orders = orders[limit:]
+        else:
+            await save
         skipped = []
         for item in finished:
             self._untrack(item)
@@ -468,20 +508,28 @@ class _Worker:
                     side=item.leg.side, pos_side=item.leg.position_side,
                     margin_mode=item.leg.margin_mode, size=size)
             return
-        limit = max(1, self.trader.batch_limit)
         for start in range(0, len(orders), limit):
             await self._request(orders[start:start + limit])
 
-    async def _request(self, batch: list[tuple[LegProgress, str, float]]) -> None:
+    async def _request(self, batch: list[tuple[LegProgress, str, float]],
+                       stored: asyncio.Future[None] | None = None) -> None:
+        """Send one request and take its answers; ``stored``, the commit of its attempts
+        if still under way, is waited for before anything about the answers is."""
         max_attempts = self.config.max_attempts
         try:
             answers = await self.trader.place([(item.leg, cid, size) for item, cid, size in batch])
         except TradeFailure as failure:
+            await self._committed(stored, batch)
             answers = [OrderAnswer(cid, "", failure.code, failure.msg or str(failure), None)
                        for _, cid, _ in batch]
             outcome: LegEvent = ("throttled" if failure.kind == "throttled"
                                  else "lost" if failure.kind == "lost" else "rejected")
+        except BaseException:  # cancelled (stop()): the commit still ends before the store
+            with contextlib.suppress(Exception):
+                await self._committed(stored, batch)
+            raise
         else:
+            await self._committed(stored, batch)
             outcome = "accepted"
         now_ms = self.executor.wall_ms()
         attempts: list[OrderAttempt] = []
@@ -541,6 +589,23 @@ class _Worker:
         if outcome == "throttled":
             self.executor.log.warning("execution_rate_limited", account=self.account)
 
+    async def _committed(self, stored: asyncio.Future[None] | None,
+                         batch: list[tuple[LegProgress, str, float]]) -> None:
+        """Wait for the attempts' commit. If it failed, the request went all the same:
+        its orders are looked up (and stored then), and the error goes on to the loop."""
+        if stored is None:
+            return
+        try:
+            await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            await stored
+            raise
+        except BaseException:
+            for item, _, _ in batch:
+                item.state = "unknown"
+                self._track(item, LOOKUP_AFTER_LOST_S)
+            raise
+
     # -- following orders -----------------------------------------------------------------
 
     async def _on_update(self, update: OrderUpdate) -> None:
@@ -558,11 +623,19 @@ class _Worker:
                                       client_id=progress.client_id, error=str(e))
             self._track(progress, self.config.fill_timeout_s)
             return
+        key = self._key(progress)
         if update is None:
             if progress.state == "accepted":
                 # Accepted, yet unknown to the lookup: the exchange is behind; ask again.
                 self._track(progress, self.config.fill_timeout_s)
                 return
+            if key in self._unconfirmed:  # a recovered trigger's order: never placed
+                self._unconfirmed.discard(key)
+                source = self.sources.get(progress.leg.alert_id)
+                age_ms = self.executor.wall_ms() - (source.emitted_ms if source else 0)
+                if age_ms > self.config.max_trigger_age_s * 1000:
+                    await self._finish(progress, "give_up", reason="expired")
+                    return
             state = progress.step("absent", self.config.max_attempts)
             await self.executor.store.save_execution([progress])
             if state == "pending":
@@ -570,6 +643,7 @@ class _Worker:
             else:
                 await self._report_failed(progress, "absent after resends")
             return
+        self._unconfirmed.discard(key)
         await self._apply(progress, update)
         if not progress.final and progress.state in ("accepted", "unknown"):
             self._track(progress, self.config.fill_timeout_s)
@@ -650,6 +724,7 @@ class _Worker:
         key = self._key(progress)
         self.legs.pop(key, None)
         self.due.pop(key, None)
+        self._unconfirmed.discard(key)
 
     @staticmethod
     def _key(progress: LegProgress) -> tuple[str, int]:

@@ -20,7 +20,7 @@ clock of its own (times are arguments):
 
 Leg states::
 
-    pending   --send-->        sending   (the attempt is stored before the request goes)
+    pending   --send-->        sending   (the attempt is stored as the request goes)
     sending   --accepted-->    accepted  (sCode 0; waiting for the final state)
     sending   --rejected-->    pending (attempts left) | failed
     sending   --lost-->        unknown   (timeout, connection error: look it up)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,14 @@ from monitor.alerts import Alert
 from monitor.config import ExecutionConfig
 from monitor.errors import ConfigError
 from monitor.events import Order, OrderUpdate
-from monitor.execution import Leg, OrderAnswer, PositionKey, TradeFailure, legs_of
+from monitor.execution import (
+    Leg,
+    OrderAnswer,
+    PositionKey,
+    TradeFailure,
+    client_order_id,
+    legs_of,
+)
 from monitor.records import StoredAlert
 from tests.test_execution import BTC, ETH, fired_stop_loss
 
@@ -48,7 +55,6 @@ class FakeExchange:
     placed: dict[str, tuple[Leg, float, float]] = field(default_factory=dict)
     held: list[str] = field(default_factory=list)
     push: Callable[[OrderUpdate], None] | None = None
-    unstored: list[str] = field(default_factory=list)
     warm_calls: int = 0
     positions_reads: int = 0
 
@@ -66,13 +72,10 @@ class FakeExchange:
         return {k: v for k, v in self.book.items() if v != 0}
 
     async def place(self, orders: Sequence[tuple[Leg, str, float]]) -> list[OrderAnswer]:
-        stored = {a.client_id: a.state for a in await self.store.execution_attempts()}
         self.requests.append([cid for _, cid, _ in orders])
         answers = []
         lost = False
         for leg, client_id, size in orders:
-            if stored.get(client_id) != "sending":
-                self.unstored.append(client_id)
             if client_id in self.placed:
                 answers.append(OrderAnswer(client_id, "", "51016", "Duplicated clOrdId", None))
                 continue
@@ -96,6 +99,11 @@ class FakeExchange:
         if lost:
             raise TradeFailure("POST /api/v5/trade/batch-orders: no answer in time", "lost")
         return answers
+
+    def place_now(self, leg: Leg, client_id: str) -> None:
+        """An order placed and filled as if by a run that died before storing it."""
+        self.placed[client_id] = (leg, leg.size, leg.size)
+        self._trade(leg, leg.size)
 
     def release(self) -> None:
         for client_id in self.held:
@@ -169,6 +177,7 @@ class Harness:
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
+            self.store = None
 
 
 async def until(condition: Callable[[], bool | Awaitable[bool]], within_s: float = 10.0) -> None:
@@ -187,11 +196,13 @@ def hedged() -> dict[PositionKey, float]:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> Harness:
-    return Harness(tmp_path, hedged())
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path, hedged())
+    yield harness
+    await harness.close()  # also when the test failed: an open store keeps its thread
 
 
-async def test_a_trigger_closes_every_leg_once_stored_first(harness: Harness) -> None:
+async def test_a_trigger_closes_every_leg_once(harness: Harness) -> None:
     executor, exchange = await harness.open()
     try:
         await harness.trigger(executor, fired_stop_loss())
@@ -199,7 +210,7 @@ async def test_a_trigger_closes_every_leg_once_stored_first(harness: Harness) ->
     finally:
         await executor.stop()
     assert exchange.positions_now() == {}
-    assert len(exchange.requests) == 1 and exchange.unstored == []
+    assert len(exchange.requests) == 1
     assert harness.kinds() == ["execution_sent", "execution_filled", "execution_filled"]
     sent = harness.alerts[0].payload["orders"]
     assert [(o["inst_id"], o["side"], o["pos_side"], o["order_size"], o["s_code"])
@@ -419,6 +430,60 @@ async def test_a_trigger_stored_while_down_is_taken_after_the_start(harness: Har
     finally:
         await executor.stop()
     assert len(exchange.placed) == 2
+    await harness.close()
+
+
+async def stored_while_down(harness: Harness, exchange: FakeExchange) -> Alert:
+    """A trigger stored after the executor's cursor, as a run that died right after
+    storing it (and perhaps after sending its orders) leaves it."""
+    assert harness.store is not None
+    alert = fired_stop_loss()
+    await harness.store.write_alerts([alert])
+    return alert
+
+
+async def test_a_trigger_after_the_cursor_is_looked_up_before_it_is_sent(
+        harness: Harness) -> None:
+    # The first request goes while its attempts commit: a run can die after sending and
+    # before the commit. Its trigger is then after the cursor, with no legs stored; the
+    # next run must find the orders by their client ids and not place them again.
+    executor, exchange = await harness.open()
+    await executor.stop()
+    alert = await stored_while_down(harness, exchange)
+    btc, eth = legs_of(alert)
+    exchange.place_now(btc, client_order_id(alert.id, btc.index, 1))  # sent, then died
+    executor, _ = await harness.open(exchange=exchange)
+    try:
+        await until(lambda: harness.kinds().count("execution_filled") == 2)
+    finally:
+        await executor.stop()
+    # BTC's order was found (no request for it); ETH's was absent and went once, with the
+    # first attempt's id.
+    assert exchange.requests == [[client_order_id(alert.id, eth.index, 1)]]
+    assert len(exchange.placed) == 2 and exchange.positions_now() == {}
+    assert harness.store is not None
+    legs = await harness.store.execution_legs()
+    assert [(p.state, p.attempt, p.total_filled) for p in legs] == [("filled", 1, 300.0),
+                                                                    ("filled", 1, 400.0)]
+    await harness.close()
+
+
+async def test_a_recovered_trigger_too_old_to_act_on_is_not_sent(harness: Harness) -> None:
+    config = dataclasses.replace(FAST, max_trigger_age_s=60.0)
+    executor, exchange = await harness.open(config)
+    await executor.stop()
+    alert = await stored_while_down(harness, exchange)  # emitted in 2026-01: long ago
+    btc, _ = legs_of(alert)
+    exchange.place_now(btc, client_order_id(alert.id, btc.index, 1))
+    executor, _ = await harness.open(config, exchange=exchange)
+    try:
+        await until(lambda: {"execution_filled", "execution_failed"} <= set(harness.kinds()))
+    finally:
+        await executor.stop()
+    # The order that went is followed to its fill; the one that never went is not sent.
+    assert exchange.requests == []
+    failed = [a for a in harness.alerts if a.kind == "execution_failed"]
+    assert [(a.payload["inst_id"], a.payload["reason"]) for a in failed] == [(ETH, "expired")]
     await harness.close()
 
 
