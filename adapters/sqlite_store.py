@@ -49,6 +49,7 @@ import math
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from functools import partial
@@ -255,7 +256,7 @@ class SqliteStore:
     """
 
     def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
-                 quarantine_max_rows: int = 10_000) -> None:
+                 quarantine_max_rows: int = 10_000, location: str = "") -> None:
         """Wrap an open, migrated connection; use :meth:`open` instead."""
         self._db: aiosqlite.Connection | None = db
         self._retention_ms = retention_ms
@@ -263,6 +264,7 @@ class SqliteStore:
         # One connection carries one transaction at a time; without the lock a second task
         # could issue BEGIN while the first is between BEGIN and COMMIT.
         self._lock = asyncio.Lock()
+        self._write_lock = _write_lock(location)
 
     @classmethod
     async def open(
@@ -327,7 +329,7 @@ class SqliteStore:
             await _close_quietly(db)
             raise
         return cls(db, retention_ms=round(retention_days * _MS_PER_DAY),
-                   quarantine_max_rows=quarantine_max_rows)
+                   quarantine_max_rows=quarantine_max_rows, location=location)
 
     async def close(self) -> None:
         """Close the connection after any call in progress; closing twice is harmless."""
@@ -758,14 +760,18 @@ class SqliteStore:
         on the connection's worker thread (see :func:`_on_worker_thread`).
 
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
-        at BEGIN, not halfway through. ``action`` names the operation in a SinkError.
+        at BEGIN, not halfway through; before that, the in-process write lock of the file
+        (:func:`_write_lock`). ``action`` names the operation in a SinkError.
         """
         async with self._lock:
             db = self._db
             if db is None:
                 raise SinkError(f"{action} failed: the store is closed")
             try:
-                return await _on_worker_thread(db, partial(_transact, work, immediate))
+                if not immediate:
+                    return await _on_worker_thread(db, partial(_transact, work, immediate))
+                async with self._write_lock:
+                    return await _on_worker_thread(db, partial(_transact, work, immediate))
             except sqlite3.Error as e:
                 raise SinkError(f"{action} failed: {e}") from e
 
@@ -856,6 +862,33 @@ def _pool_checkpoints(account: str, stored: str) -> tuple[PoolCheckpoint, ...]:
             raise SinkError(f"level_state of account {account!r} holds an unknown pool level")
         pools.append(PoolCheckpoint(row[0], level, row[2]))
     return tuple(pools)
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakValueDictionary[str, asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def _write_lock(location: str) -> asyncio.Lock:
+    """The write lock every store of this process shares for the file at ``location``
+    (per event loop; each store holds it, so it lives as long as one of them does).
+
+    The daemon writes one file through several connections (the alerts, the notifiers'
+    cursors, the executor's orders). Two of them writing at once would meet in SQLite's
+    busy handler, which waits by sleeping 1, 2, 5, 10, 15... ms between tries: a commit
+    behind another could then wait tens of milliseconds for a lock freed after one. Taken
+    in turn through this lock, a writer waits exactly as long as the commit before it.
+    The busy handler still arbitrates between processes (``riskmon alerts --db``, say).
+    """
+    loop = asyncio.get_running_loop()
+    locks = _WRITE_LOCKS.get(loop)
+    if locks is None:
+        locks = _WRITE_LOCKS[loop] = weakref.WeakValueDictionary()
+    key = os.path.realpath(location) if location else ""
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    return lock
 
 
 def _probe(location: str) -> None:

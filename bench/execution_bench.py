@@ -2,7 +2,9 @@
 
 Run from the repository root: ``.venv/bin/python -m bench.execution_bench`` (options:
 ``--accounts N`` triggers, one per account; ``--rate`` frames per second, default 10,000;
-``--seconds``).
+``--seconds``; ``--synchronous`` the daemon's ``storage.synchronous``; ``--daemon-python``
+the interpreter of the daemon, ``.venv-native/bin/python`` for the compiled build;
+``--runs N`` runs pooled into one set of percentiles).
 
 A generated recording: ``--accounts`` accounts, each long one of 10 instruments with a
 ``margin_ratio`` stop-loss whose bound its margin ratio crosses at its own price on the
@@ -137,7 +139,8 @@ def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path,
     return env
 
 
-async def run(accounts: int, rate: int, seconds: float, synchronous: str) -> dict[str, Any]:
+async def run(accounts: int, rate: int, seconds: float, synchronous: str,
+              daemon_python: str) -> dict[str, Any]:
     total_ms = int(seconds * rate / INSTRUMENTS)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -153,10 +156,13 @@ async def run(accounts: int, rate: int, seconds: float, synchronous: str) -> dic
         env = write_config(config, port, rest_port, accounts, db, synchronous)
         log_path = directory / "daemon.log"
         with log_path.open("wb") as log_file:
+            # Run from the temporary directory: with --daemon-python naming an installed
+            # (compiled) build, the source tree must not shadow it.
             daemon = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "monitor", "--log-format", "json", "--log-level",
+                daemon_python, "-m", "monitor", "--log-format", "json", "--log-level",
                 "warning", "run", "--config", str(config), env={**os.environ, **env},
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+                cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=log_file)
         try:
             finished = asyncio.ensure_future(server.wait_finished())
             exited = asyncio.ensure_future(daemon.wait())
@@ -208,10 +214,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                         help="storage.synchronous of the daemon (the alert's commit)")
+    parser.add_argument("--daemon-python", default=sys.executable,
+                        help="the interpreter that runs the daemon (default: this one); "
+                             ".venv-native/bin/python runs the compiled build")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs, one after the other; the percentiles pool their triggers")
     args = parser.parse_args()
-    result = asyncio.run(run(args.accounts, args.rate, args.seconds, args.synchronous))
-    latencies = result["latencies_ms"]
-    inner = result["inner_ms"]
+    latencies: list[float] = []
+    inner: list[float] = []
+    result: dict[str, Any] = {"frames": 0, "orders": 0}
+    for _ in range(args.runs):
+        one = asyncio.run(run(args.accounts, args.rate, args.seconds, args.synchronous,
+                              args.daemon_python))
+        latencies += one["latencies_ms"]
+        inner += one["inner_ms"]
+        result["frames"] += one["frames"]
+        result["orders"] += one["orders"]
+    latencies.sort()
+    inner.sort()
     if inner:
         print(f"inside the daemon, receive of the frame -> attempt stored (wall ms): p50 "
               f"{statistics.median(inner):.0f}, max {inner[-1]:.0f}")

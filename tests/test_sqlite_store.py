@@ -603,3 +603,27 @@ async def test_the_daemons_sink_prunes_by_event_time_and_passes_on_only_news(
     await sink.write([make_alert(20, ts=BASE_TS + 100 * DAY_MS)])
     assert [a.id for a in await store.alerts()] == [
         make_alert(20, ts=BASE_TS + 100 * DAY_MS).id]
+
+
+async def test_writers_on_one_file_take_turns_instead_of_meeting_the_busy_handler(
+        db_path: Path) -> None:
+    # The daemon writes one file through several connections (alerts, notifier cursors,
+    # executor orders). In one process they take turns on a shared lock: even with
+    # SQLite's busy handler switched off, none of them ever finds the file locked (with
+    # it, a writer behind another would sleep 1, 2, 5, 10... ms between tries).
+    first = await SqliteStore.open(db_path)
+    second = await SqliteStore.open(db_path, synchronous="NORMAL")
+    try:
+        for opened in (first, second):
+            assert opened._db is not None
+            await opened._db.execute("PRAGMA busy_timeout = 0")
+
+        async def write(store: SqliteStore, start: int) -> None:
+            for n in range(start, start + 40):
+                await store.write_alerts([make_alert(n)])
+
+        await asyncio.gather(write(first, 0), write(second, 1000))
+    finally:
+        await first.close()
+        await second.close()
+    assert rows(db_path, "SELECT count(*) FROM alerts") == [(80,)]
