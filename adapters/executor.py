@@ -90,6 +90,7 @@ from monitor.execution import (
     execution_alert,
     legs_of,
 )
+from monitor.metrics import Metrics
 from monitor.records import StoredAlert
 
 __all__ = ["Executor"]
@@ -124,6 +125,7 @@ class Executor:
         vouch for them (not connected, no snapshot yet): then they are read over REST."""
         self.workers = {account: _Worker(self, trader) for account, trader in traders.items()}
         self.log = get_logger("riskmon.executor")
+        self._stopped = False
 
     @classmethod
     async def open(cls, config: ExecutionConfig, traders: Mapping[str, Trader],
@@ -180,14 +182,48 @@ class Executor:
         for worker in self.workers.values():
             worker.start()
 
-    async def stop(self) -> None:
-        """Stop the workers (what is open is stored: the next start follows it up)."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop the workers and close the store; stopping twice is harmless.
+
+        Each worker first finishes the turn it is in (a request on the wire gets its
+        answer, and the alerts saying so are emitted while the sink chain still takes
+        them), for at most ``grace_s`` (default: the request timeout and a second); then
+        it is cancelled. What is still open is stored either way: the next start looks it
+        up before sending anything.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if grace_s is None:
+            grace_s = self.config.request_timeout_s + 1.0
         try:
-            await asyncio.gather(*(w.stop() for w in self.workers.values()))
+            await asyncio.gather(*(w.stop(grace_s) for w in self.workers.values()))
         finally:
             for worker in self.workers.values():
                 await worker.trader.close()
             await self.store.close()
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The ``/healthz`` failure of workers that crashed (a bug: the account's triggers
+        are no longer carried out), or nothing."""
+        crashed = sorted(account for account, worker in self.workers.items()
+                         if worker.crash is not None)
+        if not crashed:
+            return []
+        return [{"reason": "executor_failed", "accounts": crashed,
+                 "errors": {a: self.workers[a].crash for a in crashed}}]
+
+    def update_metrics(self, metrics: Metrics) -> None:
+        """Copy the executor's figures into the ``/metrics`` families."""
+        metrics.executor_paused = self.paused
+        for account, worker in self.workers.items():
+            metrics.executor_orders_sent[account] = worker.counts["requested"]
+            metrics.executor_orders_rejected[account] = worker.counts["rejected"]
+            metrics.executor_legs_filled[account] = worker.counts["filled"]
+            metrics.executor_legs_failed[account] = worker.counts["failed"]
+            metrics.executor_open_legs[account] = len(worker.legs)
+            metrics.executor_queued_triggers[account] = len(worker.triggers)
+            metrics.executor_worker_up[account] = worker.running()
 
     # -- the sink face (a follower of SQLite) --------------------------------------------
 
@@ -249,8 +285,15 @@ class _Worker:
         self.legs: dict[tuple[str, int], LegProgress] = {}
         self.due: dict[tuple[str, int], float] = {}
         self.sources: dict[str, Alert] = {}
-        self.counts = {"sent": 0, "filled": 0, "failed": 0}
+        self.counts = {"requested": 0, "sent": 0, "rejected": 0, "filled": 0, "failed": 0}
+        """Since the start: orders in requests (resends too), orders the exchange took
+        or that went unanswered (looked up then), orders it refused; legs filled, legs
+        given up or refused before sending."""
         self.task: asyncio.Task[None] | None = None
+        self.stopping = False
+        """Set by :meth:`stop`: the loop ends after the turn in progress."""
+        self.crash: str | None = None
+        """The error that ended the task, if one did."""
         self._rng = random.Random()
         self._failures = 0
         self._idle_since = time.monotonic()
@@ -282,12 +325,38 @@ class _Worker:
     def start(self) -> None:
         self.wake.set()  # the first turn catches up and follows up what load() found
         self.task = asyncio.create_task(self._run(), name=f"executor-{self.account}")
+        self.task.add_done_callback(self._ended)
 
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+    async def stop(self, grace_s: float) -> None:
+        """Let the turn in progress finish (at most ``grace_s``), then end the task."""
+        task = self.task
+        if task is None or task.done():
+            return
+        self.stopping = True
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await asyncio.shield(task)
+        if not task.done():
+            self.executor.log.warning("executor_stop_timeout", account=self.account,
+                                      grace_s=grace_s)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A worker ends only when stopped: anything else is a bug, reported on
+        ``/healthz`` and in the log (the task's exception is retrieved here)."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.crash = f"{type(error).__name__}: {error}"
+            self.executor.log.error("executor_crashed", account=self.account,
+                                    error=self.crash, exc_info=error)
 
     def offer(self, stored: StoredAlert) -> None:
         if stored.seq <= self.cursor:
@@ -309,7 +378,7 @@ class _Worker:
     async def _run(self) -> None:
         log = self.executor.log
         keep_warm_s = self.config.keep_warm_s
-        while True:
+        while not self.stopping:
             warm_at = self._idle_since + keep_warm_s
             timeout = max(0.0, min([warm_at, *self.due.values()]) - time.monotonic())
             # asyncio.timeout, not wait_for: in Python 3.11 wait_for returns the result
@@ -319,6 +388,8 @@ class _Worker:
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
             self.wake.clear()
+            if self.stopping:
+                return
             try:
                 if time.monotonic() >= warm_at:
                     await self._warm()
@@ -329,6 +400,8 @@ class _Worker:
                 delay = backoff_delay(self._failures, *RETRY_BACKOFF_S, self._rng)
                 log.error("executor_error", account=self.account, error=str(e),
                           retry_in_s=round(delay, 3))
+                if self.stopping:
+                    return
                 await asyncio.sleep(delay)
                 self.wake.set()
             else:
@@ -516,6 +589,7 @@ class _Worker:
         """Send one request and take its answers; ``stored``, the commit of its attempts
         if still under way, is waited for before anything about the answers is."""
         max_attempts = self.config.max_attempts
+        self.counts["requested"] += len(batch)
         try:
             answers = await self.trader.place([(item.leg, cid, size) for item, cid, size in batch])
         except TradeFailure as failure:
@@ -568,6 +642,7 @@ class _Worker:
                 case "throttled":
                     self._retry_later([item])
                 case _:  # rejected
+                    self.counts["rejected"] += 1
                     failed_alerts.append(self._failed_alert(
                         item, "rejected", will_retry=state == "pending"))
                     if state == "pending":

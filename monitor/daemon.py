@@ -30,7 +30,7 @@ import asyncio
 import gc
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -117,9 +117,18 @@ class Daemon:
         # Exchange time of the last event that moved the engine's clock, and when it came.
         self._anchor_event_ms = 0
         self._anchor_wall_s = 0.0
+        self.checks: list[Callable[[], list[dict[str, Any]]]] = []
+        """Failures other parts of the program report to ``/healthz`` (the executor's
+        crashed workers, say), each a reason object; any makes the daemon unhealthy."""
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop`` is set; then drain and return. A sink failure raises."""
+    async def run(self, stop: asyncio.Event,
+                  before_drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Until ``stop`` is set; then drain and return. A sink failure raises.
+
+        ``before_drain`` runs once the feed has stopped and its last records are queued,
+        before the sink chain drains and closes: a follower that emits alerts of its own
+        (the executor) stops there, so that what it emits while stopping is still stored.
+        """
         self.head.start()
         self._follow_interest()
         feed_task = asyncio.create_task(self.feed.run(), name="feed")
@@ -141,8 +150,12 @@ class Daemon:
             await asyncio.gather(feed_task, ticker, stopper, return_exceptions=True)
             self._process(self.inbox.take())
             self.processor.finish()
-            await self._flush()
-            await self.head.drain_and_close()
+            try:
+                await self._flush()
+                if before_drain is not None:
+                    await before_drain()
+            finally:
+                await self.head.drain_and_close()
 
     # -- the engine task ---------------------------------------------------------------
 
@@ -287,7 +300,8 @@ class Daemon:
 
         Healthy while there is no reason not to be. The reasons, each an object with a
         ``reason`` field: ``engine_stalled`` (the loop has not turned for
-        :data:`LOOP_STALLED_S`) and ``sink_failed`` make the status ``unhealthy``;
+        :data:`LOOP_STALLED_S`), ``sink_failed`` and those of :attr:`checks` (such as
+        ``executor_failed``) make the status ``unhealthy``;
         ``feed_disconnected`` (connections down, or not up yet, for ``health.feed_grace_s``),
         ``feed_stale`` (instruments whose mark has been stale that long) and
         ``risk_unknown`` (accounts whose risk has been unknown for
@@ -303,6 +317,8 @@ class Daemon:
             failures.append({"reason": "engine_stalled", "engine_loop_age_s": round(loop_age, 3)})
         if not sinks_ok:
             failures.append({"reason": "sink_failed"})
+        for check in self.checks:
+            failures += check()
         degraded: list[dict[str, Any]] = []
         down = self._links_down.lasting(config.feed_grace_s, now_s)
         if down:

@@ -74,6 +74,14 @@ class Metrics:
     notifier_failures: dict[str, int] = field(default_factory=dict)
     notifier_lag_s: dict[str, float] = field(default_factory=dict)
     notifier_queue_depth: dict[str, int] = field(default_factory=dict)
+    executor_paused: bool | None = None
+    executor_orders_sent: dict[str, int] = field(default_factory=dict)
+    executor_orders_rejected: dict[str, int] = field(default_factory=dict)
+    executor_legs_filled: dict[str, int] = field(default_factory=dict)
+    executor_legs_failed: dict[str, int] = field(default_factory=dict)
+    executor_open_legs: dict[str, int] = field(default_factory=dict)
+    executor_queued_triggers: dict[str, int] = field(default_factory=dict)
+    executor_worker_up: dict[str, bool] = field(default_factory=dict)
     started_s: float = 0.0
     build: BuildInfo | None = None
 
@@ -161,6 +169,33 @@ class Metrics:
         family("riskmon_notifier_queue_depth", "gauge",
                "Stored alerts a notifier holds, waiting for delivery.",
                _by_notifier(self.notifier_queue_depth))
+        # The executor's families too: no sample unless execution is on.
+        family("riskmon_executor_paused", "gauge",
+               "1 while the kill switch holds every new order (riskmon executor pause).",
+               None if self.executor_paused is None else float(self.executor_paused))
+        family("riskmon_executor_orders_sent_total", "counter",
+               "Orders in the executor's requests (a resend under the same client id "
+               "counts again).",
+               _by("account", self.executor_orders_sent))
+        family("riskmon_executor_orders_rejected_total", "counter",
+               "Orders the exchange refused (an sCode other than 0 in its answer).",
+               _by("account", self.executor_orders_rejected))
+        family("riskmon_executor_legs_filled_total", "counter",
+               "Trigger legs whose close filled completely.",
+               _by("account", self.executor_legs_filled))
+        family("riskmon_executor_legs_failed_total", "counter",
+               "Trigger legs given up (execution_failed with will_retry false).",
+               _by("account", self.executor_legs_failed))
+        family("riskmon_executor_open_legs", "gauge",
+               "Trigger legs being sent, followed or waiting for a retry.",
+               _by("account", self.executor_open_legs))
+        family("riskmon_executor_queued_triggers", "gauge",
+               "Stored triggers waiting for the account's executor.",
+               _by("account", self.executor_queued_triggers))
+        family("riskmon_executor_worker_up", "gauge",
+               "1 while the account's executor task runs (0: crashed, see /healthz).",
+               {f'account="{_escape(k)}"': float(v)
+                for k, v in self.executor_worker_up.items()})
         family("riskmon_uptime_seconds", "gauge", "Seconds since the daemon started.",
                max(0.0, now_s - self.started_s))
         build = self.build

@@ -150,6 +150,7 @@ class Monitor:
 
                 executor.emit = emit
                 executor.live_positions = daemon.live_positions
+                daemon.checks.append(executor.failures)
             daemon.engine.restore(await store.load_checkpoints())
         except BaseException:
             await reader.close()
@@ -206,11 +207,12 @@ class Monitor:
             if self.executor is not None:
                 self.executor.start()
             self.started.set()
-            await self.daemon.run(stop)
+            # The executor stops before the sink chain drains: the alerts it emits while
+            # finishing its turn are stored (what is still open is stored too; the next
+            # start looks it up before sending).
+            await self.daemon.run(stop, before_drain=self._stop_executor)
         finally:
-            if self.executor is not None:
-                # What is open is stored; the next start looks it up before sending.
-                await self.executor.stop()
+            await self._stop_executor()  # when the daemon never ran, or failed
             # The sink chain has drained: the notifiers have every stored alert; they get
             # a short grace to deliver it (what is left goes after the next start).
             await self.notifiers.stop()
@@ -223,6 +225,10 @@ class Monitor:
             log.info("daemon_stopped", events=self.daemon.processor.stats.events,
                      alerts=self.daemon.processor.stats.alerts,
                      quarantined=self.daemon.processor.stats.quarantined)
+
+    async def _stop_executor(self) -> None:
+        if self.executor is not None:
+            await self.executor.stop()
 
     def status(self, accounts: Collection[str] | None = None) -> dict[str, Any]:
         """Every account's figures now (monitor.status); ``accounts`` keeps those."""
@@ -250,6 +256,8 @@ class Monitor:
             metrics.stream_pending = self._http.pending
             metrics.stream_closed = dict(self._http.gate.closed + self._stream_handler.closed)
         self.notifiers.update_metrics(self.daemon.metrics, now)
+        if self.executor is not None:
+            self.executor.update_metrics(self.daemon.metrics)
         return self.daemon.metrics.render(now)
 
 

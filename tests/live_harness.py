@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,19 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+SAMPLE = re.compile(r'^([a-z_]+)(\{.*\})? (\S+)$')
+
+
+def metric_samples(metrics: str) -> dict[tuple[str, str], float]:
+    """``(name, labels) -> value`` of every sample line of a /metrics text."""
+    found = {}
+    for line in metrics.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            found[match[1], match[2] or ""] = float(match[3])
+    return found
 
 
 def metric(port: int, name: str) -> float | None:

@@ -18,6 +18,7 @@ from monitor.pipeline import Record, SinkTask
 from tests.builders import make_config
 from tests.daemon_fakes import LINKS, Clock, NullSink, ScriptedFeed
 from tests.test_daemon_loop import BTC, account_frame, mark, positions_frame
+from tests.test_execution import fired_stop_loss
 
 
 class Harness:
@@ -132,6 +133,53 @@ async def test_a_stalled_loop_or_a_failed_sink_makes_the_daemon_unhealthy() -> N
     healthy, details = harness.daemon.health(harness.daemon.last_loop_s)
     assert not healthy and details["status"] == "unhealthy" and not details["sinks_ok"]
     assert set(reasons(details)) == {"sink_failed"}
+
+
+async def test_a_failure_another_part_reports_makes_the_daemon_unhealthy() -> None:
+    harness = Harness()
+    broken: list[dict[str, Any]] = []
+    harness.daemon.checks.append(lambda: list(broken))
+    healthy, _ = harness.daemon.health(harness.daemon.last_loop_s)
+    assert healthy
+    broken.append({"reason": "executor_failed", "accounts": ["main"]})
+    healthy, details = harness.daemon.health(harness.daemon.last_loop_s)
+    assert not healthy and details["status"] == "unhealthy"
+    assert reasons(details)["executor_failed"]["accounts"] == ["main"]
+
+
+class KeepingSink:
+    name = "keeping"
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.closed = False
+
+    async def write(self, records: Sequence[Record]) -> None:
+        assert not self.closed
+        self.records += records
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_what_is_emitted_before_the_drain_is_still_stored() -> None:
+    # The executor stops in before_drain and may emit alerts while it finishes: the
+    # chain must still take them, and close only after.
+    harness = Harness()
+    sink = KeepingSink()
+    harness.daemon.head = SinkTask(sink)
+    stop = asyncio.Event()
+    late = fired_stop_loss()
+
+    async def before_drain() -> None:
+        await asyncio.sleep(0.05)
+        await harness.daemon.head.put([late])
+
+    runner = asyncio.create_task(harness.daemon.run(stop, before_drain=before_drain))
+    await asyncio.wait_for(harness.feed.running.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert sink.records == [late] and sink.closed
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.live_harness import ROOT
+from tests.live_harness import ROOT, metric_samples
 from tests.test_daemon_live import run_daemon_against_server
-from tests.test_health_live import samples
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "riskmon.json"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
@@ -108,7 +107,7 @@ def test_the_grafana_provisioning_parses() -> None:
 
 def test_the_account_gauges_agree_with_the_final_state(story_run: dict[str, Any]) -> None:
     account = story_run["state"]["accounts"]["main"]
-    found = samples(story_run["metrics"])
+    found = metric_samples(story_run["metrics"])
     main = '{account="main"}'
     ranks = {"normal": 0, "warning": 1, "withdrawal_lock": 2, "deleverage": 3, "liquidation": 4}
     assert found["riskmon_account_level", main] == ranks[account["level"]]

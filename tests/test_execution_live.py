@@ -21,7 +21,17 @@ from typing import Any
 
 import pytest
 
-from tests.live_harness import LIVE_ENV, ROOT, STORY, Process, live_config, running, stored_alerts
+from tests.live_harness import (
+    LIVE_ENV,
+    ROOT,
+    STORY,
+    Process,
+    http_get,
+    live_config,
+    metric_samples,
+    running,
+    stored_alerts,
+)
 
 SPEED = "50"
 TRADE_ENV = {
@@ -211,6 +221,15 @@ def test_pause_stops_new_sends(tmp_path: Path) -> None:
             assert refused.returncode == 1 and b"401" in refused.stderr
             db = tmp_path / "daemon.db"
             wait_for(lambda: kinds(stored_alerts(db))["execution_failed"] == 2, timeout=120)
+            # /metrics says so too: paused, two legs given up, nothing sent, the task up.
+            code, body = http_get(port, "/metrics")
+            assert code == 200
+            samples = metric_samples(body.decode())
+            main = '{account="main"}'
+            assert samples["riskmon_executor_paused", ""] == 1
+            assert samples["riskmon_executor_legs_failed_total", main] == 2
+            assert samples["riskmon_executor_orders_sent_total", main] == 0
+            assert samples["riskmon_executor_worker_up", main] == 1
             assert daemon.terminate() == 0
         server.terminate()
     assert order_requests(server) == []

@@ -31,6 +31,7 @@ from monitor.execution import (
     client_order_id,
     legs_of,
 )
+from monitor.metrics import Metrics
 from monitor.records import StoredAlert
 from tests.test_execution import BTC, ETH, fired_stop_loss
 
@@ -57,12 +58,18 @@ class FakeExchange:
     push: Callable[[OrderUpdate], None] | None = None
     warm_calls: int = 0
     positions_reads: int = 0
+    answer_after_s: float = 0.0
+    """How long an order request waits for its answer (an exchange under load)."""
+    broken: Exception | None = None
+    """Raised by the positions read: a trader with a bug."""
 
     async def permissions(self) -> frozenset[str]:
         return frozenset(self.perm.split(","))
 
     async def positions(self) -> dict[PositionKey, float]:
         self.positions_reads += 1
+        if self.broken is not None:
+            raise self.broken
         return self.positions_now()
 
     async def warm(self) -> None:
@@ -73,6 +80,7 @@ class FakeExchange:
 
     async def place(self, orders: Sequence[tuple[Leg, str, float]]) -> list[OrderAnswer]:
         self.requests.append([cid for _, cid, _ in orders])
+        await asyncio.sleep(self.answer_after_s)
         answers = []
         lost = False
         for leg, client_id, size in orders:
@@ -501,3 +509,77 @@ async def test_a_key_that_cannot_trade_refuses_the_start(harness: Harness) -> No
     finally:
         await executor.stop()
         await store.close()
+
+
+async def test_metrics_count_orders_and_legs(harness: Harness) -> None:
+    executor, _ = await harness.open(script={ETH: ["reject"] * 3})
+    try:
+        await harness.trigger(executor, fired_stop_loss())
+        await until(lambda: {"execution_filled", "execution_failed"} <= set(harness.kinds())
+                    and not executor.workers["main"].legs)
+        metrics = Metrics()
+        executor.update_metrics(metrics)
+    finally:
+        await executor.stop()
+    # BTC: one order, filled. ETH: three orders, each rejected, then given up.
+    assert metrics.executor_orders_sent == {"main": 4}
+    assert metrics.executor_orders_rejected == {"main": 3}
+    assert metrics.executor_legs_filled == {"main": 1}
+    assert metrics.executor_legs_failed == {"main": 1}
+    assert metrics.executor_open_legs == {"main": 0}
+    assert metrics.executor_worker_up == {"main": True}
+    assert metrics.executor_paused is False
+    text = metrics.render(0.0)
+    assert 'riskmon_executor_orders_sent_total{account="main"} 4' in text.splitlines()
+    await harness.close()
+
+
+async def test_stopping_lets_the_request_in_flight_finish_and_say_so(
+        harness: Harness) -> None:
+    # SIGTERM while an order request waits for its answer: the answer is stored and
+    # execution_sent emitted before the executor stops (the sink chain still takes it).
+    executor, exchange = await harness.open()
+    exchange.answer_after_s = 0.3
+    await harness.trigger(executor, fired_stop_loss())
+    await until(lambda: exchange.requests != [])
+    await executor.stop()
+    assert harness.kinds()[0] == "execution_sent"
+    assert harness.store is not None
+    legs = await harness.store.execution_legs()
+    assert {p.state for p in legs} <= {"accepted", "filled"}
+    await executor.stop()  # twice is harmless
+    await harness.close()
+
+
+async def test_stopping_does_not_wait_past_its_grace(harness: Harness) -> None:
+    executor, exchange = await harness.open()
+    exchange.answer_after_s = 30.0
+    await harness.trigger(executor, fired_stop_loss())
+    await until(lambda: exchange.requests != [])
+    started = asyncio.get_running_loop().time()
+    await executor.stop(grace_s=0.2)
+    assert asyncio.get_running_loop().time() - started < 5.0
+    # The request never got its answer: stored as sent, so the next start looks it up.
+    assert harness.store is not None
+    legs = await harness.store.execution_legs(open_only=True)
+    assert [p.state for p in legs] == ["sending", "sending"]
+    await harness.close()
+
+
+async def test_a_crashed_worker_is_reported_not_hidden(harness: Harness) -> None:
+    executor, exchange = await harness.open()
+    exchange.broken = KeyError("a bug in the trader")
+    try:
+        assert executor.failures() == []
+        await harness.trigger(executor, fired_stop_loss())
+        await until(lambda: executor.failures() != [])
+        [failure] = executor.failures()
+        metrics = Metrics()
+        executor.update_metrics(metrics)
+    finally:
+        await executor.stop()
+    assert failure["reason"] == "executor_failed" and failure["accounts"] == ["main"]
+    assert failure["errors"]["main"].startswith("KeyError")
+    assert metrics.executor_worker_up == {"main": False}
+    assert exchange.requests == []
+    await harness.close()

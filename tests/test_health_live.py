@@ -6,24 +6,19 @@ and 200 again after."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.live_harness import LIVE_ENV, STORY, Process, http_get, live_config, running
-
-SAMPLE = re.compile(r'^([a-z_]+)(\{.*\})? (\S+)$')
-
-
-def samples(metrics: str) -> dict[tuple[str, str], float]:
-    """``(name, labels) -> value`` of every sample line of a /metrics text."""
-    found = {}
-    for line in metrics.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            found[match[1], match[2] or ""] = float(match[3])
-    return found
+from tests.live_harness import (
+    LIVE_ENV,
+    STORY,
+    Process,
+    http_get,
+    live_config,
+    metric_samples,
+    running,
+)
 
 
 def wait_health(port: int, status: int, timeout: float = 30.0) -> dict[str, Any]:
@@ -103,7 +98,7 @@ def test_a_dropped_connection_turns_healthz_503_until_it_is_back(tmp_path: Path)
     assert down["feed"] in ("public", "private:main") and down["for_s"] >= 1
     assert degraded["feeds"][down["feed"]] is False
     assert recovered["status"] == "ok" and all(recovered["feeds"].values())
-    found = samples(metrics.decode())
+    found = metric_samples(metrics.decode())
     assert found["riskmon_feed_reconnects_total", f'{{feed="{down["feed"]}"}}'] == 1
     assert found["riskmon_feed_errors_total", f'{{feed="{down["feed"]}"}}'] == 1
     assert found["riskmon_feed_connected", f'{{feed="{down["feed"]}"}}'] == 1
