@@ -129,17 +129,19 @@ class Executor:
 
     @classmethod
     async def open(cls, config: ExecutionConfig, traders: Mapping[str, Trader],
-                   sqlite_path: str | Path, *, retention_days: float = 90.0) -> Executor:
+                   sqlite_path: str | Path, *, retention_days: float = 90.0,
+                   auto_checkpoint: bool = True) -> Executor:
         """Open the executor's own store connection, load the kill switch, each account's
         cursor and open legs. An account without a cursor starts at the newest stored
-        alert: turning execution on never acts on old triggers."""
+        alert: turning execution on never acts on old triggers. ``auto_checkpoint``: see
+        :meth:`SqliteStore.open`."""
         kinds = frozenset({"stop_loss", "deleverage_plan"} if config.deleverage_plans
                           else {"stop_loss"})
         # synchronous=NORMAL: in WAL mode a commit survives a process crash (kill -9)
         # without an fsync; after a power loss the exchange's refusal of a client id it
         # has seen still keeps an order from being placed twice.
         store = await SqliteStore.open(sqlite_path, retention_days=retention_days,
-                                       synchronous="NORMAL")
+                                       synchronous="NORMAL", auto_checkpoint=auto_checkpoint)
         try:
             state = await store.executor_state()
             last_seq = await store.last_alert_seq()

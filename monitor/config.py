@@ -121,10 +121,15 @@ class OkxConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
+    """``[storage]``. ``checkpoint_interval_s``: how often the daemon's own checkpoint
+    connection copies the WAL into the database file (adapters/sqlite_store.py,
+    WalCheckpointer; riskmon's choice, README "WAL checkpoints")."""
+
     sqlite_path: str = "riskmon.db"
     retention_days: float = 90.0
     history_interval_s: float = 60.0
     synchronous: str = "FULL"
+    checkpoint_interval_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -751,7 +756,7 @@ def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
 
 def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
     _only(table, "storage", {"sqlite_path", "retention_days", "history_interval_s",
-                             "synchronous"})
+                             "synchronous", "checkpoint_interval_s"})
     defaults = StorageConfig()
     synchronous = _string(table.get("synchronous", defaults.synchronous),
                           "storage.synchronous").upper()
@@ -766,6 +771,9 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
                                                defaults.history_interval_s),
                                      "storage.history_interval_s"),
         synchronous=synchronous,
+        checkpoint_interval_s=_positive(table.get("checkpoint_interval_s",
+                                                  defaults.checkpoint_interval_s),
+                                        "storage.checkpoint_interval_s"),
     )
 
 

@@ -23,6 +23,7 @@ remote clients only: a program in the same process sees every account.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -39,7 +40,7 @@ from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
 from adapters.okx.trade import OkxTrader
 from adapters.sinks import LogSink, SqliteSink
-from adapters.sqlite_store import SqliteStore
+from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from monitor.alerts import Alert
 from monitor.config import Config
 from monitor.daemon import Daemon
@@ -59,7 +60,8 @@ class Monitor:
     def __init__(self, config: Config, daemon: Daemon, store: SqliteStore,
                  reader: SqliteStore, hub: AlertHub, tokens: Mapping[str, frozenset[str]],
                  *, serve_http: bool, notifiers: Notifiers | None = None,
-                 executor: Executor | None = None, control_token: str | None = None) -> None:
+                 executor: Executor | None = None, control_token: str | None = None,
+                 checkpointer: WalCheckpointer | None = None) -> None:
         """Use :meth:`open`."""
         self.config = config
         self.daemon = daemon
@@ -75,6 +77,7 @@ class Monitor:
         self.started = asyncio.Event()
         self._http: HttpServer | None = None
         self._stream_handler: AlertStreamHandler | None = None
+        self._checkpointer = checkpointer
 
     @classmethod
     async def open(cls, config: Config, *,
@@ -97,37 +100,32 @@ class Monitor:
             check_stream_exposure(config)
         log = get_logger("riskmon.daemon")
         path = config.storage.sqlite_path
-        notifiers = await Notifiers.open(config.notify, path,
-                                         retention_days=config.storage.retention_days)
-        executor: Executor | None = None
-        control_token: str | None = None
-        try:
+        # Every connection of the daemon leaves checkpoints to the checkpointer's own
+        # (adapters/sqlite_store.WalCheckpointer): none of its commits copies the WAL.
+        async with contextlib.AsyncExitStack() as opened:
+            checkpointer = await WalCheckpointer.open(
+                path, interval_s=config.storage.checkpoint_interval_s,
+                on_error=lambda error: log.warning("sqlite_checkpoint_failed", error=error))
+            opened.push_async_callback(checkpointer.close)
+            notifiers = await Notifiers.open(config.notify, path, auto_checkpoint=False,
+                                             retention_days=config.storage.retention_days)
+            opened.push_async_callback(notifiers.stop, 0)
+            executor: Executor | None = None
+            control_token: str | None = None
             if config.executing_accounts():
                 control_token = control_token_of(config)
                 executor = await open_executor(config, path)
-        except BaseException:
-            await notifiers.stop(0)
-            raise
-        try:
+                opened.push_async_callback(executor.stop)
             store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
                                            synchronous=config.storage.synchronous,
-                                           quarantine_max_rows=config.quarantine.store_max_rows)
-        except BaseException:
-            await notifiers.stop(0)
-            if executor is not None:
-                await executor.stop()
-            raise
-        try:
+                                           quarantine_max_rows=config.quarantine.store_max_rows,
+                                           auto_checkpoint=False)
+            opened.push_async_callback(store.close)
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
-            reader = await SqliteStore.open(path, retention_days=config.storage.retention_days)
-        except BaseException:
-            await store.close()
-            await notifiers.stop(0)
-            if executor is not None:
-                await executor.stop()
-            raise
-        try:
+            reader = await SqliteStore.open(path, retention_days=config.storage.retention_days,
+                                            auto_checkpoint=False)
+            opened.push_async_callback(reader.close)
             hub = AlertHub(reader, queue_size=config.stream.queue_size,
                            last_id=await reader.last_alert_id())
 
@@ -152,15 +150,10 @@ class Monitor:
                 executor.live_positions = daemon.live_positions
                 daemon.checks.append(executor.failures)
             daemon.engine.restore(await store.load_checkpoints())
-        except BaseException:
-            await reader.close()
-            await store.close()
-            await notifiers.stop(0)
-            if executor is not None:
-                await executor.stop()
-            raise
+            opened.pop_all()  # opened: from now on run() closes them
         return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http,
-                   notifiers=notifiers, executor=executor, control_token=control_token)
+                   notifiers=notifiers, executor=executor, control_token=control_token,
+                   checkpointer=checkpointer)
 
     def subscribe(self, *, accounts: Collection[str] | None = None,
                   kinds: Collection[str] | None = None, min_level: str = "normal",
@@ -203,6 +196,8 @@ class Monitor:
                 except OSError as e:
                     raise ConfigError("stream.port", f"cannot listen on {host}:{port}:"
                                                      f" {e.strerror or e}") from e
+            if self._checkpointer is not None:
+                self._checkpointer.start()
             self.notifiers.start()
             if self.executor is not None:
                 self.executor.start()
@@ -222,6 +217,9 @@ class Monitor:
             # port was taken) this does, or its worker thread would keep the process alive.
             await self.store.close()
             await self._reader.close()
+            if self._checkpointer is not None:
+                # The last connection to close: it checkpoints what is left.
+                await self._checkpointer.close()
             log.info("daemon_stopped", events=self.daemon.processor.stats.events,
                      alerts=self.daemon.processor.stats.alerts,
                      quarantined=self.daemon.processor.stats.quarantined)
@@ -303,7 +301,7 @@ async def open_executor(config: Config, sqlite_path: str) -> Executor:
                                   load_trade_credentials(config.accounts[name]),
                                   timeout_s=config.execution.request_timeout_s,
                                   simulated=config.okx.simulated)
-    executor = await Executor.open(config.execution, traders, sqlite_path,
+    executor = await Executor.open(config.execution, traders, sqlite_path, auto_checkpoint=False,
                                    retention_days=config.storage.retention_days)
     try:
         await executor.check_keys()

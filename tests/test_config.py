@@ -336,6 +336,8 @@ def test_collateral_override_leaves_the_module_defaults_alone() -> None:
                      id="duplicate-rule-names"),
         pytest.param('[accounts.main]\napi_key = "k"\n', "accounts.main.api_key",
                      id="unknown-account-key"),
+        pytest.param("[storage]\ncheckpoint_interval_s = 0\n", "storage.checkpoint_interval_s",
+                     id="checkpoint-interval-0"),
         pytest.param("[stream]\nport = 70000\n", "stream.port", id="stream-port-70000"),
         pytest.param("[stream]\nport = 8765.0\n", "stream.port", id="stream-port-float"),
         pytest.param('[stream]\ntokens = [{ token_env = "T" }]\n', "stream.tokens[0].accounts",
@@ -531,3 +533,9 @@ def test_quarantine_and_health_keys_are_validated_by_name(snippet: str, key: str
     with pytest.raises(ConfigError) as raised:
         parse_toml(snippet)
     assert raised.value.key == key
+
+
+def test_the_checkpoint_interval_parses() -> None:
+    assert parse_toml("").storage.checkpoint_interval_s == 60.0
+    config = parse_toml("[storage]\ncheckpoint_interval_s = 5\n")
+    assert config.storage.checkpoint_interval_s == 5.0

@@ -14,7 +14,7 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, WalCheckpointer
 from monitor.alerts import Alert, Level
 from monitor.errors import SinkError
 from monitor.records import AccountCheckpoint, MarginPoint, PoolCheckpoint, QuarantineRecord
@@ -627,3 +627,88 @@ async def test_writers_on_one_file_take_turns_instead_of_meeting_the_busy_handle
         await first.close()
         await second.close()
     assert rows(db_path, "SELECT count(*) FROM alerts") == [(80,)]
+
+
+async def wal_pages_after(db_path: Path, *, auto_checkpoint: bool, commits: int) -> int:
+    """The WAL's length in pages after ``commits`` one-alert commits, as a checkpoint
+    reports it."""
+    store = await SqliteStore.open(db_path, synchronous="NORMAL",
+                                   auto_checkpoint=auto_checkpoint)
+    checkpointer = await WalCheckpointer.open(db_path)
+    try:
+        for n in range(commits):
+            await store.write_alerts([make_alert(n)])
+        await checkpointer.checkpoint()
+        return checkpointer.wal_pages
+    finally:
+        await store.close()
+        await checkpointer.close()
+
+
+async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
+    # SQLite checkpoints inside the commit that takes the WAL past 1,000 pages (tens of ms
+    # for that writer). With auto_checkpoint=False no commit does: the WAL holds every
+    # frame written until the checkpointer's own connection copies it.
+    automatic = await wal_pages_after(tmp_path / "auto.db", auto_checkpoint=True, commits=600)
+    apart = await wal_pages_after(tmp_path / "apart.db", auto_checkpoint=False, commits=600)
+    assert automatic <= 1_200 < apart
+    # Once a checkpoint has copied it all, the next writer starts the WAL again.
+    path = tmp_path / "apart.db"
+    store = await SqliteStore.open(path, auto_checkpoint=False)
+    checkpointer = await WalCheckpointer.open(path)
+    try:
+        lengths = []
+        for n in range(1_000, 1_005):
+            await store.write_alerts([make_alert(n)])
+            await checkpointer.checkpoint()
+            lengths.append(checkpointer.wal_pages)
+    finally:
+        await store.close()
+        await checkpointer.close()
+    assert max(lengths[1:]) < 20 and checkpointer.restarts == 0
+
+
+async def test_a_long_wal_is_started_again_under_steady_writes(tmp_path: Path) -> None:
+    # Writes that keep coming while checkpoints run can keep the WAL from being started
+    # again; past restart_pages a RESTART checkpoint does it.
+    path = tmp_path / "steady.db"
+    store = await SqliteStore.open(path, auto_checkpoint=False)
+    checkpointer = await WalCheckpointer.open(path, interval_s=0.01, restart_pages=60)
+    checkpointer.start()
+    lengths = []
+    try:
+        for n in range(200):
+            await store.write_alerts([make_alert(n)])
+            await asyncio.sleep(0.002)
+            lengths.append(checkpointer.wal_pages)
+    finally:
+        await store.close()
+        await checkpointer.close()
+    assert checkpointer.restarts >= 1 and max(lengths) < 200
+    assert rows(path, "SELECT count(*) FROM alerts") == [(200,)]
+
+
+def _make_sound(path: Path) -> None:
+    """Turn the file at ``path`` (the same inode) into an SQLite database."""
+    sound = path.with_name("sound.db")
+    with closing(sqlite3.connect(sound)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    with path.open("r+b") as file:
+        file.write(sound.read_bytes())
+        file.truncate()
+
+
+async def test_a_failed_checkpoint_is_reported_and_the_next_one_runs(db_path: Path) -> None:
+    await asyncio.to_thread(db_path.write_bytes, b"not a database, not yet" * 100)
+    errors: list[str] = []
+    checkpointer = await WalCheckpointer.open(db_path, interval_s=0.01, on_error=errors.append)
+    checkpointer.start()
+    try:
+        await asyncio.sleep(0.1)
+        failed = len(errors)
+        await asyncio.to_thread(_make_sound, db_path)
+        await asyncio.sleep(0.1)
+    finally:
+        await checkpointer.close()
+    assert failed >= 1 and errors[0].startswith("WAL checkpoint failed: file is not a database")
+    assert checkpointer.checkpoints >= 1  # the task went on once the file was sound

@@ -84,11 +84,12 @@ class Notifiers:
 
     @classmethod
     async def open(cls, configs: Mapping[str, NotifierConfig], sqlite_path: str | Path, *,
-                   retention_days: float = 90.0,
+                   retention_days: float = 90.0, auto_checkpoint: bool = True,
                    environ: Mapping[str, str] = os.environ) -> Notifiers:
         """Read the secrets (ConfigError), open the cursor connection (SinkError), load
         each notifier's cursor; a notifier without one starts at the newest stored alert
-        (a new destination is not sent the whole history)."""
+        (a new destination is not sent the whole history). ``auto_checkpoint``: see
+        :meth:`SqliteStore.open`."""
         if not configs:
             return cls([], None)
         destinations = {name: build_destination(config, environ)
@@ -97,7 +98,7 @@ class Notifiers:
         # delay, the alert writes. synchronous=NORMAL: a cursor commit needs no fsync (a
         # lost one after a power cut means a few messages sent twice, never one lost).
         store = await SqliteStore.open(sqlite_path, retention_days=retention_days,
-                                       synchronous="NORMAL")
+                                       synchronous="NORMAL", auto_checkpoint=auto_checkpoint)
         try:
             cursors = await store.notifier_cursors()
             last_seq = await store.last_alert_seq()
