@@ -275,6 +275,7 @@ class SqliteStore:
         synchronous: str = "FULL",
         quarantine_max_rows: int = 10_000,
         auto_checkpoint: bool = True,
+        writable: bool = False,
     ) -> Self:
         """Open (creating if needed) the database at ``path`` and migrate it.
 
@@ -285,6 +286,9 @@ class SqliteStore:
         each write deletes the oldest rows beyond it. ``auto_checkpoint=False``: this
         connection's commits never run a WAL checkpoint (``PRAGMA wal_autocheckpoint =
         0``); a :class:`WalCheckpointer` must then run beside it, or the WAL grows.
+        ``writable``: prove at once that the file takes writes (one committed write that
+        changes nothing), so that a read-only file or file system fails here, with its
+        reason, rather than at the first alert.
 
         Raises :class:`ValueError` for an invalid argument and :class:`SinkError` when the
         file cannot be opened, WAL cannot be enabled, or the database's schema version is
@@ -327,6 +331,12 @@ class SqliteStore:
                 # Only then: the migration takes the write lock, and a reader opening a
                 # database a daemon is writing (riskmon alerts --db) must not wait for it.
                 await _migrate(db, location)
+            if writable:
+                try:
+                    await _on_worker_thread(db, partial(_transact, _rewrite_version, True))
+                except sqlite3.Error as e:
+                    raise SinkError(f"SQLite database {location!r} cannot be written: {e}"
+                                    ) from e
         except sqlite3.Error as e:
             await _close_quietly(db)
             raise SinkError(f"cannot prepare SQLite database {location!r}: {e}") from e
@@ -996,6 +1006,11 @@ def _write_lock(location: str) -> asyncio.Lock:
     if lock is None:
         lock = locks[key] = asyncio.Lock()
     return lock
+
+
+def _rewrite_version(db: sqlite3.Connection) -> None:
+    """A write that changes nothing: the schema version, set to what it is."""
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _probe(location: str) -> None:

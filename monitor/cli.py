@@ -288,7 +288,8 @@ async def _replay(args: argparse.Namespace) -> int:
 
     if args.db is not None:
         store = await SqliteStore.open(args.db, retention_days=config.storage.retention_days,
-                                       quarantine_max_rows=config.quarantine.store_max_rows)
+                                       quarantine_max_rows=config.quarantine.store_max_rows,
+                                       writable=True)
         head = SinkTask(SqliteSink(store), followers=followers, on_retry=on_retry)
     else:
         head = SinkTask(Relay(), followers=followers)

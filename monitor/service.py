@@ -98,6 +98,7 @@ class Monitor:
         tokens = load_tokens(config.stream.tokens)
         if serve_http:
             check_stream_exposure(config)
+        control_token = control_token_of(config) if config.executing_accounts() else None
         log = get_logger("riskmon.daemon")
         path = config.storage.sqlite_path
         # Every connection of the daemon leaves checkpoints to the checkpointer's own
@@ -107,20 +108,20 @@ class Monitor:
                 path, interval_s=config.storage.checkpoint_interval_s,
                 on_error=lambda error: log.warning("sqlite_checkpoint_failed", error=error))
             opened.push_async_callback(checkpointer.close)
+            # The alerts' store first: it migrates the schema and proves the file takes
+            # writes, so a read-only, locked or corrupt file fails before anything else.
+            store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
+                                           synchronous=config.storage.synchronous,
+                                           quarantine_max_rows=config.quarantine.store_max_rows,
+                                           auto_checkpoint=False, writable=True)
+            opened.push_async_callback(store.close)
             notifiers = await Notifiers.open(config.notify, path, auto_checkpoint=False,
                                              retention_days=config.storage.retention_days)
             opened.push_async_callback(notifiers.stop, 0)
             executor: Executor | None = None
-            control_token: str | None = None
             if config.executing_accounts():
-                control_token = control_token_of(config)
                 executor = await open_executor(config, path)
                 opened.push_async_callback(executor.stop)
-            store = await SqliteStore.open(path, retention_days=config.storage.retention_days,
-                                           synchronous=config.storage.synchronous,
-                                           quarantine_max_rows=config.quarantine.store_max_rows,
-                                           auto_checkpoint=False)
-            opened.push_async_callback(store.close)
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
             reader = await SqliteStore.open(path, retention_days=config.storage.retention_days,
