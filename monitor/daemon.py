@@ -283,6 +283,9 @@ class Daemon:
         engine = self.engine
         metrics.inbox_depth = len(self.inbox)
         metrics.sink_queue_depth = self.head.queue_depths()
+        failing = {name for name, _, _ in self.head.failing()}
+        metrics.sink_failing = {name: name in failing for name in metrics.sink_queue_depth}
+        metrics.sink_waiting_records = self.head.queued_records + self.head.held_records
         for name in engine.account_names():
             figures = engine.figures(name)
             metrics.margin_ratio[name] = figures.margin_ratio
@@ -304,7 +307,8 @@ class Daemon:
         ``executor_failed``) make the status ``unhealthy``;
         ``feed_disconnected`` (connections down, or not up yet, for ``health.feed_grace_s``),
         ``feed_stale`` (instruments whose mark has been stale that long) and
-        ``risk_unknown`` (accounts whose risk has been unknown for
+        ``sink_failing`` (a sink's write failing and being retried, its records held in
+        memory) and ``risk_unknown`` (accounts whose risk has been unknown for
         ``health.risk_unknown_grace_s``, with what they miss) make it ``degraded``. The
         last three name at most :data:`~monitor.health.LISTED` items, longest first, with
         how long each has lasted (``for_s``) and ``count``, all of them.
@@ -320,6 +324,11 @@ class Daemon:
         for check in self.checks:
             failures += check()
         degraded: list[dict[str, Any]] = []
+        failing = self.head.failing()
+        if failing:
+            degraded.append({"reason": "sink_failing", "count": len(failing), "items": [
+                {"sink": name, "for_s": round(max(0.0, now_s - since), 3), "error": error}
+                for name, since, error in failing]})
         down = self._links_down.lasting(config.feed_grace_s, now_s)
         if down:
             degraded.append(_reason("feed_disconnected", config.feed_grace_s, down,

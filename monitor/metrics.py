@@ -56,6 +56,8 @@ class Metrics:
     feed_lag_s: float | None = None
     inbox_depth: int = 0
     sink_queue_depth: dict[str, int] = field(default_factory=dict)
+    sink_failing: dict[str, bool] = field(default_factory=dict)
+    sink_waiting_records: int = 0
     margin_ratio: dict[str, float | None] = field(default_factory=dict)
     account_level: dict[str, int] = field(default_factory=dict)
     account_equity_usd: dict[str, float] = field(default_factory=dict)
@@ -116,6 +118,12 @@ class Metrics:
                self.inbox_depth)
         family("riskmon_sink_queue_depth", "gauge", "Batches waiting in each sink's queue.",
                {f'sink="{_escape(k)}"': v for k, v in self.sink_queue_depth.items()})
+        family("riskmon_sink_failing", "gauge",
+               "1 while a sink's write keeps failing and is being retried, else 0.",
+               {f'sink="{_escape(k)}"': float(v) for k, v in self.sink_failing.items()})
+        family("riskmon_sink_waiting_records", "gauge",
+               "Records (alerts, history, quarantine) waiting in memory for SQLite.",
+               self.sink_waiting_records)
         family("riskmon_margin_ratio", "gauge",
                "Margin ratio per account (absent while it has no maintenance margin).",
                {f'account="{_escape(k)}"': v for k, v in self.margin_ratio.items()

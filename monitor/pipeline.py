@@ -244,12 +244,18 @@ class LineProcessor:
 class SinkTask:
     """One sink, its bounded queue and the task that drains it in batches.
 
-    A failed write is retried with capped, jittered exponential backoff; after
-    ``max_attempts`` failures the task fails and the run stops with the error (a durable
-    sink that cannot store must not be silently skipped).
+    A failed write is retried with capped, jittered exponential backoff (0.05 s doubling
+    to 5 s). After ``max_attempts`` failures the task fails and the run stops with the
+    error (a durable sink that cannot store must not be silently skipped); with
+    ``max_attempts=None`` (the daemon's SQLite sink) it retries until the write succeeds:
+    the batch, and every batch queued behind it, waits in memory, the producer waits when
+    the queue is full (the daemon's inbox then conflates marks), and :meth:`failing` says
+    so meanwhile. When the fault clears everything queued is written in order, and only
+    then passed on. Draining (:meth:`drain_and_close`) gives such a sink ``grace_s`` more;
+    after that the task fails with how many records it could not write.
     """
 
-    def __init__(self, sink: Sink, *, maxsize: int = 10_000, max_attempts: int = 5,
+    def __init__(self, sink: Sink, *, maxsize: int = 10_000, max_attempts: int | None = 5,
                  followers: Sequence[SinkTask] = (),
                  on_retry: Callable[[str, int, SinkError], None] | None = None) -> None:
         self.sink = sink
@@ -258,6 +264,14 @@ class SinkTask:
         self.max_attempts = max_attempts
         self.on_retry = on_retry
         self.task: asyncio.Task[None] | None = None
+        self.failing_since: float | None = None
+        """Wall time (s) of the first failure of the write being retried, else None."""
+        self.last_error: str | None = None
+        self.held_records = 0
+        """Records of the batch being retried."""
+        self.queued_records = 0
+        """Records waiting in the queue behind it."""
+        self._deadline: float | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"sink-{self.sink.name}")
@@ -269,6 +283,7 @@ class SinkTask:
         if self.task is not None and self.task.done():
             self.task.result()  # surfaces the sink's failure to the producer
         await self.queue.put(records)
+        self.queued_records += len(records)
 
     def alive(self) -> bool:
         """False once this sink's task, or a follower's, has failed."""
@@ -283,8 +298,22 @@ class SinkTask:
             depths.update(follower.queue_depths())
         return depths
 
-    async def drain_and_close(self) -> None:
-        """Write everything queued, then close this sink and its followers."""
+    def failing(self) -> list[tuple[str, float, str]]:
+        """``(sink, since_s, error)`` of this sink and its followers while a write of
+        theirs keeps failing and is being retried."""
+        found = [] if self.failing_since is None else [
+            (self.sink.name, self.failing_since, self.last_error or "")]
+        for follower in self.followers:
+            found += follower.failing()
+        return found
+
+    async def drain_and_close(self, grace_s: float = 10.0) -> None:
+        """Write everything queued, then close this sink and its followers. A write that
+        keeps failing is retried for ``grace_s`` more, then the task fails."""
+        self._deadline = asyncio.get_running_loop().time() + grace_s
+        if self.task is not None and self.task.done():
+            await self.task  # it failed: nobody would take the end marker
+            return
         await self.queue.put(None)
         if self.task is not None:
             await self.task
@@ -295,11 +324,13 @@ class SinkTask:
                 batch = await self.queue.get()
                 if batch is None:
                     break
+                self.queued_records -= len(batch)
                 while not self.queue.empty():
                     more = self.queue.get_nowait()
                     if more is None:
                         await self._write(batch)
                         return
+                    self.queued_records -= len(more)
                     batch.extend(more)
                 await self._write(batch)
         finally:
@@ -310,17 +341,33 @@ class SinkTask:
     async def _write(self, batch: list[Record]) -> None:
         delay = 0.05
         passed: Sequence[Record] | None = None
-        for attempt in range(1, self.max_attempts + 1):
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 passed = await self.sink.write(batch)
                 break
             except SinkError as e:
-                if attempt == self.max_attempts:
+                if self.max_attempts is not None and attempt >= self.max_attempts:
                     raise
+                if self._deadline is not None and loop.time() >= self._deadline:
+                    waiting = len(batch) + self.queued_records
+                    raise SinkError(f"{e} (stopping: {waiting} records not written)") from e
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.last_error = str(e)
+                self.held_records = len(batch)
                 if self.on_retry is not None:
                     self.on_retry(self.sink.name, attempt, e)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                pause = delay * (0.5 + random.random())
+                if self._deadline is not None:
+                    pause = max(0.0, min(pause, self._deadline - loop.time()))
+                await asyncio.sleep(pause)
                 delay = min(delay * 2, 5.0)
+        self.failing_since = None
+        self.last_error = None
+        self.held_records = 0
         onward = batch if passed is None else passed
         for follower in self.followers:
             await follower.put(list(onward))

@@ -137,8 +137,10 @@ class Monitor:
                          *(SinkTask(n) for n in notifiers.notifiers)]
             if executor is not None:
                 followers.append(SinkTask(executor))
+            # max_attempts=None: a storage fault holds the alerts in memory (bounded by
+            # the queue; /healthz degraded) until it clears, rather than stopping.
             head = SinkTask(SqliteSink(store, prune=True), followers=followers,
-                            on_retry=on_retry)
+                            on_retry=on_retry, max_attempts=None)
             daemon = build_daemon(config, credentials, head,
                                   order_observer=executor.on_order if executor else None)
             if executor is not None:

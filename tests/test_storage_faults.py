@@ -1,25 +1,51 @@
-"""Storage faults at start (issue 15): ``riskmon run`` and ``riskmon replay --db`` as real
-subprocesses against a database file that is corrupt, from a newer riskmon, locked by
-another process or read-only. Each ends at once with exit code 1 and a ``storage error``
-line naming the file and SQLite's reason, before any feed connection is made (the
-configured port has nothing listening: a daemon that got that far would keep
-reconnecting instead of exiting), and the file is left as it was.
+"""Storage faults (issue 15).
+
+At start: ``riskmon run`` and ``riskmon replay --db`` as real subprocesses against a
+database file that is corrupt, from a newer riskmon, locked by another process or
+read-only. Each ends at once with exit code 1 and a ``storage error`` line naming the file
+and SQLite's reason, before any feed connection is made (the configured port has nothing
+listening: a daemon that got that far would keep reconnecting instead of exiting), and the
+file is left as it was.
+
+While running: a real SQLite file whose write lock another connection or process holds
+(the fault SQLite reports as ``database is locked``). The daemon's sink holds what it
+cannot write, says so, and writes all of it, in order and once, when the lock goes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
-from adapters.sqlite_store import SCHEMA_VERSION
-from tests.live_harness import LIVE_ENV, ROOT, STORY, live_config
+from adapters.sinks import SqliteSink
+from adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
+from monitor.errors import SinkError
+from monitor.pipeline import Record, SinkTask
+from monitor.records import StoredAlert
+from tests.builders import make_alert
+from tests.live_harness import (
+    FEED_KINDS,
+    LIVE_ENV,
+    ROOT,
+    STORY,
+    http_get,
+    live_config,
+    metric_samples,
+    running,
+    stored_alerts,
+    wait_quiet,
+)
+from tests.test_executor import until
 
 UNUSED_PORT = 9  # discard: nothing listens on loopback there
 
@@ -120,3 +146,137 @@ def test_a_read_only_database_is_refused_at_start_not_at_the_first_alert(
     assert db.read_bytes() == before
     with closing(sqlite3.connect(db)) as connection:
         assert connection.execute("SELECT count(*) FROM alerts").fetchone() == stored
+
+
+# -- while running: the daemon's SQLite sink holds what it cannot write -------------------
+
+
+class Keeping:
+    """A follower that keeps what it is passed."""
+
+    name = "keeping"
+
+    def __init__(self) -> None:
+        self.stored: list[StoredAlert] = []
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self.stored += [r for r in records if isinstance(r, StoredAlert)]
+
+    async def close(self) -> None:
+        return None
+
+
+@contextmanager
+def write_locked(db: Path) -> Iterator[None]:
+    """Another connection holds the database's write lock (as ``riskmon replay --db`` on
+    the same file, or a backup tool, would) until the block ends."""
+    with closing(sqlite3.connect(db, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+
+
+async def quick_store(db: Path) -> SqliteStore:
+    """The daemon's store, giving up on a held lock after 50 ms instead of 5 s."""
+    store = await SqliteStore.open(db, writable=True)
+    assert store._db is not None
+    await store._db.execute("PRAGMA busy_timeout = 50")
+    return store
+
+
+async def test_alerts_wait_in_memory_through_a_storage_fault_and_are_all_stored(
+        tmp_path: Path) -> None:
+    db = tmp_path / "daemon.db"
+    store = await quick_store(db)
+    keeping = Keeping()
+    head = SinkTask(SqliteSink(store), max_attempts=None, followers=[SinkTask(keeping)])
+    head.start()
+    await head.put([make_alert(0)])
+    await until(lambda: len(keeping.stored) == 1)
+    with write_locked(db):
+        for n in range(1, 31):
+            await head.put([make_alert(n)])
+            await asyncio.sleep(0.001)
+        await until(lambda: head.failing() != [])
+        [(sink, _, error)] = head.failing()
+        assert sink == "sqlite" and "database is locked" in error
+        assert head.held_records + head.queued_records == 30
+        await asyncio.sleep(0.3)  # retries go on; nothing reaches the follower meanwhile
+        assert len(keeping.stored) == 1
+    await until(lambda: head.failing() == [] and len(keeping.stored) == 31)
+    await head.drain_and_close()
+    ids = [make_alert(n).id for n in range(31)]
+    with closing(sqlite3.connect(db)) as connection:
+        assert [row[0] for row in connection.execute("SELECT id FROM alerts ORDER BY seq")] == ids
+    assert [r.alert.id for r in keeping.stored] == ids
+
+
+async def test_stopping_during_a_storage_fault_says_what_was_not_written(
+        tmp_path: Path) -> None:
+    db = tmp_path / "daemon.db"
+    store = await quick_store(db)
+    head = SinkTask(SqliteSink(store), max_attempts=None)
+    head.start()
+    with write_locked(db):
+        await head.put([make_alert(1), make_alert(2)])
+        await until(lambda: head.failing() != [])
+        with pytest.raises(SinkError, match="stopping: 2 records not written"):
+            await head.drain_and_close(grace_s=0.2)
+
+
+def test_the_daemon_holds_alerts_through_a_locked_database_and_loses_none(
+        tmp_path: Path) -> None:
+    # The real daemon against the real replay server; another process holds the
+    # database's write lock for over 30 s from while alerts are produced. /healthz is degraded
+    # (sink_failing) meanwhile; afterwards the database equals the offline replay's.
+    with running(["replay-server", str(STORY), "--port", "0", "--speed", "50"]) as server:
+        port = server.wait_status("listening")["port"]
+        config = live_config(tmp_path, port)
+        db = tmp_path / "daemon.db"
+        with running(["run", "--config", str(config)], env=LIVE_ENV) as daemon:
+            http_port = daemon.wait_status("listening")["port"]
+            holder = subprocess.Popen(
+                [sys.executable, "-c",
+                 "import sqlite3, sys\n"
+                 f"c = sqlite3.connect({str(db)!r}, isolation_level=None, timeout=30)\n"
+                 "c.execute('BEGIN IMMEDIATE')\n"
+                 "print('held', flush=True)\n"
+                 "sys.stdin.read()\n"
+                 "c.execute('ROLLBACK')\n"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+                deadline = time.monotonic() + 30
+                while True:
+                    code, body = http_get(http_port, "/healthz")
+                    reasons = {r["reason"] for r in json.loads(body)["reasons"]}
+                    if "sink_failing" in reasons:
+                        break
+                    assert time.monotonic() < deadline, body
+                    time.sleep(0.2)
+                assert code == 503 and json.loads(body)["status"] == "degraded"
+                # Longer than five attempts of 5 s each: the old sink stopped the daemon
+                # there (exit 1) and lost what it held.
+                time.sleep(30)
+                code, body = http_get(http_port, "/metrics")
+                samples = metric_samples(body.decode())
+                assert samples["riskmon_sink_failing", '{sink="sqlite"}'] == 1
+                assert samples["riskmon_sink_waiting_records", ""] > 0
+            finally:
+                holder.communicate("", timeout=30)
+            server.wait_status("finished", timeout=120)
+            wait_quiet(http_port)
+            assert daemon.terminate() == 0
+        server.terminate()
+    offline = tmp_path / "offline.db"
+    replayed = replay_into(offline)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    expected = [a for a in stored_alerts(offline) if a["kind"] not in FEED_KINDS]
+    # The daemon outlives the recording by the lock's 30 s: its silent feed then goes
+    # stale (feed_stale, as it must), past the recording's last event.
+    end_ms = max(a["ts"] for a in expected)
+    live = [a for a in stored_alerts(db) if a["kind"] not in FEED_KINDS and (
+        a["ts"] <= end_ms or a["kind"] != "feed_stale")]
+    assert [a["id"] for a in live] == [a["id"] for a in expected]
