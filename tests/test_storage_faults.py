@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -280,3 +280,52 @@ def test_the_daemon_holds_alerts_through_a_locked_database_and_loses_none(
     live = [a for a in stored_alerts(db) if a["kind"] not in FEED_KINDS and (
         a["ts"] <= end_ms or a["kind"] != "feed_stale")]
     assert [a["id"] for a in live] == [a["id"] for a in expected]
+
+
+@contextmanager
+def small_file_system(tmp_path: Path, size: str = "1m") -> Iterator[Path]:
+    """A file system of ``size`` (tmpfs), mounted for the test: a disk that fills up.
+    Skips where this user cannot mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last block; the filler's path."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as file, suppress(OSError):  # ENOSPC: full
+        while file.write(b"\0" * 4096):
+            pass
+    return filler
+
+
+async def test_a_full_disk_holds_the_alerts_until_there_is_room(tmp_path: Path) -> None:
+    with small_file_system(tmp_path) as disk:
+        db = disk / "daemon.db"
+        store = await SqliteStore.open(db, writable=True)
+        keeping = Keeping()
+        head = SinkTask(SqliteSink(store), max_attempts=None, followers=[SinkTask(keeping)])
+        head.start()
+        filler = await asyncio.to_thread(fill, disk)
+        try:
+            for n in range(40):
+                await head.put([make_alert(n, payload={"note": "x" * 2000})])
+            await until(lambda: head.failing() != [])
+            [(_, _, error)] = head.failing()
+            assert "full" in error
+        finally:
+            await asyncio.to_thread(filler.unlink)
+        await until(lambda: len(keeping.stored) == 40, within_s=20)
+        await head.drain_and_close()
+        with closing(sqlite3.connect(db)) as connection:
+            assert connection.execute("SELECT count(*), count(DISTINCT id) FROM alerts"
+                                      ).fetchone() == (40, 40)
+            assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
