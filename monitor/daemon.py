@@ -305,10 +305,11 @@ class Daemon:
         ``reason`` field: ``engine_stalled`` (the loop has not turned for
         :data:`LOOP_STALLED_S`), ``sink_failed`` and those of :attr:`checks` (such as
         ``executor_failed``) make the status ``unhealthy``;
+        ``sink_failing`` (a sink's write failing and being retried, its records held in
+        memory; each such sink with ``for_s`` and the ``error``),
         ``feed_disconnected`` (connections down, or not up yet, for ``health.feed_grace_s``),
         ``feed_stale`` (instruments whose mark has been stale that long) and
-        ``sink_failing`` (a sink's write failing and being retried, its records held in
-        memory) and ``risk_unknown`` (accounts whose risk has been unknown for
+        ``risk_unknown`` (accounts whose risk has been unknown for
         ``health.risk_unknown_grace_s``, with what they miss) make it ``degraded``. The
         last three name at most :data:`~monitor.health.LISTED` items, longest first, with
         how long each has lasted (``for_s``) and ``count``, all of them.

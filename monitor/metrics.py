@@ -117,10 +117,10 @@ class Metrics:
         family("riskmon_inbox_depth", "gauge", "Feed items waiting for the engine.",
                self.inbox_depth)
         family("riskmon_sink_queue_depth", "gauge", "Batches waiting in each sink's queue.",
-               {f'sink="{_escape(k)}"': v for k, v in self.sink_queue_depth.items()})
+               _by("sink", self.sink_queue_depth))
         family("riskmon_sink_failing", "gauge",
                "1 while a sink's write keeps failing and is being retried, else 0.",
-               {f'sink="{_escape(k)}"': float(v) for k, v in self.sink_failing.items()})
+               _flags("sink", self.sink_failing))
         family("riskmon_sink_waiting_records", "gauge",
                "Records (alerts, history, quarantine) waiting in memory for SQLite.",
                self.sink_waiting_records)
@@ -139,9 +139,9 @@ class Metrics:
                _by("account", self.account_maint_margin_usd))
         family("riskmon_account_risk_known", "gauge",
                "1 while nothing an account's figures depend on is missing, else 0.",
-               {f'account="{_escape(k)}"': float(v) for k, v in self.account_risk_known.items()})
+               _flags("account", self.account_risk_known))
         family("riskmon_feed_connected", "gauge", "1 while a feed connection is up.",
-               {f'feed="{_escape(k)}"': float(v) for k, v in self.feeds_connected.items()})
+               _flags("feed", self.feeds_connected))
         family("riskmon_feed_reconnects_total", "counter",
                "Times a feed connection was opened again after it ended or failed.",
                _by("feed", self.feed_reconnects))
@@ -202,8 +202,7 @@ class Metrics:
                _by("account", self.executor_queued_triggers))
         family("riskmon_executor_worker_up", "gauge",
                "1 while the account's executor task runs (0: crashed, see /healthz).",
-               {f'account="{_escape(k)}"': float(v)
-                for k, v in self.executor_worker_up.items()})
+               _flags("account", self.executor_worker_up))
         family("riskmon_uptime_seconds", "gauge", "Seconds since the daemon started.",
                max(0.0, now_s - self.started_s))
         build = self.build
@@ -216,6 +215,11 @@ class Metrics:
 
 def _by(label: str, values: Mapping[str, float]) -> dict[str, float]:
     return {f'{label}="{_escape(key)}"': value for key, value in values.items()}
+def _flags(label: str, values: Mapping[str, bool]) -> dict[str, float]:
+    """1/0 samples of yes/no values, one per key."""
+    return {f'{label}="{_escape(key)}"': float(value) for key, value in values.items()}
+
+
 def _by_notifier(values: Mapping[str, float]) -> dict[str, float]:
     return {f'notifier="{_escape(k)}"': v for k, v in values.items()}
 

@@ -304,8 +304,9 @@ async def open_executor(config: Config, sqlite_path: str) -> Executor:
                                   load_trade_credentials(config.accounts[name]),
                                   timeout_s=config.execution.request_timeout_s,
                                   simulated=config.okx.simulated)
-    executor = await Executor.open(config.execution, traders, sqlite_path, auto_checkpoint=False,
-                                   retention_days=config.storage.retention_days)
+    executor = await Executor.open(config.execution, traders, sqlite_path,
+                                   retention_days=config.storage.retention_days,
+                                   auto_checkpoint=False)
     try:
         await executor.check_keys()
     except BaseException:

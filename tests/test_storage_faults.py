@@ -72,6 +72,26 @@ def storage_error(result: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
+@contextmanager
+def locked_by_another_process(db: Path, *statements: str) -> Iterator[None]:
+    """Another process runs ``statements`` on ``db`` (taking a lock) and holds what they
+    took until the block ends, then rolls back."""
+    script = "".join([
+        "import sqlite3, sys\n",
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None, timeout=30)\n",
+        *(f"c.execute({statement!r})\n" for statement in statements),
+        "print('held', flush=True)\n",
+        "sys.stdin.read()\n",
+        "c.execute('ROLLBACK')\n"])
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("", timeout=30)
+
+
 def test_a_corrupt_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     db = tmp_path / "daemon.db"
     garbage = b"this is not an SQLite database " * 200
@@ -96,22 +116,10 @@ def test_a_schema_from_a_newer_riskmon_is_refused(tmp_path: Path) -> None:
 
 def test_a_database_another_process_holds_locked_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "daemon.db"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time\n"
-         f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-         "c.execute('PRAGMA locking_mode = EXCLUSIVE')\n"
-         "c.execute('BEGIN EXCLUSIVE')\n"
-         "c.execute('CREATE TABLE held (x)')\n"
-         "print('held', flush=True)\n"
-         "sys.stdin.read()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with locked_by_another_process(db, "PRAGMA locking_mode = EXCLUSIVE", "BEGIN EXCLUSIVE",
+                                   "CREATE TABLE held (x)"):
         line = storage_error(run_daemon(tmp_path))
         assert str(db) in line and "database is locked" in line
-    finally:
-        holder.communicate("", timeout=10)
 
 
 @contextmanager
@@ -229,25 +237,16 @@ async def test_stopping_during_a_storage_fault_says_what_was_not_written(
 def test_the_daemon_holds_alerts_through_a_locked_database_and_loses_none(
         tmp_path: Path) -> None:
     # The real daemon against the real replay server; another process holds the
-    # database's write lock for over 30 s from while alerts are produced. /healthz is degraded
-    # (sink_failing) meanwhile; afterwards the database equals the offline replay's.
+    # database's write lock for over 30 s, from while alerts are produced. /healthz is
+    # degraded (sink_failing) meanwhile; afterwards the database equals the offline
+    # replay's.
     with running(["replay-server", str(STORY), "--port", "0", "--speed", "50"]) as server:
         port = server.wait_status("listening")["port"]
         config = live_config(tmp_path, port)
         db = tmp_path / "daemon.db"
         with running(["run", "--config", str(config)], env=LIVE_ENV) as daemon:
             http_port = daemon.wait_status("listening")["port"]
-            holder = subprocess.Popen(
-                [sys.executable, "-c",
-                 "import sqlite3, sys\n"
-                 f"c = sqlite3.connect({str(db)!r}, isolation_level=None, timeout=30)\n"
-                 "c.execute('BEGIN IMMEDIATE')\n"
-                 "print('held', flush=True)\n"
-                 "sys.stdin.read()\n"
-                 "c.execute('ROLLBACK')\n"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            try:
-                assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            with locked_by_another_process(db, "BEGIN IMMEDIATE"):
                 deadline = time.monotonic() + 30
                 while True:
                     code, body = http_get(http_port, "/healthz")
@@ -264,8 +263,6 @@ def test_the_daemon_holds_alerts_through_a_locked_database_and_loses_none(
                 samples = metric_samples(body.decode())
                 assert samples["riskmon_sink_failing", '{sink="sqlite"}'] == 1
                 assert samples["riskmon_sink_waiting_records", ""] > 0
-            finally:
-                holder.communicate("", timeout=30)
             server.wait_status("finished", timeout=120)
             wait_quiet(http_port)
             assert daemon.terminate() == 0
