@@ -19,6 +19,7 @@ from monitor.alerts import Alert, Level
 from monitor.errors import SinkError
 from monitor.records import AccountCheckpoint, MarginPoint, PoolCheckpoint, QuarantineRecord
 from tests.builders import make_alert
+from tests.test_executor import until
 
 BASE_TS = 1_700_000_000_000
 DAY_MS = 86_400_000
@@ -668,24 +669,26 @@ async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> 
     assert max(lengths[1:]) < 20 and checkpointer.restarts == 0
 
 
-async def test_a_long_wal_is_started_again_under_steady_writes(tmp_path: Path) -> None:
-    # Writes that keep coming while checkpoints run can keep the WAL from being started
-    # again; past restart_pages a RESTART checkpoint does it.
-    path = tmp_path / "steady.db"
+async def test_a_wal_past_the_bound_gets_a_restart_checkpoint(tmp_path: Path) -> None:
+    # Writes that keep coming while passive checkpoints run can keep the WAL from being
+    # started again (seen with synchronous=NORMAL; timing-dependent, so not staged here):
+    # a WAL still longer than restart_pages after a passive checkpoint gets a RESTART one,
+    # and the next write starts it from its beginning.
+    path = tmp_path / "long.db"
     store = await SqliteStore.open(path, auto_checkpoint=False)
-    checkpointer = await WalCheckpointer.open(path, interval_s=0.01, restart_pages=60)
-    checkpointer.start()
-    lengths = []
+    checkpointer = await WalCheckpointer.open(path, restart_pages=60)
     try:
-        for n in range(200):
+        for n in range(100):
             await store.write_alerts([make_alert(n)])
-            await asyncio.sleep(0.002)
-            lengths.append(checkpointer.wal_pages)
+        await checkpointer.checkpoint()
+        assert checkpointer.restarts == 1
+        await store.write_alerts([make_alert(100)])
+        await checkpointer.checkpoint()
     finally:
         await store.close()
         await checkpointer.close()
-    assert checkpointer.restarts >= 1 and max(lengths) < 200
-    assert rows(path, "SELECT count(*) FROM alerts") == [(200,)]
+    assert checkpointer.restarts == 1 and checkpointer.wal_pages < 60
+    assert rows(path, "SELECT count(*) FROM alerts") == [(101,)]
 
 
 def _make_sound(path: Path) -> None:
@@ -704,11 +707,9 @@ async def test_a_failed_checkpoint_is_reported_and_the_next_one_runs(db_path: Pa
     checkpointer = await WalCheckpointer.open(db_path, interval_s=0.01, on_error=errors.append)
     checkpointer.start()
     try:
-        await asyncio.sleep(0.1)
-        failed = len(errors)
+        await until(lambda: errors != [])
         await asyncio.to_thread(_make_sound, db_path)
-        await asyncio.sleep(0.1)
+        await until(lambda: checkpointer.checkpoints >= 1)  # it went on once sound
     finally:
         await checkpointer.close()
-    assert failed >= 1 and errors[0].startswith("WAL checkpoint failed: file is not a database")
-    assert checkpointer.checkpoints >= 1  # the task went on once the file was sound
+    assert errors[0].startswith("WAL checkpoint failed: file is not a database")
