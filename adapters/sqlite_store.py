@@ -1,10 +1,11 @@
 """The durable SQLite store: alerts, margin history, quarantine and level state (SPEC section 4).
 
-One :class:`SqliteStore` owns one aiosqlite connection (itself one worker thread), opened in
-WAL mode so that readers such as ``riskmon alerts --db`` never block the daemon's writes.
-Every public call is one transaction, made in one call on that thread; every SQLite
-failure surfaces as :class:`~monitor.errors.SinkError` naming what was being done, never the
-row contents.
+One :class:`SqliteStore` owns one connection, opened in WAL mode so that readers such as
+``riskmon alerts --db`` never block the daemon's writes: a store that writes owns a thread
+with a stdlib ``sqlite3`` connection (:mod:`adapters.sqlite_thread`), and makes every
+public call one transaction in one call on that thread; a read-only store reads through
+aiosqlite. Every SQLite failure surfaces as :class:`~monitor.errors.SinkError` naming what
+was being done, never the row contents.
 
 Schema (version 6, see :data:`MIGRATIONS`)::
 
@@ -58,6 +59,7 @@ from typing import Any, Final, Self, TypeVar
 import aiosqlite
 import orjson
 
+from adapters.sqlite_thread import SqliteThread
 from monitor.alerts import Alert, alert_from_dict, level_named
 from monitor.errors import SinkError
 from monitor.execution import FINAL_STATES, Leg, LegProgress, OrderAttempt
@@ -255,10 +257,10 @@ class SqliteStore:
     they are serialised, so each runs as its own transaction.
     """
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
+    def __init__(self, connection: SqliteThread | aiosqlite.Connection, *, retention_ms: int,
                  quarantine_max_rows: int = 10_000, location: str = "") -> None:
-        """Wrap an open, migrated connection; use :meth:`open` instead."""
-        self._db: aiosqlite.Connection | None = db
+        """Wrap an open connection to a migrated file; use :meth:`open` instead."""
+        self._db: SqliteThread | aiosqlite.Connection | None = connection
         self._retention_ms = retention_ms
         self._quarantine_max_rows = quarantine_max_rows
         # One connection carries one transaction at a time; without the lock a second task
@@ -276,6 +278,8 @@ class SqliteStore:
         quarantine_max_rows: int = 10_000,
         auto_checkpoint: bool = True,
         writable: bool = False,
+        read_only: bool = False,
+        busy_timeout_s: float = 5.0,
     ) -> Self:
         """Open (creating if needed) the database at ``path`` and migrate it.
 
@@ -290,6 +294,15 @@ class SqliteStore:
         changes nothing), so that a read-only file or file system fails here, with its
         reason, rather than at the first alert.
 
+        ``busy_timeout_s``: how long a statement waits for a lock another process holds
+        before it fails with "database is locked" (SQLite's busy handler; sqlite3's
+        default, 5 s). Writers of this process take turns without it (:func:`_write_lock`).
+
+        ``read_only``: a store that only reads (``riskmon alerts --db``, the daemon's
+        catch-up reads for subscribers). It reads through an aiosqlite connection, and
+        its write methods raise SinkError. Otherwise the store owns a
+        :class:`~adapters.sqlite_thread.SqliteThread` and makes every call one trip to it.
+
         Raises :class:`ValueError` for an invalid argument and :class:`SinkError` when the
         file cannot be opened, WAL cannot be enabled, or the database's schema version is
         newer than this code knows.
@@ -301,49 +314,34 @@ class SqliteStore:
             raise ValueError("retention_days must be a positive number")
         if quarantine_max_rows < 1:
             raise ValueError("quarantine_max_rows must be a positive integer")
+        if not (math.isfinite(busy_timeout_s) and busy_timeout_s >= 0):
+            raise ValueError("busy_timeout_s must be a number >= 0")
+        if read_only and writable:
+            raise ValueError("a read-only store cannot prove the file writable")
         location = os.fspath(path)
-        _check_aiosqlite()
         if sqlite3.sqlite_version_info < _OLDEST_SQLITE:
             raise SinkError(f"riskmon needs SQLite {'.'.join(map(str, _OLDEST_SQLITE))} or"
                             f" newer (RETURNING); this Python has {sqlite3.sqlite_version}")
         try:
-            # Open once with plain sqlite3 first: when aiosqlite fails to connect it stops its
-            # worker thread without waiting, and that thread may then call into an event
-            # loop that has already closed. A path that cannot be opened fails here instead.
-            await asyncio.to_thread(_probe, location)
-            # isolation_level=None: the sqlite3 module opens no implicit transactions; this
-            # class issues BEGIN/COMMIT itself.
-            db = await aiosqlite.connect(location, isolation_level=None)
+            owner = await SqliteThread.open(location)
         except sqlite3.Error as e:
             raise SinkError(f"cannot open SQLite database {location!r}: {e}") from e
         try:
-            # Refuse a newer schema before changing anything in the file, the journal mode
-            # included; _migrate checks again under the write lock.
-            version = int(await _fetch_value(db, "PRAGMA user_version"))
-            _check_version(version, location)
-            journal = await _fetch_value(db, "PRAGMA journal_mode = WAL")
-            if str(journal).lower() != "wal":
-                raise SinkError(f"cannot enable WAL journal mode on {location!r} (got {journal!r})")
-            await _execute(db, f"PRAGMA synchronous = {mode}")
-            if not auto_checkpoint:
-                await _execute(db, "PRAGMA wal_autocheckpoint = 0")
-            if version < SCHEMA_VERSION:
-                # Only then: the migration takes the write lock, and a reader opening a
-                # database a daemon is writing (riskmon alerts --db) must not wait for it.
-                await _migrate(db, location)
-            if writable:
-                try:
-                    await _on_worker_thread(db, partial(_transact, _rewrite_version, True))
-                except sqlite3.Error as e:
-                    raise SinkError(f"SQLite database {location!r} cannot be written: {e}"
-                                    ) from e
+            await owner.run(partial(_prepare, location, mode, auto_checkpoint, writable,
+                                    round(busy_timeout_s * 1000)))
+            connection: SqliteThread | aiosqlite.Connection = owner
+            if read_only:
+                # The schema is in place (prepared above); from here on, reads only.
+                await owner.close()
+                connection = await aiosqlite.connect(location, isolation_level=None,
+                                                     timeout=busy_timeout_s)
         except sqlite3.Error as e:
-            await _close_quietly(db)
+            await owner.close()
             raise SinkError(f"cannot prepare SQLite database {location!r}: {e}") from e
         except BaseException:
-            await _close_quietly(db)
+            await owner.close()
             raise
-        return cls(db, retention_ms=round(retention_days * _MS_PER_DAY),
+        return cls(connection, retention_ms=round(retention_days * _MS_PER_DAY),
                    quarantine_max_rows=quarantine_max_rows, location=location)
 
     async def close(self) -> None:
@@ -769,10 +767,9 @@ class SqliteStore:
                                 "SELECT reason, count FROM quarantine_counts ORDER BY reason")
         return {str(reason): int(count) for reason, count in rows}
 
-    async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T], *,
-                           immediate: bool = True) -> _T:
-        """``work(connection)`` as one transaction, rolled back if it raises, in ONE call
-        on the connection's worker thread (see :func:`_on_worker_thread`).
+    async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(connection)`` as one write transaction, rolled back if it raises, in ONE
+        call on the store's thread (see :mod:`adapters.sqlite_thread`).
 
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
         at BEGIN, not halfway through; before that, the in-process write lock of the file
@@ -782,27 +779,63 @@ class SqliteStore:
             db = self._db
             if db is None:
                 raise SinkError(f"{action} failed: the store is closed")
+            if not isinstance(db, SqliteThread):
+                raise SinkError(f"{action} failed: the store was opened read-only")
             try:
-                if not immediate:
-                    return await _on_worker_thread(db, partial(_transact, work, immediate))
                 async with self._write_lock:
-                    return await _on_worker_thread(db, partial(_transact, work, immediate))
+                    return await db.run(partial(_transact, work, True))
             except sqlite3.Error as e:
                 raise SinkError(f"{action} failed: {e}") from e
 
     async def _read(self, action: str, sql: str,
                     parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        """The rows of one query, read in one transaction (one call on the worker)."""
+        """The rows of one query (one statement: SQLite reads it in one snapshot)."""
+        arguments = tuple(parameters)
 
         def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return db.execute(sql, tuple(parameters)).fetchall()
+            return db.execute(sql, arguments).fetchall()
 
-        return await self._transaction(action, read, immediate=False)
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise SinkError(f"{action} failed: the store is closed")
+            try:
+                if isinstance(db, SqliteThread):
+                    return await db.run(read)
+                return [tuple(row) for row in await db.execute_fetchall(sql, arguments)]
+            except sqlite3.Error as e:
+                raise SinkError(f"{action} failed: {e}") from e
+
+
+def _prepare(location: str, mode: str, auto_checkpoint: bool, writable: bool,
+             busy_timeout_ms: int, db: sqlite3.Connection) -> None:
+    """Run on the store's thread at open: refuse a newer schema, enable WAL, set the
+    connection's options, migrate, and (``writable``) prove the file takes writes."""
+    db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    # Refuse a newer schema before changing anything in the file, the journal mode
+    # included; _migrate checks again under the write lock.
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    _check_version(version, location)
+    journal = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(journal).lower() != "wal":
+        raise SinkError(f"cannot enable WAL journal mode on {location!r} (got {journal!r})")
+    db.execute(f"PRAGMA synchronous = {mode}")
+    if not auto_checkpoint:
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+    if version < SCHEMA_VERSION:
+        # Only then: the migration takes the write lock, and a reader opening a database
+        # a daemon is writing (riskmon alerts --db) must not wait for it.
+        _transact(partial(_migrate, location), True, db)
+    if writable:
+        try:
+            _transact(_rewrite_version, True, db)
+        except sqlite3.Error as e:
+            raise SinkError(f"SQLite database {location!r} cannot be written: {e}") from e
 
 
 def _transact(work: Callable[[sqlite3.Connection], _T], immediate: bool,
               db: sqlite3.Connection) -> _T:
-    """Run on the worker thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised,
+    """Run on the store's thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised,
     the COMMIT included (a failed COMMIT can leave the transaction open, and every later
     BEGIN on this connection would then fail)."""
     db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -818,46 +851,18 @@ def _transact(work: Callable[[sqlite3.Connection], _T], immediate: bool,
     return result
 
 
-async def _on_worker_thread(db: aiosqlite.Connection,
-                            function: Callable[[sqlite3.Connection], _T]) -> _T:
-    """``function(connection)`` on the connection's worker thread, in one call.
-
-    aiosqlite's public methods each make one trip to its worker thread: a statement, a
-    fetch, a commit. The daemon's event loop thread is busy under load, and every trip
-    back needs the GIL from it, so a transaction of four or five trips took 2.8-4.6 ms at
-    p99 in bench/live_bench.py at 10,000 frames/s, against 1.8-2.1 ms as one call. A whole
-    transaction goes through ``Connection._execute``, the method every public call of
-    aiosqlite is built on, with ``Connection._conn``, its sqlite3 connection. Both are
-    private, so pyproject.toml bounds aiosqlite to the releases tested, and
-    :meth:`SqliteStore.open` checks that they are there (:func:`_check_aiosqlite`).
-    """
-    result: _T = await db._execute(function, db._conn)  # type: ignore[no-untyped-call]
-    return result
-
-
-def _check_aiosqlite() -> None:
-    """Raise SinkError unless aiosqlite has what :func:`_on_worker_thread` uses."""
-    if not (callable(getattr(aiosqlite.Connection, "_execute", None))
-            and isinstance(getattr(aiosqlite.Connection, "_conn", None), property)):
-        raise SinkError(f"riskmon does not support aiosqlite {aiosqlite.__version__}: its"
-                        " Connection lacks _execute or _conn (see pyproject.toml)")
-
-
-async def _migrate(db: aiosqlite.Connection, location: str) -> None:
-    """Bring the schema to :data:`SCHEMA_VERSION`, all pending steps in one transaction."""
-
-    def migrate(connection: sqlite3.Connection) -> None:
-        # IMMEDIATE (see _transact), and the version read inside it, so two processes
-        # opening the same new file cannot both run the same step.
-        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-        _check_version(version, location)
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step]:
-                connection.execute(statement)
-            # PRAGMA takes no bound parameters; step + 1 is an int from this code.
-            connection.execute(f"PRAGMA user_version = {step + 1}")
-
-    await _on_worker_thread(db, partial(_transact, migrate, True))
+def _migrate(location: str, connection: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION`, all pending steps in the caller's
+    transaction."""
+    # Under BEGIN IMMEDIATE (see _transact), and the version read inside it, so two
+    # processes opening the same new file cannot both run the same step.
+    version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    _check_version(version, location)
+    for step in range(version, SCHEMA_VERSION):
+        for statement in MIGRATIONS[step]:
+            connection.execute(statement)
+        # PRAGMA takes no bound parameters; step + 1 is an int from this code.
+        connection.execute(f"PRAGMA user_version = {step + 1}")
 
 
 def _pool_checkpoints(account: str, stored: str) -> tuple[PoolCheckpoint, ...]:
@@ -1025,20 +1030,6 @@ def _check_version(version: int, location: str) -> None:
             f"SQLite database {location!r} has schema version {version}, but this riskmon"
             f" knows versions up to {SCHEMA_VERSION}; upgrade riskmon to use it"
         )
-
-
-async def _execute(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> int:
-    """Run one statement that returns no rows (at open); returns its row count (-1 for
-    statements without one). The cursor holds nothing open, so it is left to the garbage
-    collector instead of being closed with a second trip to the worker thread."""
-    return (await db.execute(sql, parameters)).rowcount
-
-
-async def _fetch_value(db: aiosqlite.Connection, sql: str, parameters: Iterable[Any] = ()) -> Any:
-    """Run a query and return the first column of its first row, or None without rows."""
-    async with db.execute(sql, parameters) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else row[0]
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:

@@ -124,7 +124,6 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import aiosqlite
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -515,10 +514,8 @@ class TimedStore(SqliteStore):
     during the latency runs, so that the alerts of the sustained-rate search do not pile up
     in this process's memory, which the daemon would not do)."""
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
-                 quarantine_max_rows: int = 10_000) -> None:
-        super().__init__(db, retention_ms=retention_ms,
-                         quarantine_max_rows=quarantine_max_rows)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.spans: dict[str, tuple[float, float]] = {}
         self.noting = False
 

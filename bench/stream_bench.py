@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import aiosqlite
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -135,10 +134,8 @@ def _say(message: dict[str, Any]) -> None:
 class TimedStore(SqliteStore):
     """The real store, noting when each alert's transaction committed (by alert id)."""
 
-    def __init__(self, db: aiosqlite.Connection, *, retention_ms: int,
-                 quarantine_max_rows: int = 10_000) -> None:
-        super().__init__(db, retention_ms=retention_ms,
-                         quarantine_max_rows=quarantine_max_rows)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.committed: dict[str, float] = {}
 
     async def write_batch(

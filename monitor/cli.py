@@ -455,7 +455,7 @@ async def _alerts(args: argparse.Namespace) -> int:
     if not args.db.is_file():
         print(f"riskmon: database not found: {args.db}", file=sys.stderr)
         return 2
-    store = await SqliteStore.open(args.db)
+    store = await SqliteStore.open(args.db, read_only=True)
     try:
         after = 0
         if args.since is not None:
@@ -557,7 +557,7 @@ async def _status_command(args: argparse.Namespace) -> int:
         if not args.db.is_file():
             print(f"riskmon: database not found: {args.db}", file=sys.stderr)
             return 2
-        store = await SqliteStore.open(args.db)
+        store = await SqliteStore.open(args.db, read_only=True)
         try:
             points = await store.latest_margin()
         finally:
@@ -584,7 +584,7 @@ async def _report(args: argparse.Namespace) -> int:
         if not args.db.is_file():
             print(f"riskmon: database not found: {args.db}", file=sys.stderr)
             return 2
-        store = await SqliteStore.open(args.db)
+        store = await SqliteStore.open(args.db, read_only=True)
         try:
             names = args.account or await store.history_accounts()
             histories = {name: await store.margin_history(name) for name in names}

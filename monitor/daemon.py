@@ -54,10 +54,11 @@ SWITCH_INTERVAL_S = 0.0002
 """The thread switch interval a daemon process runs with (Python's default: 5 ms).
 
 The event loop thread runs Python almost without pause under load, and SQLite runs on
-aiosqlite's worker thread: when the worker finishes a commit it needs the GIL to hand the
-result back, and waits until the loop thread yields it, at the latest after the switch
-interval. At the default that adds up to 5 ms to an alert's receive-to-stored time; at
-0.2 ms the extra switching costs little (the worker is idle most of the time)."""
+the store's own thread (adapters/sqlite_thread.py): when that thread finishes a commit it
+needs the GIL to hand the result back, and waits until the loop thread yields it, at the
+latest after the switch interval. At the default that adds up to 5 ms to an alert's
+receive-to-stored time; at 0.2 ms the extra switching costs little (the SQLite thread is
+idle most of the time)."""
 
 
 def tune_interpreter() -> None:

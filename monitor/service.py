@@ -125,7 +125,7 @@ class Monitor:
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
             reader = await SqliteStore.open(path, retention_days=config.storage.retention_days,
-                                            auto_checkpoint=False)
+                                            read_only=True)
             opened.push_async_callback(reader.close)
             hub = AlertHub(reader, queue_size=config.stream.queue_size,
                            last_id=await reader.last_alert_id())

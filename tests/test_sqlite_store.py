@@ -11,7 +11,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, WalCheckpointer
@@ -477,12 +476,11 @@ async def test_a_closed_store_refuses_calls(db_path: Path) -> None:
 
 
 async def test_failed_open_leaves_no_worker_thread(tmp_path: Path) -> None:
-    # aiosqlite stops the worker thread of a failed connect without waiting for it, and the
-    # thread may then call into a closed event loop (seen in CI as an unhandled thread
-    # exception). The store must fail before any such thread exists.
+    # A thread left behind by a failed connect could call into a closed event loop later
+    # (aiosqlite's did: seen in CI as an unhandled thread exception).
     def workers() -> set[int | None]:
         return {t.ident for t in threading.enumerate()
-                if "_connection_worker_thread" in t.name}
+                if "_connection_worker_thread" in t.name or t.name.startswith("riskmon-sqlite")}
 
     before = workers()
     with pytest.raises(SinkError, match="cannot open"):
@@ -509,16 +507,37 @@ async def test_a_cancelled_write_is_stored_whole_or_not_at_all(store: SqliteStor
         assert make_alert(100 + ticks).id in {alert.id for alert in await store.alerts()}
 
 
-async def test_an_aiosqlite_without_the_worker_call_is_refused_at_open(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_read_only_store_reads_the_writers_rows_and_refuses_writes(
+    db_path: Path,
 ) -> None:
-    # The store runs each transaction through aiosqlite's private Connection._execute; a
-    # release without it must fail at open, naming the version, before touching the file.
-    monkeypatch.delattr(aiosqlite.Connection, "_execute")
+    writer = await SqliteStore.open(db_path, writable=True)
+    reader = await SqliteStore.open(db_path, read_only=True)
+    try:
+        await writer.write_batch(alerts=[make_alert(1), make_alert(2)],
+                                 checkpoints=[checkpoint("main", "warning", BASE_TS)])
 
-    with pytest.raises(SinkError, match=f"aiosqlite {aiosqlite.__version__}"):
-        await SqliteStore.open(db_path)
-    assert not await asyncio.to_thread(db_path.exists)
+        assert [a.id for a in await reader.alerts()] == [make_alert(1).id, make_alert(2).id]
+        assert await reader.last_alert_seq() == 2
+        assert [c.level for c in await reader.load_checkpoints()] == ["warning"]
+        with pytest.raises(SinkError, match="read-only"):
+            await reader.write_alerts([make_alert(3)])
+        assert await writer.last_alert_seq() == 2
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_a_read_only_store_migrates_a_new_file(db_path: Path) -> None:
+    # A reader may be the first to open the file (riskmon alerts --db before the daemon
+    # ever ran): it still finds the schema in place.
+    reader = await SqliteStore.open(db_path, read_only=True)
+    try:
+        assert await reader.alerts() == []
+        assert await reader.quarantine_count() == 0
+    finally:
+        await reader.close()
+    with pytest.raises(ValueError, match="read-only"):
+        await SqliteStore.open(db_path, read_only=True, writable=True)
 
 
 async def test_quarantine_counts_add_up_and_rows_keep_the_newest(db_path: Path) -> None:
@@ -612,12 +631,9 @@ async def test_writers_on_one_file_take_turns_instead_of_meeting_the_busy_handle
     # executor orders). In one process they take turns on a shared lock: even with
     # SQLite's busy handler switched off, none of them ever finds the file locked (with
     # it, a writer behind another would sleep 1, 2, 5, 10... ms between tries).
-    first = await SqliteStore.open(db_path)
-    second = await SqliteStore.open(db_path, synchronous="NORMAL")
+    first = await SqliteStore.open(db_path, busy_timeout_s=0)
+    second = await SqliteStore.open(db_path, synchronous="NORMAL", busy_timeout_s=0)
     try:
-        for opened in (first, second):
-            assert opened._db is not None
-            await opened._db.execute("PRAGMA busy_timeout = 0")
 
         async def write(store: SqliteStore, start: int) -> None:
             for n in range(start, start + 40):

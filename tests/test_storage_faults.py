@@ -188,10 +188,7 @@ def write_locked(db: Path) -> Iterator[None]:
 
 async def quick_store(db: Path) -> SqliteStore:
     """The daemon's store, giving up on a held lock after 50 ms instead of 5 s."""
-    store = await SqliteStore.open(db, writable=True)
-    assert store._db is not None
-    await store._db.execute("PRAGMA busy_timeout = 50")
-    return store
+    return await SqliteStore.open(db, writable=True, busy_timeout_s=0.05)
 
 
 async def test_alerts_wait_in_memory_through_a_storage_fault_and_are_all_stored(
