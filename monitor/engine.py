@@ -28,13 +28,26 @@ currency's price, borrowing tiers of a debt, a mode it can follow). While anythi
 missing no level and no rule is evaluated; after ``stale_after`` a ``feed_stale`` alert names
 what is missing, and ``feed_recovered`` follows when it arrives.
 
+The clock and staleness. The clock is the largest event time seen, and staleness is judged
+once a second of it, at whole seconds (the first event at or after each), so the sweeps fall
+on the same times however a run began: a daemon restarted partway through a feed judges
+as an uninterrupted replay of it does. Snapshots are dated by the last change of what they
+hold (a position opened an hour ago, a balance last moved a minute ago), which is not the
+present: until the first *live* event (a mark or index price, an order or positions push)
+the clock is provisional, and nothing counts as missing from before that event, so the
+jump from a restart's snapshot times to the feed's present time makes nothing stale (nor
+is that jump held to ``max_ahead_s``, below: only a live clock is). Were
+the feed silent instead, the clock (the daemon's ClockTicks) reaching ``stale_after`` past
+the first event time makes it live as it is, and what is missing is then overdue.
+
 Plausibility (issue 15, "bad input never moves state"; ``[bounds]``, monitor.config). Before
 an event touches any state the engine judges it against what it holds, and either applies
 it, ignores it (counted in :attr:`MarginEngine.out_of_order`) or raises
 :class:`~monitor.errors.BadInput` for the caller to quarantine:
 
 - an event dated more than ``max_ahead_s`` after its own receive time: bad input;
-- an event that would move the clock more than ``max_ahead_s`` ahead: bad input, unless it is
+- an event that would move a live clock (see "The clock and staleness" below) more than
+  ``max_ahead_s`` ahead: bad input, unless it is
   the ``confirm_after``-th in a row to do so with no move of the clock between them and each
   within ``max_ahead_s`` of the one before (a gap in a recording), which is applied;
 - a mark (index) price more than ``price_band`` times away from the last accepted price of
@@ -107,6 +120,7 @@ from monitor.transitions import INFINITY, LevelLadder, RuleState
 
 REANCHOR_EVERY = 4096
 SWEEP_INTERVAL_MS = 1000
+"""Staleness, reminders and interest are swept at every whole second of event time."""
 DELEVERAGE_RANK = LEVEL_RANK["deleverage"]
 
 # Pool kinds (see the module docstring).
@@ -128,6 +142,9 @@ ExposureKey = tuple[str, MarginMode, PositionSide]
 HolderKey = tuple[str, MarginMode, PositionSide]
 
 _NO_FIGURES: Final = ExchangeAccountFigures(None, None, None, None)
+
+_LIVE_EVENTS: Final = (MarkPrice, IndexPrice, OrderUpdate, PositionUpdate)
+"""Events dated by the present (see the module docstring, "The clock and staleness")."""
 # Missing items that have alerts of their own, not the generic feed_stale: a mark's
 # staleness is alerted per instrument, an unsupported mode by account_mode.
 _OWN_ALERT_PREFIXES: Final = ("mark:", "mode:")
@@ -449,6 +466,10 @@ class MarginEngine:
         # (see instruments_in_use): a live feed follows it with its subscriptions.
         self.interest_version = 0
         self._next_sweep_ms = 0
+        # The first event time, and where ages of what is missing start from once the
+        # clock is live (None: provisional; see the module docstring).
+        self._first_ms = 0
+        self._live_from_ms: int | None = None
         self._notices: list[Notice] = []
         # Accounts whose checkpoint changed since the last drain_checkpoints(): an
         # ordered set, like the others.
@@ -518,6 +539,8 @@ class MarginEngine:
                 self.out_of_order["mark"] += 1
                 return ()
             self.last_recv_ms = event.recv_ms
+            if self._live_from_ms is None:
+                self._go_live(event_ms, True)
             if event_ms > self.now_ms:
                 self._advance(event_ms, event.recv_ms, alerts)
             if self._announce:
@@ -528,6 +551,8 @@ class MarginEngine:
             if event.event_ms != UNTIMED and not self._admit(event):
                 return ()
             self.last_recv_ms = event.recv_ms
+            if self._live_from_ms is None and event.event_ms != UNTIMED:
+                self._go_live(event.event_ms, isinstance(event, _LIVE_EVENTS))
             if event.event_ms > self.now_ms:
                 self._advance(event.event_ms, event.recv_ms, alerts)
             elif event.event_ms == UNTIMED:
@@ -543,14 +568,29 @@ class MarginEngine:
         self._collecting = []
         return alerts
 
+    def _go_live(self, event_ms: int, live: bool) -> None:
+        """While the clock is provisional: a live event at ``event_ms`` makes it live,
+        with the ages of what is missing counted from then; any event ``stale_after`` past
+        the first event time makes it live as it is (see the module docstring)."""
+        if self._first_ms == 0:
+            self._first_ms = event_ms
+        if live:
+            self._live_from_ms = max(event_ms, self.now_ms)
+        elif event_ms - self._first_ms >= self._stale_after_ms:
+            self._live_from_ms = self._first_ms
+        else:
+            return
+        self._clock_limit_ms = max(event_ms, self.now_ms) + self._max_ahead_ms
+
     def _advance(self, event_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
         """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
         self.now_ms = event_ms
-        self._clock_limit_ms = event_ms + self._max_ahead_ms
+        if self._live_from_ms is not None:
+            self._clock_limit_ms = event_ms + self._max_ahead_ms
         if event_ms > self._next_takeover_ms:
             self._pass_checkpoints(event_ms)
         if event_ms >= self._next_sweep_ms:
-            self._next_sweep_ms = event_ms + SWEEP_INTERVAL_MS
+            self._next_sweep_ms = (event_ms // SWEEP_INTERVAL_MS + 1) * SWEEP_INTERVAL_MS
             self._begin(event_ms, recv_ms, alerts)
             self._sweep(event_ms, recv_ms, alerts)
 
@@ -599,6 +639,8 @@ class MarginEngine:
         """
         now_ms = self.now_ms
         limit = self._clock_limit_ms
+        live = self._live_from_ms is not None
+        first_ms = self._first_ms
         prices: dict[str, tuple[float | None, int]] = {}
         for event in events:
             event_ms = event.event_ms
@@ -631,9 +673,14 @@ class MarginEngine:
                         and abs(event_ms - candidate) <= self._max_ahead_ms) and (
                         self._confirm_after > 1):
                     raise BadInput(self._jump_reason(event_ms, now_ms, 1))
+            if not live:
+                first_ms = first_ms or event_ms
+                live = (isinstance(event, _LIVE_EVENTS)
+                        or event_ms - first_ms >= self._stale_after_ms)
             if event_ms > now_ms:
                 now_ms = event_ms
-                limit = now_ms + self._max_ahead_ms
+                if live:
+                    limit = now_ms + self._max_ahead_ms
 
     def _reference(self, event: MarkPrice | IndexPrice) -> tuple[float | None, int]:
         """The price an event's price is held to, and the time of that price (-1: none of
@@ -818,6 +865,12 @@ class MarginEngine:
         """Every account's current (headline) level."""
         return {name: self._account_level(account) for name, account in self.accounts.items()}
 
+    @property
+    def clock_live(self) -> bool:
+        """Whether the clock is live: see the module docstring, "The clock and
+        staleness"."""
+        return self._live_from_ms is not None
+
     def risk_known(self, name: str) -> bool:
         """Whether nothing the account's risk depends on is missing (SPEC 1.5)."""
         return not self.accounts[name].missing
@@ -915,8 +968,10 @@ class MarginEngine:
         """The account's risk is known for the first time since the restart, at ``ts``:
         from then on its state is the re-delivered events' own when that is before the
         checkpoint's time; otherwise it comes from snapshots alone (no history to
-        re-derive it), and the checkpoint is taken over now."""
-        if ts < checkpoint.ts and self.now_ms != 0:
+        re-derive it), and the checkpoint is taken over now. So too while the clock is
+        provisional (see the module docstring): snapshots are dated by their last change,
+        and one older than the checkpoint is no sign of a feed re-delivered."""
+        if ts < checkpoint.ts and self._live_from_ms is not None:
             account.rederiving = True
         else:
             self._take_over(account, checkpoint)
@@ -1498,12 +1553,15 @@ class MarginEngine:
         Costs O(instruments in use + accounts missing something + indebted accounts +
         accounts in deleverage or worse), never a pass over every account.
         """
+        # Nothing is missing from before the clock went live (None: not yet, so nothing
+        # is overdue).
+        floor = now_ms if self._live_from_ms is None else self._live_from_ms
         for inst_id, holders in self.holders.items():
             if inst_id in self.stale or not holders:
                 continue
             last = self.mark_ms.get(inst_id)
             if last is None:
-                last = min(exposure.since_ms for exposure in holders.values())
+                last = max(floor, min(exposure.since_ms for exposure in holders.values()))
             if now_ms - last > self._stale_after_ms:
                 self.stale[inst_id] = None
                 self.awaiting_mark[inst_id] = None
@@ -1524,7 +1582,7 @@ class MarginEngine:
                 if since == 0:
                     account.missing[item] = now_ms  # the first time the engine has a clock
                     waiting = True
-                elif now_ms - since > self._stale_after_ms:
+                elif now_ms - max(since, floor) > self._stale_after_ms:
                     overdue.append(item)
                 else:
                     waiting = True
@@ -1589,14 +1647,18 @@ class MarginEngine:
                     if rule_state.armed != armed:
                         self._changed[account.name] = account
         # Reminders go on while the risk is unknown: the level they repeat is the last one
-        # known, and a silent feed is no reason to fall silent about it.
+        # known, and a silent feed is no reason to fall silent about it. Their figures are
+        # then only what is known so far (after a restart, say, before the first marks):
+        # the payload's "risk_unknown" lists what they lack, so none reads as the truth.
         due = account.reminder_due_ms
         if due is not None and ts >= due:
+            unknown = {"risk_unknown": sorted(account.missing)} if account.missing else {}
             for pool in account.pools.values():
                 if pool.reminder_due_ms is not None and ts >= pool.reminder_due_ms:
                     pool.reminder_due_ms = ts + self._repeat_ms
                     self._emit(alerts, account, "reminder", ts, recv_ms, _pool_inst(pool),
-                               mark, {"since_level": pool.level, **_pool_payload(pool)},
+                               mark, {"since_level": pool.level, **_pool_payload(pool),
+                                      **unknown},
                                figures=self._pool_figures(pool), level=pool.level,
                                discriminator=pool.key)
             self._track_critical(account)

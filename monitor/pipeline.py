@@ -228,12 +228,19 @@ class LineProcessor:
                                                alert.init_margin_usd, alert.level))
 
     def _sample_history(self) -> None:
-        """Downsample every account's figures once per history interval of event time."""
+        """Downsample every account's figures once per history interval of event time.
+
+        Not while the clock is provisional (a restart's snapshot times are not the
+        present), and not for an account whose risk is unknown: its figures are then only
+        what is known so far, and a gap in the history says "unknown" where a sample
+        would look like the truth."""
         now = self.engine.now_ms
-        self._next_history_ms = now + self._history_interval_ms
-        if now <= 0:
+        if now <= 0 or not self.engine.clock_live:
             return
+        self._next_history_ms = now + self._history_interval_ms
         for name in self.engine.account_names():
+            if not self.engine.risk_known(name):
+                continue
             figures = self.engine.figures(name)
             self.outbox.append(MarginPoint(name, now, figures.margin_ratio,
                                            figures.equity_usd, figures.maint_margin_usd,

@@ -440,6 +440,74 @@ def test_clock_ticks_make_a_silent_feed_stale_and_keep_reminders_due() -> None:
     assert [(a.kind, a.ts) for a in alerts] == [("feed_stale", 13_000), ("reminder", 62_000)]
 
 
+def partway_feed(start_ms: int, end_ms: int) -> list[Event]:
+    """A BTC and an ETH long, marks every 500 ms and BTC index prices every second from
+    ``start_ms``; the ETH marks pause from 40,000 to 53,000 (longer than stale_after)."""
+    events: list[Event] = []
+    for ts in range(start_ms, end_ms, 500):
+        events.append(mark(BTC, 39_300, ts))
+        if not 40_000 <= ts < 53_000:
+            events.append(mark(ETH, 2_000, ts + 250))
+        if ts % 1000 == 0:
+            events.append(index("BTC", "USDT", 39_300, ts + 1))
+    return events
+
+
+def partway_snapshots() -> list[Event]:
+    """The account's snapshots, dated by their last change (1,000), as REST sends them
+    whenever it is asked."""
+    return snapshots(1_000, cash={"USDT": 500, "BTC": 0.01},
+                     positions=(Position(BTC, 10, 40_000, 10), Position(ETH, 10, 2_000, 10)))
+
+
+def test_a_restart_partway_through_a_feed_judges_staleness_as_the_whole_run() -> None:
+    # The whole run: the snapshots at 1,000, then the feed. Restarted at any point of
+    # it, the engine gets the same snapshots (dated 1,000: nothing changed since) and the
+    # feed from there on. Nothing counts as missing from before its first live event, so
+    # the jump from 1,000 to the present makes nothing stale; and the sweeps fall on
+    # whole seconds, so the real ETH gap is stale at the same time in both runs.
+    whole = run(MarginEngine(make_config()), [*partway_snapshots(),
+                                               *partway_feed(1_000, 70_000)])
+    stale = [(a.kind, a.ts, a.inst_id) for a in whole if a.kind.startswith("feed_")]
+    assert stale == [("feed_stale", 50_000, ETH), ("feed_recovered", 53_250, ETH)]
+    for start in (20_000, 20_500, 30_000, 38_500):
+        restarted = MarginEngine(make_config())
+        alerts = run(restarted, [*partway_snapshots(), *partway_feed(start, 70_000)])
+        assert [(a.kind, a.ts, a.inst_id) for a in alerts] == stale, f"from {start}"
+        assert restarted.state()["main"]["risk_known"] is True
+
+
+def test_a_feed_silent_after_the_snapshots_makes_the_risk_unknown_on_time() -> None:
+    # No live event at all: the daemon's ClockTicks carry the clock on from the
+    # snapshots, and what is missing is overdue stale_after past them.
+    engine = MarginEngine(make_config())
+    run(engine, partway_snapshots())
+    alerts = run(engine, [ClockTick(t, t) for t in range(2_000, 15_000, 1000)])
+    assert [(a.kind, a.ts) for a in alerts] == [("feed_stale", 12_000)] * 3
+    assert {a.inst_id for a in alerts} == {BTC, ETH, None}
+    assert alerts[-1].payload["missing"] == ["price:BTC"]
+
+
+def test_a_reminder_due_while_the_risk_is_unknown_says_what_its_figures_lack() -> None:
+    # Restarted at deleverage with a reminder due, the feed's first event after the
+    # snapshots an index price: the reminder is not held back by the mark still missing,
+    # but its figures are not the account's, and it says so.
+    engine = scenario_engine(risk=RiskConfig(repeat_interval_s=60))
+    run(engine, [mark(BTC, 39_150, 2_000)])  # deleverage; reminder due at 62_000
+    [saved] = engine.drain_checkpoints()
+    restarted = MarginEngine(make_config(risk=RiskConfig(repeat_interval_s=60)))
+    restarted.restore([saved])
+    run(restarted, snapshots(1_000, cash={"USDT": 100},
+                             positions=(Position(BTC, 10, 40_000, 10),)))
+    alerts = run(restarted, [index("BTC", "USDT", 39_000, 62_000)])
+    [reminder] = [a for a in alerts if a.kind == "reminder"]
+    assert reminder.level == "deleverage"
+    assert reminder.payload["risk_unknown"] == [f"mark:{BTC}"]
+    fresh = [mark(BTC, 39_150, t) for t in range(3_000, 63_000, 1000)]
+    [known] = [a for a in run(engine, fresh) if a.kind == "reminder"]
+    assert "risk_unknown" not in known.payload
+
+
 def test_checkpoints_follow_levels_rules_and_reminders() -> None:
     rule = StopLossRule(name="guard", metric="margin_ratio", below=1.0, action="close_all")
     engine = scenario_engine(rules=(rule,), risk=RiskConfig(repeat_interval_s=60))
