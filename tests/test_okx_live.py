@@ -9,15 +9,12 @@ import os
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -428,18 +425,6 @@ async def test_the_reader_delivers_text_and_acts_on_events_itself() -> None:
                                                                     eth_push, "ETH-USDT-SWAP")
     # The acknowledgements, the error and the pong were handled, not delivered.
     assert len(pushed) == len(frames) + len(changes)
-
-
-def test_a_websockets_without_the_message_hook_is_refused(
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The feed's connections override websockets' ClientConnection.process_event, which is
-    # not public API: a release without it must be refused at once, naming the version.
-    monkeypatch.delattr(ClientConnection, "process_event")
-    monkeypatch.delattr(Connection, "process_event")
-
-    with pytest.raises(FeedError, match=f"websockets {version('websockets')}"):
-        OkxFeed(OkxConfig(), {}, lambda item: None)
 
 
 async def test_the_inbox_wakes_its_reader_whenever_items_arrive() -> None:

@@ -74,7 +74,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.backoff import backoff_delay
@@ -90,7 +89,7 @@ from adapters.okx.rest import (
     POSITIONS,
     OkxRest,
 )
-from adapters.push_connection import PushConnection, check_websockets
+from adapters.push_connection import PushConnection
 from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, LinkStats, RestBody
@@ -166,7 +165,6 @@ class OkxFeed:
         collateral: Collection[str] = (),
         rng: random.Random | None = None,
     ) -> None:
-        check_websockets()
         self.config = config
         self.collateral = frozenset(collateral)
         self.deliver = deliver
@@ -282,11 +280,9 @@ class _Link:
             connected = False
             immediately = False
             try:
-                async with connect(self.url, ping_interval=None, close_timeout=2,
-                                   open_timeout=config.request_timeout_s,
-                                   max_size=_MAX_MESSAGE_BYTES,
-                                   create_connection=PushConnection) as ws:
-                    assert isinstance(ws, PushConnection)
+                async with await PushConnection.connect(
+                        self.url, open_timeout_s=config.request_timeout_s,
+                        max_size=_MAX_MESSAGE_BYTES, close_timeout_s=2) as ws:
                     self.ws = ws
                     self._last_rx = time.monotonic()
                     ws.push_to(self.receive)
