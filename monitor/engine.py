@@ -914,8 +914,9 @@ class MarginEngine:
 
         A checkpoint waits until the account's risk is known again (its snapshots and
         marks arrived). If that happens at or after the checkpoint's time (``ts``, the
-        engine's clock when it was saved), or before the engine has a clock, the account's
-        state comes from snapshots alone and the checkpoint is taken over then. If it
+        engine's clock when it was saved), or while the clock is provisional (snapshots
+        only: see the module docstring), the account's state comes from snapshots alone
+        and the checkpoint is taken over then. If it
         happens before, the events since the restart are ones the previous run had
         applied, re-delivered (a feed replayed from an earlier point): re-applying them
         re-derives the same levels, rules and reminders, and the same alerts with the same
