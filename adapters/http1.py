@@ -16,7 +16,8 @@ Behaviour:
   On a timeout or any transport or protocol failure the connection is dropped (its state
   is unknown) and :class:`HttpFailure` raised; whether the server acted on the request is
   then unknown, and the caller treats it so (the executor looks the order up).
-- ``https`` URLs use the system's default TLS context with the host's name checked.
+- ``https`` URLs use the system's default TLS context (or the one given) with the host's
+  name checked.
 - A response body larger than ``max_body_bytes`` is a failure, never read into memory whole.
 """
 
@@ -58,13 +59,15 @@ class KeepAliveConnection:
 
     def __init__(self, base_url: str, *, timeout_s: float,
                  headers: Mapping[str, str] | None = None,
-                 max_body_bytes: int = 4 << 20) -> None:
+                 max_body_bytes: int = 4 << 20,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._tls = ((ssl_context or ssl.create_default_context())
+                     if parts.scheme == "https" else None)
         self._prefix = parts.path.rstrip("/")
         default_port = self.port == (443 if self._tls else 80)
         self._host_header = self.host if default_port else f"{self.host}:{self.port}"

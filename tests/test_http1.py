@@ -4,9 +4,11 @@ loopback: the replay server's h11 listener, and raw asyncio servers that misbeha
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import trustme
 
 from adapters.http1 import HttpFailure, KeepAliveConnection
 from adapters.okx.rest_listener import HttpRequest, HttpResponse, RestListener
@@ -167,3 +169,47 @@ async def test_nothing_listening_is_a_failure_not_a_crash() -> None:
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         KeepAliveConnection("ws://127.0.0.1:1", timeout_s=1.0)
+
+
+async def test_https_over_tls_with_the_servers_certificate_checked() -> None:
+    # A local certificate authority (trustme) signs the server's certificate for
+    # 127.0.0.1; the client trusts that authority, and only it.
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                heads.append(await read_head(reader))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    trusted = KeepAliveConnection(f"https://127.0.0.1:{port}", timeout_s=5,
+                                  ssl_context=client_context)
+    untrusted = KeepAliveConnection(f"https://127.0.0.1:{port}", timeout_s=5)
+    try:
+        first = await trusted.request("GET", "/a")
+        second = await trusted.request("GET", "/b")
+        assert (first.status, first.body, second.body) == (200, b"secure", b"secure")
+        assert trusted.connections_opened == 1
+        assert [head.split(b"\r\n")[0] for head in heads] == [b"GET /a HTTP/1.1",
+                                                              b"GET /b HTTP/1.1"]
+        # The system's authorities do not know this one: refused, not sent.
+        with pytest.raises(HttpFailure, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusted.request("GET", "/c")
+        assert len(heads) == 2
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        server.close()
+        await server.wait_closed()

@@ -4,10 +4,12 @@ server on 127.0.0.1, port 0."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trustme
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -156,3 +158,29 @@ async def test_a_server_that_never_answers_the_handshake_times_out() -> None:
         await asyncio.gather(*handlers)
         silent_server.close()
         await silent_server.wait_closed()
+
+
+async def test_wss_over_tls_checks_the_servers_certificate() -> None:
+    # A local certificate authority (trustme) signs the server's certificate for
+    # 127.0.0.1; only a client that trusts it gets through.
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("over tls")
+        await ws.wait_closed()
+
+    async with server(handler, ssl=server_context) as url:
+        secure = url.replace("ws://", "wss://")
+        client_context = ssl.create_default_context()
+        authority.configure_trust(client_context)
+        connection = await PushConnection.connect(secure, open_timeout_s=5, max_size=None,
+                                                  ssl_context=client_context)
+        received: list[str] = []
+        connection.push_to(received.append)
+        await until(lambda: received == ["over tls"], 5)
+        await connection.close()
+        await connection.until_closed()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await PushConnection.connect(secure, open_timeout_s=5, max_size=None)
