@@ -288,12 +288,20 @@ class Daemon:
         metrics.sink_failing = {name: name in failing for name in metrics.sink_queue_depth}
         metrics.sink_waiting_records = self.head.queued_records + self.head.held_records
         for name in engine.account_names():
+            known = engine.risk_known(name)
+            metrics.account_risk_known[name] = known
+            metrics.account_level[name] = LEVEL_RANK[engine.level(name)]
+            if not known:
+                # Only what is known so far: a number would read as the account's figure
+                # (a dashboard's ratio, a rule on it). Absent, with risk_known 0 saying why.
+                metrics.margin_ratio.pop(name, None)
+                metrics.account_equity_usd.pop(name, None)
+                metrics.account_maint_margin_usd.pop(name, None)
+                continue
             figures = engine.figures(name)
             metrics.margin_ratio[name] = figures.margin_ratio
             metrics.account_equity_usd[name] = figures.equity_usd
             metrics.account_maint_margin_usd[name] = figures.maint_margin_usd
-            metrics.account_level[name] = LEVEL_RANK[engine.level(name)]
-            metrics.account_risk_known[name] = engine.risk_known(name)
         for link, stats in self.feed.link_stats().items():
             metrics.feed_reconnects[link] = stats.reconnects
             metrics.feed_errors[link] = stats.errors

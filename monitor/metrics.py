@@ -125,17 +125,20 @@ class Metrics:
                "Records (alerts, history, quarantine) waiting in memory for SQLite.",
                self.sink_waiting_records)
         family("riskmon_margin_ratio", "gauge",
-               "Margin ratio per account (absent while it has no maintenance margin).",
+               "Margin ratio per account (absent without maintenance margin or while the"
+               " account's risk is unknown).",
                {f'account="{_escape(k)}"': v for k, v in self.margin_ratio.items()
                 if v is not None})
         family("riskmon_account_level", "gauge",
                f"Level per account, as a rank: {LEVEL_RANKS_HELP}.",
                _by("account", self.account_level))
         family("riskmon_account_equity_usd", "gauge",
-               "Adjusted equity per account, USD (the margin ratio's numerator).",
+               "Adjusted equity per account, USD (the margin ratio's numerator; absent while"
+               " the account's risk is unknown).",
                _by("account", self.account_equity_usd))
         family("riskmon_account_maint_margin_usd", "gauge",
-               "Maintenance margin per account, USD (without the closing fee).",
+               "Maintenance margin per account, USD (without the closing fee; absent while the"
+               " account's risk is unknown).",
                _by("account", self.account_maint_margin_usd))
         family("riskmon_account_risk_known", "gauge",
                "1 while nothing an account's figures depend on is missing, else 0.",

@@ -84,3 +84,25 @@ def test_an_account_whose_risk_is_unknown_reads_0() -> None:
     assert under_test.metrics.account_risk_known == {"main": False}
     assert 'riskmon_account_risk_known{account="main"} 0' in (
         under_test.metrics.render(1_000.0).splitlines())
+
+
+def test_the_figures_of_an_account_whose_risk_becomes_unknown_are_withdrawn() -> None:
+    # Known, then its mark goes stale: the partial figures must not stay on a dashboard,
+    # nor appear as the account's (absent, with risk_known 0 saying why).
+    under_test, engine, _ = daemon()
+    apply_frames(engine, 10_000, 40_000)
+    under_test.refresh_gauges()
+    assert under_test.metrics.margin_ratio["main"] is not None
+    decoder = OkxDecoder()
+    for event in decoder.decode_message(account_frame(10_000, 20_000).text, "main", 20_000):
+        engine.apply(event)  # 19 s after the last mark: stale
+    assert not engine.risk_known("main")
+
+    under_test.refresh_gauges()
+
+    lines = under_test.metrics.render(1_000.0).splitlines()
+    assert 'riskmon_account_risk_known{account="main"} 0' in lines
+    for family in ("riskmon_margin_ratio", "riskmon_account_equity_usd",
+                   "riskmon_account_maint_margin_usd"):
+        assert not [line for line in lines if line.startswith(family + "{")], family
+    assert 'riskmon_account_level{account="main"} 0' in lines
