@@ -29,10 +29,12 @@ from monitor.transitions import LevelLadder
 
 
 def distances(account: Mapping[str, Any], risk: RiskConfig) -> dict[str, Any]:
-    """The next worse level of an account's ``level`` and its distances in ratio units."""
+    """The next worse level of an account's ``level`` and its distances in ratio units;
+    no distances while the account's risk is unknown (its ratio is then only what is known
+    so far, and a distance from it would read as a margin of safety)."""
     ladder = LevelLadder(risk)
     level = level_named(account.get("level")) or "normal"
-    ratio = account.get("margin_ratio")
+    ratio = account.get("margin_ratio") if account.get("risk_known") is not False else None
     rank = LEVEL_RANK[level]
     following: Level | None = LEVELS[rank + 1] if rank + 1 < len(LEVELS) else None
     threshold = None if following is None else ladder.threshold(following)

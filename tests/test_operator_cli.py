@@ -21,7 +21,9 @@ import orjson
 import pytest
 
 from adapters.report import ALERT_COLOURS, LEVEL_COLOURS, find_chromium
+from monitor.config import RiskConfig
 from monitor.pipeline import Stats
+from monitor.status import status_document
 from monitor.tables import ProgressBar, replay_summary
 from tests.live_harness import (
     EXAMPLE_CONFIG,
@@ -168,6 +170,18 @@ def test_status_of_a_replay_is_its_end_state(tmp_path: Path) -> None:
     assert main["next_level"] == "warning" and main["next_threshold"] == 1.5
     assert main["distance_to_next"] == pytest.approx(expected["margin_ratio"] - 1.5)
     assert main["distance_to_liquidation"] == pytest.approx(expected["margin_ratio"] - 0.85)
+
+
+def test_status_gives_no_distances_for_an_account_whose_risk_is_unknown() -> None:
+    known = {"level": "warning", "margin_ratio": 1.3, "risk_known": True}
+    unknown = {**known, "risk_known": False, "missing": ["mark:BTC-USDT-SWAP"]}
+    document = status_document("daemon", 1, {"a": known, "b": unknown}, RiskConfig())
+    a, b = document["accounts"]["a"], document["accounts"]["b"]
+    assert a["distance_to_next"] == pytest.approx(1.3 - 1.2)
+    assert a["distance_to_liquidation"] == pytest.approx(1.3 - 0.85)
+    assert b["next_level"] == "withdrawal_lock"  # from the last level known
+    assert b["distance_to_next"] is None and b["distance_to_liquidation"] is None
+    assert b["missing"] == ["mark:BTC-USDT-SWAP"]
 
 
 def test_status_of_a_database_is_its_latest_margin_sample(story_db: Path) -> None:
