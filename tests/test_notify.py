@@ -20,6 +20,7 @@ import pytest
 
 from adapters.notify import Notifiers
 from adapters.notify.core import NotifyFilter, TokenBucket
+from adapters.notify.text import alert_text
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert, AlertKind, Level
@@ -568,3 +569,15 @@ async def test_alertmanager_resends_what_fires_and_restores_it_after_a_restart(
     assert len(server.requests) == resolved  # nothing fires any more: no re-send
     last = server.requests[resolved - 1].json()
     assert last[0]["endsAt"] == iso(alert(2).ts)
+
+
+def test_a_reminder_while_the_risk_is_unknown_gives_no_ratio_as_the_truth() -> None:
+    known = alert(1, kind="reminder", level="deleverage", margin_ratio=0.95,
+                  payload={"since_level": "deleverage"})
+    unknown = alert(2, kind="reminder", level="deleverage", margin_ratio=13.79,
+                    payload={"since_level": "deleverage",
+                             "risk_unknown": ["mark:ETH-USDT-SWAP"]})
+    assert "still in deleverage, margin ratio 0.950" in alert_text(known)
+    text = alert_text(unknown)
+    assert "risk unknown, missing mark:ETH-USDT-SWAP" in text
+    assert "13.79" not in text and "margin ratio" not in text

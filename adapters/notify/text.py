@@ -111,7 +111,13 @@ def alert_text(alert: Alert) -> str:
                     + (", dry run" if payload.get("dry_run") else "")
                     + f": {orders_words(payload.get('orders'))}")
         case "reminder":
-            body = f"{who}: still in {level_words(alert.level)}, margin ratio {ratio}"
+            unknown = payload.get("risk_unknown")
+            if isinstance(unknown, list):
+                # The figures are only what is known so far: no ratio is given as the truth.
+                body = (f"{who}: still in {level_words(alert.level)} (the last level known);"
+                        f" risk unknown, missing {', '.join(map(str, unknown))}")
+            else:
+                body = f"{who}: still in {level_words(alert.level)}, margin ratio {ratio}"
         case "feed_stale":
             if isinstance(payload.get("inst_id"), str):
                 age = payload.get("age_ms")
