@@ -477,6 +477,17 @@ def test_a_restart_partway_through_a_feed_judges_staleness_as_the_whole_run() ->
         assert restarted.state()["main"]["risk_known"] is True
 
 
+def test_clock_ticks_before_the_first_live_event_make_nothing_stale() -> None:
+    # The restarted daemon ticks from the snapshots' times while the feed's first marks
+    # are on their way (a second or two); those come dated by the present, a minute on.
+    engine = MarginEngine(make_config())
+    run(engine, partway_snapshots())
+    alerts = run(engine, [ClockTick(t, t) for t in (2_000, 3_000)])
+    alerts += run(engine, partway_feed(62_000, 70_000))
+    assert alerts == []
+    assert engine.state()["main"]["risk_known"] is True
+
+
 def test_a_feed_silent_after_the_snapshots_makes_the_risk_unknown_on_time() -> None:
     # No live event at all: the daemon's ClockTicks carry the clock on from the
     # snapshots, and what is missing is overdue stale_after past them.
