@@ -286,7 +286,7 @@ class Daemon:
         metrics.sink_queue_depth = self.head.queue_depths()
         failing = {name for name, _, _ in self.head.failing()}
         metrics.sink_failing = {name: name in failing for name in metrics.sink_queue_depth}
-        metrics.sink_waiting_records = self.head.queued_records + self.head.held_records
+        metrics.sink_waiting_records = self.head.waiting_records
         for name in engine.account_names():
             known = engine.risk_known(name)
             metrics.account_risk_known[name] = known

@@ -248,6 +248,18 @@ class LineProcessor:
                                            self.engine.level(name)))
 
 
+@dataclass(slots=True)
+class Retrying:
+    """A sink's write that keeps failing and is being retried."""
+
+    since_s: float
+    """Wall time of its first failure."""
+    error: str
+    """The last failure."""
+    records: int
+    """Records of the batch held for it."""
+
+
 class SinkTask:
     """One sink, its bounded queue and the task that drains it in batches.
 
@@ -271,11 +283,7 @@ class SinkTask:
         self.max_attempts = max_attempts
         self.on_retry = on_retry
         self.task: asyncio.Task[None] | None = None
-        self.failing_since: float | None = None
-        """Wall time (s) of the first failure of the write being retried, else None."""
-        self.last_error: str | None = None
-        self.held_records = 0
-        """Records of the batch being retried."""
+        self.retrying: Retrying | None = None
         self.queued_records = 0
         """Records waiting in the queue behind it."""
         self._deadline: float | None = None
@@ -305,11 +313,16 @@ class SinkTask:
             depths.update(follower.queue_depths())
         return depths
 
+    @property
+    def waiting_records(self) -> int:
+        """Records not written yet: those of a write being retried and those queued."""
+        return self.queued_records + (0 if self.retrying is None else self.retrying.records)
+
     def failing(self) -> list[tuple[str, float, str]]:
         """``(sink, since_s, error)`` of this sink and its followers while a write of
         theirs keeps failing and is being retried."""
-        found = [] if self.failing_since is None else [
-            (self.sink.name, self.failing_since, self.last_error or "")]
+        retrying = self.retrying
+        found = [] if retrying is None else [(self.sink.name, retrying.since_s, retrying.error)]
         for follower in self.followers:
             found += follower.failing()
         return found
@@ -361,10 +374,8 @@ class SinkTask:
                 if self._deadline is not None and loop.time() >= self._deadline:
                     waiting = len(batch) + self.queued_records
                     raise SinkError(f"{e} (stopping: {waiting} records not written)") from e
-                if self.failing_since is None:
-                    self.failing_since = time.time()
-                self.last_error = str(e)
-                self.held_records = len(batch)
+                since = time.time() if self.retrying is None else self.retrying.since_s
+                self.retrying = Retrying(since, str(e), len(batch))
                 if self.on_retry is not None:
                     self.on_retry(self.sink.name, attempt, e)
                 pause = delay * (0.5 + random.random())
@@ -372,9 +383,7 @@ class SinkTask:
                     pause = max(0.0, min(pause, self._deadline - loop.time()))
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, 5.0)
-        self.failing_since = None
-        self.last_error = None
-        self.held_records = 0
+        self.retrying = None
         onward = batch if passed is None else passed
         for follower in self.followers:
             await follower.put(list(onward))

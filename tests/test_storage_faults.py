@@ -207,7 +207,7 @@ async def test_alerts_wait_in_memory_through_a_storage_fault_and_are_all_stored(
         await until(lambda: head.failing() != [])
         [(sink, _, error)] = head.failing()
         assert sink == "sqlite" and "database is locked" in error
-        assert head.held_records + head.queued_records == 30
+        assert head.waiting_records == 30
         await asyncio.sleep(0.3)  # retries go on; nothing reaches the follower meanwhile
         assert len(keeping.stored) == 1
     await until(lambda: head.failing() == [] and len(keeping.stored) == 31)
