@@ -51,8 +51,8 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, Final, Self, TypeVar
 
@@ -767,6 +767,19 @@ class SqliteStore:
                                 "SELECT reason, count FROM quarantine_counts ORDER BY reason")
         return {str(reason): int(count) for reason, count in rows}
 
+    @asynccontextmanager
+    async def _connection(self, action: str) -> AsyncIterator[SqliteThread | aiosqlite.Connection]:
+        """The open connection, held for one call; an SQLite failure inside becomes a
+        SinkError naming ``action``."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise SinkError(f"{action} failed: the store is closed")
+            try:
+                yield db
+            except sqlite3.Error as e:
+                raise SinkError(f"{action} failed: {e}") from e
+
     async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """``work(connection)`` as one write transaction, rolled back if it raises, in ONE
         call on the store's thread (see :mod:`adapters.sqlite_thread`).
@@ -775,17 +788,11 @@ class SqliteStore:
         at BEGIN, not halfway through; before that, the in-process write lock of the file
         (:func:`_write_lock`). ``action`` names the operation in a SinkError.
         """
-        async with self._lock:
-            db = self._db
-            if db is None:
-                raise SinkError(f"{action} failed: the store is closed")
+        async with self._connection(action) as db:
             if not isinstance(db, SqliteThread):
                 raise SinkError(f"{action} failed: the store was opened read-only")
-            try:
-                async with self._write_lock:
-                    return await db.run(partial(_transact, work, True))
-            except sqlite3.Error as e:
-                raise SinkError(f"{action} failed: {e}") from e
+            async with self._write_lock:
+                return await db.run(partial(_transact, work))
 
     async def _read(self, action: str, sql: str,
                     parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
@@ -795,16 +802,10 @@ class SqliteStore:
         def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return db.execute(sql, arguments).fetchall()
 
-        async with self._lock:
-            db = self._db
-            if db is None:
-                raise SinkError(f"{action} failed: the store is closed")
-            try:
-                if isinstance(db, SqliteThread):
-                    return await db.run(read)
-                return [tuple(row) for row in await db.execute_fetchall(sql, arguments)]
-            except sqlite3.Error as e:
-                raise SinkError(f"{action} failed: {e}") from e
+        async with self._connection(action) as db:
+            if isinstance(db, SqliteThread):
+                return await db.run(read)
+            return [tuple(row) for row in await db.execute_fetchall(sql, arguments)]
 
 
 def _prepare(location: str, mode: str, auto_checkpoint: bool, writable: bool,
@@ -825,20 +826,19 @@ def _prepare(location: str, mode: str, auto_checkpoint: bool, writable: bool,
     if version < SCHEMA_VERSION:
         # Only then: the migration takes the write lock, and a reader opening a database
         # a daemon is writing (riskmon alerts --db) must not wait for it.
-        _transact(partial(_migrate, location), True, db)
+        _transact(partial(_migrate, location), db)
     if writable:
         try:
-            _transact(_rewrite_version, True, db)
+            _transact(_rewrite_version, db)
         except sqlite3.Error as e:
             raise SinkError(f"SQLite database {location!r} cannot be written: {e}") from e
 
 
-def _transact(work: Callable[[sqlite3.Connection], _T], immediate: bool,
-              db: sqlite3.Connection) -> _T:
-    """Run on the store's thread: BEGIN, ``work``, COMMIT; ROLLBACK if anything raised,
-    the COMMIT included (a failed COMMIT can leave the transaction open, and every later
-    BEGIN on this connection would then fail)."""
-    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+def _transact(work: Callable[[sqlite3.Connection], _T], db: sqlite3.Connection) -> _T:
+    """Run on the store's thread: BEGIN IMMEDIATE, ``work``, COMMIT; ROLLBACK if anything
+    raised, the COMMIT included (a failed COMMIT can leave the transaction open, and every
+    later BEGIN on this connection would then fail)."""
+    db.execute("BEGIN IMMEDIATE")
     try:
         result = work(db)
         db.execute("COMMIT")
