@@ -574,13 +574,16 @@ class MarginEngine:
         the first event time makes it live as it is (see the module docstring)."""
         if self._first_ms == 0:
             self._first_ms = event_ms
-        if live:
-            self._live_from_ms = max(event_ms, self.now_ms)
-        elif event_ms - self._first_ms >= self._stale_after_ms:
-            self._live_from_ms = self._first_ms
-        else:
+        if not self._goes_live(event_ms, live, self._first_ms):
             return
+        self._live_from_ms = max(event_ms, self.now_ms) if live else self._first_ms
         self._clock_limit_ms = max(event_ms, self.now_ms) + self._max_ahead_ms
+
+    def _goes_live(self, event_ms: int, live: bool, first_ms: int) -> bool:
+        """Whether an event (of a live kind, or not) at ``event_ms`` makes a provisional
+        clock live, the first event time being ``first_ms`` (the rule :meth:`screen`
+        follows too)."""
+        return live or event_ms - first_ms >= self._stale_after_ms
 
     def _advance(self, event_ms: int, recv_ms: int, alerts: list[Alert]) -> None:
         """Move the clock to ``event_ms``; the once-a-second sweep when it is due."""
@@ -675,8 +678,7 @@ class MarginEngine:
                     raise BadInput(self._jump_reason(event_ms, now_ms, 1))
             if not live:
                 first_ms = first_ms or event_ms
-                live = (isinstance(event, _LIVE_EVENTS)
-                        or event_ms - first_ms >= self._stale_after_ms)
+                live = self._goes_live(event_ms, isinstance(event, _LIVE_EVENTS), first_ms)
             if event_ms > now_ms:
                 now_ms = event_ms
                 if live:
