@@ -129,8 +129,7 @@ class PushConnection(asyncio.Protocol):
             self.protocol.send_close()
             self._flush()
             self._expect_close()
-        elif self.transport is not None and not self._closed.done():
-            self.transport.abort()
+        # Closing already (either side began it): its abort timer bounds the wait too.
         await asyncio.shield(self._closed)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
