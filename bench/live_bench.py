@@ -145,6 +145,7 @@ from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
 from monitor.pipeline import Record, SinkTask
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
+from monitor.service import single_venue
 
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"
@@ -623,8 +624,8 @@ class DaemonUnderTest:
         self.probe = StoredProbe()
         head = SinkTask(SqliteSink(store, prune=True), followers=[SinkTask(self.probe)])
         self.inbox = Inbox()
-        self.feed = OkxFeed(config.okx, {ACCOUNT: Credentials("bench-key", "bench-secret",
-                                                              "bench-passphrase")},
+        credentials = Credentials("bench-key", "bench-secret", "bench-passphrase")
+        self.feed = OkxFeed(single_venue(config).settings, {ACCOUNT: credentials},
                             self.inbox.put, collateral=config.collateral.keys())
         self.daemon = Daemon(MarginEngine(config), OkxDecoder(), self.feed, self.inbox, head,
                              history_interval_ms=int(config.storage.history_interval_s * 1000))

@@ -27,15 +27,13 @@ import orjson
 from adapters.alert_stream import load_tokens
 from adapters.executor_client import control_executor
 from adapters.logging import configure_logging, get_logger
-from adapters.okx.auth import load_credentials
-from adapters.okx.decode import OkxDecoder
-from adapters.okx.replay_server import Faults, serve
 from adapters.recording import RecordingWriter
 from adapters.report import find_chromium, page_height, render_html, render_png
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore
 from adapters.status_client import fetch_status
 from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
+from adapters.venues import VENUES
 from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, level_named
 from monitor.config import Config, check_config, load_config, parse_config, read_config
 from monitor.daemon import tune_interpreter
@@ -50,9 +48,16 @@ from monitor.pipeline import (
     state_document,
 )
 from monitor.records import MarginPoint
-from monitor.service import Monitor, build_daemon, check_stream_exposure, load_all_credentials
+from monitor.service import (
+    Monitor,
+    build_daemon,
+    check_stream_exposure,
+    load_all_credentials,
+    single_venue,
+)
 from monitor.status import from_history, status_document
 from monitor.tables import ProgressBar, alerts_table, replay_summary, status_table
+from monitor.venues import account_venues, venue_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this long (default: at SIGTERM or SIGINT)")
 
     server = commands.add_parser("replay-server",
-                                 help="serve a recording over the OKX v5 protocol")
+                                 help="serve a recording over a venue's protocol")
     server.add_argument("file", type=Path, help="recording (JSON lines, SPEC 3.2)")
+    server.add_argument("--venue", choices=sorted(VENUES.venues), default=VENUES.default,
+                        help="the venue whose protocol to speak (default: %(default)s)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8443)
     server.add_argument("--rest-port", type=int, default=0,
@@ -277,7 +284,7 @@ async def _replay(args: argparse.Namespace) -> int:
         return 2
     log = get_logger("riskmon.replay")
     engine = MarginEngine(config)
-    decoder = OkxDecoder()
+    decoder = single_venue(config).venue.decoder()
     processor = LineProcessor(engine, decoder.decode_line, str(args.file),
                               int(config.storage.history_interval_s * 1000),
                               quarantine=config.quarantine)
@@ -374,27 +381,28 @@ async def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+# The replay server's fault options (its --read-only-key is read_only_keys).
+_FAULT_OPTIONS = ("drop_after", "drop_times", "garbage_after", "stall_after", "stall_s",
+                  "fail_logins", "notice_after", "reject_orders", "reject_code",
+                  "reject_message", "rate_limit_requests", "timeout_requests",
+                  "order_timeout_s", "partial_fills", "partial_fill_ratio", "delay_fills",
+                  "fill_delay_s")
+
+
 async def _replay_server(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"riskmon: recording not found: {args.file}", file=sys.stderr)
         return 2
     if args.speed < 0:
         raise ConfigError("--speed", "must be 0 (no pacing) or a positive number")
-    faults = Faults(drop_after=args.drop_after, drop_times=args.drop_times,
-                    garbage_after=args.garbage_after, stall_after=args.stall_after,
-                    stall_s=args.stall_s, fail_logins=args.fail_logins,
-                    notice_after=args.notice_after, reject_orders=args.reject_orders,
-                    reject_code=args.reject_code, reject_message=args.reject_message,
-                    rate_limit_requests=args.rate_limit_requests,
-                    timeout_requests=args.timeout_requests,
-                    order_timeout_s=args.order_timeout_s, partial_fills=args.partial_fills,
-                    partial_fill_ratio=args.partial_fill_ratio, delay_fills=args.delay_fills,
-                    fill_delay_s=args.fill_delay_s,
-                    read_only_keys=frozenset(args.read_only_key))
+    faults = {name: getattr(args, name) for name in _FAULT_OPTIONS}
+    faults["read_only_keys"] = frozenset(args.read_only_key)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    task = asyncio.create_task(serve(args.file, args.host, args.port, args.speed or None,
-                                     faults, _status_line, rest_port=args.rest_port))
+    venue = VENUES.venue(args.venue, "--venue")
+    task = asyncio.create_task(venue.serve_replay(args.file, args.host, args.port,
+                                                  args.speed or None, faults, _status_line,
+                                                  rest_port=args.rest_port))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     task.cancel()
@@ -488,14 +496,22 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"riskmon: configuration error: {e}", file=sys.stderr)
         return 2
     errors = check_config(raw)
+    if not errors:
+        errors = venue_errors(parse_config(raw), VENUES)
+    if not errors:
+        try:
+            single_venue(parse_config(raw))
+        except ConfigError as e:
+            errors.append(e)
     if not errors and not args.offline:
         config = parse_config(raw)
         if not config.accounts:
             errors.append(ConfigError("accounts", "riskmon run needs at least one "
                                                   "[accounts.NAME] table"))
-        for account in config.accounts.values():
+        on = account_venues(config, VENUES)
+        for name, account in config.accounts.items():
             try:
-                load_credentials(account)
+                VENUES.venues[on[name]].credentials(account)
             except ConfigError as e:
                 errors.append(e)
         try:
@@ -521,7 +537,8 @@ async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine
     if not await asyncio.to_thread(recording.is_file):
         raise ConfigError("--recording", f"recording not found: {recording}")
     engine = MarginEngine(config)
-    processor = LineProcessor(engine, OkxDecoder().decode_line, str(recording),
+    processor = LineProcessor(engine, single_venue(config).venue.decoder().decode_line,
+                              str(recording),
                               int(config.storage.history_interval_s * 1000))
     collected: list[Any] = []
 

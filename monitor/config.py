@@ -87,6 +87,9 @@ class AccountConfig:
     api_secret_env: str | None = None
     passphrase_env: str | None = None
     credentials_file: str | None = None
+    # The venue the account is on (monitor/venues.py); None: the configuration's only
+    # venue, or the registry's default when it configures none.
+    venue: str | None = None
     stop_loss: tuple[StopLossRule, ...] = ()
     mode: AccountMode | None = None
     # Execution (monitor.execution): opt-in per account, and a key that can trade, kept
@@ -101,22 +104,6 @@ class AccountConfig:
     def has_trade_key(self) -> bool:
         """Whether a trade key is configured (environment variables or a file)."""
         return self.trade_credentials_file is not None or self.trade_api_key_env is not None
-
-
-@dataclass(frozen=True, slots=True)
-class OkxConfig:
-    """``[okx]``. Beyond SPEC 6's URLs, the keepalive and reconnect timing: OKX closes a
-    connection silent for 30 s, so ``ping_after_s`` must stay below that."""
-
-    public_url: str = "wss://ws.okx.com:8443/ws/v5/public"
-    private_url: str = "wss://ws.okx.com:8443/ws/v5/private"
-    rest_url: str = "https://www.okx.com"
-    simulated: bool = False
-    ping_after_s: float = 25.0
-    pong_timeout_s: float = 10.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    request_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +192,8 @@ class QuarantineConfig:
 class BoundsConfig:
     """``[bounds]``: when a well-formed input is still implausible (riskmon's choices; issue
     15, "bad input never moves state"). The engine applies them (monitor.engine); the
-    decoder's fixed limits on spelling, magnitude and identifiers are in adapters/okx/decode.
+    venue decoders' fixed limits on spelling, magnitude and identifiers are their own
+    (adapters/<venue>/decode.py).
 
     - ``price_band``: a mark or index price more than this factor away from the last
       accepted price of the same instrument (or index), either way, is quarantined; the
@@ -340,6 +328,20 @@ _NOTIFIER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
+class VenueTable:
+    """A venue's table as written: ``[venues.NAME]``, or ``[NAME]`` at top level (SPEC 6's
+    venue table); ``path`` is where it was written, so errors name the key the user wrote.
+
+    The core does not read it: the venue does (monitor/venues.py), when the composition
+    root resolves the venues the configuration uses. A top-level table that is neither
+    riskmon's nor a known venue's is refused there ("unknown key")."""
+
+    name: str
+    path: str
+    table: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -351,7 +353,7 @@ class Config:
     borrow: Mapping[str, tuple[BorrowTier, ...]] = field(default_factory=dict)
     instruments: tuple[Instrument, ...] = ()
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
-    okx: OkxConfig = field(default_factory=OkxConfig)
+    venues: Mapping[str, VenueTable] = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
@@ -428,15 +430,16 @@ class _Checker:
 
 
 _TOP_LEVEL = frozenset({"risk", "collateral", "interest", "borrow", "instruments", "accounts",
-                        "okx", "storage", "stream", "quarantine", "bounds", "health",
+                        "venues", "storage", "stream", "quarantine", "bounds", "health",
                         "notify", "execution"})
 _NO_TABLE: Mapping[str, Any] = {}
 _NO_ITEMS: list[Any] = []
 
 
 def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
-    for key in raw:
-        check.attempt(None, _only, {key: None}, "", set(_TOP_LEVEL))
+    for key, value in raw.items():
+        if not isinstance(value, dict):  # a table may be a venue's, written at top level
+            check.attempt(None, only_keys, {key: None}, "", set(_TOP_LEVEL))
     risk = check.attempt(RiskConfig(), _parse_risk, check.attempt(_NO_TABLE, _table, raw, "risk"))
     collateral = dict(DEFAULT_COLLATERAL)
     configured = check.attempt(_NO_TABLE, _table, raw, "collateral")
@@ -482,7 +485,7 @@ def _parse(raw: Mapping[str, Any], check: _Checker) -> Config:
         borrow=borrow,
         instruments=tuple(instruments),
         accounts=accounts,
-        okx=check.attempt(OkxConfig(), _parse_okx, check.attempt(_NO_TABLE, _table, raw, "okx")),
+        venues=_venue_tables(raw, check),
         storage=check.attempt(StorageConfig(), _parse_storage,
                               check.attempt(_NO_TABLE, _table, raw, "storage")),
         stream=check.attempt(StreamConfig(), _parse_stream,
@@ -512,7 +515,7 @@ def _parse_risk(table: Mapping[str, Any]) -> RiskConfig:
             raise ConfigError(path, "replaced by risk.closing_fee_rate (the fee of closing "
                                     "at the mark, in the margin ratio's denominator: SPEC 1.2)")
         if key in ("reduce_only_orders_count", "execute_triggers"):
-            values[key] = _bool(value, path)
+            values[key] = read_bool(value, path)
         elif key in RiskConfig.__dataclass_fields__:
             values[key] = _number(value, path, low=0.0)
         else:
@@ -546,7 +549,7 @@ def _parse_collateral(value: Any, path: str) -> CollateralTiers:
     for index, raw in enumerate(value):
         band_path = f"{path}[{index}]"
         band = _as_table(raw, band_path)
-        _only(band, band_path, {"max_amount", "factor"})
+        only_keys(band, band_path, {"max_amount", "factor"})
         bands.append(CollateralTier(
             max_amount=_number(_required(band, "max_amount", band_path),
                                f"{band_path}.max_amount", low=0.0),
@@ -561,12 +564,12 @@ def _parse_collateral(value: Any, path: str) -> CollateralTiers:
 
 def _parse_borrow(table: Mapping[str, Any], path: str) -> tuple[BorrowTier, ...]:
     """``[borrow.CCY] tiers = [{max_amount, mmr, imr}, ...]`` (SPEC 1.4, 6)."""
-    _only(table, path, {"tiers"})
+    only_keys(table, path, {"tiers"})
     tiers = []
     for index, raw in enumerate(_as_array(_required(table, "tiers", path), f"{path}.tiers")):
         tier_path = f"{path}.tiers[{index}]"
         tier = _as_table(raw, tier_path)
-        _only(tier, tier_path, {"max_amount", "mmr", "imr"})
+        only_keys(tier, tier_path, {"max_amount", "mmr", "imr"})
         tiers.append(BorrowTier(
             max_amount=_number(_required(tier, "max_amount", tier_path),
                                f"{tier_path}.max_amount", low=0.0),
@@ -583,16 +586,16 @@ def _parse_borrow(table: Mapping[str, Any], path: str) -> tuple[BorrowTier, ...]
 
 def _parse_instrument(raw: Any, path: str) -> Instrument:
     table = _as_table(raw, path)
-    _only(table, path, {"inst_id", "ct_type", "ct_val", "ct_mult", "ct_val_ccy", "settle_ccy",
+    only_keys(table, path, {"inst_id", "ct_type", "ct_val", "ct_mult", "ct_val_ccy", "settle_ccy",
                         "max_leverage", "tiers", "lot_size"})
-    contract_type = _string(_required(table, "ct_type", path), f"{path}.ct_type")
+    contract_type = read_string(_required(table, "ct_type", path), f"{path}.ct_type")
     if contract_type not in ("linear", "inverse"):
         raise ConfigError(f"{path}.ct_type", "must be 'linear' or 'inverse'")
     tiers = []
     for index, tier_raw in enumerate(_as_array(_required(table, "tiers", path), f"{path}.tiers")):
         tier_path = f"{path}.tiers[{index}]"
         tier_table = _as_table(tier_raw, tier_path)
-        _only(tier_table, tier_path, {"max_contracts", "mmr"})
+        only_keys(tier_table, tier_path, {"max_contracts", "mmr"})
         tiers.append(Tier(
             max_contracts=_number(_required(tier_table, "max_contracts", tier_path),
                                   f"{tier_path}.max_contracts", low=0.0),
@@ -605,17 +608,17 @@ def _parse_instrument(raw: Any, path: str) -> Instrument:
     max_leverage = table.get("max_leverage")
     lot_size = table.get("lot_size")
     return Instrument(
-        inst_id=_string(_required(table, "inst_id", path), f"{path}.inst_id"),
+        inst_id=read_string(_required(table, "inst_id", path), f"{path}.inst_id"),
         contract_type=cast(ContractType, contract_type),
-        contract_value=_positive(_required(table, "ct_val", path), f"{path}.ct_val"),
-        contract_multiplier=_positive(table.get("ct_mult", 1), f"{path}.ct_mult"),
-        contract_value_currency=_string(_required(table, "ct_val_ccy", path),
+        contract_value=read_positive(_required(table, "ct_val", path), f"{path}.ct_val"),
+        contract_multiplier=read_positive(table.get("ct_mult", 1), f"{path}.ct_mult"),
+        contract_value_currency=read_string(_required(table, "ct_val_ccy", path),
                                         f"{path}.ct_val_ccy"),
-        settle_currency=_string(_required(table, "settle_ccy", path), f"{path}.settle_ccy"),
+        settle_currency=read_string(_required(table, "settle_ccy", path), f"{path}.settle_ccy"),
         tiers=tuple(tiers),
         max_leverage=None if max_leverage is None
-        else _positive(max_leverage, f"{path}.max_leverage"),
-        lot_size=None if lot_size is None else _positive(lot_size, f"{path}.lot_size"),
+        else read_positive(max_leverage, f"{path}.max_leverage"),
+        lot_size=None if lot_size is None else read_positive(lot_size, f"{path}.lot_size"),
     )
 
 
@@ -623,8 +626,9 @@ def _parse_account(name: str, table: Mapping[str, Any],
                    check: _Checker | None = None) -> AccountConfig:
     check = check or _Checker(collect=False)
     path = f"accounts.{name}"
-    _only(table, path, {"api_key_env", "api_secret_env", "passphrase_env", "credentials_file",
-                        "stop_loss", "mode", "execute", *_TRADE_KEYS})
+    only_keys(table, path, {"api_key_env", "api_secret_env", "passphrase_env",
+                            "credentials_file", "venue", "stop_loss", "mode", "execute",
+                            *_TRADE_KEYS})
     mode = table.get("mode")
     if mode is not None and mode not in _ACCOUNT_MODES:
         raise ConfigError(f"{path}.mode", "must be 'multi_currency', 'single_currency' or "
@@ -644,7 +648,7 @@ def _parse_account(name: str, table: Mapping[str, Any],
 
     def optional_string(key: str) -> str | None:
         value = table.get(key)
-        return None if value is None else _string(value, f"{path}.{key}")
+        return None if value is None else read_string(value, f"{path}.{key}")
 
     account = AccountConfig(
         name=name,
@@ -652,9 +656,10 @@ def _parse_account(name: str, table: Mapping[str, Any],
         api_secret_env=optional_string("api_secret_env"),
         passphrase_env=optional_string("passphrase_env"),
         credentials_file=optional_string("credentials_file"),
+        venue=optional_string("venue"),
         stop_loss=tuple(rules),
         mode=cast(AccountMode | None, mode),
-        execute=_bool(table.get("execute", False), f"{path}.execute"),
+        execute=read_bool(table.get("execute", False), f"{path}.execute"),
         **{key: optional_string(key) for key in _TRADE_KEYS},
     )
     _check_trade_key(account, path)
@@ -692,12 +697,12 @@ def _check_trade_key(account: AccountConfig, path: str) -> None:
 
 def _parse_rule(raw: Any, path: str) -> StopLossRule:
     table = _as_table(raw, path)
-    _only(table, path, {"name", "metric", "below", "action", "inst_id", "fraction"})
-    metric = _string(_required(table, "metric", path), f"{path}.metric")
+    only_keys(table, path, {"name", "metric", "below", "action", "inst_id", "fraction"})
+    metric = read_string(_required(table, "metric", path), f"{path}.metric")
     if metric not in ("margin_ratio", "im_coverage", "equity_usd"):
         raise ConfigError(f"{path}.metric",
                           "must be 'margin_ratio', 'im_coverage' or 'equity_usd'")
-    action = _string(_required(table, "action", path), f"{path}.action")
+    action = read_string(_required(table, "action", path), f"{path}.action")
     if action not in ("close_all", "close", "reduce"):
         raise ConfigError(f"{path}.action", "must be 'close_all', 'close' or 'reduce'")
     inst_id = table.get("inst_id")
@@ -711,83 +716,49 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
         if fraction <= 0:
             raise ConfigError(f"{path}.fraction", "must be above 0")
     return StopLossRule(
-        name=_string(_required(table, "name", path), f"{path}.name"),
+        name=read_string(_required(table, "name", path), f"{path}.name"),
         metric=cast(Metric, metric),
         below=_number(_required(table, "below", path), f"{path}.below"),
         action=cast(Action, action),
-        inst_id=None if inst_id is None else _string(inst_id, f"{path}.inst_id"),
+        inst_id=None if inst_id is None else read_string(inst_id, f"{path}.inst_id"),
         fraction=None if fraction is None else float(fraction),
     )
 
 
-_OKX_URLS = ("public_url", "private_url", "rest_url")
-_PRODUCTION = OkxConfig()
-# OKX demo trading (docs: "Overview > Demo trading services"): its own websocket host; REST
-# is the production host with the header ``x-simulated-trading: 1``.
-DEMO_PUBLIC_URL = "wss://wspap.okx.com:8443/ws/v5/public"
-DEMO_PRIVATE_URL = "wss://wspap.okx.com:8443/ws/v5/private"
-_OKX_SECONDS = ("ping_after_s", "pong_timeout_s", "backoff_initial_s", "backoff_max_s",
-                "request_timeout_s")
-
-
-def _parse_okx(table: Mapping[str, Any]) -> OkxConfig:
-    _only(table, "okx", {*_OKX_URLS, *_OKX_SECONDS, "simulated"})
-    defaults = OkxConfig()
-    simulated = _bool(table.get("simulated", False), "okx.simulated")
-    if simulated:
-        defaults = OkxConfig(public_url=DEMO_PUBLIC_URL, private_url=DEMO_PRIVATE_URL)
-    values: dict[str, Any] = {
-        key: _string(table.get(key, getattr(defaults, key)), f"okx.{key}") for key in _OKX_URLS
-    }
-    values["simulated"] = simulated
-    if simulated:
-        for key in ("public_url", "private_url"):
-            if values[key] in (_PRODUCTION.public_url, _PRODUCTION.private_url):
-                raise ConfigError(f"okx.{key}", "is OKX's production URL but okx.simulated is"
-                                                " true: leave it out to use demo trading's")
-    for key in _OKX_SECONDS:
-        values[key] = _positive(table.get(key, getattr(defaults, key)), f"okx.{key}")
-    if values["ping_after_s"] >= 30:
-        raise ConfigError("okx.ping_after_s", "must be below 30 (OKX drops silent connections)")
-    if values["backoff_max_s"] < values["backoff_initial_s"]:
-        raise ConfigError("okx.backoff_max_s", "must not be below okx.backoff_initial_s")
-    return OkxConfig(**values)
-
-
 def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
-    _only(table, "storage", {"sqlite_path", "retention_days", "history_interval_s",
+    only_keys(table, "storage", {"sqlite_path", "retention_days", "history_interval_s",
                              "synchronous", "checkpoint_interval_s"})
     defaults = StorageConfig()
-    synchronous = _string(table.get("synchronous", defaults.synchronous),
+    synchronous = read_string(table.get("synchronous", defaults.synchronous),
                           "storage.synchronous").upper()
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("storage.synchronous", "must be 'OFF', 'NORMAL', 'FULL' or 'EXTRA'")
     return StorageConfig(
-        sqlite_path=_string(table.get("sqlite_path", defaults.sqlite_path),
+        sqlite_path=read_string(table.get("sqlite_path", defaults.sqlite_path),
                             "storage.sqlite_path"),
-        retention_days=_positive(table.get("retention_days", defaults.retention_days),
+        retention_days=read_positive(table.get("retention_days", defaults.retention_days),
                                  "storage.retention_days"),
-        history_interval_s=_positive(table.get("history_interval_s",
+        history_interval_s=read_positive(table.get("history_interval_s",
                                                defaults.history_interval_s),
                                      "storage.history_interval_s"),
         synchronous=synchronous,
-        checkpoint_interval_s=_positive(table.get("checkpoint_interval_s",
+        checkpoint_interval_s=read_positive(table.get("checkpoint_interval_s",
                                                   defaults.checkpoint_interval_s),
                                         "storage.checkpoint_interval_s"),
     )
 
 
 def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
-    _only(table, "stream", set(StreamConfig.__dataclass_fields__))
+    only_keys(table, "stream", set(StreamConfig.__dataclass_fields__))
     tokens = []
     for index, raw in enumerate(_array(table, "tokens", "stream")):
         path = f"stream.tokens[{index}]"
         token_table = _as_table(raw, path)
-        _only(token_table, path, {"token_env", "accounts"})
+        only_keys(token_table, path, {"token_env", "accounts"})
         accounts = _as_array(_required(token_table, "accounts", path), f"{path}.accounts")
         tokens.append(StreamToken(
-            token_env=_string(_required(token_table, "token_env", path), f"{path}.token_env"),
-            accounts=tuple(_string(a, f"{path}.accounts") for a in accounts),
+            token_env=read_string(_required(token_table, "token_env", path), f"{path}.token_env"),
+            accounts=tuple(read_string(a, f"{path}.accounts") for a in accounts),
         ))
     defaults = StreamConfig()
     port = table.get("port", defaults.port)
@@ -806,12 +777,12 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
         raise ConfigError("stream.max_message_bytes",
                           "must be at least 256 (a subscribe request needs room)")
     times = {
-        key: _positive(table.get(key, getattr(defaults, key)), f"stream.{key}")
+        key: read_positive(table.get(key, getattr(defaults, key)), f"stream.{key}")
         for key in ("heartbeat_s", "handshake_timeout_s", "subscribe_timeout_s",
                     "send_timeout_s", "ping_interval_s", "ping_timeout_s")
     }
     return StreamConfig(
-        host=_string(table.get("host", defaults.host), "stream.host"), port=port,
+        host=read_string(table.get("host", defaults.host), "stream.host"), port=port,
         tokens=tuple(tokens), heartbeat_s=times["heartbeat_s"], queue_size=sizes["queue_size"],
         max_connections=sizes["max_connections"], max_pending=sizes["max_pending"],
         handshake_timeout_s=times["handshake_timeout_s"],
@@ -822,7 +793,7 @@ def _parse_stream(table: Mapping[str, Any]) -> StreamConfig:
 
 
 def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
-    _only(table, "quarantine", set(QuarantineConfig.__dataclass_fields__))
+    only_keys(table, "quarantine", set(QuarantineConfig.__dataclass_fields__))
     defaults = QuarantineConfig()
     counts = {
         key: _count(table.get(key, getattr(defaults, key)), f"quarantine.{key}")
@@ -831,34 +802,34 @@ def _parse_quarantine(table: Mapping[str, Any]) -> QuarantineConfig:
     if counts["store_max_rows"] < 1:
         raise ConfigError("quarantine.store_max_rows", "must be a positive integer")
     return QuarantineConfig(
-        log_summary_s=_positive(table.get("log_summary_s", defaults.log_summary_s),
+        log_summary_s=read_positive(table.get("log_summary_s", defaults.log_summary_s),
                                 "quarantine.log_summary_s"),
         **counts,
     )
 
 
 def _parse_execution(table: Mapping[str, Any]) -> ExecutionConfig:
-    _only(table, "execution", set(ExecutionConfig.__dataclass_fields__))
+    only_keys(table, "execution", set(ExecutionConfig.__dataclass_fields__))
     defaults = ExecutionConfig()
     values: dict[str, Any] = {}
     for key in ExecutionConfig.__dataclass_fields__:
         value = table.get(key, getattr(defaults, key))
         path = f"execution.{key}"
         if key in ("dry_run", "deleverage_plans"):
-            values[key] = _bool(value, path)
+            values[key] = read_bool(value, path)
         elif key in ("max_attempts", "queue_size"):
             if _count(value, path) < 1:
                 raise ConfigError(path, "must be a positive integer")
             values[key] = value
         elif key == "control_token_env":
-            values[key] = _string(value, path)
+            values[key] = read_string(value, path)
         else:
-            values[key] = _positive(value, path)
+            values[key] = read_positive(value, path)
     return ExecutionConfig(**values)
 
 
 def _parse_bounds(table: Mapping[str, Any]) -> BoundsConfig:
-    _only(table, "bounds", set(BoundsConfig.__dataclass_fields__))
+    only_keys(table, "bounds", set(BoundsConfig.__dataclass_fields__))
     defaults = BoundsConfig()
     band = _number(table.get("price_band", defaults.price_band), "bounds.price_band")
     if band <= 1.0:
@@ -869,18 +840,37 @@ def _parse_bounds(table: Mapping[str, Any]) -> BoundsConfig:
     return BoundsConfig(
         price_band=band,
         confirm_after=confirm,
-        max_ahead_s=_positive(table.get("max_ahead_s", defaults.max_ahead_s),
+        max_ahead_s=read_positive(table.get("max_ahead_s", defaults.max_ahead_s),
                               "bounds.max_ahead_s"),
     )
 
 
 def _parse_health(table: Mapping[str, Any]) -> HealthConfig:
-    _only(table, "health", set(HealthConfig.__dataclass_fields__))
+    only_keys(table, "health", set(HealthConfig.__dataclass_fields__))
     defaults = HealthConfig()
     return HealthConfig(**{
-        key: _positive(table.get(key, getattr(defaults, key)), f"health.{key}")
+        key: read_positive(table.get(key, getattr(defaults, key)), f"health.{key}")
         for key in HealthConfig.__dataclass_fields__
     })
+
+
+def _venue_tables(raw: Mapping[str, Any], check: _Checker) -> dict[str, VenueTable]:
+    """``[venues.NAME]`` tables, and the top-level tables riskmon does not know (each may
+    be a venue's, as in SPEC 6); one venue written both ways is an error."""
+    found: dict[str, VenueTable] = {}
+    for name, body in check.attempt(_NO_TABLE, _table, raw, "venues").items():
+        table = check.attempt(None, _as_table, body, f"venues.{name}")
+        if table is not None:
+            found[name] = VenueTable(name, f"venues.{name}", table)
+    for name, body in raw.items():
+        if name in _TOP_LEVEL or not isinstance(body, dict):
+            continue
+        if name in found:
+            check.attempt(None, _fail, name, f"given twice: as [{name}] and as [venues.{name}]"
+                                             f" (keep [venues.{name}])")
+            continue
+        found[name] = VenueTable(name, name, body)
+    return found
 
 
 def _parse_notifiers(raw: Mapping[str, Any], check: _Checker) -> dict[str, NotifierConfig]:
@@ -898,7 +888,7 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
     path = f"notify.{name}"
     if not _NOTIFIER_NAME.fullmatch(name):
         raise ConfigError(path, "a notifier name may hold only letters, digits, _ and -")
-    kind = _string(_required(table, "type", path), f"{path}.type")
+    kind = read_string(_required(table, "type", path), f"{path}.type")
     if kind not in NOTIFIER_TYPES:
         raise ConfigError(f"{path}.type", f"must be one of {', '.join(NOTIFIER_TYPES)}")
     notifier_type: NotifierType = kind
@@ -914,7 +904,7 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
 
     def optional_string(key: str) -> str | None:
         value = table.get(key)
-        return None if value is None else _string(value, f"{path}.{key}")
+        return None if value is None else read_string(value, f"{path}.{key}")
 
     url = optional_string("url") or default_url
     if url is not None:
@@ -925,7 +915,7 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
     if chat_id is not None:
         if isinstance(chat_id, int) and not isinstance(chat_id, bool):
             chat_id = str(chat_id)
-        chat_id = _string(chat_id, f"{path}.chat_id")
+        chat_id = read_string(chat_id, f"{path}.chat_id")
     accounts = table.get("accounts")
     kinds = table.get("kinds")
     if kinds is not None:
@@ -943,7 +933,7 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
     if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
         raise ConfigError(f"{path}.queue_size", "must be a positive integer")
     defaults = NotifierConfig(name, notifier_type)
-    seconds = {key: _positive(table.get(key, getattr(defaults, key)), f"{path}.{key}")
+    seconds = {key: read_positive(table.get(key, getattr(defaults, key)), f"{path}.{key}")
                for key in ("timeout_s", "backoff_initial_s", "backoff_max_s",
                            "resend_interval_s", "event_duration_s")}
     if seconds["backoff_max_s"] < seconds["backoff_initial_s"]:
@@ -957,7 +947,7 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
         chat_id=chat_id,
         webhook_url_env=optional_string("webhook_url_env"),
         accounts=None if accounts is None else tuple(
-            _string(a, f"{path}.accounts") for a in _as_array(accounts, f"{path}.accounts")),
+            read_string(a, f"{path}.accounts") for a in _as_array(accounts, f"{path}.accounts")),
         kinds=None if kinds is None else tuple(cast(list[AlertKind], kinds)),
         min_level=min_level,
         rate_per_s=_number(table.get("rate_per_s", default_rate), f"{path}.rate_per_s",
@@ -990,7 +980,7 @@ def is_loopback_host(host: str) -> bool:
 # -- small typed readers ---------------------------------------------------------------
 
 
-def _only(table: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+def only_keys(table: Mapping[str, Any], path: str, allowed: set[str]) -> None:
     for key in table:
         if key not in allowed:
             raise ConfigError(f"{path}.{key}" if path else key, "unknown key")
@@ -1022,13 +1012,13 @@ def _required(table: Mapping[str, Any], key: str, path: str) -> Any:
     return table[key]
 
 
-def _string(value: Any, path: str) -> str:
+def read_string(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(path, "must be a non-empty string")
     return value
 
 
-def _bool(value: Any, path: str) -> bool:
+def read_bool(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(path, "must be true or false")
     return value
@@ -1053,7 +1043,7 @@ def _count(value: Any, path: str) -> int:
     return value
 
 
-def _positive(value: Any, path: str) -> float:
+def read_positive(value: Any, path: str) -> float:
     number = _number(value, path)
     if number <= 0:
         raise ConfigError(path, "must be positive")

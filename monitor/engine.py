@@ -249,14 +249,16 @@ class CurrencyState:
     @property
     def equity(self) -> float:
         """The cross equity ``eq_c = cash_c - int_c + UPL_c`` of cross positions (SPEC
-        1.4). OKX's ``cashBal`` holds no isolated margin: its currency ``eq`` is ``cashBal``
-        plus the cross UPL plus ``isoEq`` (isolated margin and UPL), checked on a real
-        single-currency capture (tests/test_fidelity.py)."""
+        1.4). The cash balance a venue reports holds no isolated margin: the currency's
+        equity it reports is the cash plus the cross UPL plus the isolated equity
+        (isolated margin and UPL), checked on a real single-currency capture
+        (tests/test_fidelity.py)."""
         return self.cash - self.interest + self.upl
 
     @property
     def total_equity(self) -> float:
-        """``eq_c + iso_c``: the currency's equity with its isolated positions (OKX ``eq``)."""
+        """``eq_c + iso_c``: the currency's equity with its isolated positions (what the
+        venue reports as the currency's equity)."""
         return self.cash - self.interest + self.upl + self.iso_margin + self.iso_upl
 
     def adjusted_value(self) -> float:
@@ -339,7 +341,7 @@ class Exposure:
         self.avg_price = 0.0
         self.position_leverage: float | None = None
         self.leverage = 1.0
-        self.margin = 0.0  # an isolated position's own margin (OKX ``margin``)
+        self.margin = 0.0  # an isolated position's own margin
         self.booked_margin = 0.0  # the margin already in the currency's iso_margin sum
         self.exchange: ExchangePositionFigures | None = None
         self.orders: dict[str, Order] = {}
@@ -1316,9 +1318,10 @@ class MarginEngine:
     def _set_mode(self, account: AccountState, mode: AccountMode) -> None:
         """Rebuild the account's pools for ``mode``; its isolated positions keep theirs.
 
-        A pool of the same key in the new mode (the account's own pool when OKX's
-        ``account/config`` confirms the mode a checkpoint was restored into) takes over its
-        level and reminder, so the mode's arrival after a restart repeats no transition.
+        A pool of the same key in the new mode (the account's own pool when the venue's
+        account configuration confirms the mode a checkpoint was restored into) takes over
+        its level and reminder, so the mode's arrival after a restart repeats no
+        transition.
         """
         for pool in list(account.pools.values()):
             if pool.kind != POOL_ISOLATED:
@@ -2451,7 +2454,8 @@ def _pool_inst(pool: Pool) -> str | None:
 
 def _close_order(exposure: Exposure, size: float) -> dict[str, Any]:
     """A reduce-only market order closing ``size`` contracts of the position (hedge mode
-    names the side it closes, OKX ``posSide``; ``margin_mode`` is OKX's ``tdMode``)."""
+    names the side it closes; ``margin_mode`` is the position's, which the order trades
+    in)."""
     return {
         "inst_id": exposure.inst_id,
         "side": "sell" if exposure.contracts > 0 else "buy",

@@ -20,12 +20,12 @@ from monitor.instruments import BorrowTier, CollateralTiers, Instrument
 Side = Literal["buy", "sell"]
 FeedState = Literal["connected", "disconnected"]
 PositionSide = Literal["net", "long", "short"]
-"""``net`` in one-way mode; ``long`` or ``short`` in hedge mode (OKX ``posSide``, SPEC 1.2)."""
+"""``net`` in one-way mode; ``long`` or ``short`` in hedge mode (SPEC 1.2)."""
 MarginMode = Literal["cross", "isolated"]
-"""OKX ``mgnMode`` of a position, ``tdMode`` of an order (SPEC 1.2)."""
+"""The margin mode of a position, and the one an order trades in (SPEC 1.2)."""
 AccountMode = Literal["multi_currency", "single_currency", "portfolio", "unsupported"]
 """How an account is margined (SPEC 1.5). ``unsupported``: a mode riskmon cannot follow
-(OKX ``acctLv`` 1, spot mode, or a level it does not know)."""
+(a spot-only mode, or a level the decoder does not know)."""
 
 UNTIMED: Final = 0
 """``event_ms`` of an event that has no exchange time (see the module docstring)."""
@@ -104,8 +104,8 @@ class Order:
 class OrderUpdate:
     """An order changed. ``live`` is False once it is filled, cancelled or otherwise done.
 
-    ``client_id`` is the id the client gave the order ("" when none: OKX ``clOrdId``),
-    ``state`` the exchange's own word for where the order is (OKX ``state``: ``live``,
+    ``client_id`` is the id the client gave the order ("" when none),
+    ``state`` the exchange's own word for where the order is (``live``,
     ``partially_filled``, ``filled``, ``canceled``, ...), ``average_price`` the average
     fill price so far (None before any fill). The engine reads none of the three; the
     executor follows its own orders by them (monitor.execution).
@@ -150,7 +150,7 @@ class Position:
 
     ``side`` and ``margin_mode`` identify it together with ``inst_id`` (an instrument may
     hold a long and a short, or a cross and an isolated position at once). ``margin`` is
-    an isolated position's own margin (OKX ``margin``), None for a cross one.
+    an isolated position's own margin, None for a cross one.
     """
 
     inst_id: str
@@ -206,7 +206,7 @@ class CurrencyBalance:
     ``liability`` is the exchange's positive liability figure, informational only;
     ``interest`` is the accrued interest the exchange reports, when it reports one.
     ``exchange`` holds the exchange's figures for this currency's own pool
-    (single-currency mode: OKX ``details[].mgnRatio``, ``mmr``, ``imr``, ``eq``).
+    (single-currency mode: its margin ratio, MM, IM and equity).
     """
 
     currency: str
@@ -233,9 +233,9 @@ class BalanceUpdate:
 
 @dataclass(frozen=True, slots=True)
 class AccountConfigUpdate:
-    """How the exchange margins an account (OKX ``/api/v5/account/config``, SPEC 1.5).
+    """How the exchange margins an account (SPEC 1.5).
 
-    ``exchange_level`` is the exchange's own name of the mode (OKX ``acctLv`` "1"-"4"), for
+    ``exchange_level`` is the exchange's own name of the mode (a level number, say), for
     the ``account_mode`` alert; ``hedge_mode`` is True in long/short position mode.
     """
 
@@ -249,7 +249,7 @@ class AccountConfigUpdate:
 
 @dataclass(frozen=True, slots=True)
 class CollateralTiersUpdate:
-    """A currency's tiered collateral factors (OKX discount-rate tiers, SPEC 1.4)."""
+    """A currency's tiered collateral factors (SPEC 1.4)."""
 
     currency: str
     tiers: CollateralTiers
@@ -259,7 +259,7 @@ class CollateralTiersUpdate:
 
 @dataclass(frozen=True, slots=True)
 class BorrowTiersUpdate:
-    """A currency's borrowing margin tiers (OKX ``position-tiers`` ``MARGIN``, SPEC 1.4)."""
+    """A currency's borrowing margin tiers (SPEC 1.4)."""
 
     currency: str
     tiers: tuple[BorrowTier, ...]

@@ -10,7 +10,7 @@ clock of its own (times are arguments):
 - :func:`client_order_id`: the exchange-side id of a leg's n-th order, derived from the
   alert id, the leg and the attempt only. A retry of the same order, and the same order
   sent again after a restart, carry the same id, and the exchange refuses an id it has
-  already seen (OKX: ``clOrdId`` unique per account), so no order is ever placed twice; a
+  already seen (a client id is unique per account), so no order is ever placed twice; a
   *new* order for the same leg (after a rejection or a partial fill) is the next attempt
   and gets the next id.
 - :func:`closable`: a leg's size against the live position, re-read before every send:
@@ -71,7 +71,8 @@ __all__ = [
 ]
 
 CLIENT_ID_PREFIX: Final = "rm"
-"""Every order riskmon places has a client id starting with this (OKX: alphanumerics)."""
+"""Every order riskmon places has a client id starting with this (letters and digits
+only: what every venue accepts)."""
 
 EXECUTED_KINDS: Final = frozenset({"stop_loss", "deleverage_plan"})
 MAX_RESENDS: Final = 3
@@ -160,7 +161,7 @@ def legs_of(alert: Alert) -> tuple[Leg, ...]:
 
 def client_order_id(alert_id_text: str, leg: int, attempt: int) -> str:
     """``rm`` + 20 hex digits of the alert id's hash + the leg (3 digits) + the attempt
-    (2 digits): 27 alphanumerics (OKX ``clOrdId``: up to 32)."""
+    (2 digits): 27 letters and digits (venues allow up to 32 at least)."""
     if not 0 <= leg < 1000 or not 1 <= attempt < 100:
         raise ValueError(f"leg {leg} or attempt {attempt} out of range")
     digest = hashlib.blake2b(alert_id_text.encode(), digest_size=10).hexdigest()
@@ -308,8 +309,8 @@ class OrderAttempt:
 
 @dataclass(frozen=True, slots=True)
 class OrderAnswer:
-    """The exchange's answer about one order of a request (OKX: ``clOrdId``, ``ordId``,
-    ``sCode``, ``sMsg``, ``ts``); ``s_code`` "" means the answer did not mention it."""
+    """The exchange's answer about one order of a request (client id, order id, code,
+    message, time); ``s_code`` "" means the answer did not mention it."""
 
     client_id: str
     order_id: str
@@ -336,8 +337,8 @@ PositionKey = tuple[str, MarginMode, PositionSide]
 
 
 class Trader(Protocol):
-    """A venue's trading calls for one account, with its trade key (OKX:
-    adapters/okx/trade.py). Every call raises :class:`TradeFailure` when it fails."""
+    """A venue's trading calls for one account, with its trade key (a venue's
+    ``trader``, monitor/venues.py). Every call raises :class:`TradeFailure` when it fails."""
 
     account: str
     batch_limit: int

@@ -151,8 +151,9 @@ def exposure_figures(
 def margin_ratio(equity: float, maint_margin: float, closing_fee: float) -> float | None:
     """``MR = equity / (MM + CF)`` (SPEC 1.5), None when the denominator is 0.
 
-    OKX's reported ``mgnRatio`` divides by the maintenance margin plus the fee of closing
-    every position at the mark; its ``mmr`` is the maintenance margin alone.
+    The exchange's reported margin ratio divides by the maintenance margin plus the fee
+    of closing every position at the mark; its reported MM is the maintenance margin
+    alone (tests/test_fidelity.py).
     """
     denominator = maint_margin + closing_fee
     return equity / denominator if denominator > 0.0 else None

@@ -82,7 +82,7 @@ class CollateralTier:
 
 @dataclass(frozen=True, slots=True)
 class CollateralTiers:
-    """A currency's collateral factor, tiered by amount (SPEC 1.4, OKX discount rates).
+    """A currency's collateral factor, tiered by amount (SPEC 1.4).
 
     ``bands`` ascend by ``max_amount``; equity beyond the last band counts at factor 0
     (the exchange's last band is unbounded, so this only bites a configuration that
@@ -127,7 +127,7 @@ def validate_collateral(bands: tuple[CollateralTier, ...]) -> str | None:
 @dataclass(frozen=True, slots=True)
 class BorrowTier:
     """Borrowing margin rates for a liability up to ``max_amount`` of the currency
-    (SPEC 1.4, OKX ``position-tiers`` with ``instType=MARGIN``)."""
+    (SPEC 1.4)."""
 
     max_amount: float
     maintenance_rate: float

@@ -40,7 +40,7 @@ def reason_class(reason: str) -> str:
 
     A value starts at a word boundary with a quote, a bracket, a parenthesis, a digit or
     a minus sign before a digit: what ``repr`` of a value, or an explanation in
-    parentheses, looks like (the OKX decoder shows bad values with ``repr``, cut to 60
+    parentheses, looks like (the decoders show bad values with ``repr``, cut to 60
     characters with ``...``). So ``line is not valid JSON (unexpected character: line 1
     column 1 (char 0))`` is ``line is not valid JSON …`` and ``mark-price X markPx 'abc'
     is not a number`` is ``mark-price X markPx … is not a number``.

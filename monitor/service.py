@@ -1,8 +1,8 @@
 """riskmon inside a program: the daemon of ``riskmon run``, as an object (SPEC 4, 5).
 
-A composition root like monitor/cli.py (it wires the OKX feed, the engine, SQLite and the
-HTTP face together); ``riskmon run`` is this class plus signal handling. A program that
-embeds riskmon runs one and iterates its alerts::
+A composition root like monitor/cli.py (it wires the venue's feed (monitor/venues.py), the
+engine, SQLite and the HTTP face together); ``riskmon run`` is this class plus signal
+handling. A program that embeds riskmon runs one and iterates its alerts::
 
     monitor = await Monitor.open(load_config("riskmon.toml"))
     stop = asyncio.Event()
@@ -35,12 +35,9 @@ from adapters.executor import Executor
 from adapters.http_server import Control, HttpServer
 from adapters.logging import get_logger
 from adapters.notify import Notifiers
-from adapters.okx.auth import Credentials, load_credentials, load_trade_credentials
-from adapters.okx.decode import OkxDecoder
-from adapters.okx.live import OkxFeed
-from adapters.okx.trade import OkxTrader
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore, WalCheckpointer
+from adapters.venues import VENUES
 from monitor.alerts import Alert
 from monitor.config import Config
 from monitor.daemon import Daemon
@@ -52,6 +49,7 @@ from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import SinkTask
 from monitor.status import status_document
 from monitor.stream import AlertFilter, AlertHub, Subscription
+from monitor.venues import Registry, VenueUse, resolve_venues
 
 
 class Monitor:
@@ -81,20 +79,23 @@ class Monitor:
 
     @classmethod
     async def open(cls, config: Config, *,
-                   credentials: Mapping[str, Credentials] | None = None,
-                   serve_http: bool = True) -> Monitor:
+                   credentials: Mapping[str, Any] | None = None,
+                   serve_http: bool = True, venues: Registry = VENUES) -> Monitor:
         """Open the store (restoring the accounts' level state) and build the daemon.
 
-        ``credentials`` default to those the configuration names (environment or a 0600
-        file). ``serve_http``: serve ``/healthz``, ``/metrics`` and the alert stream on
-        ``[stream] host:port`` while running. Raises ConfigError (a missing secret or
-        stream token, an unsafe stream address) and SinkError (the database).
+        ``credentials`` (by account, each of its venue's type) default to those the
+        configuration names (environment or a 0600 file). ``venues``: the registry the
+        accounts' venues come from. ``serve_http``: serve ``/healthz``, ``/metrics`` and
+        the alert stream on ``[stream] host:port`` while running. Raises ConfigError (a
+        missing secret or stream token, an unsafe stream address, a venue's table) and
+        SinkError (the database).
 
         Each ``[notify.NAME]`` destination gets a notifier following the SQLite sink
         (adapters/notify): it delivers what SQLite stored, from its saved cursor on.
         """
+        use = single_venue(config, venues)
         if credentials is None:
-            credentials = load_all_credentials(config)
+            credentials = load_all_credentials(config, venues)
         tokens = load_tokens(config.stream.tokens)
         if serve_http:
             check_stream_exposure(config)
@@ -120,7 +121,7 @@ class Monitor:
             opened.push_async_callback(notifiers.stop, 0)
             executor: Executor | None = None
             if config.executing_accounts():
-                executor = await open_executor(config, path)
+                executor = await open_executor(config, path, use)
                 opened.push_async_callback(executor.stop)
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
@@ -141,7 +142,7 @@ class Monitor:
             # the queue; /healthz degraded) until it clears, rather than stopping.
             head = SinkTask(SqliteSink(store, prune=True), followers=followers,
                             on_retry=on_retry, max_attempts=None)
-            daemon = build_daemon(config, credentials, head,
+            daemon = build_daemon(config, credentials, head, use=use,
                                   order_observer=executor.on_order if executor else None)
             if executor is not None:
                 chain = head
@@ -262,11 +263,23 @@ class Monitor:
         return self.daemon.metrics.render(now)
 
 
-def load_all_credentials(config: Config) -> dict[str, Credentials]:
-    """Every configured account's API credentials; a live feed needs at least one."""
+def single_venue(config: Config, venues: Registry = VENUES) -> VenueUse:
+    """The one venue a daemon follows (ConfigError for a configuration that mixes venues:
+    one daemon per venue for now)."""
+    uses = resolve_venues(config, venues)
+    if len(uses) > 1:
+        raise ConfigError("accounts", "the accounts are on more than one venue ("
+                          f"{', '.join(uses)}): run one daemon per venue")
+    return next(iter(uses.values()))
+
+
+def load_all_credentials(config: Config, venues: Registry = VENUES) -> dict[str, Any]:
+    """Every configured account's API credentials, as its venue loads them; a live feed
+    needs at least one account."""
     if not config.accounts:
         raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
-    return {name: load_credentials(account) for name, account in config.accounts.items()}
+    venue = single_venue(config, venues).venue
+    return {name: venue.credentials(account) for name, account in config.accounts.items()}
 
 
 def check_stream_exposure(config: Config) -> None:
@@ -295,15 +308,15 @@ def control_token_of(config: Config, environ: Mapping[str, str] = os.environ) ->
     return token
 
 
-async def open_executor(config: Config, sqlite_path: str) -> Executor:
-    """The executor of the executing accounts, each with its trade key and client; it
-    refuses to start (ConfigError) when a key cannot trade."""
+async def open_executor(config: Config, sqlite_path: str, use: VenueUse) -> Executor:
+    """The executor of the executing accounts, each with its trade key and client on
+    ``use``'s venue; it refuses to start (ConfigError) when a key cannot trade."""
     traders: dict[str, Trader] = {}
+    venue = use.venue
     for name in config.executing_accounts():
-        traders[name] = OkxTrader(name, config.okx.rest_url,
-                                  load_trade_credentials(config.accounts[name]),
-                                  timeout_s=config.execution.request_timeout_s,
-                                  simulated=config.okx.simulated)
+        traders[name] = venue.trader(use.settings, name,
+                                     venue.trade_credentials(config.accounts[name]),
+                                     timeout_s=config.execution.request_timeout_s)
     executor = await Executor.open(config.execution, traders, sqlite_path,
                                    retention_days=config.storage.retention_days,
                                    auto_checkpoint=False)
@@ -315,11 +328,14 @@ async def open_executor(config: Config, sqlite_path: str) -> Executor:
     return executor
 
 
-def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: SinkTask,
+def build_daemon(config: Config, credentials: Mapping[str, Any], head: SinkTask,
                  tap: Callable[[FeedItem], None] | None = None,
-                 order_observer: Callable[[OrderUpdate], None] | None = None) -> Daemon:
-    """The OKX feed, inbox, engine and decoder around the sink chain ``head``; ``tap``
-    sees every feed item first (``riskmon record``)."""
+                 order_observer: Callable[[OrderUpdate], None] | None = None, *,
+                 use: VenueUse | None = None) -> Daemon:
+    """The venue's feed, inbox, engine and decoder around the sink chain ``head`` (``use``:
+    the configuration's one venue, from the built-in registry by default); ``tap`` sees
+    every feed item first (``riskmon record``)."""
+    use = use or single_venue(config)
     inbox = Inbox()
     deliver = inbox.put
     if tap is not None:
@@ -328,9 +344,9 @@ def build_daemon(config: Config, credentials: Mapping[str, Credentials], head: S
             inbox.put(item)
     # Instrument specs always load from the feed; configured ones override them per
     # inst_id in the engine (SPEC 3.1).
-    feed = OkxFeed(config.okx, dict(credentials), deliver,
-                   collateral=config.collateral.keys())
-    return Daemon(MarginEngine(config), OkxDecoder(), feed, inbox, head,
+    feed = use.venue.feed(use.settings, credentials, deliver,
+                          collateral=config.collateral.keys())
+    return Daemon(MarginEngine(config), use.venue.decoder(), feed, inbox, head,
                   history_interval_ms=int(config.storage.history_interval_s * 1000),
                   quarantine=config.quarantine, health=config.health,
                   order_observer=order_observer)

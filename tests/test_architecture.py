@@ -1,21 +1,33 @@
 """The dependency arrow (STYLE.md): ``adapters`` import ``monitor``, never the reverse.
 
 Only the composition roots (``monitor/cli.py`` and ``monitor/service.py``) may reach into
-``adapters``; the pure core reads no clock and does no I/O, so it imports no event loop,
-clock, logger or randomness. Imports are read with :mod:`ast`, including imports nested
-inside functions.
+``adapters``, and only through the venue registry (``adapters/venues.py``) for anything of
+an exchange; the pure core reads no clock and does no I/O, so it imports no event loop,
+clock, logger or randomness. Nothing under ``monitor/`` names an exchange, and one venue's
+package never imports another's nor the composition root. Imports are read with
+:mod:`ast`, including imports nested inside functions.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from adapters.venues import VENUES
+
 ROOT = Path(__file__).parents[1]
 MONITOR = ROOT / "monitor"
+ADAPTERS = ROOT / "adapters"
+
+# Exchanges a file under monitor/ must not name: every registered venue and the venue
+# packages under adapters/, and the other large derivatives venues, so that a third
+# venue's name does not slip in before its package exists.
+OTHER_EXCHANGES = ("binance", "bybit", "deribit", "bitmex", "kraken", "bitget", "gate.io",
+                   "hyperliquid", "coinbase")
 
 # The composition roots (the command line, and the embedding API it runs the daemon
 # with), and the ``python -m monitor`` entry point that only calls the first.
@@ -143,3 +155,71 @@ def test_okx_decoder_is_pure() -> None:
     found = violations(ROOT / PURE_DECODER, DECODER_FORBIDDEN)
 
     assert not found, "the OKX decoder must stay sans-I/O:\n" + "\n".join(found)
+
+
+def venue_packages() -> list[Path]:
+    """The venue packages: ``adapters/NAME/`` with a ``venue.py``."""
+    return sorted(path.parent for path in ADAPTERS.glob("*/venue.py"))
+
+
+def exchange_names() -> set[str]:
+    return ({name.lower() for name in VENUES.venues}
+            | {path.name.lower() for path in venue_packages()} | set(OTHER_EXCHANGES))
+
+
+def test_every_registered_venue_has_a_package_and_the_reader_sees_it() -> None:
+    assert {path.name for path in venue_packages()} >= set(VENUES.venues)
+    # The name check below reads text: guard against a pattern that matches nothing.
+    assert name_mentions("a feed of OKX and binance", exchange_names())
+
+
+def name_mentions(text: str, names: set[str]) -> list[str]:
+    pattern = re.compile(r"(?<![a-z0-9])(" + "|".join(map(re.escape, sorted(names)))
+                         + r")(?![a-z0-9])", re.IGNORECASE)
+    return [match.group(0) for match in pattern.finditer(text)]
+
+
+def test_nothing_under_monitor_names_an_exchange() -> None:
+    names = exchange_names()
+    found = [
+        f"{relative(path)}:{number}: {line.strip()}"
+        for path in sorted(MONITOR.rglob("*"))
+        if path.is_file() and path.suffix in {".py", ".pyi", ".toml", ".json", ".md", ".txt"}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if name_mentions(line, names)
+    ]
+
+    assert not found, ("monitor/ is exchange-free (issue 14): say it in the venue's package "
+                       "under adapters/ instead:\n" + "\n".join(found))
+
+
+def test_the_composition_root_reaches_venues_only_through_the_registry() -> None:
+    packages = [f"adapters.{path.name}" for path in venue_packages()]
+    found = [
+        problem
+        for name in sorted(COMPOSITION_ROOT)
+        for problem in violations(ROOT / name, tuple(packages))
+    ]
+
+    assert not found, ("pick venues from adapters/venues.py, never import one:\n"
+                       + "\n".join(found))
+
+
+def test_adapters_import_monitor_only_and_never_the_composition_root() -> None:
+    roots = tuple(name.removesuffix(".py").replace("/", ".") for name in COMPOSITION_ROOT)
+    found = [
+        problem
+        for path in sorted(ADAPTERS.rglob("*.py"))
+        for problem in violations(path, roots)
+    ]
+
+    assert not found, "adapters must not import the application:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("package", venue_packages(), ids=lambda path: path.name)
+def test_a_venue_package_never_imports_another_venue(package: Path) -> None:
+    others = tuple(f"adapters.{path.name}" for path in venue_packages() if path != package)
+    found = [problem for path in sorted(package.rglob("*.py"))
+             for problem in violations(path, others)]
+
+    assert not found, "venues are independent of each other:\n" + "\n".join(found)

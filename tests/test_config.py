@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from adapters.okx.config import OkxConfig
+from adapters.venues import VENUES
 from monitor.config import (
     DEFAULT_COLLATERAL,
     AccountConfig,
     Config,
     HealthConfig,
-    OkxConfig,
     QuarantineConfig,
     RiskConfig,
     StopLossRule,
@@ -30,6 +31,7 @@ from monitor.config import (
 )
 from monitor.errors import ConfigError, RiskmonError
 from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.venues import resolve_venues
 
 # The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing
 # comment is shortened to fit the line length).
@@ -129,7 +131,16 @@ def flat_factors(collateral: Mapping[str, CollateralTiers]) -> dict[str, float |
 
 
 def parse_toml(text: str) -> Config:
-    return parse_config(tomllib.loads(text))
+    """Parsed and checked as ``riskmon run`` does: the venues' tables too."""
+    config = parse_config(tomllib.loads(text))
+    resolve_venues(config, VENUES)
+    return config
+
+
+def okx_of(config: Config) -> OkxConfig:
+    settings = resolve_venues(config, VENUES)["okx"].settings
+    assert isinstance(settings, OkxConfig)
+    return settings
 
 
 def write_config(directory: Path, text: str) -> Path:
@@ -161,9 +172,9 @@ def test_empty_document_gives_every_default_of_the_spec(tmp_path: Path) -> None:
     assert config.instruments == ()
     assert dict(config.accounts) == {}
 
-    assert config.okx.public_url == "wss://ws.okx.com:8443/ws/v5/public"
-    assert config.okx.private_url == "wss://ws.okx.com:8443/ws/v5/private"
-    assert config.okx.rest_url == "https://www.okx.com"
+    assert okx_of(config).public_url == "wss://ws.okx.com:8443/ws/v5/public"
+    assert okx_of(config).private_url == "wss://ws.okx.com:8443/ws/v5/private"
+    assert okx_of(config).rest_url == "https://www.okx.com"
 
     assert config.storage.sqlite_path == "riskmon.db"
     assert config.storage.retention_days == 90.0
@@ -182,7 +193,7 @@ def test_spec_example_parses_into_the_expected_dataclasses(tmp_path: Path) -> No
 
     # The example repeats the defaults for [risk], [okx] and [storage].
     assert config.risk == RiskConfig()
-    assert config.okx == OkxConfig()
+    assert okx_of(config) == OkxConfig()
     assert config.storage == StorageConfig()
     assert isinstance(config.risk.stale_after_s, float)  # TOML integer 10 read as a number
 
@@ -433,9 +444,9 @@ def test_unreadable_path_is_a_config_error(tmp_path: Path) -> None:
 
 def test_simulated_defaults_to_the_demo_trading_urls() -> None:
     config = parse_toml("[okx]\nsimulated = true\n")
-    assert config.okx.simulated is True
-    assert "wspap" in config.okx.public_url and "wspap" in config.okx.private_url
-    assert parse_toml("").okx.simulated is False
+    assert okx_of(config).simulated is True
+    assert "wspap" in okx_of(config).public_url and "wspap" in okx_of(config).private_url
+    assert okx_of(parse_toml("")).simulated is False
 
 
 def test_simulated_with_a_production_url_is_an_error_naming_the_key() -> None:

@@ -18,13 +18,16 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from adapters.okx.auth import Credentials
+from adapters.okx.config import OkxConfig
 from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
-from monitor.config import AccountConfig, Config, OkxConfig
+from adapters.okx.venue import OKX
+from monitor.config import AccountConfig, Config
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
 from monitor.pipeline import Record, SinkTask
 from monitor.service import build_daemon
+from monitor.venues import VenueUse
 from tests.builders import BTC_SWAP, ETH_SWAP
 from tests.recordings import (
     T0,
@@ -164,10 +167,11 @@ async def test_the_daemon_bootstraps_each_account_by_rest_before_subscribing(
     server = ReplayServer(recording, speed=None)
     port = await server.start()
     config = Config(instruments=(BTC_SWAP, ETH_SWAP),
-                    accounts={"main": AccountConfig(name="main")}, okx=okx_config(port))
+                    accounts={"main": AccountConfig(name="main")})
     items: list[FeedItem] = []
     sink = ListSink()
-    daemon = build_daemon(config, {"main": CREDS}, SinkTask(sink), tap=items.append)
+    daemon = build_daemon(config, {"main": CREDS}, SinkTask(sink), tap=items.append,
+                          use=VenueUse(OKX, okx_config(port), ("main",)))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     try:

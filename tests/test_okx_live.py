@@ -21,12 +21,13 @@ from websockets.http11 import Request, Response
 
 from adapters.backoff import backoff_delay
 from adapters.okx.auth import Credentials, load_credentials, login_request, rest_headers, sign
+from adapters.okx.config import OkxConfig
 from adapters.okx.decode import OkxDecoder, mark_price_key
 from adapters.okx.live import OkxFeed, instrument_family
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.recording import RecordingWriter
-from monitor.config import AccountConfig, OkxConfig
+from monitor.config import AccountConfig
 from monitor.errors import BadInput, ConfigError, FeedError
 from monitor.feed import FeedItem, Frame, Inbox, LinkChange, RestBody
 from monitor.metrics import Metrics

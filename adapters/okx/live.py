@@ -79,6 +79,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
+from adapters.okx.config import OkxConfig
 from adapters.okx.decode import mark_price_key
 from adapters.okx.rest import (
     ACCOUNT_CONFIG,
@@ -90,7 +91,6 @@ from adapters.okx.rest import (
     OkxRest,
 )
 from adapters.push_connection import PushConnection
-from monitor.config import OkxConfig
 from monitor.errors import FeedError
 from monitor.feed import FeedItem, Frame, LinkChange, LinkStats, RestBody
 
