@@ -597,8 +597,8 @@ def _parse_instrument(raw: Any, path: str) -> Instrument:
         tier_table = _as_table(tier_raw, tier_path)
         only_keys(tier_table, tier_path, {"max_contracts", "mmr"})
         tiers.append(Tier(
-            max_contracts=_number(_required(tier_table, "max_contracts", tier_path),
-                                  f"{tier_path}.max_contracts", low=0.0),
+            max_size=_number(_required(tier_table, "max_contracts", tier_path),
+                             f"{tier_path}.max_contracts", low=0.0),
             maintenance_rate=_number(_required(tier_table, "mmr", tier_path),
                                      f"{tier_path}.mmr", low=0.0, high=1.0),
         ))

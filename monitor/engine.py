@@ -315,6 +315,9 @@ class Exposure:
         "key",
         "leverage",
         "maint",
+        "maint_deduction",
+        "maint_high",
+        "maint_low",
         "maint_rate",
         "margin",
         "margin_mode",
@@ -352,6 +355,11 @@ class Exposure:
         self.simple = False
         self.inverse = False
         self.qk = self.abs_qk = self.maint_rate = self.fee_rate = 0.0
+        # The tier of the fast path (_on_mark): its rate and deduction hold while the
+        # position value stays in (maint_low, maint_high] (instruments.Instrument).
+        self.maint_deduction = 0.0
+        self.maint_low = -math.inf
+        self.maint_high = math.inf
 
     @property
     def empty(self) -> bool:
@@ -1045,17 +1053,22 @@ class MarginEngine:
             account = exposure.account
             if exposure.simple:
                 # The fast path of _refresh for a position without orders: PV = |q| k m
-                # (inverse |q| k / m), IM = PV / L, MM = PV * rate, CF = PV * fee rate
-                # (formulas.py).
+                # (inverse |q| k / m), IM = PV / L, MM = PV * rate - deduction, CF = PV *
+                # fee rate (formulas.py), while PV stays in its tier's band (tiers by value).
                 if exposure.inverse:
                     value = exposure.abs_qk / mark
                     upl = exposure.qk * (1.0 / exposure.avg_price - 1.0 / mark)
                 else:
                     value = exposure.abs_qk * mark
                     upl = exposure.qk * (mark - exposure.avg_price)
-                # self._move, not a local bound to it: mypyc compiles this to a direct call.
-                self._move(exposure, value, upl, value * exposure.maint_rate,
-                           value * exposure.fee_rate, value / exposure.leverage)
+                if exposure.maint_low < value <= exposure.maint_high:
+                    # self._move, not a local bound to it: mypyc compiles this to a direct
+                    # call.
+                    self._move(exposure, value, upl,
+                               value * exposure.maint_rate - exposure.maint_deduction,
+                               value * exposure.fee_rate, value / exposure.leverage)
+                else:
+                    self._refresh(exposure)
             else:
                 self._refresh(exposure)
             if account.missing:
@@ -1836,7 +1849,7 @@ class MarginEngine:
         mark = self.marks.get(exposure.inst_id, exposure.avg_price)
         value = position_value(instrument.contract_type == "inverse", instrument.multiplier,
                                contracts, mark)
-        return (value * instrument.maintenance_rate(contracts),
+        return (instrument.maintenance_margin(contracts, value),
                 value * self.risk.closing_fee_rate)
 
     def _check_divergence(self, pool: Pool, ratio: float | None, maint: float | None,
@@ -2058,7 +2071,10 @@ class MarginEngine:
             exposure.inverse = instrument.contract_type == "inverse"
             exposure.qk = exposure.contracts * instrument.multiplier
             exposure.abs_qk = abs(exposure.contracts) * instrument.multiplier
-            exposure.maint_rate = instrument.maintenance_rate(exposure.contracts)
+            tier = instrument.tier_index(exposure.contracts, value)
+            exposure.maint_rate = instrument.tiers[tier].maintenance_rate
+            exposure.maint_deduction = instrument.tiers[tier].deduction
+            exposure.maint_low, exposure.maint_high = instrument.value_band(tier)
             exposure.fee_rate = self.risk.closing_fee_rate
 
     def _move(self, exposure: Exposure, value: float, upl: float, maint: float, fee: float,
@@ -2401,7 +2417,7 @@ class MarginEngine:
                 value = position_value(inverse, k, other.contracts, candidate)
                 upl += unrealized_pnl(inverse, k, other.contracts, other.avg_price,
                                       candidate) - other.upl
-                maint += value * instrument.maintenance_rate(other.contracts) - other.maint
+                maint += instrument.maintenance_margin(other.contracts, value) - other.maint
                 fee += value * fee_rate - other.fee
             return upl, maint, fee
 

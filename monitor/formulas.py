@@ -114,7 +114,7 @@ def exposure_figures(
         price = mark if mark is not None else avg_price
         value = position_value(inverse, k, contracts, price)
         upl = unrealized_pnl(inverse, k, contracts, avg_price, price)
-        maint = value * instrument.maintenance_rate(contracts)
+        maint = instrument.maintenance_margin(contracts, value)
         fee = value * closing_fee_rate
     else:
         value = upl = maint = fee = 0.0

@@ -3,6 +3,15 @@
 Maintenance tiers by position size (:class:`Tier`), collateral factors by amount held
 (:class:`CollateralTiers`) and borrowing margin rates by amount borrowed
 (:class:`BorrowTier`).
+
+Maintenance tiers come in two kinds, by :attr:`Instrument.tier_basis` (venues differ):
+
+- ``"contracts"`` (SPEC 1.2): the tier is picked by the position's size in contracts and
+  the whole position value is margined at its rate, ``MM = PV * rate``.
+- ``"value"``: the tier is picked by the position value (in the settle currency) and each
+  tier carries a ``deduction``, ``MM = PV * rate - deduction``. With the deduction of
+  each tier the sum of the lower tiers' margin at their own rates (the usual bracket
+  table), MM is continuous in PV: every slice of the value is margined at its tier's rate.
 """
 
 from __future__ import annotations
@@ -12,14 +21,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 ContractType = Literal["linear", "inverse"]
+TierBasis = Literal["contracts", "value"]
 
 
 @dataclass(frozen=True, slots=True)
 class Tier:
-    """Maintenance tier: positions up to ``max_contracts`` (absolute) use ``maintenance_rate``."""
+    """Maintenance tier: positions up to ``max_size`` use ``maintenance_rate``, less
+    ``deduction`` (0 for tiers by contracts). ``max_size`` is in contracts (absolute) or in
+    position value, by the instrument's ``tier_basis``."""
 
-    max_contracts: float
+    max_size: float
     maintenance_rate: float
+    deduction: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,35 +52,62 @@ class Instrument:
     tiers: tuple[Tier, ...]
     max_leverage: float | None = None
     lot_size: float | None = None
+    tier_basis: TierBasis = "contracts"
 
     @property
     def multiplier(self) -> float:
         return self.contract_value * self.contract_multiplier
 
-    def maintenance_rate(self, contracts: float) -> float:
-        """The maintenance margin rate of the first tier whose ``max_contracts >= contracts``.
+    def tier_index(self, contracts: float, value: float) -> int:
+        """The index of the first tier whose ``max_size`` reaches the position's size
+        (``contracts`` or ``value`` by :attr:`tier_basis`).
 
-        A size beyond the last tier uses the last tier's rate: the exchange would refuse
-        such a position, and the highest known rate is the conservative reading.
+        A size beyond the last tier uses the last tier: the exchange would refuse such a
+        position, and the highest known rate is the conservative reading.
         """
-        size = abs(contracts)
-        for tier in self.tiers:
-            if tier.max_contracts >= size:
-                return tier.maintenance_rate
-        return self.tiers[-1].maintenance_rate
+        size = abs(contracts) if self.tier_basis == "contracts" else abs(value)
+        tiers = self.tiers
+        for index, tier in enumerate(tiers):
+            if tier.max_size >= size:
+                return index
+        return len(tiers) - 1
+
+    def maintenance_margin(self, contracts: float, value: float) -> float:
+        """``MM`` of a position of ``contracts`` worth ``value`` (the module docstring)."""
+        tier = self.tiers[self.tier_index(contracts, value)]
+        return value * tier.maintenance_rate - tier.deduction
+
+    def value_band(self, index: int) -> tuple[float, float]:
+        """The position values ``(low, high]`` within which tier ``index`` holds while the
+        size in contracts stays: every value for tiers by contracts."""
+        if self.tier_basis == "contracts":
+            return -math.inf, math.inf
+        low = self.tiers[index - 1].max_size if index > 0 else -math.inf
+        high = self.tiers[index].max_size if index < len(self.tiers) - 1 else math.inf
+        return low, high
 
 
-def validate_tiers(tiers: tuple[Tier, ...]) -> str | None:
-    """Return why ``tiers`` are unusable, or None when they are fine."""
+def validate_tiers(tiers: tuple[Tier, ...], basis: TierBasis = "contracts") -> str | None:
+    """Return why ``tiers`` are unusable, or None when they are fine.
+
+    Tiers by value must not make MM negative: at each tier's lowest value,
+    ``value * rate - deduction`` is at least 0 (within rounding of the venue's figures).
+    """
     if not tiers:
         return "at least one maintenance tier is required"
     previous = 0.0
     for tier in tiers:
         if not (math.isfinite(tier.maintenance_rate) and 0.0 <= tier.maintenance_rate < 1.0):
             return f"maintenance rate {tier.maintenance_rate!r} is not in [0, 1)"
-        if not tier.max_contracts > previous:
-            return "tier max_contracts must be positive and ascending"
-        previous = tier.max_contracts
+        if not tier.max_size > previous:
+            return "tier bounds must be positive and ascending"
+        if not (math.isfinite(tier.deduction) and tier.deduction >= 0.0):
+            return f"tier deduction {tier.deduction!r} is not a non-negative number"
+        if basis == "contracts" and tier.deduction != 0.0:
+            return "tiers by contracts take no deduction"
+        if previous * tier.maintenance_rate - tier.deduction < -1e-6 * max(tier.deduction, 1.0):
+            return f"tier deduction {tier.deduction!r} makes the maintenance margin negative"
+        previous = tier.max_size
     return None
 
 

@@ -210,8 +210,8 @@ def test_spec_example_parses_into_the_expected_dataclasses(tmp_path: Path) -> No
             contract_value_currency="BTC",
             settle_currency="USDT",
             tiers=(
-                Tier(max_contracts=5000.0, maintenance_rate=0.004),
-                Tier(max_contracts=1e15, maintenance_rate=0.006),
+                Tier(max_size=5000.0, maintenance_rate=0.004),
+                Tier(max_size=1e15, maintenance_rate=0.006),
             ),
             max_leverage=100.0,
             lot_size=None,

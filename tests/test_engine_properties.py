@@ -41,8 +41,8 @@ from monitor.events import (
     PositionUpdate,
 )
 from monitor.formulas import unrealized_pnl
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers
-from tests.builders import make_config
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Tier
+from tests.builders import BTC_INVERSE, BTC_SWAP, ETH_SWAP, make_config
 
 INSTRUMENTS = ["BTC-USDT-SWAP", "ETH-USDT-SWAP", "BTC-USD-SWAP"]
 ACCOUNTS = ["main", "other"]
@@ -233,6 +233,23 @@ def test_incremental_equals_recomputation(events: list[Event]) -> None:
                      configured_collateral=frozenset({"ETH"}),
                      borrow={"BTC": (BorrowTier(0.5, 0.05, 0.2), BorrowTier(math.inf, 0.1, 0.4))})
     engine = MarginEngine(config)
+    for event in events:
+        engine.apply(event)
+        assert_matches(engine)
+
+
+# ETH-USDT-SWAP with tiers by position value and deductions: the mark-tick fast path
+# (engine._on_mark) keeps a tier only while the value stays in its band. The bounds lie
+# inside the values the generated positions reach as the marks move (250 contracts: 25,000
+# to 75,000; 6,000: 600,000 to 1,800,000).
+ETH_BY_VALUE = replace(ETH_SWAP, tier_basis="value", tiers=(
+    Tier(50_000, 0.005), Tier(1_200_000, 0.01, 250.0), Tier(math.inf, 0.025, 18_250.0)))
+
+
+@given(event_sequences())
+def test_incremental_equals_recomputation_with_tiers_by_value(events: list[Event]) -> None:
+    base = make_config(bounds=NO_BOUNDS)
+    engine = MarginEngine(replace(base, instruments=(BTC_SWAP, ETH_BY_VALUE, BTC_INVERSE)))
     for event in events:
         engine.apply(event)
         assert_matches(engine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,14 @@ from monitor.formulas import (
     potential_loss,
     unrealized_pnl,
 )
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers
+from monitor.instruments import (
+    BorrowTier,
+    CollateralTier,
+    CollateralTiers,
+    Tier,
+    TierBasis,
+    validate_tiers,
+)
 from tests.builders import BTC_INVERSE, BTC_SWAP, ETH_SWAP
 
 approx = pytest.approx
@@ -82,12 +90,51 @@ class TestInverse:
         assert potential_loss(True, 100, True, 10, 49_000, 50_000) == 0.0
 
 
+# Tiers by position value with deductions: 0.5 % to 50,000; 1 % to 250,000 less 250; 2 %
+# beyond less 2,750. Each deduction keeps MM continuous at the bounds (250 at 50,000, 2,250
+# at 250,000).
+VALUE_TIERED = replace(ETH_SWAP, tier_basis="value", tiers=(
+    Tier(50_000, 0.005), Tier(250_000, 0.01, 250.0), Tier(math.inf, 0.02, 2_750.0)))
+
+
 class TestTiers:
     def test_first_tier_that_fits(self) -> None:
         # Tiers: up to 5000 contracts 0.4%, beyond 0.6%.
-        assert BTC_SWAP.maintenance_rate(5000) == 0.004
-        assert BTC_SWAP.maintenance_rate(-5000) == 0.004
-        assert BTC_SWAP.maintenance_rate(5001) == 0.006
+        assert BTC_SWAP.tier_index(5000, 0.0) == 0
+        assert BTC_SWAP.tier_index(-5000, 0.0) == 0
+        assert BTC_SWAP.tier_index(5001, 0.0) == 1
+        assert BTC_SWAP.maintenance_margin(5001, 1_000.0) == approx(6.0)
+
+    def test_tiers_by_value_take_their_deduction(self) -> None:
+        assert VALUE_TIERED.maintenance_margin(1, 40_000) == approx(200)
+        assert VALUE_TIERED.maintenance_margin(1, 100_000) == approx(1_000 - 250)
+        assert VALUE_TIERED.maintenance_margin(-1, 1_000_000) == approx(20_000 - 2_750)
+        # The size in contracts does not pick the tier; the value does.
+        assert VALUE_TIERED.tier_index(1e9, 10.0) == 0
+
+    def test_tiers_by_value_are_continuous_at_their_bounds(self) -> None:
+        for bound in (50_000.0, 250_000.0):
+            below = VALUE_TIERED.maintenance_margin(1, bound)
+            above = VALUE_TIERED.maintenance_margin(1, bound * (1 + 1e-12))
+            assert above == approx(below, rel=1e-9)
+
+    def test_value_bands_hold_the_tier(self) -> None:
+        assert VALUE_TIERED.value_band(0) == (-math.inf, 50_000)
+        assert VALUE_TIERED.value_band(1) == (50_000, 250_000)
+        assert VALUE_TIERED.value_band(2) == (250_000, math.inf)
+        assert BTC_SWAP.value_band(1) == (-math.inf, math.inf)
+
+    @pytest.mark.parametrize(("tiers", "basis", "problem"), [
+        ((Tier(10, 0.01, 1.0),), "contracts", "take no deduction"),
+        ((Tier(10, 0.01), Tier(20, 0.02, 5.0)), "value", "negative"),
+        ((Tier(10, 0.01, -1.0),), "value", "non-negative"),
+        ((Tier(20, 0.01), Tier(10, 0.02)), "value", "ascending"),
+    ])
+    def test_unusable_tiers_are_refused(self, tiers: tuple[Tier, ...], basis: TierBasis,
+                                        problem: str) -> None:
+        found = validate_tiers(tiers, basis)
+        assert found is not None and problem in found
+        assert validate_tiers(VALUE_TIERED.tiers, "value") is None
 
     def test_maintenance_margin_uses_the_tier(self) -> None:
         # 6000 contracts at 42000: PV = 6000 * 0.01 * 42000 = 2,520,000; MM = 0.6% = 15,120.

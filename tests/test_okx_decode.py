@@ -1558,7 +1558,7 @@ VALID_MARK_LINE = public_line(MARK)
                     ]
                 ),
             ),
-            "position-tiers BTC-USDT: tier max_contracts must be positive and ascending",
+            "position-tiers BTC-USDT: tier bounds must be positive and ascending",
             id="unbounded-tier-not-last",
         ),
         pytest.param(

@@ -243,7 +243,7 @@ async def test_a_daemon_follows_an_account_on_a_venue_added_by_a_test(tmp_path: 
             "instruments": [{
                 "inst_id": BTC_SWAP.inst_id, "ct_type": "linear", "ct_val": 0.01,
                 "ct_mult": 1, "ct_val_ccy": "BTC", "settle_ccy": "USDT", "max_leverage": 100,
-                "tiers": [{"max_contracts": tier.max_contracts, "mmr": tier.maintenance_rate}
+                "tiers": [{"max_contracts": tier.max_size, "mmr": tier.maintenance_rate}
                           for tier in BTC_SWAP.tiers]}],
             "storage": {"sqlite_path": str(database)},
         })
