@@ -42,6 +42,7 @@ COMPILED = [
     "monitor/transitions.py",
     "monitor/engine.py",
     "monitor/pipeline.py",
+    "adapters/wire.py",
     "adapters/okx/decode.py",
 ]
 GROUP = "riskmon"

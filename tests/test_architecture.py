@@ -47,6 +47,10 @@ PURE_CORE = [
 CORE_FORBIDDEN = ("asyncio", "time", "datetime", "logging", "structlog", "random")
 
 PURE_DECODER = "adapters/okx/decode.py"
+# Every venue's decoder and the field readers they share stay sans-I/O.
+PURE_DECODERS = sorted({"adapters/wire.py", PURE_DECODER,
+                        *(path.relative_to(ROOT).as_posix()
+                          for path in ROOT.glob("adapters/*/decode.py"))})
 DECODER_FORBIDDEN = ("asyncio", "time", "logging", "structlog")
 
 
@@ -151,10 +155,11 @@ def test_pure_core_reads_no_clock_and_does_no_io(module: str) -> None:
     )
 
 
-def test_okx_decoder_is_pure() -> None:
-    found = violations(ROOT / PURE_DECODER, DECODER_FORBIDDEN)
+@pytest.mark.parametrize("module", PURE_DECODERS)
+def test_the_decoders_are_pure(module: str) -> None:
+    found = violations(ROOT / module, DECODER_FORBIDDEN)
 
-    assert not found, "the OKX decoder must stay sans-I/O:\n" + "\n".join(found)
+    assert not found, "the decoders must stay sans-I/O:\n" + "\n".join(found)
 
 
 def venue_packages() -> list[Path]:

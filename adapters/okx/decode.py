@@ -64,24 +64,25 @@ certain about what it recognises.
 Plausibility limits (issue 15, "bad input never moves state"). What the decoder can judge
 from one line alone it judges here, with fixed limits; what needs state (the band around
 the last price, the clock, the order of events) the engine judges with the ``[bounds]``
-configuration (monitor.engine).
+configuration (monitor.engine). The field readers and their limits are adapters/wire.py's,
+shared with the other venues' decoders.
 
 - Numbers are read only from their canonical decimal spelling, as OKX writes them
   (``"42133.7"``, ``"-0.5"``, ``"0"``; docs: every numeric field is a String of plain
   decimals, and none of the captured payloads in tests/fixtures/okx has anything else):
   no spaces, signs other than a leading ``-``, underscores, exponents, ``inf`` or ``nan``,
-  at most :data:`_NUMBER_LENGTH` characters. (JSON numbers, which OKX does not send either,
+  at most :data:`NUMBER_LENGTH` characters. (JSON numbers, which OKX does not send either,
   are taken as parsed.) Every number is finite with a magnitude of at most
-  :data:`_MAGNITUDE_LIMIT` (1e18).
+  :data:`MAGNITUDE_LIMIT` (1e18).
 - Prices (``markPx``, ``idxPx``, order ``px``, position ``avgPx``) lie in
-  [:data:`_PRICE_MIN`, :data:`_PRICE_MAX`] = [1e-12, 1e12]: positive, finite, no
+  [:data:`PRICE_MIN`, :data:`PRICE_MAX`] = [1e-12, 1e12]: positive, finite, no
   subnormal ``1e-320``, no ``1e308``.
 - Timestamps (``ts``, ``uTime``, ``pTime``, ``recv_ts``) are whole milliseconds in
-  [0, :data:`_TIMESTAMP_MAX_MS`] (the year 2200), written with ASCII digits: no ``ts``
+  [0, :data:`TIMESTAMP_MAX_MS`] (the year 2200), written with ASCII digits: no ``ts``
   of 2^63 or more reaches the engine or SQLite. (A mark price's ``ts`` is checked by
   value only, as ``int()`` reads it: the hot path spends no scan on its spelling.)
 - Identifiers (``instId``, ``ccy``, ``ordId``, the other codes, account names) are
-  printable ASCII, at most :data:`_IDENTIFIER_LENGTH` characters: no NUL, no control
+  printable ASCII, at most :data:`IDENTIFIER_LENGTH_LIMIT` characters: no NUL, no control
   characters. The mark-price path leaves this to the engine, which checks an instrument
   id the first time it sees it (monitor.events.identifier_problem; see the hot path).
 - Nothing else escapes: every input, whatever its type, depth or size, decodes or raises
@@ -99,17 +100,35 @@ for the same reason.
 
 from __future__ import annotations
 
-import re
-import reprlib
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from adapters.wire import (
+    PRICE_MAX,
+    PRICE_MIN,
+    TIMESTAMP_MAX_MS,
+    account_of,
+    check_account,
+    check_recv_ms,
+    flag_field,
+    json_kind,
+    number_field,
+    number_reason,
+    optional_number_field,
+    optional_text_field,
+    optional_timestamp_field,
+    require_account,
+    rows_of,
+    show,
+    text_field,
+    timestamp_field,
+    timestamp_reason,
+)
 from monitor.errors import BadInput
 from monitor.events import (
-    IDENTIFIER_LENGTH,
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -131,7 +150,6 @@ from monitor.events import (
     PositionSide,
     PositionSnapshot,
     PositionUpdate,
-    identifier_problem,
 )
 from monitor.instruments import (
     BorrowTier,
@@ -150,20 +168,12 @@ _INFINITY: Final = float("inf")
 _loads: Final = orjson.loads
 
 # Plausibility limits (see the module docstring).
-_PRICE_MIN: Final = 1e-12
-_PRICE_MAX: Final = 1e12
-_MAGNITUDE_LIMIT: Final = 1e18
-_NUMBER_LENGTH: Final = 40
-_TIMESTAMP_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01T00:00:00Z
-_TIMESTAMP_DIGITS: Final = 13
-_IDENTIFIER_LENGTH: Final = IDENTIFIER_LENGTH
 # The characters of a canonical positive decimal; what float() takes beyond them (spaces,
 # "+", "_", exponents, "inf", "nan", non-ASCII digits) is not how OKX writes a price.
 _DECIMAL_CHARACTERS: Final = "0123456789."
 _ZERO: Final = ord("0")
 _NINE: Final = ord("9")
 _DOT: Final = ord(".")
-_CANONICAL_NUMBER: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 # Instrument types of positions and orders the margin model leaves to the balances (see
@@ -203,8 +213,6 @@ _PRICED_ORDER_TYPES: Final = frozenset(
     {"limit", "post_only", "fok", "ioc", "mmp", "mmp_and_post_only", "op_fok"}
 )
 
-_Bound = Literal["any", "non_negative", "positive", "price"]
-
 
 class RestPath:
     """The REST endpoints :meth:`OkxDecoder.decode_rest` understands (SPEC 3.1)."""
@@ -235,15 +243,15 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
     # id is checked by the engine the first time it sees one (a dict miss there), not per
     # tick here.
     if type(data) is not list:
-        raise BadInput(f"mark-price data {_show(data)} is not an array")
+        raise BadInput(f"mark-price data {show(data)} is not an array")
     single = len(data) == 1  # the usual frame: return [mark], a list allocated once
     events: list[Event] = []
     for row in data:
         if type(row) is not dict:
-            raise BadInput(f"mark-price data row {_show(row)} is not an object")
+            raise BadInput(f"mark-price data row {show(row)} is not an object")
         inst_id = row.get("instId")
         if type(inst_id) is not str or not inst_id:
-            raise BadInput(f"mark-price instId {_show(inst_id)} is not an instrument id")
+            raise BadInput(f"mark-price instId {show(inst_id)} is not an instrument id")
         raw_price = row.get("markPx")
         if type(raw_price) is str:
             # Only digits and dots (a plain decimal; float() would also take spaces, "_",
@@ -255,25 +263,25 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
                 for index in range(len(raw_price)):
                     code = ord(raw_price[index])
                     if code > _NINE or (code < _ZERO and code != _DOT):
-                        raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx",
+                        raise BadInput(number_reason(f"mark-price {inst_id}", "markPx",
                                                       raw_price, "price"))
             elif raw_price.strip(_DECIMAL_CHARACTERS):
-                raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
+                raise BadInput(number_reason(f"mark-price {inst_id}", "markPx", raw_price,
                                               "price"))
             try:
                 price = float(raw_price)
             except ValueError:
                 raise BadInput(
-                    f"mark-price {inst_id} markPx {_show(raw_price)} is not a number"
+                    f"mark-price {inst_id} markPx {show(raw_price)} is not a number"
                 ) from None
         elif type(raw_price) is float or type(raw_price) is int:
             price = float(raw_price)
         else:
-            raise BadInput(f"mark-price {inst_id} markPx {_show(raw_price)} is not a number")
+            raise BadInput(f"mark-price {inst_id} markPx {show(raw_price)} is not a number")
         # One comparison rejects NaN (every comparison with it is false), infinity, <= 0,
         # subnormals and the absurdly large.
-        if not _PRICE_MIN <= price <= _PRICE_MAX:
-            raise BadInput(_number_reason(f"mark-price {inst_id}", "markPx", raw_price,
+        if not PRICE_MIN <= price <= PRICE_MAX:
+            raise BadInput(number_reason(f"mark-price {inst_id}", "markPx", raw_price,
                                           "price"))
         raw_ts = row.get("ts")
         # int() alone, then the sign: cheaper than isdecimal() first, and it still rejects
@@ -288,8 +296,8 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
             event_ms = raw_ts
         else:
             event_ms = -1
-        if not 0 <= event_ms <= _TIMESTAMP_MAX_MS:
-            raise BadInput(_timestamp_reason(f"mark-price {inst_id}", "ts", raw_ts))
+        if not 0 <= event_ms <= TIMESTAMP_MAX_MS:
+            raise BadInput(timestamp_reason(f"mark-price {inst_id}", "ts", raw_ts))
         # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
         # which goes through object.__setattr__ per field and costs two thirds of an
         # orjson.loads: compiled by mypyc, plain stores into the new object; interpreted,
@@ -446,26 +454,26 @@ class OkxDecoder:
                 return []
             raise BadInput(f"line is not valid JSON ({error})") from error
         if type(record) is not dict:
-            raise BadInput(f"line is a JSON {_json_kind(record)}, not an object")
+            raise BadInput(f"line is a JSON {json_kind(record)}, not an object")
         recv_ms = record.get("recv_ts")
-        if type(recv_ms) is not int or not 0 <= recv_ms <= _TIMESTAMP_MAX_MS:
+        if type(recv_ms) is not int or not 0 <= recv_ms <= TIMESTAMP_MAX_MS:
             if recv_ms is None:
                 raise BadInput("line has no recv_ts")
-            raise BadInput(f"line recv_ts {_show(recv_ms)} is not a millisecond timestamp")
+            raise BadInput(f"line recv_ts {show(recv_ms)} is not a millisecond timestamp")
         frame = record.get("frame")
         if type(frame) is dict:
             # Mark prices first, with no call in between (see _decode_mark_prices).
             arg = frame.get("arg")
             if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
                 return _decode_mark_prices(frame.get("data"), recv_ms)
-            return self._decode_frame(frame, _account_of(record), recv_ms)
+            return self._decode_frame(frame, account_of(record), recv_ms)
         if frame is not None:
-            return self._decode_frame(frame, _account_of(record), recv_ms)
+            return self._decode_frame(frame, account_of(record), recv_ms)
         path = record.get("rest")
         if path is not None:
             if "body" not in record:
-                raise BadInput(f"REST line for {_show(path)} has no body")
-            return self._decode_rest(path, record["body"], _account_of(record), recv_ms)
+                raise BadInput(f"REST line for {show(path)} has no body")
+            return self._decode_rest(path, record["body"], account_of(record), recv_ms)
         raise BadInput("line has neither a frame nor a rest response")
 
     # recv_ms is Any in the three entry points below, which check it themselves: a function
@@ -480,8 +488,8 @@ class OkxDecoder:
         Raises:
             BadInput: the frame is not usable (see the module docstring).
         """
-        _check_recv_ms(recv_ms)
-        _check_account(account)
+        check_recv_ms(recv_ms)
+        check_account(account)
         if type(frame) is dict:
             arg = frame.get("arg")
             if type(arg) is dict and arg.get("channel") == "mark-price" and "event" not in frame:
@@ -498,8 +506,8 @@ class OkxDecoder:
             BadInput: the text is not JSON ("frame is not JSON"), or the frame is not
                 usable (see :meth:`decode_frame`).
         """
-        _check_recv_ms(recv_ms)
-        _check_account(account)
+        check_recv_ms(recv_ms)
+        check_account(account)
         try:
             frame = _loads(text)
         except orjson.JSONDecodeError:
@@ -520,8 +528,8 @@ class OkxDecoder:
         Raises:
             BadInput: the body is not usable, or reports an error ``code``.
         """
-        _check_recv_ms(recv_ms)
-        _check_account(account)
+        check_recv_ms(recv_ms)
+        check_account(account)
         return self._decode_rest(path, body, account, recv_ms)
 
     # -- websocket frames ------------------------------------------------------------------
@@ -531,7 +539,7 @@ class OkxDecoder:
             # The reply to our text "ping" keepalive (docs: "Overview > WebSocket > Connect").
             if frame == "pong":
                 return []
-            raise BadInput(f"frame is a JSON {_json_kind(frame)}, not an object")
+            raise BadInput(f"frame is a JSON {json_kind(frame)}, not an object")
         if "event" in frame:
             # subscribe / unsubscribe / login acks, error, notice (64008: reconnect now),
             # channel-conn-count[-error]: operational, for the live adapter to act on.
@@ -543,27 +551,27 @@ class OkxDecoder:
             raise BadInput("frame has neither an event nor an arg")
         channel = arg.get("channel")
         if type(channel) is not str:
-            raise BadInput(f"frame arg.channel {_show(channel)} is not a channel name")
+            raise BadInput(f"frame arg.channel {show(channel)} is not a channel name")
         data = frame.get("data")
         match channel:
             case "mark-price":
                 return _decode_mark_prices(data, recv_ms)
             case "index-tickers":
-                return _decode_index_tickers(_rows(data, channel), recv_ms)
+                return _decode_index_tickers(rows_of(data, channel), recv_ms)
             case "instruments":
-                return self._apply_instruments(_rows(data, channel), recv_ms)
+                return self._apply_instruments(rows_of(data, channel), recv_ms)
             case "orders":
-                owner = _require(account, channel)
-                return _decode_orders(_rows(data, channel), owner, recv_ms)
+                owner = require_account(account, channel)
+                return _decode_orders(rows_of(data, channel), owner, recv_ms)
             case "positions":
-                owner = _require(account, channel)
+                owner = require_account(account, channel)
                 try:
                     return self._decode_positions(frame, data, owner, recv_ms)
                 except BadInput:
                     _note_rejected_page(self._position_pages, owner, frame)
                     raise
             case "account":
-                owner = _require(account, channel)
+                owner = require_account(account, channel)
                 try:
                     return self._decode_account(frame, data, owner, recv_ms)
                 except BadInput:
@@ -581,7 +589,7 @@ class OkxDecoder:
         ``lastPage``) or ``event_update`` (the positions an event changed).
         """
         event_type = frame.get("eventType")
-        positions, latest_ms = _parse_positions(_rows(data, "positions"), "positions")
+        positions, latest_ms = _parse_positions(rows_of(data, "positions"), "positions")
         if event_type != "snapshot":
             _check_update_type(event_type, "positions")
             if not positions:
@@ -611,7 +619,7 @@ class OkxDecoder:
         non-zero balance; ``event_update`` pushes only the currencies that changed.
         """
         event_type = frame.get("eventType")
-        rows = _rows(data, "account")
+        rows = rows_of(data, "account")
         balances, figures, latest_ms = _parse_account_rows(rows, "account")
         if event_type != "snapshot":
             _check_update_type(event_type, "account")
@@ -641,12 +649,12 @@ class OkxDecoder:
     def _decode_rest(self, path: Any, body: Any, account: str | None, recv_ms: int) -> list[Event]:
         if type(path) is not str or len(path) > 1024 or not path.isascii() or (
                 not path.isprintable()):
-            raise BadInput(f"REST path {_show(path)} is not a printable ASCII path")
+            raise BadInput(f"REST path {show(path)} is not a printable ASCII path")
         try:
             split = urlsplit(path)
             query = parse_qs(split.query)
         except ValueError as error:  # "Invalid IPv6 URL", for one
-            raise BadInput(f"REST path {_show(path)} is not a path ({error})") from None
+            raise BadInput(f"REST path {show(path)} is not a path ({error})") from None
         # Every response is the state at the time of the response, which has no exchange
         # time of its own: UNTIMED (see the module docstring).
         match split.path:
@@ -664,7 +672,7 @@ class OkxDecoder:
             case RestPath.DISCOUNT_RATE:
                 return _decode_discount_rates(_rest_rows(body, split.path), recv_ms)
             case RestPath.ORDERS_PENDING:
-                owner = _require(account, split.path)
+                owner = require_account(account, split.path)
                 rows = _rest_rows(body, split.path)
                 orders = tuple(
                     order for order, live, _, _ in _parse_orders(rows, "orders-pending") if live
@@ -674,7 +682,7 @@ class OkxDecoder:
                 # docs: "Trading Account > REST API > Get positions": every open position,
                 # unpaged, so the body is a whole snapshot; unless the query filtered it
                 # (instType, instId), which makes it an update of the positions listed.
-                owner = _require(account, split.path)
+                owner = require_account(account, split.path)
                 positions, _ = _parse_positions(_rest_rows(body, split.path), split.path)
                 if split.query:
                     if not positions:
@@ -685,7 +693,7 @@ class OkxDecoder:
                 # docs: "Trading Account > REST API > Get balance": one row, every currency
                 # with a balance in ``details``, so a whole snapshot; unless the query
                 # named currencies (ccy), which makes it an update of those.
-                owner = _require(account, split.path)
+                owner = require_account(account, split.path)
                 rows = _rest_rows(body, split.path)
                 if not rows:
                     # OKX always answers one row; none says nothing (the replay server's
@@ -697,7 +705,7 @@ class OkxDecoder:
                     BalanceUpdate(owner, tuple(balances), complete, figures, UNTIMED, recv_ms)
                 ]
             case RestPath.ACCOUNT_CONFIG:
-                owner = _require(account, split.path)
+                owner = require_account(account, split.path)
                 return [
                     _parse_account_config(row, owner, recv_ms)
                     for row in _rest_rows(body, split.path)
@@ -734,9 +742,8 @@ class OkxDecoder:
         """
         numbered: dict[str, list[tuple[int, Tier]]] = {}
         for row in rows:
-            family = _optional_text(row, "instFamily", "position-tiers") or _optional_text(
-                row, "uly", "position-tiers"
-            )
+            family = (optional_text_field(row, "instFamily", "position-tiers")
+                      or optional_text_field(row, "uly", "position-tiers"))
             if not family:
                 # A row of no family is a spot-margin tier; as borrowing tiers they are
                 # read from instType=MARGIN queries with a ccy (_decode_borrow_tiers).
@@ -789,13 +796,13 @@ def _decode_index_tickers(rows: list[dict[str, Any]], recv_ms: int) -> list[Even
     """
     events: list[Event] = []
     for row in rows:
-        index_id = _text(row, "instId", "index-tickers")
+        index_id = text_field(row, "instId", "index-tickers")
         base, _, quote = index_id.partition("-")
         if not base or not quote or "-" in quote:
-            raise BadInput(f"index-tickers instId {_show(index_id)} is not BASE-QUOTE")
+            raise BadInput(f"index-tickers instId {show(index_id)} is not BASE-QUOTE")
         context = f"index-tickers {index_id}"
-        price = _number(row, "idxPx", context, "price")
-        event_ms = _timestamp(row, "ts", context)
+        price = number_field(row, "idxPx", context, "price")
+        event_ms = timestamp_field(row, "ts", context)
         events.append(IndexPrice(base, quote, price, event_ms, recv_ms))
     return events
 
@@ -813,44 +820,44 @@ def _parse_orders(rows: list[dict[str, Any]], context: str
     """Orders in scope with their liveness, ``uTime`` and row; shared by channel and REST."""
     parsed: list[tuple[Order, bool, int, dict[str, Any]]] = []
     for row in rows:
-        if _optional_text(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
+        if optional_text_field(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
             continue
-        trade_mode = _optional_text(row, "tdMode", context)
+        trade_mode = optional_text_field(row, "tdMode", context)
         if trade_mode in _SPOT_TRADE_MODES:
             continue
-        inst_id = _text(row, "instId", context)
-        order_id = _text(row, "ordId", context)
+        inst_id = text_field(row, "instId", context)
+        order_id = text_field(row, "ordId", context)
         where = f"{context} {inst_id} {order_id}"
         side = row.get("side")
         if side != "buy" and side != "sell":
-            raise BadInput(f"{where} side {_show(side)} is not buy or sell")
+            raise BadInput(f"{where} side {show(side)} is not buy or sell")
         state = row.get("state")
         live = _ORDER_STATE_LIVE.get(state) if type(state) is str else None
         if live is None:
-            raise BadInput(f"{where} state {_show(state)} is not a known order state")
-        order_type = _text(row, "ordType", where)
+            raise BadInput(f"{where} state {show(state)} is not a known order state")
+        order_type = text_field(row, "ordType", where)
         price: float | None
         if order_type in _MARKET_ORDER_TYPES:
             price = None
         elif order_type in _PRICED_ORDER_TYPES:
-            price = _number(row, "px", where, "price")
+            price = number_field(row, "px", where, "price")
         else:
-            price = _optional_number(row, "px", where, "price")
-        size = _number(row, "sz", where, "non_negative")
-        filled = _optional_number(row, "accFillSz", where, "non_negative") or 0.0
-        reduce_only = _flag(row, "reduceOnly", where)
-        leverage = _optional_number(row, "lever", where, "positive")
-        event_ms = _timestamp(row, "uTime", where)
+            price = optional_number_field(row, "px", where, "price")
+        size = number_field(row, "sz", where, "non_negative")
+        filled = optional_number_field(row, "accFillSz", where, "non_negative") or 0.0
+        reduce_only = flag_field(row, "reduceOnly", where)
+        leverage = optional_number_field(row, "lever", where, "positive")
+        event_ms = timestamp_field(row, "uTime", where)
         # docs: "WS / Order channel": ``posSide`` is ``net`` in one-way mode, ``long`` or
         # ``short`` in hedge mode, and "" where it does not apply (read as net).
-        raw_side = _optional_text(row, "posSide", where) or "net"
+        raw_side = optional_text_field(row, "posSide", where) or "net"
         position_side = _POSITION_SIDES.get(raw_side)
         if position_side is None:
-            raise BadInput(f"{where} posSide {_show(raw_side)} is not net, long or short")
+            raise BadInput(f"{where} posSide {show(raw_side)} is not net, long or short")
         # ``tdMode`` "" or absent: a recording made before riskmon read it, cross then.
         margin_mode = _MARGIN_MODES.get(trade_mode or "cross")
         if margin_mode is None:
-            raise BadInput(f"{where} tdMode {_show(trade_mode)} is not cross or isolated")
+            raise BadInput(f"{where} tdMode {show(trade_mode)} is not cross or isolated")
         order = Order(order_id, inst_id, side, price, size, filled, reduce_only, leverage,
                       position_side, margin_mode)
         parsed.append((order, live, event_ms, row))
@@ -861,9 +868,9 @@ def _order_follow_up(row: dict[str, Any], order: Order) -> tuple[str, str, float
     """What the executor follows an order by: ``clOrdId``, ``state`` and ``avgPx``
     (docs: "WS / Order channel"; ``avgPx`` is "" or "0" before the first fill)."""
     where = f"orders {order.inst_id} {order.order_id}"
-    client_id = _optional_text(row, "clOrdId", where) or ""
+    client_id = optional_text_field(row, "clOrdId", where) or ""
     state = row.get("state")
-    average = _optional_number(row, "avgPx", where, "non_negative")
+    average = optional_number_field(row, "avgPx", where, "non_negative")
     return client_id, state if type(state) is str else "", average or None
 
 
@@ -888,20 +895,20 @@ def _parse_position(row: dict[str, Any], context: str) -> tuple[Position, int] |
     are the same). The time is the later of ``uTime`` (last change of the position) and
     ``pTime`` (push time): a snapshot of positions untouched for days is still news of now.
     """
-    if _optional_text(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
+    if optional_text_field(row, "instType", context) in _OUT_OF_SCOPE_TYPES:
         return None
-    inst_id = _text(row, "instId", context)
+    inst_id = text_field(row, "instId", context)
     where = f"{context} {inst_id}"
     raw_side = row.get("posSide")
     side = _POSITION_SIDES.get(raw_side) if type(raw_side) is str else None
     if side is None:
-        raise BadInput(f"{where} posSide {_show(raw_side)} is not net, long or short")
+        raise BadInput(f"{where} posSide {show(raw_side)} is not net, long or short")
     raw_mode = row.get("mgnMode")
     margin_mode = _MARGIN_MODES.get(raw_mode) if type(raw_mode) is str else None
     if margin_mode is None:
-        raise BadInput(f"{where} mgnMode {_show(raw_mode)} is not cross or isolated")
+        raise BadInput(f"{where} mgnMode {show(raw_mode)} is not cross or isolated")
     where = f"{where} {margin_mode} {side}"
-    contracts = _number(row, "pos", where, "any")
+    contracts = number_field(row, "pos", where, "any")
     if side == "long":
         # Hedge mode: OKX gives the size of each side as a positive ``pos`` (SPEC 1.2).
         contracts = abs(contracts)
@@ -909,20 +916,20 @@ def _parse_position(row: dict[str, Any], context: str) -> tuple[Position, int] |
         contracts = -abs(contracts)
     if contracts == 0.0:
         # A closed position: avgPx is "" (or "0") and means nothing.
-        average = _optional_number(row, "avgPx", where, "non_negative") or 0.0
+        average = optional_number_field(row, "avgPx", where, "non_negative") or 0.0
     else:
-        average = _number(row, "avgPx", where, "price")
-    leverage = _optional_number(row, "lever", where, "positive")
+        average = number_field(row, "avgPx", where, "price")
+    leverage = optional_number_field(row, "lever", where, "positive")
     margin: float | None = None
     if margin_mode == "isolated":
         # An isolated position's own margin (SPEC 1.2); a closed one may carry "".
         if contracts == 0.0:
-            margin = _optional_number(row, "margin", where, "non_negative") or 0.0
+            margin = optional_number_field(row, "margin", where, "non_negative") or 0.0
         else:
-            margin = _number(row, "margin", where, "non_negative")
+            margin = number_field(row, "margin", where, "non_negative")
     exchange = _position_figures(row, where)
-    event_ms = _timestamp(row, "uTime", where)
-    push_ms = _optional_timestamp(row, "pTime", where)
+    event_ms = timestamp_field(row, "uTime", where)
+    push_ms = optional_timestamp_field(row, "pTime", where)
     if push_ms is not None and push_ms > event_ms:
         event_ms = push_ms
     position = Position(inst_id, contracts, average, leverage, side, margin_mode, margin,
@@ -934,9 +941,9 @@ def _position_figures(row: dict[str, Any], where: str) -> ExchangePositionFigure
     """The exchange's ``mgnRatio``, ``mmr`` and ``imr`` of a position (SPEC 1.9); None when
     it reports none of them ("" where they do not apply)."""
     figures = ExchangePositionFigures(
-        margin_ratio=_optional_number(row, "mgnRatio", where, "any"),
-        maint_margin=_optional_number(row, "mmr", where, "non_negative"),
-        init_margin=_optional_number(row, "imr", where, "non_negative"),
+        margin_ratio=optional_number_field(row, "mgnRatio", where, "any"),
+        maint_margin=optional_number_field(row, "mmr", where, "non_negative"),
+        init_margin=optional_number_field(row, "imr", where, "non_negative"),
     )
     if figures.margin_ratio is None and figures.maint_margin is None and (
             figures.init_margin is None):
@@ -953,13 +960,13 @@ def _parse_account_rows(
     figures: ExchangeAccountFigures | None = None
     latest_ms: int | None = None
     for row in rows:
-        row_ms = _timestamp(row, "uTime", context)
+        row_ms = timestamp_field(row, "uTime", context)
         if latest_ms is None or row_ms >= latest_ms:
             latest_ms = row_ms
             figures = _account_figures(row, context)
         details = row.get("details")
         if type(details) is not list:
-            raise BadInput(f"{context} details {_show(details)} is not an array")
+            raise BadInput(f"{context} details {show(details)} is not an array")
         for detail in details:
             balances.append(_parse_balance(detail, context))
     return balances, figures, latest_ms
@@ -974,25 +981,25 @@ def _parse_balance(detail: Any, context: str) -> CurrencyBalance:
     currency's ``eq`` is that pool's equity (SPEC 1.5, 1.9).
     """
     if type(detail) is not dict:
-        raise BadInput(f"{context} details row {_show(detail)} is not an object")
-    currency = _text(detail, "ccy", f"{context} details")
+        raise BadInput(f"{context} details row {show(detail)} is not an object")
+    currency = text_field(detail, "ccy", f"{context} details")
     where = f"{context} {currency}"
     exchange: ExchangeAccountFigures | None = None
-    margin_ratio = _optional_number(detail, "mgnRatio", where, "any")
-    init_margin = _optional_number(detail, "imr", where, "non_negative")
-    maint_margin = _optional_number(detail, "mmr", where, "non_negative")
+    margin_ratio = optional_number_field(detail, "mgnRatio", where, "any")
+    init_margin = optional_number_field(detail, "imr", where, "non_negative")
+    maint_margin = optional_number_field(detail, "mmr", where, "non_negative")
     if margin_ratio is not None or init_margin is not None or maint_margin is not None:
         exchange = ExchangeAccountFigures(
             margin_ratio=margin_ratio,
-            adjusted_equity=_optional_number(detail, "eq", where, "any"),
+            adjusted_equity=optional_number_field(detail, "eq", where, "any"),
             init_margin=init_margin,
             maint_margin=maint_margin,
         )
     return CurrencyBalance(
         currency=currency,
-        cash=_number(detail, "cashBal", where, "any"),
-        liability=_optional_number(detail, "liab", where, "non_negative"),
-        interest=_optional_number(detail, "interest", where, "non_negative"),
+        cash=number_field(detail, "cashBal", where, "any"),
+        liability=optional_number_field(detail, "liab", where, "non_negative"),
+        interest=optional_number_field(detail, "interest", where, "non_negative"),
         exchange=exchange,
     )
 
@@ -1000,11 +1007,11 @@ def _parse_balance(detail: Any, context: str) -> CurrencyBalance:
 def _account_figures(row: dict[str, Any], context: str) -> ExchangeAccountFigures:
     """The exchange's own account-level figures, kept for the divergence check (SPEC 1.9)."""
     return ExchangeAccountFigures(
-        margin_ratio=_optional_number(row, "mgnRatio", context, "any"),
-        adjusted_equity=_optional_number(row, "adjEq", context, "any"),
-        init_margin=_optional_number(row, "imr", context, "non_negative"),
-        maint_margin=_optional_number(row, "mmr", context, "non_negative"),
-        total_equity=_optional_number(row, "totalEq", context, "any"),
+        margin_ratio=optional_number_field(row, "mgnRatio", context, "any"),
+        adjusted_equity=optional_number_field(row, "adjEq", context, "any"),
+        init_margin=optional_number_field(row, "imr", context, "non_negative"),
+        maint_margin=optional_number_field(row, "mmr", context, "non_negative"),
+        total_equity=optional_number_field(row, "totalEq", context, "any"),
     )
 
 
@@ -1013,12 +1020,12 @@ def _parse_account_config(row: dict[str, Any], account: str, recv_ms: int) -> Ev
     mode (SPEC 1.5). ``acctLv`` 1 (spot mode) or a level riskmon does not know is
     ``unsupported``, so the engine can say the account cannot be followed."""
     context = "account/config"
-    level = _text(row, "acctLv", context)
+    level = text_field(row, "acctLv", context)
     position_mode = row.get("posMode")
     hedge_mode = _POSITION_MODES.get(position_mode) if type(position_mode) is str else None
     if hedge_mode is None:
         raise BadInput(
-            f"{context} posMode {_show(position_mode)} is not net_mode or long_short_mode"
+            f"{context} posMode {show(position_mode)} is not net_mode or long_short_mode"
         )
     mode = _ACCOUNT_LEVELS.get(level, "unsupported")
     return AccountConfigUpdate(account, mode, level, hedge_mode, UNTIMED, recv_ms)
@@ -1040,11 +1047,11 @@ def _decode_borrow_tiers(rows: list[dict[str, Any]], currency: str, recv_ms: int
     for row in rows:
         number = _tier_number(row, context)
         where = f"{context} tier {number}"
-        maximum = _optional_number(row, "maxSz", where, "positive")
+        maximum = optional_number_field(row, "maxSz", where, "positive")
         numbered.append((number, BorrowTier(
             max_amount=_INFINITY if maximum is None else maximum,
-            maintenance_rate=_number(row, "mmr", where, "non_negative"),
-            initial_rate=_number(row, "imr", where, "non_negative"),
+            maintenance_rate=number_field(row, "mmr", where, "non_negative"),
+            initial_rate=number_field(row, "imr", where, "non_negative"),
         )))
     if not numbered:
         return []
@@ -1088,7 +1095,7 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
     rest; without it the rest counts at 0 (monitor.instruments.CollateralTiers). Bands must
     follow each other without a gap, from 0.
     """
-    currency = _text(row, "ccy", "discount-rate")
+    currency = text_field(row, "ccy", "discount-rate")
     context = f"discount-rate {currency}"
     details = row.get("details")
     in_usd = False
@@ -1098,15 +1105,15 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
     if details is None:
         raise BadInput(f"{context} has neither details nor discountInfo")
     if type(details) is not list or not details:
-        raise BadInput(f"{context} bands {_show(details)} are not a non-empty array")
+        raise BadInput(f"{context} bands {show(details)} are not a non-empty array")
     bands: list[tuple[float, float, float]] = []  # (minAmt, maxAmt, discountRate)
     for index, band in enumerate(details):
         where = f"{context} band {index + 1}"
         if type(band) is not dict:
-            raise BadInput(f"{where} {_show(band)} is not an object")
-        low = _number(band, "minAmt", where, "non_negative")
-        high = _optional_number(band, "maxAmt", where, "positive")
-        rate = _number(band, "discountRate", where, "non_negative")
+            raise BadInput(f"{where} {show(band)} is not an object")
+        low = number_field(band, "minAmt", where, "non_negative")
+        high = optional_number_field(band, "maxAmt", where, "positive")
+        rate = number_field(band, "discountRate", where, "non_negative")
         bands.append((low, _INFINITY if high is None else high, rate))
     bands.sort(key=lambda band: band[0])
     expected = 0.0
@@ -1117,7 +1124,7 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
         expected = high
     tiers = [CollateralTier(high, rate) for _, high, rate in bands]
     if tiers[-1].max_amount != _INFINITY:
-        beyond = _optional_number(row, "minDiscountRate", context, "non_negative")
+        beyond = optional_number_field(row, "minDiscountRate", context, "non_negative")
         if beyond is not None:
             tiers.append(CollateralTier(_INFINITY, beyond))
     problem = validate_collateral(tuple(tiers))
@@ -1133,29 +1140,29 @@ def _parse_instrument(row: dict[str, Any]) -> _Spec | None:
     None for types out of scope, and for listing announcements: a ``preopen`` instrument
     carries "" in its contract fields until shortly before it lists.
     """
-    inst_type = _text(row, "instType", "instruments")
+    inst_type = text_field(row, "instType", "instruments")
     if inst_type not in _CONTRACT_TYPES:
         return None
-    inst_id = _text(row, "instId", "instruments")
+    inst_id = text_field(row, "instId", "instruments")
     where = f"instruments {inst_id}"
     if row.get("state") == "preopen" and "" in (row.get("ctType"), row.get("ctVal")):
         return None
     contract_type = row.get("ctType")
     if contract_type != "linear" and contract_type != "inverse":
-        raise BadInput(f"{where} ctType {_show(contract_type)} is not linear or inverse")
-    family = _optional_text(row, "instFamily", where) or _optional_text(row, "uly", where)
+        raise BadInput(f"{where} ctType {show(contract_type)} is not linear or inverse")
+    family = optional_text_field(row, "instFamily", where) or optional_text_field(row, "uly", where)
     if not family:
         raise BadInput(f"{where} has neither instFamily nor uly")
     instrument = Instrument(
         inst_id=inst_id,
         contract_type=contract_type,
-        contract_value=_number(row, "ctVal", where, "positive"),
-        contract_multiplier=_number(row, "ctMult", where, "positive"),
-        contract_value_currency=_text(row, "ctValCcy", where),
-        settle_currency=_text(row, "settleCcy", where),
+        contract_value=number_field(row, "ctVal", where, "positive"),
+        contract_multiplier=number_field(row, "ctMult", where, "positive"),
+        contract_value_currency=text_field(row, "ctValCcy", where),
+        settle_currency=text_field(row, "settleCcy", where),
         tiers=(),
-        max_leverage=_optional_number(row, "lever", where, "positive"),
-        lot_size=_optional_number(row, "lotSz", where, "positive"),
+        max_leverage=optional_number_field(row, "lever", where, "positive"),
+        lot_size=optional_number_field(row, "lotSz", where, "positive"),
     )
     return _Spec(inst_type, family, instrument)
 
@@ -1168,8 +1175,8 @@ def _parse_tier(row: dict[str, Any], family: str) -> tuple[int, Tier]:
     """
     number = _tier_number(row, f"position-tiers {family}")
     where = f"position-tiers {family} tier {number}"
-    maximum = _optional_number(row, "maxSz", where, "positive")
-    rate = _number(row, "mmr", where, "non_negative")
+    maximum = optional_number_field(row, "maxSz", where, "positive")
+    rate = number_field(row, "mmr", where, "non_negative")
     return number, Tier(_INFINITY if maximum is None else maximum, rate)
 
 
@@ -1177,7 +1184,7 @@ def _tier_number(row: dict[str, Any], context: str) -> int:
     raw_number = row.get("tier")
     if (type(raw_number) is not str or not raw_number.isascii() or not raw_number.isdecimal()
             or len(raw_number) > 6):
-        raise BadInput(f"{context} tier {_show(raw_number)} is not a tier number")
+        raise BadInput(f"{context} tier {show(raw_number)} is not a tier number")
     return int(raw_number)
 
 
@@ -1188,10 +1195,10 @@ def _pagination(frame: dict[str, Any], context: str) -> tuple[int | None, bool]:
     """``(curPage, lastPage)``; a snapshot without them is one complete page."""
     current = frame.get("curPage")
     if current is not None and (type(current) is not int or current < 1):
-        raise BadInput(f"{context} curPage {_show(current)} is not a page number")
+        raise BadInput(f"{context} curPage {show(current)} is not a page number")
     last = frame.get("lastPage", True)
     if type(last) is not bool:
-        raise BadInput(f"{context} lastPage {_show(last)} is not true or false")
+        raise BadInput(f"{context} lastPage {show(last)} is not true or false")
     return current, last
 
 
@@ -1253,227 +1260,20 @@ def _later(first: int | None, second: int | None) -> int | None:
 def _check_update_type(event_type: Any, context: str) -> None:
     # No eventType at all is read as an update: it can never close or zero anything.
     if event_type is not None and event_type != "event_update":
-        raise BadInput(f"{context} eventType {_show(event_type)} is not snapshot or event_update")
+        raise BadInput(f"{context} eventType {show(event_type)} is not snapshot or event_update")
 
 
 # --- field helpers ------------------------------------------------------------------------
 
 
-def _check_recv_ms(recv_ms: Any) -> None:
-    if type(recv_ms) is not int or not 0 <= recv_ms <= _TIMESTAMP_MAX_MS:
-        raise BadInput(f"recv_ms {_show(recv_ms)} is not a millisecond timestamp")
-
-
-def _account_of(record: dict[str, Any]) -> str | None:
-    account = record.get("account")
-    if account is None:
-        return None
-    if type(account) is not str or identifier_problem(account) is not None:
-        raise BadInput(f"line account {_show(account)} is not an account name")
-    return account
-
-
-def _check_account(account: Any) -> None:
-    """The account an entry point was given: None (public) or an identifier."""
-    if account is not None and (type(account) is not str
-                                or identifier_problem(account) is not None):
-        raise BadInput(f"account {_show(account)} is not an account name")
-
-
-def _require(account: str | None, context: str) -> str:
-    if account is None:
-        raise BadInput(f"{context} is private data but no account was given")
-    return account
-
-
-def _rows(data: Any, context: str) -> list[dict[str, Any]]:
-    """``data`` as a list of objects."""
-    if type(data) is not list:
-        raise BadInput(f"{context} data {_show(data)} is not an array")
-    for row in data:
-        if type(row) is not dict:
-            raise BadInput(f"{context} data row {_show(row)} is not an object")
-    return data
-
-
 def _rest_rows(body: Any, path: str) -> list[dict[str, Any]]:
     """The ``data`` rows of a successful REST body (``code`` "0")."""
     if type(body) is not dict:
-        raise BadInput(f"{path} body is a JSON {_json_kind(body)}, not an object")
+        raise BadInput(f"{path} body is a JSON {json_kind(body)}, not an object")
     code = body.get("code")
     if code != "0" and code != 0:
         # An error response is no snapshot: reading it as "no data" would wipe state.
-        raise BadInput(f"{path} returned code {_show(code)}: {_show(body.get('msg', ''))}")
-    return _rows(body.get("data"), path)
+        raise BadInput(f"{path} returned code {show(code)}: {show(body.get('msg', ''))}")
+    return rows_of(body.get("data"), path)
 
 
-def _text(row: dict[str, Any], name: str, context: str) -> str:
-    """A required identifier or code: a non-empty string of printable ASCII, at most
-    :data:`_IDENTIFIER_LENGTH` characters."""
-    value = row.get(name)
-    if type(value) is not str or not value:
-        if value is None:
-            raise BadInput(f"{context} {name} is missing")
-        raise BadInput(f"{context} {name} {_show(value)} is not a non-empty string")
-    problem = identifier_problem(value)
-    if problem is not None:
-        raise BadInput(f"{context} {name} {_show(value)} {problem}")
-    return value
-
-
-def _optional_text(row: dict[str, Any], name: str, context: str) -> str:
-    """An identifier or code that may be absent or "" (returned as "")."""
-    value = row.get(name, "")
-    if type(value) is not str:
-        raise BadInput(f"{context} {name} {_show(value)} is not a string")
-    if value:
-        problem = identifier_problem(value)
-        if problem is not None:
-            raise BadInput(f"{context} {name} {_show(value)} {problem}")
-    return value
-
-
-def _flag(row: dict[str, Any], name: str, context: str) -> bool:
-    """A boolean sent as "true" / "false" ("" or absent: false)."""
-    value = row.get(name, "")
-    if value == "true" or value is True:
-        return True
-    if value == "false" or value is False or value == "":
-        return False
-    raise BadInput(f"{context} {name} {_show(value)} is not true or false")
-
-
-def _parse_float(raw: Any, name: str, context: str) -> float:
-    """A finite number of magnitude at most 1e18, from a canonical decimal string (or a
-    JSON number); see the module docstring."""
-    if type(raw) is str:
-        if len(raw) > _NUMBER_LENGTH or _CANONICAL_NUMBER.fullmatch(raw) is None:
-            raise BadInput(_number_reason(context, name, raw, "any"))
-        value = float(raw)
-    elif type(raw) is float or type(raw) is int:
-        try:
-            value = float(raw)
-        except OverflowError:  # a JSON integer beyond the range of a float
-            raise BadInput(f"{context} {name} {_show(raw)} is not a finite number") from None
-    else:
-        raise BadInput(f"{context} {name} {_show(raw)} is not a number")
-    if not -_MAGNITUDE_LIMIT <= value <= _MAGNITUDE_LIMIT:
-        raise BadInput(_number_reason(context, name, raw, "any"))
-    return value
-
-
-def _bounded(value: float, bound: _Bound, name: str, context: str, raw: Any) -> float:
-    if ((bound == "positive" and not value > 0.0) or (bound == "non_negative" and value < 0.0)
-            or (bound == "price" and not _PRICE_MIN <= value <= _PRICE_MAX)):
-        raise BadInput(_number_reason(context, name, raw, bound))
-    return value
-
-
-def _number_reason(context: str, name: str, raw: Any, bound: _Bound) -> str:
-    """Why ``raw`` is not a number within ``bound`` (off the hot path: only for a reason)."""
-    where = f"{context} {name} {_show(raw)}"
-    value: float | None = None
-    if type(raw) is float or type(raw) is int:
-        try:
-            value = float(raw)
-        except OverflowError:
-            return f"{where} is not a finite number"
-    elif type(raw) is str:
-        try:
-            value = float(raw)
-        except ValueError:
-            return f"{where} is not a number"
-    if value is None:
-        return f"{where} is not a number"
-    if value != value or value in (_INFINITY, -_INFINITY):
-        return f"{where} is not a finite number"
-    if type(raw) is str and (len(raw) > _NUMBER_LENGTH
-                             or _CANONICAL_NUMBER.fullmatch(raw) is None):
-        return f"{where} is not a plain decimal (as OKX writes numbers)"
-    if bound in ("positive", "price") and not value > 0.0:
-        return f"{where} must be > 0"
-    if bound == "non_negative" and value < 0.0:
-        return f"{where} must not be negative"
-    if bound == "price" and not _PRICE_MIN <= value <= _PRICE_MAX:
-        return f"{where} is outside the plausible prices [{_PRICE_MIN:g}, {_PRICE_MAX:g}]"
-    return f"{where} is beyond the plausible magnitude {_MAGNITUDE_LIMIT:g}"
-
-
-def _timestamp_reason(context: str, name: str, raw: Any) -> str:
-    return (f"{context} {name} {_show(raw)} is not a millisecond timestamp "
-            f"(ASCII digits, at most the year 2200)")
-
-
-def _number(row: dict[str, Any], name: str, context: str, bound: _Bound) -> float:
-    """A required number: absent, "" or anything but a finite number is bad input."""
-    raw = row.get(name)
-    if raw is None:
-        raise BadInput(f"{context} {name} is missing")
-    if raw == "":
-        raise BadInput(f"{context} {name} is empty")
-    return _bounded(_parse_float(raw, name, context), bound, name, context, raw)
-
-
-def _optional_number(row: dict[str, Any], name: str, context: str, bound: _Bound) -> float | None:
-    """A number that may be absent or "" (OKX's "not applicable"), returned as None."""
-    raw = row.get(name, "")
-    if raw == "":
-        return None
-    return _bounded(_parse_float(raw, name, context), bound, name, context, raw)
-
-
-def _timestamp(row: dict[str, Any], name: str, context: str) -> int:
-    """A required millisecond timestamp: a string of digits (or a JSON integer), >= 0."""
-    raw = row.get(name)
-    if (type(raw) is str and raw.isascii() and raw.isdecimal()
-            and len(raw) <= _TIMESTAMP_DIGITS):
-        value = int(raw)
-    elif type(raw) is int:
-        value = raw
-    elif raw is None:
-        raise BadInput(f"{context} {name} is missing")
-    else:
-        value = -1
-    if not 0 <= value <= _TIMESTAMP_MAX_MS:
-        raise BadInput(_timestamp_reason(context, name, raw))
-    return value
-
-
-def _optional_timestamp(row: dict[str, Any], name: str, context: str) -> int | None:
-    if row.get(name, "") == "":
-        return None
-    return _timestamp(row, name, context)
-
-
-def _json_kind(value: Any) -> str:
-    if type(value) is list:
-        return "array"
-    if type(value) is str:
-        return "string"
-    if value is None:
-        return "null"
-    if type(value) is bool:
-        return "boolean"
-    if type(value) is dict:
-        return "object"
-    return "number"
-
-
-def _show(value: Any) -> str:
-    """``repr(value)``, cut short: a reason names the bad value, it does not copy the frame.
-
-    A container is shown from a bounded copy (never the repr of a megabyte, nor a
-    RecursionError for one nested a thousand deep)."""
-    if type(value) is list or type(value) is dict:
-        text = _short_repr.repr(value)
-    else:
-        text = repr(value if type(value) is not str else value[:80])
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_short_repr: Final = reprlib.Repr()
-_short_repr.maxlevel = 3
-_short_repr.maxdict = 4
-_short_repr.maxlist = 4
-_short_repr.maxstring = 40
-_short_repr.maxother = 40

@@ -1,0 +1,243 @@
+"""Reading numbers, timestamps and identifiers off the wire: the field readers the venues'
+decoders share (adapters/<venue>/decode.py; issue 15, "bad input never moves state").
+
+Every reader raises :class:`BadInput` with a reason that names the field and shows the bad
+value cut short (:func:`show`), never the whole frame.
+
+- Numbers are read only from their canonical decimal spelling, as the venues write them
+  (``"42133.7"``, ``"-0.5"``, ``"0"``): no spaces, signs other than a leading ``-``,
+  underscores, exponents, ``inf`` or ``nan``, at most :data:`NUMBER_LENGTH` characters.
+  JSON numbers are taken as parsed. Every number is finite with a magnitude of at most
+  :data:`MAGNITUDE_LIMIT` (1e18).
+- Prices lie in [:data:`PRICE_MIN`, :data:`PRICE_MAX`] = [1e-12, 1e12].
+- Timestamps are whole milliseconds in [0, :data:`TIMESTAMP_MAX_MS`] (the year 2200),
+  written with ASCII digits or as a JSON integer.
+- Identifiers are printable ASCII, at most :data:`IDENTIFIER_LENGTH_LIMIT` characters.
+
+Pure: no I/O, no clock (compiled with the decoders, setup.py).
+"""
+
+from __future__ import annotations
+
+import re
+import reprlib
+from typing import Any, Final, Literal
+
+from monitor.errors import BadInput
+from monitor.events import IDENTIFIER_LENGTH, identifier_problem
+
+Bound = Literal["any", "non_negative", "positive", "price"]
+
+PRICE_MIN: Final = 1e-12
+PRICE_MAX: Final = 1e12
+MAGNITUDE_LIMIT: Final = 1e18
+NUMBER_LENGTH: Final = 40
+TIMESTAMP_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01T00:00:00Z
+TIMESTAMP_DIGITS: Final = 13
+IDENTIFIER_LENGTH_LIMIT: Final = IDENTIFIER_LENGTH
+CANONICAL_NUMBER: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_INFINITY: Final = float("inf")
+_short_repr: Final = reprlib.Repr()
+_short_repr.maxlevel = 3
+
+
+def check_recv_ms(recv_ms: Any) -> None:
+    if type(recv_ms) is not int or not 0 <= recv_ms <= TIMESTAMP_MAX_MS:
+        raise BadInput(f"recv_ms {show(recv_ms)} is not a millisecond timestamp")
+
+
+def account_of(record: dict[str, Any]) -> str | None:
+    account = record.get("account")
+    if account is None:
+        return None
+    if type(account) is not str or identifier_problem(account) is not None:
+        raise BadInput(f"line account {show(account)} is not an account name")
+    return account
+
+
+def check_account(account: Any) -> None:
+    """The account an entry point was given: None (public) or an identifier."""
+    if account is not None and (type(account) is not str
+                                or identifier_problem(account) is not None):
+        raise BadInput(f"account {show(account)} is not an account name")
+
+
+def require_account(account: str | None, context: str) -> str:
+    if account is None:
+        raise BadInput(f"{context} is private data but no account was given")
+    return account
+
+
+def rows_of(data: Any, context: str) -> list[dict[str, Any]]:
+    """``data`` as a list of objects."""
+    if type(data) is not list:
+        raise BadInput(f"{context} data {show(data)} is not an array")
+    for row in data:
+        if type(row) is not dict:
+            raise BadInput(f"{context} data row {show(row)} is not an object")
+    return data
+
+
+def text_field(row: dict[str, Any], name: str, context: str) -> str:
+    """A required identifier or code: a non-empty string of printable ASCII, at most
+    :data:`IDENTIFIER_LENGTH_LIMIT` characters."""
+    value = row.get(name)
+    if type(value) is not str or not value:
+        if value is None:
+            raise BadInput(f"{context} {name} is missing")
+        raise BadInput(f"{context} {name} {show(value)} is not a non-empty string")
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise BadInput(f"{context} {name} {show(value)} {problem}")
+    return value
+
+
+def optional_text_field(row: dict[str, Any], name: str, context: str) -> str:
+    """An identifier or code that may be absent or "" (returned as "")."""
+    value = row.get(name, "")
+    if type(value) is not str:
+        raise BadInput(f"{context} {name} {show(value)} is not a string")
+    if value:
+        problem = identifier_problem(value)
+        if problem is not None:
+            raise BadInput(f"{context} {name} {show(value)} {problem}")
+    return value
+
+
+def flag_field(row: dict[str, Any], name: str, context: str) -> bool:
+    """A boolean sent as "true" / "false" ("" or absent: false)."""
+    value = row.get(name, "")
+    if value == "true" or value is True:
+        return True
+    if value == "false" or value is False or value == "":
+        return False
+    raise BadInput(f"{context} {name} {show(value)} is not true or false")
+
+
+def parse_float(raw: Any, name: str, context: str) -> float:
+    """A finite number of magnitude at most 1e18, from a canonical decimal string (or a
+    JSON number); see the module docstring."""
+    if type(raw) is str:
+        if len(raw) > NUMBER_LENGTH or CANONICAL_NUMBER.fullmatch(raw) is None:
+            raise BadInput(number_reason(context, name, raw, "any"))
+        value = float(raw)
+    elif type(raw) is float or type(raw) is int:
+        try:
+            value = float(raw)
+        except OverflowError:  # a JSON integer beyond the range of a float
+            raise BadInput(f"{context} {name} {show(raw)} is not a finite number") from None
+    else:
+        raise BadInput(f"{context} {name} {show(raw)} is not a number")
+    if not -MAGNITUDE_LIMIT <= value <= MAGNITUDE_LIMIT:
+        raise BadInput(number_reason(context, name, raw, "any"))
+    return value
+
+
+def bounded(value: float, bound: Bound, name: str, context: str, raw: Any) -> float:
+    if ((bound == "positive" and not value > 0.0) or (bound == "non_negative" and value < 0.0)
+            or (bound == "price" and not PRICE_MIN <= value <= PRICE_MAX)):
+        raise BadInput(number_reason(context, name, raw, bound))
+    return value
+
+
+def number_reason(context: str, name: str, raw: Any, bound: Bound) -> str:
+    """Why ``raw`` is not a number within ``bound`` (off the hot path: only for a reason)."""
+    where = f"{context} {name} {show(raw)}"
+    value: float | None = None
+    if type(raw) is float or type(raw) is int:
+        try:
+            value = float(raw)
+        except OverflowError:
+            return f"{where} is not a finite number"
+    elif type(raw) is str:
+        try:
+            value = float(raw)
+        except ValueError:
+            return f"{where} is not a number"
+    if value is None:
+        return f"{where} is not a number"
+    if value != value or value in (_INFINITY, -_INFINITY):
+        return f"{where} is not a finite number"
+    if type(raw) is str and (len(raw) > NUMBER_LENGTH
+                             or CANONICAL_NUMBER.fullmatch(raw) is None):
+        return f"{where} is not a plain decimal (as the venues write numbers)"
+    if bound in ("positive", "price") and not value > 0.0:
+        return f"{where} must be > 0"
+    if bound == "non_negative" and value < 0.0:
+        return f"{where} must not be negative"
+    if bound == "price" and not PRICE_MIN <= value <= PRICE_MAX:
+        return f"{where} is outside the plausible prices [{PRICE_MIN:g}, {PRICE_MAX:g}]"
+    return f"{where} is beyond the plausible magnitude {MAGNITUDE_LIMIT:g}"
+
+
+def timestamp_reason(context: str, name: str, raw: Any) -> str:
+    return (f"{context} {name} {show(raw)} is not a millisecond timestamp "
+            f"(ASCII digits, at most the year 2200)")
+
+
+def number_field(row: dict[str, Any], name: str, context: str, bound: Bound) -> float:
+    """A required number: absent, "" or anything but a finite number is bad input."""
+    raw = row.get(name)
+    if raw is None:
+        raise BadInput(f"{context} {name} is missing")
+    if raw == "":
+        raise BadInput(f"{context} {name} is empty")
+    return bounded(parse_float(raw, name, context), bound, name, context, raw)
+
+
+def optional_number_field(row: dict[str, Any], name: str, context: str,
+                          bound: Bound) -> float | None:
+    """A number that may be absent or "" (a venue's "not applicable"), returned as None."""
+    raw = row.get(name, "")
+    if raw == "":
+        return None
+    return bounded(parse_float(raw, name, context), bound, name, context, raw)
+
+
+def timestamp_field(row: dict[str, Any], name: str, context: str) -> int:
+    """A required millisecond timestamp: a string of digits (or a JSON integer), >= 0."""
+    raw = row.get(name)
+    if (type(raw) is str and raw.isascii() and raw.isdecimal()
+            and len(raw) <= TIMESTAMP_DIGITS):
+        value = int(raw)
+    elif type(raw) is int:
+        value = raw
+    elif raw is None:
+        raise BadInput(f"{context} {name} is missing")
+    else:
+        value = -1
+    if not 0 <= value <= TIMESTAMP_MAX_MS:
+        raise BadInput(timestamp_reason(context, name, raw))
+    return value
+
+
+def optional_timestamp_field(row: dict[str, Any], name: str, context: str) -> int | None:
+    if row.get(name, "") == "":
+        return None
+    return timestamp_field(row, name, context)
+
+
+def json_kind(value: Any) -> str:
+    if type(value) is list:
+        return "array"
+    if type(value) is str:
+        return "string"
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "boolean"
+    if type(value) is dict:
+        return "object"
+    return "number"
+
+
+def show(value: Any) -> str:
+    """``repr(value)``, cut short: a reason names the bad value, it does not copy the frame.
+
+    A container is shown from a bounded copy (never the repr of a megabyte, nor a
+    RecursionError for one nested a thousand deep)."""
+    if type(value) is list or type(value) is dict:
+        text = _short_repr.repr(value)
+    else:
+        text = repr(value if type(value) is not str else value[:80])
+    return text if len(text) <= 60 else text[:57] + "..."
