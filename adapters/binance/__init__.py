@@ -1,0 +1,1 @@
+"""Binance USDⓈ-M futures (issue 14): the decoder so far (adapters/binance/decode.py)."""
