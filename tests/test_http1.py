@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from adapters.http1 import HttpFailure, KeepAliveConnection
-from adapters.okx.rest_listener import HttpRequest, HttpResponse, RestListener
+from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -20,7 +20,7 @@ base ``http://H:P``, all on one port, and the REST base again, with POST, on a s
   any channel the recording has with an account.
 - REST over plain HTTP GET on the same port (websockets' ``process_request`` hook answers
   requests that are not websocket upgrades), and over HTTP/1.1 GET and POST on the REST
-  port (:mod:`adapters.okx.rest_listener`, on h11: keep-alive, bodies up to 1 MiB, else
+  port (:mod:`adapters.rest_listener`, on h11: keep-alive, bodies up to 1 MiB, else
   413; a malformed request 400). Both ports give the same answers from the same code.
   Signed, by the ``OK-ACCESS-KEY`` header (mapped to an account like the ``apiKey`` at
   login; 401 with 50103 or 50111 otherwise): ``/api/v5/trade/orders-pending``,
@@ -182,7 +182,7 @@ from adapters.okx.order_simulator import (
     reduced_row,
     reduction_refusal,
 )
-from adapters.okx.rest_listener import HttpRequest, HttpResponse, RestListener
+from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
 
 __all__ = ["NO_FAULTS", "PRIVATE_PATH", "PUBLIC_PATH", "Faults", "ReceivedOrder", "RecordingError",
@@ -819,6 +819,13 @@ def _shown(text: str | bytes) -> str:
     return text[:_SHOWN_REQUEST_CHARS]
 
 
+def _listener_error(status: HTTPStatus, message: str) -> HttpResponse:
+    """The REST listener's own errors (400, 413, 431, 500) in OKX's shape; 50026 is OKX's
+    "System error"."""
+    code = "50026" if status is HTTPStatus.INTERNAL_SERVER_ERROR else str(status.value)
+    return HttpResponse(status.value, orjson.dumps({"code": code, "msg": message, "data": []}))
+
+
 def _json_response(status: HTTPStatus, body: Any) -> Response:
     data = orjson.dumps(body)
     headers = Headers([
@@ -945,7 +952,8 @@ class ReplayServer:
         self._notice_sent = False
         self._logged_unwanted: set[tuple[str | None, str, str | None]] = set()
         # The REST listener (h11) and the order simulator.
-        self._rest_listener = RestListener(self._serve_rest, max_body_bytes=max_body_bytes)
+        self._rest_listener = RestListener(self._serve_rest, max_body_bytes=max_body_bytes,
+                                           error=_listener_error)
         self._rest_port: int | None = None
         self._on_orders = on_orders
         self._marks: dict[str, str] = {}  # instId -> markPx of the latest mark pushed

@@ -1,7 +1,7 @@
-"""A small HTTP/1.1 server for the replay server's REST (GET and POST), on h11.
+"""A small HTTP/1.1 server for the replay servers' REST (any method), on h11.
 
 websockets' HTTP parser, which serves REST on the websocket port, accepts only GET, and
-OKX's trade endpoints are POSTs (``/api/v5/trade/batch-orders``). This listener parses
+venues' trade and stream-key endpoints are POST, PUT and DELETE. This listener parses
 HTTP/1.1 with h11 (python-hyper's sans-I/O state machine: bytes in, events out) and moves
 the bytes with asyncio streams; what to answer is the caller's ``handler``.
 
@@ -12,6 +12,10 @@ the bytes with asyncio streams; what to answer is the caller's ``handler``.
   413 and the connection closed. A request h11 cannot parse is answered 400 (431 for an
   oversized head, as h11 hints) and the connection closed. Neither reaches the handler.
 - An exception in the handler is logged and answered 500; the listener goes on.
+
+The listener's own error answers (400, 413, 431, 500) are the caller's to shape
+(``error``: the venue's error body for a status and a message; a plain ``{"code", "msg"}``
+by default).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import orjson
 from adapters.logging import get_logger
 from monitor.errors import ConfigError, RiskmonError
 
-__all__ = ["HttpRequest", "HttpResponse", "RestListener", "json_error"]
+__all__ = ["ErrorBody", "HttpRequest", "HttpResponse", "RestListener", "plain_error"]
 
 _READ_BYTES: Final = 65536
 _MAX_HEAD_BYTES: Final = 16 * 1024
@@ -60,11 +64,12 @@ class HttpResponse:
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+ErrorBody = Callable[[HTTPStatus, str], HttpResponse]
 
 
-def json_error(status: HTTPStatus, code: str, message: str) -> HttpResponse:
-    """An OKX-shaped error body (``{"code", "msg", "data": []}``)."""
-    return HttpResponse(status.value, orjson.dumps({"code": code, "msg": message, "data": []}))
+def plain_error(status: HTTPStatus, message: str) -> HttpResponse:
+    """``{"code": STATUS, "msg": message}``."""
+    return HttpResponse(status.value, orjson.dumps({"code": status.value, "msg": message}))
 
 
 class RestListener:
@@ -76,12 +81,13 @@ class RestListener:
     """
 
     def __init__(self, handler: Handler, *, max_body_bytes: int = 1 << 20,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, error: ErrorBody = plain_error) -> None:
         if type(max_body_bytes) is not int or max_body_bytes <= 0:
             raise ConfigError("max_body_bytes", "must be a positive integer")
         if not 0 < idle_timeout_s < math.inf:
             raise ConfigError("idle_timeout_s", "must be a positive number of seconds")
         self._handler = handler
+        self._error = error
         self._max_body = max_body_bytes
         self._idle_timeout_s = idle_timeout_s
         self._server: asyncio.Server | None = None
@@ -126,7 +132,7 @@ class RestListener:
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _Connection(reader, writer, self._handler, self._max_body,
-                              self._idle_timeout_s).run()
+                              self._idle_timeout_s, self._error).run()
         except (ConnectionError, TimeoutError):
             pass
         finally:
@@ -143,10 +149,12 @@ class _Connection:
     """One client connection: h11 parses, this moves bytes and calls the handler."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 handler: Handler, max_body: int, idle_timeout_s: float) -> None:
+                 handler: Handler, max_body: int, idle_timeout_s: float,
+                 error: ErrorBody) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
+        self._error = error
         self._max_body = max_body
         self._idle_timeout_s = idle_timeout_s
         self._log = get_logger("riskmon.replay_server")
@@ -161,12 +169,11 @@ class _Connection:
                 request = await self._read_request(event)
             except h11.RemoteProtocolError as error:
                 status = HTTPStatus(error.error_status_hint)
-                await self._answer_and_close(json_error(status, str(status.value),
-                                                        f"Bad request: {error}"))
+                await self._answer_and_close(self._error(status, f"Bad request: {error}"))
                 return
             except _BodyTooLarge:
-                await self._answer_and_close(json_error(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "413",
+                await self._answer_and_close(self._error(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"Request body larger than {self._max_body} bytes"))
                 return
             if request is None:
@@ -175,8 +182,8 @@ class _Connection:
                 response = await self._handler(request)
             except Exception as error:  # a bug in the handler must not end the listener
                 self._log.error("replay_rest_failed", path=request.target, error=repr(error))
-                response = json_error(HTTPStatus.INTERNAL_SERVER_ERROR, "50026",
-                                      "System error. Try again later")
+                response = self._error(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                       "System error. Try again later")
             await self._send_response(response)
             if self._h11.our_state is h11.MUST_CLOSE:
                 return
