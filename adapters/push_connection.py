@@ -26,12 +26,15 @@ synchronously, in order.
   little from it, and inflating each frame would cost the event loop's time.
 - :meth:`until_closed` waits for the end of the connection: it returns after a normal
   close and raises :class:`~websockets.exceptions.ConnectionClosedError` after any other.
+- :meth:`ping` sends a websocket ping; :attr:`last_pong` is when the latest pong came
+  (:func:`time.monotonic`), for a keepalive that reads silence (adapters/feed_link.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
@@ -63,6 +66,7 @@ class PushConnection(asyncio.Protocol):
         self._held: list[str] = []
         self._push: Callable[[str], None] = self._held.append
         self._fragments: list[bytes] = []
+        self.last_pong = 0.0
 
     @classmethod
     async def connect(cls, url: str, *, open_timeout_s: float, max_size: int | None,
@@ -108,6 +112,12 @@ class PushConnection(asyncio.Protocol):
         if self._writable is not None:
             await asyncio.shield(self._writable)
 
+    def ping(self) -> None:
+        """Send a websocket ping (nothing once the connection is closing)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_ping(b"")
+            self._flush()
+
     async def until_closed(self) -> None:
         """Return when the connection has closed normally; raise ConnectionClosedError
         when it ended any other way."""
@@ -146,6 +156,8 @@ class PushConnection(asyncio.Protocol):
             if type(event) is Frame:
                 if event.opcode in _DATA_OPCODES:
                     self._on_data(event)
+                elif event.opcode is Opcode.PONG:
+                    self.last_pong = time.monotonic()
             elif not self._opened.done():  # the handshake's response
                 error = self.protocol.handshake_exc
                 if error is None:

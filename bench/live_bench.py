@@ -645,7 +645,7 @@ class DaemonUnderTest:
         """Route the feed through the tap (from a clean slate), or straight to the inbox."""
         if on:
             self.tap.times.clear()
-        self.feed.deliver = self.tap if on else self.inbox.put
+        self.feed.set_deliver(self.tap if on else self.inbox.put)
 
     def handled(self) -> int:
         return self.daemon.metrics.frames

@@ -30,7 +30,8 @@ read until the connection fails, report, back off, again. Choices:
   Acknowledgements, errors and notices (``{"event": ...}`` without ``data``) are handled
   and logged here.
 - *Reading without parsing, and without a reader task.* Each message is handed to
-  :meth:`_Link.receive` the moment websockets parses it off the socket
+  :meth:`FeedLink.receive` (adapters/feed_link.py, the loop every venue's feed shares)
+  the moment websockets parses it off the socket
   (adapters/push_connection.py says why), which puts it in the inbox as text; the engine
   task parses it (``OkxDecoder.decode_message``), so under pressure a conflated mark
   price costs no parsing at all. Data that arrives while a connection is still opening
@@ -74,9 +75,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.backoff import backoff_delay
+from adapters.feed_link import FeedLink, ReconnectNow, now_ms
 from adapters.logging import get_logger
 from adapters.okx.auth import Credentials, login_request
 from adapters.okx.config import OkxConfig
@@ -92,7 +93,7 @@ from adapters.okx.rest import (
 )
 from adapters.push_connection import PushConnection
 from monitor.errors import FeedError
-from monitor.feed import FeedItem, Frame, LinkChange, LinkStats, RestBody
+from monitor.feed import FeedItem, Frame, LinkStats, RestBody
 
 __all__ = ["OkxFeed", "instrument_family"]
 
@@ -106,16 +107,6 @@ PRIVATE_CHANNELS: Final = (
 # Signed REST loads of a private connection before orders-pending, in this order.
 BOOTSTRAP_PATHS: Final = (ACCOUNT_CONFIG, BALANCE, POSITIONS)
 _MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # large snapshots arrive as one frame
-
-
-class _ReconnectNow(Exception):
-    """The connection must be dropped and reopened (no pong, notice 64008, closed)."""
-
-    def __init__(self, reason: str, *, immediately: bool = False) -> None:
-        super().__init__(reason)
-        self.immediately = immediately
-
-
 
 
 def instrument_family(inst_id: str) -> tuple[str, str] | None:
@@ -135,11 +126,6 @@ def instrument_family(inst_id: str) -> tuple[str, str] | None:
     return None
 
 
-_time_ns: Final = time.time_ns
-
-
-def _now_ms() -> int:
-    return _time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +209,12 @@ class OkxFeed:
                 group.create_task(link.run(), name=f"okx-private-{name}")
             group.create_task(self._load_public(), name="okx-public-rest")
 
+    def set_deliver(self, deliver: Callable[[FeedItem], None]) -> None:
+        """Hand items to ``deliver`` from now on (every connection's too)."""
+        self.deliver = deliver
+        for link in (self.public, *self.private.values()):
+            link.deliver = deliver
+
     def link_stats(self) -> dict[str, LinkStats]:
         """Every connection's counters, by name: ``public``, ``private:ACCOUNT``."""
         links: list[_Link] = [self.public, *self.private.values()]
@@ -251,148 +243,28 @@ class OkxFeed:
                     self._requested.discard(load)  # loaded when next wanted
                 continue
             failures.pop(load, None)
-            self.deliver(RestBody(_now_ms(), None, path, body))
+            self.deliver(RestBody(now_ms(), None, path, body))
 
 
-class _Link:
-    """One websocket connection and its reconnect loop."""
+class _Link(FeedLink):
+    """One OKX websocket connection (the loop is adapters/feed_link.py's)."""
 
     feed_name = "public"
 
     def __init__(self, feed: OkxFeed, url: str, account: str | None) -> None:
+        name = "public" if account is None else f"private:{account}"
+        super().__init__(name, url, account, feed.deliver, feed.config, feed.rng,
+                         feed.log.bind(feed=self.feed_name, account=account))
         self.feed = feed
-        self.url = url
-        self.account = account
-        self.ws: PushConnection | None = None
-        self.log = feed.log.bind(feed=self.feed_name, account=account)
-        self._last_rx = 0.0
-        self._delivering = False
-        self._held: list[Frame] = []
-        self._failure: Exception | None = None
-        self.name = "public" if account is None else f"private:{account}"
-        self.reconnects = 0
-        self.errors = 0
 
-    async def run(self) -> None:
-        config = self.feed.config
-        failures = 0
-        while True:
-            connected = False
-            immediately = False
-            try:
-                async with await PushConnection.connect(
-                        self.url, open_timeout_s=config.request_timeout_s,
-                        max_size=_MAX_MESSAGE_BYTES, close_timeout_s=2) as ws:
-                    self.ws = ws
-                    self._last_rx = time.monotonic()
-                    ws.push_to(self.receive)
-                    try:
-                        await self.open(ws)
-                    except Exception:
-                        self._raise_failure()
-                        raise
-                    connected = True
-                    failures = 0
-                    self.feed.deliver(LinkChange(_now_ms(), self.account, True, "subscribed"))
-                    self._start_delivering()
-                    self.log.info("feed_connected", url=self.url)
-                    await self.read(ws)
-                reason = "closed"
-            except _ReconnectNow as e:
-                reason, immediately = str(e), e.immediately
-                if not immediately:
-                    self.errors += 1  # no pong; a notice to reconnect is no error
-            except FeedError as e:
-                reason = str(e)
-                self.errors += 1
-            except (OSError, TimeoutError, WebSocketException) as e:
-                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                self.errors += 1
-            finally:
-                self.ws = None
-                self._delivering = False
-                self._held = []
-                self._failure = None
-                self.closed()
-            if connected:
-                self.feed.deliver(LinkChange(_now_ms(), self.account, False, reason))
-                self.log.warning("feed_disconnected", reason=reason)
-            delay = 0.0 if immediately else backoff_delay(
-                failures, config.backoff_initial_s, config.backoff_max_s, self.feed.rng)
-            failures += 1
-            self.reconnects += 1
-            self.log.warning("feed_reconnecting", reason=reason, delay_s=round(delay, 3),
-                             failures=failures)
-            await asyncio.sleep(delay)
+    def frame_of(self, text: str, recv_ms: int) -> Frame | None:
+        key = mark_price_key(text)
+        if key is None and (text == "pong" or self._acted_on(text)):
+            return None
+        return Frame(recv_ms, self.account, text, key)
 
-    async def open(self, ws: PushConnection) -> None:
-        """Log in, load REST state and subscribe; raise to reconnect."""
-        raise NotImplementedError
-
-    def closed(self) -> None:
-        """The connection is gone (subscriptions with it)."""
-
-    async def read(self, ws: PushConnection) -> None:
-        """Until the connection ends (messages are delivered by :meth:`receive` as they
-        arrive meanwhile).
-
-        Keepalive runs in a watchdog task beside it, so receiving a message costs no
-        timer: :meth:`receive` only notes when the last message came.
-        """
-        watchdog = asyncio.create_task(self._watchdog(ws))
-        try:
-            await ws.until_closed()
-        except ConnectionClosed:
-            self._raise_failure()
-            raise
-        finally:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
-        self._raise_failure()
-
-    async def _watchdog(self, ws: PushConnection) -> None:
-        """Text ``ping`` after ``ping_after_s`` of silence; no message ``pong_timeout_s``
-        later: abort the connection, which ends :meth:`read`."""
-        config = self.feed.config
-        check_s = min(1.0, config.ping_after_s / 5, config.pong_timeout_s / 5)
-        ping_sent: float | None = None
-        while True:
-            await asyncio.sleep(check_s)
-            now = time.monotonic()
-            if now - self._last_rx < config.ping_after_s:
-                ping_sent = None
-            elif ping_sent is None or ping_sent < self._last_rx:
-                await ws.send("ping")
-                ping_sent = now
-            elif now - ping_sent >= config.pong_timeout_s:
-                self._fail(_ReconnectNow(
-                    f"no pong within {config.pong_timeout_s:g} s of a ping"))
-                return
-
-    def receive(self, text: str) -> None:
-        """Every message of the connection, the moment websockets has parsed it (called
-        from its ``data_received``: adapters/push_connection.py). Data is delivered (held
-        while the link is opening); events are acted on (see the module docstring).
-
-        Nothing raised here may reach websockets: a failure (a ``notice`` 64008, a deliver
-        callback that raised) is noted, the connection aborted, and :meth:`read` (or
-        :meth:`run`, while opening) raises it.
-        """
-        if self._failure is not None:
-            return  # the connection is being aborted: what follows it is not delivered
-        self._last_rx = time.monotonic()
-        recv_ms = _time_ns() // 1_000_000
-        try:
-            key = mark_price_key(text)
-            if key is None and (text == "pong" or self._acted_on(text)):
-                return
-            frame = Frame(recv_ms, self.account, text, key)
-            if self._delivering:
-                self.feed.deliver(frame)
-            else:
-                self._held.append(frame)
-        except Exception as e:
-            self._fail(e)
+    async def ping(self, ws: PushConnection) -> None:
+        await ws.send("ping")  # OKX documents the text form, not protocol pings
 
     def _acted_on(self, text: str) -> bool:
         """Whether ``text`` is an event (acknowledgement, error, notice) and was acted on."""
@@ -407,26 +279,6 @@ class _Link:
             return True
         return False
 
-    def _start_delivering(self) -> None:
-        """The link is open: deliver what arrived while it was opening, then every message
-        as it comes."""
-        held, self._held = self._held, []
-        self._delivering = True
-        for frame in held:
-            self.feed.deliver(frame)
-
-    def _fail(self, error: Exception) -> None:
-        """End the connection because of ``error``, raised again by :meth:`read`."""
-        if self._failure is None:
-            self._failure = error
-        if self.ws is not None and self.ws.transport is not None:
-            self.ws.transport.abort()
-
-    def _raise_failure(self) -> None:
-        """Raise what made :meth:`_fail` end the connection, if anything did."""
-        if self._failure is not None:
-            raise self._failure
-
     def on_event(self, frame: dict[str, Any]) -> None:
         event = frame.get("event")
         if event == "error":
@@ -435,7 +287,7 @@ class _Link:
         elif event == "notice":
             self.log.warning("feed_notice", code=frame.get("code"), msg=frame.get("msg"))
             if str(frame.get("code")) == RECONNECT_NOW_CODE:
-                raise _ReconnectNow(f"notice {RECONNECT_NOW_CODE}: {frame.get('msg')}",
+                raise ReconnectNow(f"notice {RECONNECT_NOW_CODE}: {frame.get('msg')}",
                                     immediately=True)
         else:
             self.log.debug("feed_event", feed_event=event, arg=frame.get("arg"))
@@ -467,7 +319,7 @@ class _PublicLink(_Link):
         # engine, they do not replace loading them (SPEC 3.1).
         for inst_type in ("SWAP", "FUTURES"):
             path, body = await feed.rest.get(INSTRUMENTS, {"instType": inst_type})
-            feed.deliver(RestBody(_now_ms(), None, path, body))
+            feed.deliver(RestBody(now_ms(), None, path, body))
         await self._sync(ws)
 
     def closed(self) -> None:
@@ -517,9 +369,9 @@ class _PrivateLink(_Link):
         # channel never sends as a snapshot. A failure raises FeedError: reconnect.
         for rest_path in BOOTSTRAP_PATHS:
             path, body = await feed.rest.get(rest_path, None, self.credentials)
-            feed.deliver(RestBody(_now_ms(), self.account, path, body))
+            feed.deliver(RestBody(now_ms(), self.account, path, body))
         path, body = await feed.rest.orders_pending(self.credentials)
-        feed.deliver(RestBody(_now_ms(), self.account, path, body))
+        feed.deliver(RestBody(now_ms(), self.account, path, body))
         await self.subscribe(ws, "subscribe", [dict(arg) for arg in PRIVATE_CHANNELS])
 
     async def _await_login(self, ws: PushConnection) -> None:
