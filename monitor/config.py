@@ -671,21 +671,24 @@ _TRADE_KEYS: Final = ("trade_api_key_env", "trade_api_secret_env", "trade_passph
 
 
 def _check_trade_key(account: AccountConfig, path: str) -> None:
-    """An executing account names a trade key of its own: three variables or a file,
-    none shared with the read-only key the feed logs in with."""
+    """An executing account names a trade key of its own: its variables or a file, none
+    shared with the read-only key the feed logs in with. A key and its secret go
+    together; whether a passphrase is needed is the venue's to say when it loads the key
+    (OKX's keys have one, Binance's do not)."""
     variables = (account.trade_api_key_env, account.trade_api_secret_env,
                  account.trade_passphrase_env)
     if account.trade_credentials_file is not None and any(variables):
         raise ConfigError(f"{path}.trade_credentials_file",
                           "give either trade_credentials_file or the trade_*_env variables")
-    if any(variables) and not all(variables):
-        missing = next(key for key, value in zip(_TRADE_KEYS, variables, strict=False)
+    if any(variables) and not all(variables[:2]):
+        missing = next(key for key, value in zip(_TRADE_KEYS, variables[:2], strict=False)
                        if value is None)
         raise ConfigError(f"{path}.{missing}", "required with the other trade_*_env keys")
     if account.execute and not account.has_trade_key:
-        raise ConfigError(f"{path}.execute", "needs a trade key: trade_api_key_env, "
-                          "trade_api_secret_env and trade_passphrase_env (or "
-                          "trade_credentials_file), separate from the read-only key")
+        raise ConfigError(f"{path}.execute", "needs a trade key: trade_api_key_env and "
+                          "trade_api_secret_env (and trade_passphrase_env where the "
+                          "venue's keys have one), or trade_credentials_file, separate "
+                          "from the read-only key")
     read = {account.api_key_env, account.api_secret_env, account.passphrase_env} - {None}
     shared = read & set(variables)
     if shared or (account.trade_credentials_file is not None

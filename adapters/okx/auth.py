@@ -19,17 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
-import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from adapters.secrets import read_key
 from monitor.config import AccountConfig
-from monitor.errors import ConfigError
 
 __all__ = ["Credentials", "load_credentials", "load_trade_credentials", "login_request",
            "rest_headers", "sign"]
@@ -106,43 +102,6 @@ def load_trade_credentials(account: AccountConfig,
 
 def _load(account: AccountConfig, prefix: str, missing: str,
           environ: Mapping[str, str] | None) -> Credentials:
-    env = os.environ if environ is None else environ
-    path = f"accounts.{account.name}"
-    file = getattr(account, f"{prefix}credentials_file")
-    if file is not None:
-        return _from_file(Path(file), f"{path}.{prefix}credentials_file")
-    values: list[str] = []
-    for key in (f"{prefix}api_key_env", f"{prefix}api_secret_env", f"{prefix}passphrase_env"):
-        variable = getattr(account, key)
-        if variable is None:
-            raise ConfigError(f"{path}.{key}", missing)
-        value = env.get(variable, "")
-        if not value:
-            raise ConfigError(f"{path}.{key}", f"environment variable {variable} is not set")
-        values.append(value)
-    return Credentials(*values)
-
-
-def _from_file(file: Path, key: str) -> Credentials:
-    """A TOML file with ``api_key``, ``api_secret`` and ``passphrase``, mode 0600."""
-    try:
-        mode = file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(key, f"{file} must be readable by its owner only (chmod 600)")
-        with file.open("rb") as handle:
-            table = tomllib.load(handle)
-    except OSError as e:
-        raise ConfigError(key, f"cannot read {file}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError:
-        # The parser's message may quote the file's text: say only where.
-        raise ConfigError(key, f"{file} is not valid TOML") from None
-    values: list[str] = []
-    for name in _FILE_KEYS:
-        value = table.get(name)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(key, f"{file} needs a non-empty string {name!r}")
-        values.append(value)
-    unknown = sorted(set(table) - set(_FILE_KEYS))
-    if unknown:
-        raise ConfigError(key, f"{file} has unknown keys {unknown}")
-    return Credentials(*values)
+    values = read_key(account, _FILE_KEYS, trade=prefix == "trade_", missing=missing,
+                      environ=environ)
+    return Credentials(values["api_key"], values["api_secret"], values["passphrase"])
