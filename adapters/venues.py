@@ -7,7 +7,8 @@ OKX is the default: SPEC 6's configuration names no venue.
 
 from __future__ import annotations
 
+from adapters.binance.venue import BINANCE
 from adapters.okx.venue import OKX
 from monitor.venues import Registry
 
-VENUES = Registry({OKX.name: OKX}, default=OKX.name)
+VENUES = Registry({OKX.name: OKX, BINANCE.name: BINANCE}, default=OKX.name)

@@ -674,7 +674,7 @@ def _check_trade_key(account: AccountConfig, path: str) -> None:
     """An executing account names a trade key of its own: its variables or a file, none
     shared with the read-only key the feed logs in with. A key and its secret go
     together; whether a passphrase is needed is the venue's to say when it loads the key
-    (OKX's keys have one, Binance's do not)."""
+    (some venues' keys have one, others' do not)."""
     variables = (account.trade_api_key_env, account.trade_api_secret_env,
                  account.trade_passphrase_env)
     if account.trade_credentials_file is not None and any(variables):

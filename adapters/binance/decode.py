@@ -6,6 +6,10 @@ usds-margined-futures/):
 - ``markPriceUpdate`` (stream ``<symbol>@markPrice@1s``, or one element of
   ``!markPrice@arr@1s``; bare or in the combined-stream ``{"stream", "data"}`` envelope):
   :class:`MarkPrice` of ``s`` at ``p``, dated ``E``.
+- ``assetIndexUpdate`` (stream ``<asset>usd@assetIndex``; REST ``/fapi/v1/assetIndex``):
+  the multi-assets mode's valuation of a margin asset, an :class:`IndexPrice` ``ASSET-USD``
+  at ``i`` and its collateral factor ``1 - b`` (the bid buffer: Binance values a balance
+  at its "bid rate", index x (1 - buffer)) as :class:`CollateralTiersUpdate`.
 - User data stream (one private connection per account):
   ``ACCOUNT_UPDATE`` (``a.B`` balances and ``a.P`` positions that changed: a
   :class:`BalanceUpdate` and a :class:`PositionUpdate`); ``ORDER_TRADE_UPDATE``
@@ -71,10 +75,12 @@ from monitor.events import (
     AccountConfigUpdate,
     AccountMode,
     BalanceUpdate,
+    CollateralTiersUpdate,
     CurrencyBalance,
     Event,
     ExchangeAccountFigures,
     ExchangePositionFigures,
+    IndexPrice,
     InstrumentUpdate,
     MarginMode,
     MarkPrice,
@@ -86,7 +92,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import Instrument, Tier, validate_tiers
+from monitor.instruments import CollateralTiers, Instrument, Tier, validate_tiers
 
 __all__ = ["BinanceDecoder", "RestPath"]
 
@@ -95,6 +101,7 @@ class RestPath:
     """The REST endpoints :meth:`BinanceDecoder.decode_rest` understands."""
 
     EXCHANGE_INFO: Final = "/fapi/v1/exchangeInfo"
+    ASSET_INDEX: Final = "/fapi/v1/assetIndex"
     LEVERAGE_BRACKET: Final = "/fapi/v1/leverageBracket"
     ACCOUNT: Final = "/fapi/v3/account"
     ACCOUNT_V2: Final = "/fapi/v2/account"
@@ -210,6 +217,8 @@ class BinanceDecoder:
         kind = frame.get("e")
         if kind == "markPriceUpdate":
             return [_mark_price(frame, recv_ms)]
+        if kind == "assetIndexUpdate":
+            return _asset_index(frame, "s", "i", "b", "E", recv_ms)
         if "result" in frame and "id" in frame:
             return []  # an answer to a SUBSCRIBE request
         if type(kind) is not str:
@@ -309,6 +318,11 @@ class BinanceDecoder:
             # as "nothing" would close positions.
             raise BadInput(f"{endpoint} returned code {show(body.get('code'))}: "
                            f"{show(body.get('msg'))}")
+        if endpoint == RestPath.ASSET_INDEX:
+            rows = [body] if type(body) is dict else body
+            return [event for row in _rows(rows, endpoint)
+                    for event in _asset_index(row, "symbol", "index", "bidBuffer", "time",
+                                              recv_ms)]
         if endpoint == RestPath.EXCHANGE_INFO:
             return self._exchange_info(body, recv_ms)
         if endpoint == RestPath.LEVERAGE_BRACKET:
@@ -491,6 +505,24 @@ def _mark_price(frame: dict[str, Any], recv_ms: int) -> Event:
     context = f"markPriceUpdate {symbol}"
     return MarkPrice(symbol, number_field(frame, "p", context, "price"),
                      timestamp_field(frame, "E", context), recv_ms)
+
+
+def _asset_index(row: dict[str, Any], symbol_key: str, index_key: str, buffer_key: str,
+                 time_key: str, recv_ms: int) -> list[Event]:
+    """An asset's USD index and collateral factor (see the module docstring)."""
+    symbol = text_field(row, symbol_key, "assetIndex")
+    context = f"assetIndex {symbol}"
+    if not symbol.endswith("USD") or len(symbol) <= 3:
+        raise BadInput(f"{context}: not an ASSETUSD index symbol")
+    asset = symbol[:-3]
+    event_ms = timestamp_field(row, time_key, context)
+    buffer = number_field(row, buffer_key, context, "non_negative")
+    if buffer >= 1.0:
+        raise BadInput(f"{context} {buffer_key} {show(row.get(buffer_key))} is not below 1")
+    return [IndexPrice(asset, "USD", number_field(row, index_key, context, "price"),
+                       event_ms, recv_ms),
+            CollateralTiersUpdate(asset, CollateralTiers.flat(1.0 - buffer), event_ms,
+                                  recv_ms)]
 
 
 def _figures(row: dict[str, Any], balance: str, maint: str, initial: str,
