@@ -29,8 +29,9 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import BaseError, CCompilerError
 
-# The replay's hot path (pipeline, OKX decoder, engine) and the riskmon modules whose classes
-# it uses, compiled as one group so that calls and attribute access among them are native.
+# The replay's hot path (pipeline, the venues' decoders, engine) and the riskmon modules
+# whose classes it uses, compiled as one group so that calls and attribute access among
+# them are native.
 # monitor/config.py stays interpreted: mypyc ignores the ``from`` of ``raise ... from``, and
 # a configuration error should keep its cause.
 COMPILED = [
@@ -44,6 +45,7 @@ COMPILED = [
     "monitor/pipeline.py",
     "adapters/wire.py",
     "adapters/okx/decode.py",
+    "adapters/binance/decode.py",
 ]
 GROUP = "riskmon"
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 import reprlib
+from dataclasses import fields
 from typing import Any, Final, Literal
 
 from monitor.errors import BadInput
-from monitor.events import IDENTIFIER_LENGTH, identifier_problem
+from monitor.events import IDENTIFIER_LENGTH, MarkPrice, identifier_problem
 
 Bound = Literal["any", "non_negative", "positive", "price"]
 
@@ -37,6 +38,10 @@ TIMESTAMP_DIGITS: Final = 13
 IDENTIFIER_LENGTH_LIMIT: Final = IDENTIFIER_LENGTH
 CANONICAL_NUMBER: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _INFINITY: Final = float("inf")
+_DECIMAL_CHARACTERS: Final = "0123456789."
+_ZERO: Final = ord("0")
+_NINE: Final = ord("9")
+_DOT: Final = ord(".")
 _short_repr: Final = reprlib.Repr()
 _short_repr.maxlevel = 3
 
@@ -241,3 +246,102 @@ def show(value: Any) -> str:
     else:
         text = repr(value if type(value) is not str else value[:80])
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- the mark-price hot path ------------------------------------------------------------------
+
+
+def plain_price(raw: Any, name: str, kind: str, subject: str) -> float:
+    """A price from a canonical decimal string (or a JSON number) within [PRICE_MIN,
+    PRICE_MAX], at the cost the mark-price path can afford: digits and dots checked,
+    ``float()``, one comparison (it also rejects NaN, infinity, <= 0 and subnormals).
+    The reason of a refusal names ``kind subject name`` (built only then)."""
+    if type(raw) is str:
+        # Only digits and dots (float() would also take spaces, "_", "+" and exponents).
+        # Compiled, a loop over the code points (read in place by mypyc, nothing
+        # allocated) costs a third of str.strip; interpreted, the loop would cost more
+        # than strip, which leaves "" (shared, nothing allocated) unless the spelling has
+        # anything else.
+        if COMPILED:
+            for index in range(len(raw)):
+                code = ord(raw[index])
+                if code > _NINE or (code < _ZERO and code != _DOT):
+                    raise BadInput(number_reason(f"{kind} {subject}", name, raw, "price"))
+        elif raw.strip(_DECIMAL_CHARACTERS):
+            raise BadInput(number_reason(f"{kind} {subject}", name, raw, "price"))
+        try:
+            price = float(raw)
+        except ValueError:
+            raise BadInput(f"{kind} {subject} {name} {show(raw)} is not a number") from None
+    elif type(raw) is float or type(raw) is int:
+        price = float(raw)
+    else:
+        raise BadInput(f"{kind} {subject} {name} {show(raw)} is not a number")
+    if not PRICE_MIN <= price <= PRICE_MAX:
+        raise BadInput(number_reason(f"{kind} {subject}", name, raw, "price"))
+    return price
+
+
+def plain_timestamp(raw: Any, name: str, kind: str, subject: str) -> int:
+    """A millisecond timestamp, checked by value only (``int()`` of a string, or a JSON
+    integer): the hot path spends no scan on its spelling."""
+    if type(raw) is str:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+    elif type(raw) is int:
+        value = raw
+    else:
+        value = -1
+    if not 0 <= value <= TIMESTAMP_MAX_MS:
+        raise BadInput(timestamp_reason(f"{kind} {subject}", name, raw))
+    return value
+
+
+def new_mark_price(inst_id: str, price: float, event_ms: int, recv_ms: int) -> MarkPrice:
+    """``MarkPrice(inst_id, price, event_ms, recv_ms)`` without the frozen dataclass
+    ``__init__``, which goes through ``object.__setattr__`` per field and costs two thirds of
+    an ``orjson.loads``: compiled by mypyc, plain stores into the new object; interpreted,
+    the slot descriptors, which set the same fields (both checked at import below)."""
+    mark = _new_object(MarkPrice)
+    if COMPILED:
+        mark.inst_id = inst_id  # type: ignore[misc]
+        mark.price = price  # type: ignore[misc]
+        mark.event_ms = event_ms  # type: ignore[misc]
+        mark.recv_ms = recv_ms  # type: ignore[misc]
+    else:
+        _set_mark_inst_id(mark, inst_id)
+        _set_mark_price(mark, price)
+        _set_mark_event_ms(mark, event_ms)
+        _set_mark_recv_ms(mark, recv_ms)
+    return mark
+
+
+def _can_assign_mark_fields() -> bool:
+    """Whether this module can assign the fields of a new MarkPrice: only when mypyc
+    compiled it together with monitor.events (an assignment is then a store into the native
+    object; interpreted, the frozen dataclass refuses it)."""
+    mark = _new_object(MarkPrice)
+    try:
+        mark.inst_id = ""  # type: ignore[misc]
+    except AttributeError:  # dataclasses.FrozenInstanceError
+        return False
+    return True
+
+
+# MarkPrice.__new__ is object.__new__ for the interpreted class, and the only allocator a
+# class compiled by mypyc accepts.
+_new_object: Final = MarkPrice.__new__
+_set_mark_inst_id: Final = vars(MarkPrice)["inst_id"].__set__
+_set_mark_price: Final = vars(MarkPrice)["price"].__set__
+_set_mark_event_ms: Final = vars(MarkPrice)["event_ms"].__set__
+_set_mark_recv_ms: Final = vars(MarkPrice)["recv_ms"].__set__
+# The shortcut above is only equivalent to MarkPrice(...) while these are its only fields and
+# nothing runs after __init__: fail at import, not with half-built events, if that changes.
+if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms", "recv_ms"] or (
+    hasattr(MarkPrice, "__post_init__")
+):
+    raise ImportError("monitor.events.MarkPrice changed: update adapters.wire.new_mark_price")
+COMPILED: Final = _can_assign_mark_fields()
+"""True exactly when mypyc compiled this module (with monitor.events)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from adapters.okx import decode
+from adapters import wire
 from adapters.okx.decode import OkxDecoder, RestPath
 from monitor.config import load_config
 from monitor.errors import BadInput, ConfigError
@@ -77,7 +77,7 @@ def config_error_cause() -> str:
 def main(modules: list[str]) -> dict[str, Any]:
     return {
         "files": {name: importlib.import_module(name).__file__ for name in modules},
-        "assign_mark_fields": decode._ASSIGN_MARK_FIELDS,
+        "assign_mark_fields": wire.COMPILED,
         "mark_price": mark_price(),
         "receive_time_checks": receive_time_checks(),
         "config_error_cause": config_error_cause(),

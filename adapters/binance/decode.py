@@ -62,9 +62,12 @@ from adapters.wire import (
     check_account,
     check_recv_ms,
     json_kind,
+    new_mark_price,
     number_field,
     optional_number_field,
     optional_text_field,
+    plain_price,
+    plain_timestamp,
     require_account,
     show,
     text_field,
@@ -83,7 +86,6 @@ from monitor.events import (
     IndexPrice,
     InstrumentUpdate,
     MarginMode,
-    MarkPrice,
     Order,
     OrdersSnapshot,
     OrderUpdate,
@@ -501,10 +503,14 @@ class BinanceDecoder:
 
 
 def _mark_price(frame: dict[str, Any], recv_ms: int) -> Event:
-    symbol = text_field(frame, "s", "markPriceUpdate")
-    context = f"markPriceUpdate {symbol}"
-    return MarkPrice(symbol, number_field(frame, "p", context, "price"),
-                     timestamp_field(frame, "E", context), recv_ms)
+    """The hot path. The symbol's spelling is left to the engine, which checks an
+    instrument id the first time it sees it (monitor.events.identifier_problem)."""
+    symbol = frame.get("s")
+    if type(symbol) is not str or not symbol:
+        raise BadInput(f"markPriceUpdate s {show(symbol)} is not a symbol")
+    return new_mark_price(symbol, plain_price(frame.get("p"), "p", "markPriceUpdate", symbol),
+                          plain_timestamp(frame.get("E"), "E", "markPriceUpdate", symbol),
+                          recv_ms)
 
 
 def _asset_index(row: dict[str, Any], symbol_key: str, index_key: str, buffer_key: str,

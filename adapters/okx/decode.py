@@ -100,32 +100,31 @@ for the same reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from adapters.wire import (
-    PRICE_MAX,
-    PRICE_MIN,
     TIMESTAMP_MAX_MS,
     account_of,
     check_account,
     check_recv_ms,
     flag_field,
     json_kind,
+    new_mark_price,
     number_field,
-    number_reason,
     optional_number_field,
     optional_text_field,
     optional_timestamp_field,
+    plain_price,
+    plain_timestamp,
     require_account,
     rows_of,
     show,
     text_field,
     timestamp_field,
-    timestamp_reason,
 )
 from monitor.errors import BadInput
 from monitor.events import (
@@ -142,7 +141,6 @@ from monitor.events import (
     IndexPrice,
     InstrumentUpdate,
     MarginMode,
-    MarkPrice,
     Order,
     OrdersSnapshot,
     OrderUpdate,
@@ -170,10 +168,6 @@ _loads: Final = orjson.loads
 # Plausibility limits (see the module docstring).
 # The characters of a canonical positive decimal; what float() takes beyond them (spaces,
 # "+", "_", exponents, "inf", "nan", non-ASCII digits) is not how OKX writes a price.
-_DECIMAL_CHARACTERS: Final = "0123456789."
-_ZERO: Final = ord("0")
-_NINE: Final = ord("9")
-_DOT: Final = ord(".")
 
 
 # Instrument types of positions and orders the margin model leaves to the balances (see
@@ -252,103 +246,13 @@ def _decode_mark_prices(data: Any, recv_ms: int) -> list[Event]:
         inst_id = row.get("instId")
         if type(inst_id) is not str or not inst_id:
             raise BadInput(f"mark-price instId {show(inst_id)} is not an instrument id")
-        raw_price = row.get("markPx")
-        if type(raw_price) is str:
-            # Only digits and dots (a plain decimal; float() would also take spaces, "_",
-            # "+" and exponents). Compiled, a loop over the code points (read in place by
-            # mypyc, nothing allocated) costs a third of str.strip; interpreted, the loop
-            # would cost more than strip, which leaves "" (shared, nothing allocated)
-            # unless the spelling has anything else.
-            if _COMPILED:
-                for index in range(len(raw_price)):
-                    code = ord(raw_price[index])
-                    if code > _NINE or (code < _ZERO and code != _DOT):
-                        raise BadInput(number_reason(f"mark-price {inst_id}", "markPx",
-                                                      raw_price, "price"))
-            elif raw_price.strip(_DECIMAL_CHARACTERS):
-                raise BadInput(number_reason(f"mark-price {inst_id}", "markPx", raw_price,
-                                              "price"))
-            try:
-                price = float(raw_price)
-            except ValueError:
-                raise BadInput(
-                    f"mark-price {inst_id} markPx {show(raw_price)} is not a number"
-                ) from None
-        elif type(raw_price) is float or type(raw_price) is int:
-            price = float(raw_price)
-        else:
-            raise BadInput(f"mark-price {inst_id} markPx {show(raw_price)} is not a number")
-        # One comparison rejects NaN (every comparison with it is false), infinity, <= 0,
-        # subnormals and the absurdly large.
-        if not PRICE_MIN <= price <= PRICE_MAX:
-            raise BadInput(number_reason(f"mark-price {inst_id}", "markPx", raw_price,
-                                          "price"))
-        raw_ts = row.get("ts")
-        # int() alone, then the sign: cheaper than isdecimal() first, and it still rejects
-        # everything that is not a whole number. A str is converted apart from an int: the
-        # narrowed type lets compiled code call the str parser directly.
-        if type(raw_ts) is str:
-            try:
-                event_ms = int(raw_ts)
-            except ValueError:
-                event_ms = -1
-        elif type(raw_ts) is int:
-            event_ms = raw_ts
-        else:
-            event_ms = -1
-        if not 0 <= event_ms <= TIMESTAMP_MAX_MS:
-            raise BadInput(timestamp_reason(f"mark-price {inst_id}", "ts", raw_ts))
-        # MarkPrice(inst_id, price, event_ms, recv_ms) without the frozen dataclass __init__,
-        # which goes through object.__setattr__ per field and costs two thirds of an
-        # orjson.loads: compiled by mypyc, plain stores into the new object; interpreted,
-        # the slot descriptors, which set the same fields (both checked at import below).
-        mark = _new_object(MarkPrice)
-        if _ASSIGN_MARK_FIELDS:
-            mark.inst_id = inst_id  # type: ignore[misc]
-            mark.price = price  # type: ignore[misc]
-            mark.event_ms = event_ms  # type: ignore[misc]
-            mark.recv_ms = recv_ms  # type: ignore[misc]
-        else:
-            _set_mark_inst_id(mark, inst_id)
-            _set_mark_price(mark, price)
-            _set_mark_event_ms(mark, event_ms)
-            _set_mark_recv_ms(mark, recv_ms)
+        mark = new_mark_price(
+            inst_id, plain_price(row.get("markPx"), "markPx", "mark-price", inst_id),
+            plain_timestamp(row.get("ts"), "ts", "mark-price", inst_id), recv_ms)
         if single:
             return [mark]
         events.append(mark)
     return events
-
-
-def _can_assign_mark_fields() -> bool:
-    """Whether this module can assign the fields of a new MarkPrice.
-
-    Only when mypyc compiled it together with monitor.events: an assignment is then a store
-    into the native object (the frozen dataclass's __setattr__ is not called), and cheaper
-    than a descriptor call. Interpreted, the frozen dataclass refuses it.
-    """
-    mark = _new_object(MarkPrice)
-    try:
-        mark.inst_id = ""  # type: ignore[misc]
-    except AttributeError:  # dataclasses.FrozenInstanceError
-        return False
-    return True
-
-
-# MarkPrice.__new__ is object.__new__ for the interpreted class, and the only allocator a
-# class compiled by mypyc accepts.
-_new_object: Final = MarkPrice.__new__
-_set_mark_inst_id: Final = vars(MarkPrice)["inst_id"].__set__
-_set_mark_price: Final = vars(MarkPrice)["price"].__set__
-_set_mark_event_ms: Final = vars(MarkPrice)["event_ms"].__set__
-_set_mark_recv_ms: Final = vars(MarkPrice)["recv_ms"].__set__
-# The shortcut above is only equivalent to MarkPrice(...) while these are its only fields and
-# nothing runs after __init__: fail at import, not with half-built events, if that changes.
-if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms", "recv_ms"] or (
-    hasattr(MarkPrice, "__post_init__")
-):
-    raise ImportError("monitor.events.MarkPrice changed: update okx.decode._decode_mark_prices")
-_ASSIGN_MARK_FIELDS: Final = _can_assign_mark_fields()
-_COMPILED: Final = _ASSIGN_MARK_FIELDS  # true exactly when mypyc compiled this module
 
 
 # --- reading a mark-price push without parsing it (the live feed's reader) ----------------
