@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fill-delay-s", type=float, default=5.0)
     faults.add_argument("--read-only-key", action="append", default=[], metavar="KEY",
                         help="an API key with perm read_only (repeatable)")
+    faults.add_argument("--expire-listen-key-after", type=int, default=None, metavar="N",
+                        help="--venue binance: once, after N frames, expire every listen "
+                             "key (listenKeyExpired)")
 
     alerts = commands.add_parser("alerts", help="print stored alerts (a table on a terminal, "
                                                  "else JSON lines)")
@@ -386,7 +389,7 @@ _FAULT_OPTIONS = ("drop_after", "drop_times", "garbage_after", "stall_after", "s
                   "fail_logins", "notice_after", "reject_orders", "reject_code",
                   "reject_message", "rate_limit_requests", "timeout_requests",
                   "order_timeout_s", "partial_fills", "partial_fill_ratio", "delay_fills",
-                  "fill_delay_s")
+                  "fill_delay_s", "expire_listen_key_after")
 
 
 async def _replay_server(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import Faults, serve
 from adapters.okx.trade import OkxTrader
 from monitor.config import AccountConfig
+from monitor.errors import ConfigError
 from monitor.feed import Feed, FeedItem
 
 
@@ -46,7 +47,11 @@ class OkxVenue:
     async def serve_replay(self, recording: Path, host: str, port: int, speed: float | None,
                            faults: Mapping[str, Any], status: Callable[[dict[str, Any]], None],
                            *, rest_port: int = 0) -> None:
-        await serve(recording, host, port, speed, Faults(**faults), status,
+        options = dict(faults)
+        if options.pop("expire_listen_key_after", None) is not None:
+            raise ConfigError("--expire-listen-key-after", "OKX has no listen keys: the "
+                              "option is the Binance replay server's")
+        await serve(recording, host, port, speed, Faults(**options), status,
                     rest_port=rest_port)
 
 
