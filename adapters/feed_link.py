@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -121,6 +121,12 @@ class FeedLink:
         """Where the next connection goes (a venue may put a fresh stream key in it)."""
         return self.url
 
+    def beside(self, ws: PushConnection) -> list[Coroutine[Any, Any, None]]:
+        """Tasks to run beside the reader while the connection is open (subscription
+        changes, a stream key's keepalive), cancelled when it ends; one that fails ends
+        the connection with its error."""
+        return []
+
     async def before_connect(self) -> None:
         """Called before each connection attempt (a venue may fetch a stream key); raise
         to count a failed attempt."""
@@ -183,17 +189,26 @@ class FeedLink:
     async def read(self, ws: PushConnection) -> None:
         """Until the connection ends (messages are delivered by :meth:`receive` as they
         arrive meanwhile). Keepalive runs in a watchdog task beside it, so receiving a
-        message costs no timer: :meth:`receive` only notes when the last message came."""
-        watchdog = asyncio.create_task(self._watchdog(ws))
+        message costs no timer: :meth:`receive` only notes when the last message came;
+        the venue's :meth:`beside` tasks run there too."""
+        tasks = [asyncio.create_task(self._guarded(work))
+                 for work in (self._watchdog(ws), *self.beside(ws))]
         try:
             await ws.until_closed()
         except ConnectionClosed:
             self._raise_failure()
             raise
         finally:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._raise_failure()
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # e.g. a send on a closing connection
+            self.fail(error)
 
     async def _watchdog(self, ws: PushConnection) -> None:
         timing = self.timing

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from itertools import count
 from typing import Any, Final
 
@@ -127,15 +127,13 @@ class _Link(FeedLink):
                          feed.log.bind(feed=kind, account=account))
         self.feed = feed
 
-    async def read(self, ws: PushConnection) -> None:
-        # The 24-hour limit: reconnect before Binance ends the connection.
-        timer = asyncio.get_running_loop().call_later(
-            self.feed.config.reconnect_after_s, self.fail,
-            ReconnectNow("reconnect before the 24 h connection limit", immediately=True))
-        try:
-            await super().read(ws)
-        finally:
-            timer.cancel()
+    def beside(self, ws: PushConnection) -> list[Coroutine[Any, Any, None]]:
+        return [self._renew()]
+
+    async def _renew(self) -> None:
+        """The 24-hour limit: reconnect before Binance ends the connection."""
+        await asyncio.sleep(self.feed.config.reconnect_after_s)
+        raise ReconnectNow("reconnect before the 24 h connection limit", immediately=True)
 
     def rest_body(self, path: str, body: Any) -> None:
         self.deliver(RestBody(now_ms(), self.account, path, body))
@@ -163,13 +161,8 @@ class _MarketLink(_Link):
     def closed(self) -> None:
         self.subscribed = set()
 
-    async def read(self, ws: PushConnection) -> None:
-        syncer = asyncio.create_task(self._keep_synced(ws))
-        try:
-            await super().read(ws)
-        finally:
-            syncer.cancel()
-            await asyncio.gather(syncer, return_exceptions=True)
+    def beside(self, ws: PushConnection) -> list[Coroutine[Any, Any, None]]:
+        return [*super().beside(ws), self._keep_synced(ws)]
 
     async def _keep_synced(self, ws: PushConnection) -> None:
         while True:
@@ -226,13 +219,8 @@ class _UserLink(_Link):
             recorded, body = await rest.get(path, None, self.credentials)
             self.rest_body(recorded, body)
 
-    async def read(self, ws: PushConnection) -> None:
-        keeper = asyncio.create_task(self._keep_alive())
-        try:
-            await super().read(ws)
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+    def beside(self, ws: PushConnection) -> list[Coroutine[Any, Any, None]]:
+        return [*super().beside(ws), self._keep_alive()]
 
     async def _keep_alive(self) -> None:
         while True:
@@ -240,8 +228,8 @@ class _UserLink(_Link):
             try:
                 await self.feed.rest.listen_key(self.credentials, "PUT", self.listen_key)
             except FeedError as e:
-                self.fail(ReconnectNow(f"listen key keepalive failed: {e}", immediately=True))
-                return
+                raise ReconnectNow(f"listen key keepalive failed: {e}",
+                                   immediately=True) from None
 
     def frame_of(self, text: str, recv_ms: int) -> Frame | None:
         if '"listenKeyExpired"' in text or '"MARGIN_CALL"' in text:

@@ -70,7 +70,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -325,15 +325,10 @@ class _PublicLink(_Link):
     def closed(self) -> None:
         self.subscribed = {}
 
-    async def read(self, ws: PushConnection) -> None:
+    def beside(self, ws: PushConnection) -> list[Coroutine[Any, Any, None]]:
         # Subscription changes are sent from a task beside the reader, so a change
         # never waits for the next message.
-        syncer = asyncio.create_task(self._keep_synced(ws))
-        try:
-            await super().read(ws)
-        finally:
-            syncer.cancel()
-            await asyncio.gather(syncer, return_exceptions=True)
+        return [self._keep_synced(ws)]
 
     async def _keep_synced(self, ws: PushConnection) -> None:
         while True:
