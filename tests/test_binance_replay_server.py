@@ -637,6 +637,22 @@ async def test_a_reconnect_resumes_without_loss_or_duplicates(tmp_path: Path) ->
         await user.close()
 
 
+async def test_a_reconnect_does_not_bring_a_burst(tmp_path: Path) -> None:
+    lines = market_story(6, step_ms=100)
+    recording = write_recording(tmp_path / "r.jsonl", lines)
+    # The client waits longer than the whole recording before it reconnects: without
+    # re-basing, every remaining frame would then be overdue and pushed at once.
+    async with (running(recording, speed=1.0, faults=Faults(drop_after=2)) as (_, port, client),
+                Feed(port, client, streams=STREAMS, expected_frames=6,
+                     pause_before_reconnect=0.6) as feed):
+        await feed.wait()
+        finished = time.monotonic()
+    assert feed.frames("market") == [frame(line) for line in lines]
+    reconnected = feed.connected_at[1][1]
+    # Frames 3 to 6 span 300 ms of recording and come at that pace after the reconnect.
+    assert finished - reconnected >= 0.3
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 
@@ -682,11 +698,13 @@ async def test_a_stall_holds_pushes_and_answers(tmp_path: Path) -> None:
         assert await receive(market) == frame(lines[0])
         sent = time.monotonic()
         await market.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}).decode())
-        later = [await receive(market) for _ in range(3)]
+        later: list[tuple[Message, float]] = []
+        for _ in range(3):
+            later.append((await receive(market), time.monotonic() - sent))
         # The stall began with the first push; allowing the client 0.3 s to send its
-        # request, the answer still waited half a second or more.
-        assert time.monotonic() - sent >= 0.5
-        assert sorted(later, key=str) == sorted(
+        # request, its answer and the next frames still waited half a second or more.
+        assert all(waited >= 0.5 for _, waited in later)
+        assert sorted((message for message, _ in later), key=str) == sorted(
             [{"result": list(STREAMS), "id": 2}, frame(lines[1]), frame(lines[2])], key=str)
         assert await server.wait_finished() == 3
         await market.close()
