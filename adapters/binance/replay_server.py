@@ -1,5 +1,5 @@
-"""A Binance USDⓈ-M futures protocol server over a recording: ``riskmon replay-server
---venue binance`` (SPEC 3.3).
+"""A Binance USDⓈ-M futures protocol server over a recording, the Binance counterpart of
+``adapters/okx/replay_server.py`` (SPEC 3.3, ``riskmon replay-server``).
 
 :class:`ReplayServer` serves a recording (SPEC 3.2) so that the live Binance adapter can be
 pointed at it unchanged: the websocket base ``ws://H:P`` (market streams on ``/stream``,
@@ -19,10 +19,11 @@ Websockets (the websocket port):
   on one connection) answers ``{"error": {"code": 2, "msg": "Invalid request"}, "id": n}``
   (``id`` null when it was not readable) and the connection stays open. Binance's limit of
   incoming messages per second is not enforced.
-- ``/ws/<listenKey>`` is the user data of the key's account. An unknown, deleted or
-  expired key is refused at the handshake with HTTP 400 ``{"code": -1125, "msg": "This
-  listenKey does not exist."}`` (a key that dies during the handshake: accepted, then closed
-  with 1008). These connections take no requests: every message gets the error above.
+- ``/ws/<listenKey>`` (one path segment) is the user data of the key's account. An
+  unknown, deleted or expired key is refused at the handshake with HTTP 400 ``{"code":
+  -1125, "msg": "This listenKey does not exist."}`` (a key that dies during the handshake:
+  accepted, then closed with 1008). These connections take no requests: every message
+  gets the error above.
 - Other paths are refused with HTTP 404. The server pings every 180 s and closes a
   connection that has not answered within 600 s (Binance: "a ping frame every 3 minutes",
   "within a 10 minute period"); client pings are answered by websockets. There is no text
