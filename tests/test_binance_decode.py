@@ -191,3 +191,15 @@ def test_bad_recording_lines_are_refused_or_empty(line: bytes) -> None:
         return
     with pytest.raises(BadInput):
         decoder.decode_line(line)
+
+
+def test_an_account_answer_without_the_exchanges_figures_has_none() -> None:
+    # A replay server's answer after pushes (adapters/binance/replay_server.py, overlay):
+    # the wallets stand, the figures are left out, and nothing is compared with them.
+    [balances] = BinanceDecoder().decode_rest(RestPath.ACCOUNT, {
+        "assets": [{"asset": "USDT", "walletBalance": "1500", "crossWalletBalance": "1500"}],
+        "positions": []}, "main", RECV)
+    assert isinstance(balances, BalanceUpdate)
+    assert balances.exchange is None and balances.snapshot is True
+    assert [(b.currency, b.cash, b.exchange) for b in balances.balances] == [
+        ("USDT", 1500.0, None)]

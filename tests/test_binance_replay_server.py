@@ -408,8 +408,60 @@ async def test_signed_gets_answer_as_of_the_push_position(tmp_path: Path) -> Non
         assert await receive(user) == frame(lines[6])
         assert await receive(market) == frame(lines[9])
         assert await server.wait_finished() == 4
-        assert await signed(client, POSITION_RISK) == (200, p3)
+        # p3 is the latest body, but a frame recorded after it has been pushed: its
+        # positions stand, the exchange's figures (which moved with that mark) are left out.
+        assert await signed(client, POSITION_RISK) == (200, [without_figures(row)
+                                                             for row in p3])
         assert await signed(client, OPEN_ORDERS) == (200, o2)
+        await user.close()
+        await market.close()
+
+
+POSITION_FIGURES = {"maintMargin", "initialMargin", "unRealizedProfit", "liquidationPrice",
+                    "markPrice", "breakEvenPrice", "isolatedMargin"}
+
+
+def without_figures(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key not in POSITION_FIGURES}
+
+
+async def test_state_answers_after_later_pushes_follow_the_pushes_without_figures(
+        tmp_path: Path) -> None:
+    account = {"totalMaintMargin": "2.0", "totalMarginBalance": "1000.0",
+               "totalInitialMargin": "30.0", "totalWalletBalance": "1000.0",
+               "assets": [{"asset": "USDT", "walletBalance": "1000", "crossWalletBalance": "1000",
+                           "maintMargin": "2.0", "marginBalance": "1000.0",
+                           "initialMargin": "30.0"}], "positions": []}
+    lines = [
+        rest(ACCOUNT, account, T0, "main"),
+        rest(POSITION_RISK, [position_risk_row("BTCUSDT", "0.010", "60000", T0)], T0, "main"),
+        mark_price("BTCUSDT", "60000", T0 + 100),
+        account_update("main", T0 + 200, wallet="1500",
+                       positions=(("BTCUSDT", "0.020", "60100"), ("ETHUSDT", "1", "3000"))),
+        mark_price("BTCUSDT", "60500", T0 + 300),
+    ]
+    recording = write_recording(tmp_path / "r.jsonl", lines)
+    async with running(recording, speed=None) as (server, port, client):
+        # Before any push the recorded bodies stand as they are, figures and all.
+        assert await signed(client, ACCOUNT) == (200, account)
+        key = await new_key(client)
+        user = await open_ws(port, f"/ws/{key}")
+        market = await subscribed_market(port, *STREAMS)
+        assert await server.wait_finished() == 3
+        status, answer = await signed(client, ACCOUNT)
+        assert status == 200
+        assert "totalMaintMargin" not in answer and "totalMarginBalance" not in answer
+        [usdt] = answer["assets"]
+        assert usdt == {"asset": "USDT", "walletBalance": "1500",
+                        "crossWalletBalance": "1500"}
+        status, rows = await signed(client, POSITION_RISK)
+        assert status == 200
+        by_symbol = {row["symbol"]: row for row in rows}
+        assert (by_symbol["BTCUSDT"]["positionAmt"], by_symbol["BTCUSDT"]["entryPrice"]) == (
+            "0.020", "60100")
+        assert not POSITION_FIGURES & set(by_symbol["BTCUSDT"])
+        assert (by_symbol["ETHUSDT"]["positionAmt"], by_symbol["ETHUSDT"]["entryPrice"]) == (
+            "1", "3000")
         await user.close()
         await market.close()
 

@@ -43,10 +43,12 @@ How Binance's figures map onto the margin model (README "Binance USDⓈ-M"):
 - Multi-assets mode is riskmon's multi-currency mode (USD totals over the assets);
   single-asset mode is its single-currency mode (each margin asset its own pool).
 
-Numbers, timestamps and identifiers are read by adapters/wire.py (its module docstring has
-the limits). Stateful (specs, brackets, leverage and margin type per symbol, the account
-modes) but pure: no I/O, no clock, no logging. Every method raises :class:`BadInput` for
-input it cannot use and leaves its state as it was.
+A REST answer is the state at the time of the answer, which has no exchange time of its
+own: its events are ``UNTIMED`` (monitor/events.py), dated by the engine's clock and never
+moving it. Numbers, timestamps and identifiers are read by adapters/wire.py (its module
+docstring has the limits). Stateful (specs, brackets, leverage and margin type per symbol,
+the account modes) but pure: no I/O, no clock, no logging. Every method raises
+:class:`BadInput` for input it cannot use and leaves its state as it was.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from adapters.wire import (
 )
 from monitor.errors import BadInput
 from monitor.events import (
+    UNTIMED,
     AccountConfigUpdate,
     AccountMode,
     BalanceUpdate,
@@ -339,13 +342,13 @@ class BinanceDecoder:
             flag = _object(body, endpoint).get("multiAssetsMargin")
             if type(flag) is not bool:
                 raise BadInput(f"{endpoint} multiAssetsMargin {show(flag)} is not a boolean")
-            return self._set_modes(require_account(account, endpoint), recv_ms, recv_ms,
+            return self._set_modes(require_account(account, endpoint), UNTIMED, recv_ms,
                                    multi_assets=flag)
         if endpoint == RestPath.POSITION_MODE:
             flag = _object(body, endpoint).get("dualSidePosition")
             if type(flag) is not bool:
                 raise BadInput(f"{endpoint} dualSidePosition {show(flag)} is not a boolean")
-            return self._set_modes(require_account(account, endpoint), recv_ms, recv_ms,
+            return self._set_modes(require_account(account, endpoint), UNTIMED, recv_ms,
                                    hedge=flag)
         return []
 
@@ -400,7 +403,7 @@ class BinanceDecoder:
             tiers, leverage = brackets
             events.append(InstrumentUpdate(Instrument(
                 symbol, "linear", 1.0, 1.0, spec.base, spec.margin_asset, tiers,
-                leverage, spec.lot_size, tier_basis="value"), recv_ms, recv_ms))
+                leverage, spec.lot_size, tier_basis="value"), UNTIMED, recv_ms))
         return events
 
     def _account(self, body: Any, account: str, recv_ms: int, endpoint: str) -> list[Event]:
@@ -414,29 +417,30 @@ class BinanceDecoder:
             balances.append(CurrencyBalance(
                 asset, number_field(row, "crossWalletBalance", where, "any"), None, None,
                 _figures(row, "marginBalance", "maintMargin", "initialMargin", where)
-                if single else None))
+                if single and "maintMargin" in row else None))
         events: list[Event] = []
         multi = data.get("multiAssetsMargin")
         if type(multi) is bool:  # v2 says; v3 leaves it to /fapi/v1/multiAssetsMargin
-            events.extend(self._set_modes(account, recv_ms, recv_ms, multi_assets=multi))
-        figures = _figures(data, "totalMarginBalance", "totalMaintMargin",
-                           "totalInitialMargin", context)
-        events.append(BalanceUpdate(account, tuple(balances), True, figures, recv_ms,
+            events.extend(self._set_modes(account, UNTIMED, recv_ms, multi_assets=multi))
+        # An answer without the totals (a replay server's, after pushes) has no figures.
+        figures = (_figures(data, "totalMarginBalance", "totalMaintMargin",
+                            "totalInitialMargin", context)
+                   if "totalMaintMargin" in data else None)
+        events.append(BalanceUpdate(account, tuple(balances), True, figures, UNTIMED,
                                     recv_ms))
         return events
 
     def _position_risk(self, body: Any, account: str, recv_ms: int) -> list[Event]:
         positions = []
-        latest = 0
         for row in _rows(body, "positionRisk"):
             symbol = text_field(row, "symbol", "positionRisk")
             context = f"positionRisk {symbol}"
             contracts = number_field(row, "positionAmt", context, "any")
-            latest = max(latest, timestamp_field(row, "updateTime", context))
+            timestamp_field(row, "updateTime", context)  # checked, not used
             mode = _risk_margin_type(row, context)
             self._margin_type[(account, symbol)] = mode
             leverage = optional_number_field(row, "leverage", context, "positive")
-            notional = abs(number_field(row, "notional", context, "any"))
+            notional = abs(optional_number_field(row, "notional", context, "any") or 0.0)
             initial = optional_number_field(row, "positionInitialMargin", context,
                                             "non_negative")
             if leverage is None and initial and notional:
@@ -456,12 +460,12 @@ class BinanceDecoder:
                 wallet if mode == "isolated" else None,
                 ExchangePositionFigures(ratio, maint, optional_number_field(
                     row, "initialMargin", context, "non_negative"))))
-        return [PositionSnapshot(account, tuple(positions), latest or recv_ms, recv_ms)]
+        return [PositionSnapshot(account, tuple(positions), UNTIMED, recv_ms)]
 
     def _open_orders(self, body: Any, account: str, recv_ms: int) -> list[Event]:
         orders = tuple(self._order(account, row, "openOrders")
                        for row in _rows(body, "openOrders"))
-        return [OrdersSnapshot(account, orders, recv_ms, recv_ms)]
+        return [OrdersSnapshot(account, orders, UNTIMED, recv_ms)]
 
     def _order(self, account: str, row: dict[str, Any], context: str) -> Order:
         symbol = text_field(row, "symbol", context)

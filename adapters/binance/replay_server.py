@@ -70,6 +70,19 @@ the one object for leverageBracket (400 ``-1121 Invalid symbol.`` without one, a
 does); a request without ``symbol`` answers the whole list, or, if only per-symbol bodies
 were recorded, their rows together by symbol.
 
+The account's state after pushes (the *overlay*). A recorded ``account`` or
+``positionRisk`` body served after frames recorded later than it were pushed is no longer
+the account's state: the wallets and positions the pushed ``ACCOUNT_UPDATE`` frames changed
+replace the body's (``crossWalletBalance`` and ``walletBalance`` from ``cw`` and ``wb``;
+``positionAmt``, ``entryPrice``, ``isolatedWallet`` from ``pa``, ``ep``, ``iw``; a position
+the body lacks is added), and the exchange's own figures, which move with every mark and
+which no margin model here can recompute, are left out: the totals and each asset's
+``maintMargin``, ``initialMargin`` and ``marginBalance``, each position's ``maintMargin``,
+``initialMargin``, ``unRealizedProfit``, ``liquidationPrice`` and ``markPrice``. A client
+then has no exchange figures to compare with until the next recorded body, rather than
+stale ones (the daemon's divergence check would report a difference the exchange never
+showed).
+
 Pushes. Every data frame of the recording goes, in recorded order, to the connection it
 belongs to: market frames (no ``account``) to the latest ``/stream`` connection, user-data
 frames of account A to the latest user-data connection of A. A role's connection is
@@ -487,6 +500,89 @@ def _symbol_rows(body: Any, symbol: str) -> list[Any]:
     return [row for row in _rows(body) if type(row) is dict and row.get("symbol") == symbol]
 
 
+# The answers the overlay applies to (see the module docstring).
+_STATE_PATHS: Final = frozenset({RestPath.ACCOUNT, RestPath.ACCOUNT_V2, RestPath.POSITION_RISK,
+                                 RestPath.POSITION_RISK_V2})
+_ACCOUNT_FIGURES: Final = frozenset({
+    "totalInitialMargin", "totalMaintMargin", "totalMarginBalance", "totalUnrealizedProfit",
+    "totalPositionInitialMargin", "totalOpenOrderInitialMargin", "totalCrossUnPnl",
+    "availableBalance", "maxWithdrawAmount"})
+_ASSET_FIGURES: Final = frozenset({
+    "unrealizedProfit", "marginBalance", "maintMargin", "initialMargin",
+    "positionInitialMargin", "openOrderInitialMargin", "crossUnPnl", "availableBalance",
+    "maxWithdrawAmount"})
+_POSITION_FIGURES: Final = frozenset({
+    "maintMargin", "initialMargin", "unRealizedProfit", "liquidationPrice", "markPrice",
+    "breakEvenPrice", "isolatedMargin"})
+
+
+@dataclass
+class _Overlay:
+    """What an account's pushed ``ACCOUNT_UPDATE`` frames changed: wallets by asset,
+    positions by (symbol, positionSide)."""
+
+    wallets: dict[str, tuple[str, str]] = field(default_factory=dict)  # asset: (wb, cw)
+    positions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def note(self, payload: bytes) -> None:
+        if b'"ACCOUNT_UPDATE"' not in payload:
+            return
+        frame = orjson.loads(payload)
+        data = frame.get("a") if type(frame) is dict else None
+        if type(data) is not dict:
+            return
+        for row in data.get("B") or ():
+            if type(row) is dict and type(row.get("a")) is str:
+                self.wallets[row["a"]] = (str(row.get("wb", "0")), str(row.get("cw", "0")))
+        for row in data.get("P") or ():
+            if type(row) is dict and type(row.get("s")) is str:
+                self.positions[(row["s"], str(row.get("ps", "BOTH")))] = row
+
+    def apply(self, path: str, body: Any) -> Any:
+        """``body`` as of the pushes, without the exchange's figures."""
+        if path in (RestPath.ACCOUNT, RestPath.ACCOUNT_V2) and type(body) is dict:
+            answer = {key: value for key, value in body.items() if key not in _ACCOUNT_FIGURES}
+            assets = []
+            seen = set()
+            for row in body.get("assets") or ():
+                if type(row) is not dict:
+                    continue
+                row = {key: value for key, value in row.items() if key not in _ASSET_FIGURES}
+                wallet = self.wallets.get(row.get("asset"))  # type: ignore[arg-type]
+                if wallet is not None:
+                    row["walletBalance"], row["crossWalletBalance"] = wallet
+                seen.add(row.get("asset"))
+                assets.append(row)
+            assets += [{"asset": asset, "walletBalance": wb, "crossWalletBalance": cw}
+                       for asset, (wb, cw) in self.wallets.items() if asset not in seen]
+            answer["assets"] = assets
+            return answer
+        if path in (RestPath.POSITION_RISK, RestPath.POSITION_RISK_V2) and type(body) is list:
+            rows = []
+            seen_keys = set()
+            for row in body:
+                if type(row) is not dict:
+                    continue
+                key = (str(row.get("symbol")), str(row.get("positionSide", "BOTH")))
+                seen_keys.add(key)
+                row = {k: v for k, v in row.items() if k not in _POSITION_FIGURES}
+                pushed = self.positions.get(key)
+                if pushed is not None:
+                    row["positionAmt"] = pushed.get("pa", row.get("positionAmt"))
+                    row["entryPrice"] = pushed.get("ep", row.get("entryPrice"))
+                    row["isolatedWallet"] = pushed.get("iw", row.get("isolatedWallet"))
+                rows.append(row)
+            for (symbol, side), pushed in self.positions.items():
+                if (symbol, side) not in seen_keys:
+                    rows.append({"symbol": symbol, "positionSide": side,
+                                 "positionAmt": pushed.get("pa", "0"),
+                                 "entryPrice": pushed.get("ep", "0"),
+                                 "isolatedWallet": pushed.get("iw", "0"),
+                                 "notional": "0", "updateTime": 0})
+            return rows
+        return body
+
+
 def _rest_answer(bodies: dict[_Owner, _PathBodies], owners: tuple[str | None, ...],
                  path: str, symbol: str | None) -> tuple[HTTPStatus, Any]:
     """A signed GET's answer from the bodies of its owners (see the module docstring)."""
@@ -703,6 +799,8 @@ class ReplayServer:
         self._account_keys: dict[str, str] = {}
         self._key_requests = 0  # POST listenKey with an API key (fail_logins)
         self._pushed = 0
+        self._pushed_line = 0  # the line number of the latest frame pushed
+        self._overlays: dict[str, _Overlay] = {}
         self._first_recv_ms: int | None = None
         self._last_recv_ms: int | None = None  # of the latest frame pushed
         self._last_target: _Connection | None = None
@@ -922,6 +1020,9 @@ class ReplayServer:
                 continue
             break
         self._pushed += 1
+        self._pushed_line = line.line_number
+        if line.account is not None:
+            self._overlays.setdefault(line.account, _Overlay()).note(line.payload)
         self._last_recv_ms = line.recv_ms
         self._last_target = target
         self._last_push_at = now = time.monotonic()
@@ -1255,7 +1356,13 @@ class ReplayServer:
         await self._positioned.wait()
         owners: tuple[str | None, ...] = (
             (account, None) if path == RestPath.LEVERAGE_BRACKET else (account,))
-        return _rest_answer(self._bodies, owners, path, _symbol_of(path, params))
+        status, body = _rest_answer(self._bodies, owners, path, _symbol_of(path, params))
+        if status is HTTPStatus.OK and path in _STATE_PATHS:
+            held = self._bodies.get((account, path))
+            served = _chosen([held.whole]) if held is not None else None
+            if served is not None and served.line_number < self._pushed_line:
+                body = self._overlays.get(account, _Overlay()).apply(path, body)
+        return status, body
 
 
 def _check_readable(recording: Path) -> None:

@@ -10,6 +10,7 @@ from adapters.binance.auth import Credentials, load_credentials, load_trade_cred
 from adapters.binance.config import BinanceConfig, parse_binance
 from adapters.binance.decode import BinanceDecoder
 from adapters.binance.live import BinanceFeed
+from adapters.binance.replay_server import Faults, serve
 from monitor.config import AccountConfig
 from monitor.errors import ConfigError
 from monitor.execution import Trader
@@ -48,7 +49,8 @@ class BinanceVenue:
     async def serve_replay(self, recording: Path, host: str, port: int, speed: float | None,
                            faults: Mapping[str, Any], status: Callable[[dict[str, Any]], None],
                            *, rest_port: int = 0) -> None:
-        raise ConfigError("--venue", "the Binance replay server is not available yet")
+        await serve(recording, host, port, speed, Faults(**faults), status,
+                    rest_port=rest_port)
 
 
 BINANCE = BinanceVenue()
