@@ -184,7 +184,7 @@ class _Connection:
                 self._log.error("replay_rest_failed", path=request.target, error=repr(error))
                 response = self._error(HTTPStatus.INTERNAL_SERVER_ERROR,
                                        "System error. Try again later")
-            await self._send_response(response)
+            await self._send_response(response, head=request.method == "HEAD")
             if self._h11.our_state is h11.MUST_CLOSE:
                 return
             try:
@@ -227,7 +227,9 @@ class _Connection:
         return HttpRequest(head.method.decode("ascii", "replace"),
                            head.target.decode("latin-1"), headers, bytes(body), arrived_at)
 
-    async def _send_response(self, response: HttpResponse, *, close: bool = False) -> None:
+    async def _send_response(self, response: HttpResponse, *, close: bool = False,
+                             head: bool = False) -> None:
+        """The answer; to a HEAD request its headers only (h11 refuses a body there)."""
         headers = [("Content-Type", "application/json"),
                    ("Content-Length", str(len(response.body))),
                    ("Date", email.utils.formatdate(usegmt=True))]
@@ -235,8 +237,9 @@ class _Connection:
             headers.append(("Connection", "close"))
         status = HTTPStatus(response.status)
         data = self._h11.send(h11.Response(status_code=status.value, headers=headers,
-                                           reason=status.phrase.encode()))
-        data = (data or b"") + (self._h11.send(h11.Data(data=response.body)) or b"")
+                                           reason=status.phrase.encode())) or b""
+        if not head:
+            data += self._h11.send(h11.Data(data=response.body)) or b""
         data += self._h11.send(h11.EndOfMessage()) or b""
         self._writer.write(data)
         await self._writer.drain()

@@ -213,3 +213,20 @@ async def test_https_over_tls_with_the_servers_certificate_checked() -> None:
         await untrusted.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_head_request_is_answered_with_headers_only_and_the_listener_goes_on(
+        echo: tuple[Echo, RestListener, int]) -> None:
+    handler, _, port = echo
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"HEAD /probe HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await read_head(reader)
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 12" in head.lower()
+    # The next answer on the same connection follows at once: no body was sent to HEAD.
+    second = await read_head(reader)
+    assert second.startswith(b"HTTP/1.1 200")
+    assert await reader.readexactly(len(b"GET /after ")) == b"GET /after "
+    writer.close()
+    assert [request.method for request in handler.requests] == ["HEAD", "GET"]
