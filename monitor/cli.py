@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--read-only-key", action="append", default=[], metavar="KEY",
                         help="an API key with perm read_only (repeatable)")
     faults.add_argument("--expire-listen-key-after", type=int, default=None, metavar="N",
-                        help="--venue binance: once, after N frames, expire every listen "
-                             "key (listenKeyExpired)")
+                        help="venues with listen keys: once, after N frames, expire every "
+                             "listen key (a listenKeyExpired push)")
 
     alerts = commands.add_parser("alerts", help="print stored alerts (a table on a terminal, "
                                                  "else JSON lines)")
