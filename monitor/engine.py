@@ -314,6 +314,7 @@ class Exposure:
         "isolated",
         "key",
         "leverage",
+        "liquidation_divergent",
         "maint",
         "maint_deduction",
         "maint_high",
@@ -357,6 +358,7 @@ class Exposure:
         self.qk = self.abs_qk = self.maint_rate = self.fee_rate = 0.0
         # The tier of the fast path (_on_mark): its rate and deduction hold while the
         # position value stays in (maint_low, maint_high] (instruments.Instrument).
+        self.liquidation_divergent = False  # an exchange_divergence of its liquidation price
         self.maint_deduction = 0.0
         self.maint_low = -math.inf
         self.maint_high = math.inf
@@ -1188,7 +1190,7 @@ class MarginEngine:
             self._set_position(exposure, position.contracts, position.avg_price,
                                position.leverage, position.margin)
             exposure.exchange = position.exchange
-            if position.exchange is not None and exposure.isolated:
+            if position.exchange is not None:
                 reported.append(exposure)
             self._discard_if_empty(exposure)
         if snapshot:
@@ -1209,6 +1211,11 @@ class MarginEngine:
                 self._check_divergence(pool, figures.margin_ratio, figures.maint_margin,
                                        figures.init_margin, event.event_ms, event.recv_ms,
                                        alerts)
+            if (exposure.exchange is not None
+                    and exposure.exchange.liquidation_price is not None
+                    and not account.missing):
+                self._check_liquidation_price(exposure, exposure.exchange.liquidation_price,
+                                              event.event_ms, event.recv_ms, alerts)
 
     def _set_position(self, exposure: Exposure, contracts: float, avg_price: float,
                       leverage: float | None, margin: float | None) -> None:
@@ -1904,6 +1911,40 @@ class MarginEngine:
                        discriminator=pool.key)
         pool.divergent = divergent
 
+    def _check_liquidation_price(self, exposure: Exposure, theirs: float, ts: int,
+                                 recv_ms: int, alerts: list[Alert]) -> None:
+        """SPEC 1.9 for a position's liquidation price: the exchange's against the mark at
+        which our ratio of the position's pool reaches 1, the venue's liquidation line
+        (riskmon's ratio is equity / requirement on every venue: README "Venues"). Ours
+        none (no such mark) against theirs is divergent too. One ``exchange_divergence``
+        alert per episode of the position, like the pools'."""
+        pool = exposure.pool
+        if pool is None or pool.kind == POOL_EXCHANGE:
+            return
+        ours = self._liquidation_mark(exposure, 1.0)
+        difference = None if ours is None else abs(ours - theirs) / max(abs(theirs), 1e-12)
+        tolerance = self.risk.divergence_tolerance
+        divergent = difference is None or difference > tolerance
+        if divergent and not exposure.liquidation_divergent:
+            figures = self._pool_figures(pool)
+            payload: dict[str, Any] = {
+                "fields": [{"field": "liquidation_price", "ours": ours, "theirs": theirs,
+                            "relative_difference": difference}],
+                "tolerance": tolerance,
+                "ours": figures.margin_ratio,
+                "theirs": None,
+                "relative_difference": None,
+                "inst_id": exposure.inst_id,
+                "side": exposure.side,
+                "margin_mode": exposure.margin_mode,
+            }
+            self._emit(alerts, pool.account, "exchange_divergence", ts, recv_ms,
+                       exposure.inst_id, self.marks.get(exposure.inst_id), payload,
+                       figures=figures, level=pool.level,
+                       discriminator=f"liquidation:{exposure.inst_id}:{exposure.side}:"
+                                     f"{exposure.margin_mode}")
+        exposure.liquidation_divergent = divergent
+
     # -- bookkeeping -------------------------------------------------------------------
 
     def _add_account(self, name: str, config: AccountConfig) -> AccountState:
@@ -2388,10 +2429,12 @@ class MarginEngine:
             "max_withdrawable_usd": withdrawable,
         }
 
-    def _liquidation_mark(self, exposure: Exposure) -> float | None:
+    def _liquidation_mark(self, exposure: Exposure,
+                          level: float | None = None) -> float | None:
         """The mark of this instrument at which the ratio of the exposure's pool reaches the
-        liquidation level, every other price held (SPEC 1.5); the pool's other positions
-        on the same instrument move with it. None when no such mark exists."""
+        liquidation level (or ``level``), every other price held (SPEC 1.5); the pool's
+        other positions on the same instrument move with it. None when no such mark
+        exists."""
         pool = exposure.pool
         instrument = exposure.instrument
         mark = self.marks.get(exposure.inst_id)
@@ -2404,7 +2447,8 @@ class MarginEngine:
             return None
         inverse = instrument.contract_type == "inverse"
         k = instrument.multiplier
-        level = self.risk.liquidation
+        if level is None:
+            level = self.risk.liquidation
         fee_rate = self.risk.closing_fee_rate
         moving = [e for e in pool.account.exposures.values()
                   if e.pool is pool and e.inst_id == exposure.inst_id and e.contracts != 0.0]

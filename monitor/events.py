@@ -136,12 +136,15 @@ class ExchangePositionFigures:
     """The exchange's own figures of one position, for the divergence check (SPEC 1.9).
 
     All in the position's settlement currency except the ratio; None where the exchange
-    leaves the field empty.
+    leaves the field empty. ``liquidation_price``: the mark at which the exchange would
+    liquidate the position, where a decoder hands it on (compared with the mark at which
+    riskmon's ratio of its pool reaches 1).
     """
 
     margin_ratio: float | None
     maint_margin: float | None
     init_margin: float | None
+    liquidation_price: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

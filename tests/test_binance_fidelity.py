@@ -266,3 +266,21 @@ def test_each_brackets_cum_keeps_the_margin_continuous(brackets: list[dict[str, 
         bound = tier.max_size
         assert instrument.maintenance_margin(1, bound) == pytest.approx(
             instrument.maintenance_margin(1, bound * (1 + 1e-12)), rel=1e-9)
+
+
+def test_a_liquidation_price_off_ours_is_an_exchange_divergence() -> None:
+    # The captured positionRisk row with its liquidationPrice moved 10 % away: riskmon
+    # says so, once per episode; the captured figure again ends the episode.
+    decoder = BinanceDecoder()
+    engine = engine_at(67502.68519858, POSITION_RISK)
+    wrong = [{**POSITION_RISK[0], "liquidationPrice": "58362.28878411"}]
+    events = [event for body in (wrong, wrong, POSITION_RISK, wrong)
+              for event in decoder.decode_rest(RestPath.POSITION_RISK, body, "main",
+                                               RECV + 10)]
+    found = [[alert for alert in engine.apply(event) if alert.kind == "exchange_divergence"]
+             for event in events]
+    assert [len(alerts) for alerts in found] == [1, 0, 0, 1]
+    [field] = found[0][0].payload["fields"]
+    assert field["field"] == "liquidation_price" and field["theirs"] == 58362.28878411
+    assert close(field["ours"], 64846.98753790)
+    assert found[0][0].inst_id == "BTCUSDT"

@@ -454,12 +454,15 @@ class BinanceDecoder:
             ratio = None
             if mode == "isolated" and maint:
                 ratio = number_field(row, "isolatedMargin", context, "any") / maint
+            # "0" when no price would liquidate it (Binance's formula gives one below 0).
+            liquidation = optional_number_field(row, "liquidationPrice", context,
+                                                "non_negative")
             positions.append(Position(
                 symbol, contracts, number_field(row, "entryPrice", context, "non_negative"),
                 leverage, _position_side(row, "positionSide", context), mode,
                 wallet if mode == "isolated" else None,
                 ExchangePositionFigures(ratio, maint, optional_number_field(
-                    row, "initialMargin", context, "non_negative"))))
+                    row, "initialMargin", context, "non_negative"), liquidation or None)))
         return [PositionSnapshot(account, tuple(positions), UNTIMED, recv_ms)]
 
     def _open_orders(self, body: Any, account: str, recv_ms: int) -> list[Event]:
