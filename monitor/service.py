@@ -267,9 +267,16 @@ def single_venue(config: Config, venues: Registry = VENUES) -> VenueUse:
     """The one venue a daemon follows (ConfigError for a configuration that mixes venues:
     one daemon per venue for now)."""
     uses = resolve_venues(config, venues)
-    if len(uses) > 1:
+    active = [use for use in uses.values() if use.accounts]
+    if len(active) > 1:
         raise ConfigError("accounts", "the accounts are on more than one venue ("
-                          f"{', '.join(uses)}): run one daemon per venue")
+                          f"{', '.join(use.venue.name for use in active)}): run one daemon "
+                          "per venue")
+    if active:
+        return active[0]  # a venue table no account uses is read, and not followed
+    if len(uses) > 1:
+        raise ConfigError("venues", f"tables for several venues ({', '.join(uses)}) and no "
+                          "account: an [accounts.NAME] with its venue says which to follow")
     return next(iter(uses.values()))
 
 

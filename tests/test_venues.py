@@ -108,6 +108,17 @@ def test_an_account_is_on_the_only_venue_or_the_default_or_names_its_own() -> No
         single_venue(named, registry)
 
 
+def test_the_daemon_follows_the_venue_its_accounts_are_on() -> None:
+    registry = VENUES.with_venue(PaperVenue())
+    # A table no account uses is read (its errors count) but not followed.
+    config = parse('[venues.paper]\n[venues.okx]\n[accounts.main]\nvenue = "okx"\n')
+    assert single_venue(config, registry).venue.name == "okx"
+    with pytest.raises(ConfigError) as raised:
+        single_venue(parse("[venues.paper]\n[venues.okx]\n"), registry)
+    assert raised.value.key == "venues"
+    assert single_venue(parse("[venues.paper]\n"), registry).venue.name == "paper"
+
+
 def test_a_venue_without_a_table_runs_on_its_defaults() -> None:
     [use] = resolve_venues(parse("[accounts.main]\n"), VENUES).values()
     assert use.settings == OkxConfig()
