@@ -125,7 +125,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import itertools
 import math
 import secrets
@@ -141,12 +140,18 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as serve_websockets
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from adapters.binance.decode import RestPath
 from adapters.logging import get_logger
+from adapters.replay_common import (
+    Pace,
+    RecordingError,
+    check_readable,
+    json_response,
+    url_host,
+)
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
 
@@ -193,15 +198,6 @@ _YIELD_EVERY_S: Final = 0.0005  # the push loop lets other tasks run at least th
 _READ_CHUNK_BYTES: Final = 1 << 20
 _LOGGED_SKIPS: Final = 20
 _SHOWN_PATH_CHARS: Final = 200
-
-
-class RecordingError(RiskmonError):
-    """The recording cannot be served: missing or unreadable (``path`` names it)."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"recording {path}: {message}")
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,18 +674,6 @@ def _stream_names(params: Any) -> list[str] | None:
     return params
 
 
-def _json_response(status: HTTPStatus, body: Any) -> Response:
-    """An HTTP answer to a websocket handshake that is refused."""
-    data = orjson.dumps(body)
-    headers = Headers([
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Connection", "close"),
-        ("Content-Length", str(len(data))),
-        ("Content-Type", "application/json"),
-    ])
-    return Response(status.value, status.phrase, headers, data)
-
-
 def _listener_error(status: HTTPStatus, message: str) -> HttpResponse:
     """The REST listener's own errors (400, 413, 431, 500) in Binance's shape: -1000 is
     Binance's "An unknown error occurred while processing the request"."""
@@ -724,27 +708,6 @@ class _Connection:
     unwanted: set[str] = field(default_factory=set)  # pushed after the grace, unsubscribed
 
 
-@dataclass
-class _Pace:
-    """When each frame is due: ``start + lag + (recv - first_recv) / speed``."""
-
-    speed: float | None
-    first_recv_ms: int
-    start: float
-    lag: float = 0.0
-
-    def delay(self, recv_ms: int, now: float) -> float:
-        if self.speed is None:
-            return 0.0
-        return self.start + self.lag + (recv_ms - self.first_recv_ms) / 1000 / self.speed - now
-
-    def rebase(self, recv_ms: int, now: float) -> None:
-        """After a pause, make the frame due now at the latest, and the rest after it."""
-        late = -self.delay(recv_ms, now)
-        if late > 0:
-            self.lag += late
-
-
 class ReplayServer:
     """Serves one recording over Binance USDⓈ-M futures' websocket and REST protocols.
 
@@ -768,7 +731,7 @@ class ReplayServer:
                             ("subscribe_grace_s", subscribe_grace_s)):
             if not 0 <= value < math.inf:
                 raise ConfigError(name, "must be a non-negative number of seconds")
-        _check_readable(recording)
+        check_readable(recording)
         self._recording = recording
         self._speed = speed
         self._faults = faults if faults is not None else NO_FAULTS
@@ -925,7 +888,7 @@ class ReplayServer:
             self._first_recv_ms = first.recv_ms
             await self._wait_until(self._all_ready)
             self._log.info("replay_started", speed=self._speed)
-            pace = _Pace(self._speed, first.recv_ms, time.monotonic())
+            pace = Pace(self._speed, first.recv_ms, time.monotonic())
             self._arm_stall()
             line: _FrameLine | None = first
             while line is not None:
@@ -956,7 +919,7 @@ class ReplayServer:
         finally:
             handle.close()
 
-    async def _push(self, line: _FrameLine, pace: _Pace) -> None:
+    async def _push(self, line: _FrameLine, pace: Pace) -> None:
         """Push one frame to its connection, waiting for whatever it needs first."""
         grace: tuple[_Connection, float] | None = None
         while True:
@@ -1174,8 +1137,8 @@ class ReplayServer:
         if key and "/" not in key:
             if key in self._listen_keys:
                 return None
-            return _json_response(*_NO_LISTEN_KEY)
-        return _json_response(HTTPStatus.NOT_FOUND, {
+            return json_response(*_NO_LISTEN_KEY)
+        return json_response(HTTPStatus.NOT_FOUND, {
             "code": -1, "msg": f"Not Found: {path[:_SHOWN_PATH_CHARS]}"})
 
     async def _handle(self, websocket: ServerConnection) -> None:
@@ -1365,20 +1328,6 @@ class ReplayServer:
         return status, body
 
 
-def _check_readable(recording: Path) -> None:
-    if not recording.is_file():
-        raise RecordingError(recording, "not found (or not a regular file)")
-    try:
-        with recording.open("rb"):
-            pass
-    except OSError as error:
-        raise RecordingError(recording, f"cannot be read ({error.strerror})") from error
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 async def serve(recording: Path, host: str, port: int, speed: float | None,
                 faults: Faults | None, status: Callable[[dict[str, Any]], None], *,
                 rest_port: int = 0) -> None:
@@ -1396,8 +1345,8 @@ async def serve(recording: Path, host: str, port: int, speed: float | None,
     server = ReplayServer(recording, speed=speed, faults=faults)
     try:
         bound = await server.start(host, port, rest_port)
-        status({"event": "listening", "ws_url": f"ws://{_url_host(host)}:{bound}",
-                "rest_url": f"http://{_url_host(host)}:{server.rest_port}", "port": bound,
+        status({"event": "listening", "ws_url": f"ws://{url_host(host)}:{bound}",
+                "rest_url": f"http://{url_host(host)}:{server.rest_port}", "port": bound,
                 "rest_port": server.rest_port})
         status({"event": "finished", "frames": await server.wait_finished()})
         await asyncio.get_running_loop().create_future()  # until cancelled

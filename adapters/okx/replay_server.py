@@ -144,7 +144,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import itertools
 import math
 import re
@@ -160,7 +159,6 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as serve_websockets
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -181,6 +179,13 @@ from adapters.okx.order_simulator import (
     position_size,
     reduced_row,
     reduction_refusal,
+)
+from adapters.replay_common import (
+    Pace,
+    RecordingError,
+    check_readable,
+    json_response,
+    url_host,
 )
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
@@ -246,15 +251,6 @@ _NOTICE_CLOSE_CODE: Final = 1012  # "service restart" (RFC 6455 registry)
 _YIELD_EVERY_S: Final = 0.0005  # the push loop lets other tasks run at least this often
 _READ_CHUNK_BYTES: Final = 1 << 20
 _SHOWN_REQUEST_CHARS: Final = 200
-
-
-class RecordingError(RiskmonError):
-    """The recording cannot be served: missing or unreadable (``path`` names it)."""
-
-    def __init__(self, path: Path, message: str) -> None:
-        super().__init__(f"recording {path}: {message}")
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,17 +822,6 @@ def _listener_error(status: HTTPStatus, message: str) -> HttpResponse:
     return HttpResponse(status.value, orjson.dumps({"code": code, "msg": message, "data": []}))
 
 
-def _json_response(status: HTTPStatus, body: Any) -> Response:
-    data = orjson.dumps(body)
-    headers = Headers([
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Connection", "close"),
-        ("Content-Length", str(len(data))),
-        ("Content-Type", "application/json"),
-    ])
-    return Response(status.value, status.phrase, headers, data)
-
-
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -866,27 +851,6 @@ class _Connection:
                    for channel, inst_id in self.subscriptions.values())
 
 
-@dataclass
-class _Pace:
-    """When each frame is due: ``start + lag + (recv - first_recv) / speed``."""
-
-    speed: float | None
-    first_recv_ms: int
-    start: float
-    lag: float = 0.0
-
-    def delay(self, recv_ms: int, now: float) -> float:
-        if self.speed is None:
-            return 0.0
-        return self.start + self.lag + (recv_ms - self.first_recv_ms) / 1000 / self.speed - now
-
-    def rebase(self, recv_ms: int, now: float) -> None:
-        """After a pause, make the frame due now at the latest, and the rest after it."""
-        late = -self.delay(recv_ms, now)
-        if late > 0:
-            self.lag += late
-
-
 class ReplayServer:
     """Serves one recording over the OKX v5 websocket and REST protocols.
 
@@ -914,7 +878,7 @@ class ReplayServer:
                             ("subscribe_grace_s", subscribe_grace_s)):
             if not 0 <= value < math.inf:
                 raise ConfigError(name, "must be a non-negative number of seconds")
-        _check_readable(recording)
+        check_readable(recording)
         self._recording = recording
         self._speed = speed
         self._faults = faults
@@ -1085,7 +1049,7 @@ class ReplayServer:
                 return 0
             await self._wait_until(self._all_ready)
             self._log.info("replay_started", speed=self._speed)
-            pace = _Pace(self._speed, first.recv_ms, time.monotonic())
+            pace = Pace(self._speed, first.recv_ms, time.monotonic())
             self._arm_stall()
             line: _FrameLine | None = first
             while line is not None:
@@ -1113,7 +1077,7 @@ class ReplayServer:
         finally:
             handle.close()
 
-    async def _push(self, line: _FrameLine, pace: _Pace) -> None:
+    async def _push(self, line: _FrameLine, pace: Pace) -> None:
         """Push one frame to its connection, waiting for whatever it needs first."""
         grace: tuple[_Connection, float] | None = None
         while True:
@@ -1523,7 +1487,7 @@ class ReplayServer:
         headers = {name.lower(): value for name, value in request.headers.raw_items()}
         status, body = await self._rest("GET", request.path, headers, b"",
                                         time.perf_counter())
-        return _json_response(status, body)
+        return json_response(status, body)
 
     async def _serve_rest(self, request: HttpRequest) -> HttpResponse:
         """REST on the HTTP/1.1 listener: the same answers, and POST."""
@@ -1862,20 +1826,6 @@ def _read_as_passed(path: str, query: Query) -> bool:
     return path == RestPath.POSITION_TIERS and ("instType", "MARGIN") in query
 
 
-def _check_readable(recording: Path) -> None:
-    if not recording.is_file():
-        raise RecordingError(recording, "not found (or not a regular file)")
-    try:
-        with recording.open("rb"):
-            pass
-    except OSError as error:
-        raise RecordingError(recording, f"cannot be read ({error.strerror})") from error
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 async def serve(recording: Path, host: str, port: int, speed: float | None, faults: Faults,
                 status: Callable[[dict[str, Any]], None], *, rest_port: int = 0) -> None:
     """Serve ``recording`` until cancelled (``riskmon replay-server``).
@@ -1893,8 +1843,8 @@ async def serve(recording: Path, host: str, port: int, speed: float | None, faul
     server = ReplayServer(recording, speed=speed, faults=faults, on_orders=status)
     try:
         bound = await server.start(host, port, rest_port)
-        status({"event": "listening", "ws_url": f"ws://{_url_host(host)}:{bound}",
-                "rest_url": f"http://{_url_host(host)}:{bound}", "port": bound,
+        status({"event": "listening", "ws_url": f"ws://{url_host(host)}:{bound}",
+                "rest_url": f"http://{url_host(host)}:{bound}", "port": bound,
                 "rest_port": server.rest_port})
         status({"event": "finished", "frames": await server.wait_finished()})
         await asyncio.get_running_loop().create_future()  # until cancelled
