@@ -367,10 +367,11 @@ async def _executor(args: argparse.Namespace) -> int:
 
 async def _record(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    credentials = load_all_credentials(config)
+    use = single_venue(config)
+    credentials = load_all_credentials(config, use)
     log = get_logger("riskmon.record")
     writer = RecordingWriter(args.file)
-    daemon = build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write)
+    daemon = build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write, use=use)
     stop = asyncio.Event()
     _stop_on_signals(stop)
     if args.duration is not None:
@@ -500,12 +501,13 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     errors = check_config(raw)
     if not errors:
-        errors = venue_errors(parse_config(raw), VENUES)
-    if not errors:
-        try:
-            single_venue(parse_config(raw))
-        except ConfigError as e:
-            errors.append(e)
+        parsed = parse_config(raw)
+        errors = venue_errors(parsed, VENUES)
+        if not errors:
+            try:
+                single_venue(parsed)
+            except ConfigError as e:
+                errors.append(e)
     if not errors and not args.offline:
         config = parse_config(raw)
         if not config.accounts:

@@ -95,7 +95,7 @@ class Monitor:
         """
         use = single_venue(config, venues)
         if credentials is None:
-            credentials = load_all_credentials(config, venues)
+            credentials = load_all_credentials(config, use)
         tokens = load_tokens(config.stream.tokens)
         if serve_http:
             check_stream_exposure(config)
@@ -280,13 +280,12 @@ def single_venue(config: Config, venues: Registry = VENUES) -> VenueUse:
     return next(iter(uses.values()))
 
 
-def load_all_credentials(config: Config, venues: Registry = VENUES) -> dict[str, Any]:
-    """Every configured account's API credentials, as its venue loads them; a live feed
-    needs at least one account."""
+def load_all_credentials(config: Config, use: VenueUse) -> dict[str, Any]:
+    """Every configured account's API credentials, as its venue (``use``) loads them; a
+    live feed needs at least one account."""
     if not config.accounts:
         raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
-    venue = single_venue(config, venues).venue
-    return {name: venue.credentials(account) for name, account in config.accounts.items()}
+    return {name: use.venue.credentials(account) for name, account in config.accounts.items()}
 
 
 def check_stream_exposure(config: Config) -> None:

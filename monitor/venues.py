@@ -134,41 +134,49 @@ def account_venues(config: Config, registry: Registry) -> dict[str, str]:
 def resolve_venues(config: Config, registry: Registry) -> dict[str, VenueUse]:
     """Every venue the configuration has a table for or an account on, with its settings
     read; raises the first ConfigError (:func:`venue_errors` collects them all)."""
-    errors = venue_errors(config, registry)
-    if errors:
-        raise errors[0]
-    return _resolve(config, registry)
+    return _resolve(config, registry, None)
 
 
 def venue_errors(config: Config, registry: Registry) -> list[ConfigError]:
     """Every error of the venue tables and the accounts' venues (``riskmon check-config``)."""
     errors: list[ConfigError] = []
+    _resolve(config, registry, errors)
+    return errors
+
+
+def _resolve(config: Config, registry: Registry,
+             errors: list[ConfigError] | None) -> dict[str, VenueUse]:
+    """One pass over the venue tables and the accounts: each error raised, or with
+    ``errors`` appended and the venue (or the accounts) left out."""
+
+    def failed(error: ConfigError) -> None:
+        if errors is None:
+            raise error
+        errors.append(error)
+
+    settings: dict[str, Any] = {}
     for name, written in config.venues.items():
         try:
             if name not in registry.venues and written.path == name:
                 raise ConfigError(name, f"unknown key (not a riskmon table, nor a venue: "
                                         f"{', '.join(sorted(registry.venues))})")
-            registry.venue(name, written.path).settings(written.table, written.path)
+            settings[name] = registry.venue(name, written.path).settings(written.table,
+                                                                        written.path)
         except ConfigError as error:
-            errors.append(error)
+            failed(error)
+    accounts: dict[str, str] = {}
     try:
-        account_venues(config, registry)
+        accounts = account_venues(config, registry)
     except ConfigError as error:
-        errors.append(error)
-    return errors
-
-
-def _resolve(config: Config, registry: Registry) -> dict[str, VenueUse]:
-    accounts = account_venues(config, registry)
-    names = list(dict.fromkeys([*config.venues, *accounts.values()]))
-    if not names:
+        failed(error)
+    names = list(dict.fromkeys([*settings, *accounts.values()]))
+    if not names and not config.venues:
         names = [registry.default]
     found: dict[str, VenueUse] = {}
     for name in names:
-        written = config.venues.get(name)
         venue = registry.venues[name]
-        settings = (venue.settings({}, f"venues.{name}") if written is None
-                    else venue.settings(written.table, written.path))
-        found[name] = VenueUse(venue, settings, tuple(
+        if name not in settings:  # an account's venue without a table: its defaults
+            settings[name] = venue.settings({}, f"venues.{name}")
+        found[name] = VenueUse(venue, settings[name], tuple(
             account for account, on in accounts.items() if on == name))
     return found
