@@ -71,6 +71,7 @@ from adapters.wire import (
     plain_price,
     plain_timestamp,
     require_account,
+    rows_of,
     show,
     text_field,
     timestamp_field,
@@ -245,13 +246,13 @@ class BinanceDecoder:
             raise BadInput(f"ACCOUNT_UPDATE a {show(data)} is not an object")
         event_ms = timestamp_field(frame, "E", "ACCOUNT_UPDATE")
         balances = []
-        for row in _rows(data.get("B", []), "ACCOUNT_UPDATE B"):
+        for row in rows_of(data.get("B", []), "ACCOUNT_UPDATE B"):
             context = "ACCOUNT_UPDATE balance"
             balances.append(CurrencyBalance(text_field(row, "a", context),
                                             number_field(row, "cw", context, "any"),
                                             None, None))
         positions = []
-        for row in _rows(data.get("P", []), "ACCOUNT_UPDATE P"):
+        for row in rows_of(data.get("P", []), "ACCOUNT_UPDATE P"):
             context = "ACCOUNT_UPDATE position"
             symbol = text_field(row, "s", context)
             mode = _margin_type(row, "mt", context)
@@ -325,7 +326,7 @@ class BinanceDecoder:
                            f"{show(body.get('msg'))}")
         if endpoint == RestPath.ASSET_INDEX:
             rows = [body] if type(body) is dict else body
-            return [event for row in _rows(rows, endpoint)
+            return [event for row in rows_of(rows, endpoint)
                     for event in _asset_index(row, "symbol", "index", "bidBuffer", "time",
                                               recv_ms)]
         if endpoint == RestPath.EXCHANGE_INFO:
@@ -355,14 +356,14 @@ class BinanceDecoder:
     def _exchange_info(self, body: Any, recv_ms: int) -> list[Event]:
         symbols = _object(body, RestPath.EXCHANGE_INFO).get("symbols")
         found: dict[str, _Spec] = {}
-        for row in _rows(symbols, "exchangeInfo symbols"):
+        for row in rows_of(symbols, "exchangeInfo symbols"):
             context = "exchangeInfo symbol"
             symbol = text_field(row, "symbol", context)
             if (row.get("contractType") not in _TRADED_CONTRACTS
                     or row.get("status") != "TRADING"):
                 continue
             lot = None
-            for rule in _rows(row.get("filters", []), f"{context} {symbol} filters"):
+            for rule in rows_of(row.get("filters", []), f"{context} {symbol} filters"):
                 if rule.get("filterType") == "LOT_SIZE":
                     lot = number_field(rule, "stepSize", f"{context} {symbol} LOT_SIZE",
                                        "positive")
@@ -374,12 +375,12 @@ class BinanceDecoder:
     def _leverage_brackets(self, body: Any, recv_ms: int) -> list[Event]:
         rows = [body] if type(body) is dict else body  # one symbol asked: one object
         found: dict[str, tuple[tuple[Tier, ...], float | None]] = {}
-        for row in _rows(rows, "leverageBracket"):
+        for row in rows_of(rows, "leverageBracket"):
             symbol = text_field(row, "symbol", "leverageBracket")
             context = f"leverageBracket {symbol}"
             tiers = []
             leverage: float | None = None
-            for bracket in _rows(row.get("brackets"), f"{context} brackets"):
+            for bracket in rows_of(row.get("brackets"), f"{context} brackets"):
                 tiers.append(Tier(number_field(bracket, "notionalCap", context, "positive"),
                                   number_field(bracket, "maintMarginRatio", context,
                                                "non_negative"),
@@ -411,7 +412,7 @@ class BinanceDecoder:
         context = endpoint
         single = self._modes.get(account, _AccountModes()).multi_assets is False
         balances = []
-        for row in _rows(data.get("assets"), f"{context} assets"):
+        for row in rows_of(data.get("assets"), f"{context} assets"):
             asset = text_field(row, "asset", f"{context} asset")
             where = f"{context} asset {asset}"
             balances.append(CurrencyBalance(
@@ -432,7 +433,7 @@ class BinanceDecoder:
 
     def _position_risk(self, body: Any, account: str, recv_ms: int) -> list[Event]:
         positions = []
-        for row in _rows(body, "positionRisk"):
+        for row in rows_of(body, "positionRisk"):
             symbol = text_field(row, "symbol", "positionRisk")
             context = f"positionRisk {symbol}"
             contracts = number_field(row, "positionAmt", context, "any")
@@ -467,7 +468,7 @@ class BinanceDecoder:
 
     def _open_orders(self, body: Any, account: str, recv_ms: int) -> list[Event]:
         orders = tuple(self._order(account, row, "openOrders")
-                       for row in _rows(body, "openOrders"))
+                       for row in rows_of(body, "openOrders"))
         return [OrdersSnapshot(account, orders, UNTIMED, recv_ms)]
 
     def _order(self, account: str, row: dict[str, Any], context: str) -> Order:
@@ -552,15 +553,6 @@ def _object(body: Any, context: str) -> dict[str, Any]:
     if type(body) is not dict:
         raise BadInput(f"{context} body is a JSON {json_kind(body)}, not an object")
     return body
-
-
-def _rows(data: Any, context: str) -> list[dict[str, Any]]:
-    if type(data) is not list:
-        raise BadInput(f"{context} {show(data)} is not an array")
-    for row in data:
-        if type(row) is not dict:
-            raise BadInput(f"{context} row {show(row)} is not an object")
-    return data
 
 
 def _position_side(row: dict[str, Any], name: str, context: str) -> PositionSide:
