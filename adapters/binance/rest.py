@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
@@ -26,6 +24,7 @@ import orjson
 
 from adapters.binance.auth import API_KEY_HEADER, Credentials, signed_query
 from adapters.binance.decode import RestPath
+from adapters.rest_fetch import fetch_json
 from monitor.errors import ConfigError, FeedError
 
 __all__ = ["LISTEN_KEY", "BinanceRest"]
@@ -76,20 +75,8 @@ class BinanceRest:
         return key or ""
 
     def _fetch(self, method: str, target: str, headers: dict[str, str]) -> Any:
-        request = urllib.request.Request(self._base + target, headers=headers, method=method)
-        path = urlsplit(target).path
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            raise FeedError(f"{method} {path}: HTTP {e.code}{_binance_error(e.read())}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise FeedError(f"{method} {path}: {reason}") from None
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise FeedError(f"{method} {path}: response is not JSON") from None
+        return fetch_json(self._base, method, target, headers, timeout_s=self._timeout_s,
+                          error_detail=_binance_error)
 
 
 def _binance_error(raw: bytes) -> str:

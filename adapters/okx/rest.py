@@ -21,8 +21,6 @@ those are exactly what a recording's ``rest`` line holds (SPEC 3.2). Failures ra
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -32,6 +30,7 @@ import orjson
 
 from adapters.okx.auth import Credentials, rest_headers
 from adapters.okx.decode import RestPath
+from adapters.rest_fetch import fetch_json
 from monitor.errors import ConfigError, FeedError
 
 __all__ = ["OkxRest"]
@@ -110,21 +109,8 @@ class OkxRest:
         return ORDERS_PENDING, {"code": "0", "msg": "", "data": rows}
 
     def _fetch(self, request_path: str, headers: dict[str, str]) -> Any:
-        request = urllib.request.Request(self._base + request_path, headers=headers)
-        path = urlsplit(request_path).path
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            detail = _okx_error(e.read())
-            raise FeedError(f"GET {path}: HTTP {e.code}{detail}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise FeedError(f"GET {path}: {reason}") from None
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise FeedError(f"GET {path}: response is not JSON") from None
+        return fetch_json(self._base, "GET", request_path, headers,
+                          timeout_s=self._timeout_s, error_detail=_okx_error)
 
 
 def _okx_error(raw: bytes) -> str:
