@@ -1,10 +1,13 @@
 """What every venue's replay server shares (adapters/okx/replay_server.py,
-adapters/binance/replay_server.py): the recording's error, the pace of its frames, and
-the small HTTP and URL helpers of serving it."""
+adapters/binance/replay_server.py): the recording's error, the pace of its frames, the
+drop fault's schedule, waiting for the connections, the account an API key stands for,
+and the small HTTP and URL helpers of serving it."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -16,7 +19,8 @@ from websockets.http11 import Response
 
 from monitor.errors import RiskmonError
 
-__all__ = ["Pace", "RecordingError", "check_readable", "json_response", "url_host"]
+__all__ = ["DropSchedule", "Pace", "RecordingError", "account_for_key", "check_readable",
+           "json_response", "url_host", "wait_until"]
 
 
 class RecordingError(RiskmonError):
@@ -76,3 +80,39 @@ def check_readable(recording: Path) -> None:
 def url_host(host: str) -> str:
     """``host`` as it goes in a URL (an IPv6 address in brackets)."""
     return f"[{host}]" if ":" in host else host
+
+
+class DropSchedule:
+    """The drop fault: after every ``after`` frames pushed, ``times`` times in all, the
+    connection of the next frame is dropped."""
+
+    def __init__(self, after: int | None, times: int) -> None:
+        self.after = after
+        self.left = times if after is not None else 0
+        self.next_at = after or 0
+
+    def take(self, pushed: int) -> bool:
+        """Whether the frame after ``pushed`` frames is to be dropped (once each)."""
+        if self.after is None or self.left == 0 or pushed != self.next_at:
+            return False
+        self.left -= 1
+        self.next_at += self.after
+        return True
+
+
+async def wait_until(changed: asyncio.Event, predicate: Callable[[], bool]) -> None:
+    """Wait for ``predicate`` to hold, re-checking it whenever ``changed`` is set (a
+    connection came or went)."""
+    while not predicate():
+        changed.clear()
+        await changed.wait()
+
+
+def account_for_key(api_key: str, accounts: Collection[str]) -> str | None:
+    """The recording's account an API key stands for: the one it names, else the only
+    one."""
+    if api_key in accounts:
+        return api_key
+    if len(accounts) == 1:
+        return next(iter(accounts))
+    return None

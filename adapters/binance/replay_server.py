@@ -146,11 +146,14 @@ from websockets.http11 import Request, Response
 from adapters.binance.decode import RestPath
 from adapters.logging import get_logger
 from adapters.replay_common import (
+    DropSchedule,
     Pace,
     RecordingError,
+    account_for_key,
     check_readable,
     json_response,
     url_host,
+    wait_until,
 )
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
@@ -769,8 +772,7 @@ class ReplayServer:
         self._last_target: _Connection | None = None
         self._last_push_at = 0.0
         self._yielded_at = 0.0
-        self._drops_left = self._faults.drop_times if self._faults.drop_after is not None else 0
-        self._next_drop_at = self._faults.drop_after or 0
+        self._drops = DropSchedule(self._faults.drop_after, self._faults.drop_times)
         self._garbage_sent = False
         self._stall_armed = False
         self._stall_pending = False
@@ -886,7 +888,7 @@ class ReplayServer:
             if first is None:
                 return 0
             self._first_recv_ms = first.recv_ms
-            await self._wait_until(self._all_ready)
+            await wait_until(self._changed, self._all_ready)
             self._log.info("replay_started", speed=self._speed)
             pace = Pace(self._speed, first.recv_ms, time.monotonic())
             self._arm_stall()
@@ -928,7 +930,7 @@ class ReplayServer:
                 pace.rebase(line.recv_ms, time.monotonic())
             if not self._all_ready():
                 self._log.info("replay_paused", frames=self._pushed)
-                await self._wait_until(self._all_ready)
+                await wait_until(self._changed, self._all_ready)
                 self._log.info("replay_resumed", frames=self._pushed)
                 pace.rebase(line.recv_ms, time.monotonic())
             # These two act on the connections of every role, so only once all are there.
@@ -940,7 +942,7 @@ class ReplayServer:
                 continue
             target = self._target(line.account)
             assert target is not None  # all ready
-            if self._take_drop():
+            if self._drops.take(self._pushed):
                 self._abort(target)
                 continue
             delay = pace.delay(line.recv_ms, time.monotonic())
@@ -957,7 +959,8 @@ class ReplayServer:
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(remaining):
-                            await self._wait_until(self._subscribed_or_moved(target, stream))
+                            await wait_until(self._changed,
+                                             self._subscribed_or_moved(target, stream))
                     pace.rebase(line.recv_ms, time.monotonic())
                     continue
                 target.unwanted.add(stream)
@@ -1033,11 +1036,6 @@ class ReplayServer:
                                      for account in self._scan.needed_accounts))
         return roles
 
-    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait for ``predicate`` to hold, re-checking it whenever a connection changes."""
-        while not predicate():
-            self._changed.clear()
-            await self._changed.wait()
 
     def _replay_now_ms(self) -> int:
         """The replay clock: the latest pushed frame's ``recv_ts`` and the time since (at
@@ -1050,13 +1048,6 @@ class ReplayServer:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def _take_drop(self) -> bool:
-        after = self._faults.drop_after
-        if after is None or self._drops_left == 0 or self._pushed != self._next_drop_at:
-            return False
-        self._drops_left -= 1
-        self._next_drop_at += after
-        return True
 
     def _abort(self, conn: _Connection) -> None:
         self._log.warning("replay_fault", fault="drop", conn_id=conn.conn_id,
@@ -1260,16 +1251,9 @@ class ReplayServer:
         api_key = headers.get(_API_KEY_HEADER, "")
         if not api_key:
             return _KEY_FORMAT
-        account = self._account_for_key(api_key)
+        account = account_for_key(api_key, self._scan.accounts)
         return _KEY_REFUSED if account is None else account
 
-    def _account_for_key(self, api_key: str) -> str | None:
-        """The account an API key stands for: the one it names, else the only one."""
-        if api_key in self._scan.accounts:
-            return api_key
-        if len(self._scan.accounts) == 1:
-            return next(iter(self._scan.accounts))
-        return None
 
     def _listen_key(self, method: str, headers: dict[str, str],
                     params: dict[str, str]) -> tuple[HTTPStatus, Any]:

@@ -181,11 +181,14 @@ from adapters.okx.order_simulator import (
     reduction_refusal,
 )
 from adapters.replay_common import (
+    DropSchedule,
     Pace,
     RecordingError,
+    account_for_key,
     check_readable,
     json_response,
     url_host,
+    wait_until,
 )
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
 from monitor.errors import ConfigError, RiskmonError
@@ -908,8 +911,7 @@ class ReplayServer:
         self._last_push_at = 0.0
         self._yielded_at = 0.0
         self._logins = 0
-        self._drops_left = faults.drop_times if faults.drop_after is not None else 0
-        self._next_drop_at = faults.drop_after or 0
+        self._drops = DropSchedule(faults.drop_after, faults.drop_times)
         self._garbage_sent = False
         self._stall_armed = False
         self._stall_pending = False
@@ -1047,7 +1049,7 @@ class ReplayServer:
             self._positioned.set()
             if first is None:
                 return 0
-            await self._wait_until(self._all_ready)
+            await wait_until(self._changed, self._all_ready)
             self._log.info("replay_started", speed=self._speed)
             pace = Pace(self._speed, first.recv_ms, time.monotonic())
             self._arm_stall()
@@ -1088,12 +1090,12 @@ class ReplayServer:
                 await self._send_notices()
             if not self._all_ready():
                 self._log.info("replay_paused", frames=self._pushed)
-                await self._wait_until(self._all_ready)
+                await wait_until(self._changed, self._all_ready)
                 self._log.info("replay_resumed", frames=self._pushed)
                 pace.rebase(line.recv_ms, time.monotonic())
             target = self._target(line.account)
             assert target is not None  # all ready
-            if self._take_drop():
+            if self._drops.take(self._pushed):
                 self._abort(target)
                 continue
             delay = pace.delay(line.recv_ms, time.monotonic())
@@ -1109,7 +1111,7 @@ class ReplayServer:
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(remaining):
-                            await self._wait_until(self._subscribed_or_moved(target, line))
+                            await wait_until(self._changed, self._subscribed_or_moved(target, line))
                     pace.rebase(line.recv_ms, time.monotonic())
                     continue
                 target.unwanted.add(key)
@@ -1200,11 +1202,6 @@ class ReplayServer:
                                      for account in self._scan.needed_accounts))
         return roles
 
-    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait for ``predicate`` to hold, re-checking it whenever a connection changes."""
-        while not predicate():
-            self._changed.clear()
-            await self._changed.wait()
 
     def _note_rest(self, line: _RestLine) -> None:
         """A REST line the push position passed: what later requests of it answer."""
@@ -1251,13 +1248,6 @@ class ReplayServer:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def _take_drop(self) -> bool:
-        after = self._faults.drop_after
-        if after is None or self._drops_left == 0 or self._pushed != self._next_drop_at:
-            return False
-        self._drops_left -= 1
-        self._next_drop_at += after
-        return True
 
     def _abort(self, conn: _Connection) -> None:
         self._log.warning("replay_fault", fault="drop", conn_id=conn.conn_id,
@@ -1368,7 +1358,7 @@ class ReplayServer:
                                   attempt=self._logins)
                 failure = ("60009", "Login failed.")
         if failure is None:
-            account = self._account_for_key(request["args"][0]["apiKey"])
+            account = account_for_key(request["args"][0]["apiKey"], self._scan.accounts)
             if account is None:
                 failure = ("60005", "Invalid apiKey")
             else:
@@ -1402,13 +1392,6 @@ class ReplayServer:
                 return ("60013", "Invalid args")
         return None
 
-    def _account_for_key(self, api_key: str) -> str | None:
-        """The account an API key stands for: the one it names, else the only one."""
-        if api_key in self._scan.accounts:
-            return api_key
-        if len(self._scan.accounts) == 1:
-            return next(iter(self._scan.accounts))
-        return None
 
     async def _subscription(self, conn: _Connection, op: str, request: dict[str, Any],
                             request_id: str | None, message: str | bytes) -> None:
@@ -1533,7 +1516,7 @@ class ReplayServer:
                 return HTTPStatus.UNAUTHORIZED, {
                     "code": code, "msg": f"Request header {name} cannot be empty", "data": []}
         api_key = headers["ok-access-key"]
-        account = self._account_for_key(api_key)
+        account = account_for_key(api_key, self._scan.accounts)
         if account is None:
             return HTTPStatus.UNAUTHORIZED, {"code": "50111", "msg": "Invalid OK-ACCESS-KEY",
                                              "data": []}
