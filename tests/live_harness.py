@@ -196,6 +196,20 @@ def wait_quiet(port: int, *, settle_s: float = 1.0, timeout: float = 60.0) -> No
     raise AssertionError("the daemon kept receiving frames")
 
 
+def terminate_mid_stream(daemon: Process, http_port: int, *,
+                         level_changes: int = 2) -> tuple[int, float]:
+    """SIGTERM once the daemon has raised ``level_changes`` level changes: its exit code
+    and how long it took to exit."""
+    deadline = time.monotonic() + 60
+    while (metric(http_port, 'riskmon_alerts_total{kind="level_changed"}') or 0) < (
+            level_changes):
+        assert time.monotonic() < deadline, daemon.stderr_tail()
+        time.sleep(0.05)
+    started = time.monotonic()
+    code = daemon.terminate()
+    return code, time.monotonic() - started
+
+
 def stored_alerts(db: Path) -> list[dict[str, Any]]:
     result = subprocess.run([sys.executable, "-m", "monitor", "alerts", "--db", str(db)],
                             cwd=ROOT, capture_output=True, check=True)

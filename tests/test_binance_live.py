@@ -21,10 +21,10 @@ from tests.live_harness import (
     Process,
     engine_alerts,
     http_get,
-    metric,
     replay_outputs,
     running,
     stored_alerts,
+    terminate_mid_stream,
     wait_quiet,
 )
 
@@ -174,13 +174,7 @@ def test_sigterm_mid_stream_exits_zero_promptly_with_every_alert_stored(tmp_path
         config = live_config(tmp_path, listening["port"], listening["rest_port"])
         with running(["run", "--config", str(config)], env=ENV) as daemon:
             http_port = daemon.wait_status("listening")["port"]
-            deadline = time.monotonic() + 60
-            while (metric(http_port, 'riskmon_alerts_total{kind="level_changed"}') or 0) < 2:
-                assert time.monotonic() < deadline, daemon.stderr_tail()
-                time.sleep(0.05)
-            started = time.monotonic()
-            code = daemon.terminate()
-            elapsed = time.monotonic() - started
+            code, elapsed = terminate_mid_stream(daemon, http_port)
     assert code == 0
     assert elapsed < 5
     stopped = next(r for r in daemon.logs() if r["event"] == "daemon_stopped")
