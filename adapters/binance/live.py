@@ -175,12 +175,14 @@ class _MarketLink(_Link):
         removed = sorted(self.subscribed - wanted)
         added = [stream for stream in self.wanted if stream not in self.subscribed]
         self.subscribed = wanted
-        for method, streams in (("UNSUBSCRIBE", removed), ("SUBSCRIBE", added)):
-            for start in range(0, len(streams), SUBSCRIBE_BATCH):
-                await ws.send(orjson.dumps({"method": method,
-                                            "params": streams[start:start + SUBSCRIBE_BATCH],
-                                            "id": next(self._ids)}).decode())
+        requests = [(method, streams[start:start + SUBSCRIBE_BATCH])
+                    for method, streams in (("UNSUBSCRIBE", removed), ("SUBSCRIBE", added))
+                    for start in range(0, len(streams), SUBSCRIBE_BATCH)]
+        for number, (method, batch) in enumerate(requests):
+            if number:  # spaced, not followed, by the pause: opening waits for none
                 await asyncio.sleep(1.0 / REQUESTS_PER_S)
+            await ws.send(orjson.dumps({"method": method, "params": batch,
+                                        "id": next(self._ids)}).decode())
 
     def frame_of(self, text: str, recv_ms: int) -> Frame | None:
         if text.startswith(_STREAM_PREFIX):
