@@ -140,7 +140,7 @@ from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
 from monitor.config import Config, parse_config
-from monitor.daemon import Daemon, tune_interpreter
+from monitor.daemon import Daemon, Lane, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
 from monitor.pipeline import Record, SinkTask
@@ -627,7 +627,8 @@ class DaemonUnderTest:
         credentials = Credentials("bench-key", "bench-secret", "bench-passphrase")
         self.feed = OkxFeed(single_venue(config).settings, {ACCOUNT: credentials},
                             self.inbox.put, collateral=config.collateral.keys())
-        self.daemon = Daemon(MarginEngine(config), OkxDecoder(), self.feed, self.inbox, head,
+        self.daemon = Daemon([Lane(MarginEngine(config), OkxDecoder(), self.feed, self.inbox)],
+                             head,
                              history_interval_ms=int(config.storage.history_interval_s * 1000))
         self.tap = ReceiveTap(self.inbox.put)
         self.stop = asyncio.Event()
@@ -654,7 +655,7 @@ class DaemonUnderTest:
         return self.inbox.conflated
 
     def lag_ms(self, now_ms: float) -> float | None:
-        event_ms = self.daemon.engine.now_ms
+        event_ms = self.daemon.now_ms
         return now_ms - event_ms if event_ms else None
 
     def depth(self) -> int:
@@ -662,7 +663,7 @@ class DaemonUnderTest:
 
     def stored_everything(self) -> bool:
         """Every alert emitted so far has reached the probe (SQLite committed it)."""
-        return self.probe.alerts_seen == self.daemon.processor.stats.alerts
+        return self.probe.alerts_seen == self.daemon.stats.alerts
 
 
 class FloorClient:
@@ -1084,9 +1085,9 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
         await control.ready("daemon")
         await control.push("daemon", 2_000, 1.0 if not args.quick else 0.5)  # warm-up
         await asyncio.sleep(0.3)
-        levels = daemon.daemon.engine.levels()
+        levels = daemon.daemon.lanes[0].engine.levels()
         print(f"daemon ready: account {ACCOUNT!r} at {levels.get(ACCOUNT)}, "
-              f"{len(daemon.daemon.engine.instruments_in_use())} instruments held, "
+              f"{len(daemon.daemon.lanes[0].engine.instruments_in_use())} instruments held, "
               f"{daemon.probe.alerts_seen} alerts stored in the warm-up")
 
         print(f"\nlatency: receive -> alert committed to SQLite (synchronous=FULL) -> "

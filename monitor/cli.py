@@ -52,12 +52,13 @@ from monitor.service import (
     Monitor,
     build_daemon,
     check_stream_exposure,
+    daemon_venues,
     load_all_credentials,
     single_venue,
 )
 from monitor.status import from_history, status_document
 from monitor.tables import ProgressBar, alerts_table, replay_summary, status_table
-from monitor.venues import account_venues, venue_errors
+from monitor.venues import account_venues, venue_config, venue_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,8 +287,9 @@ async def _replay(args: argparse.Namespace) -> int:
         print(f"riskmon: recording not found: {args.file}", file=sys.stderr)
         return 2
     log = get_logger("riskmon.replay")
-    engine = MarginEngine(config)
-    decoder = single_venue(config).venue.decoder()
+    use = single_venue(config)
+    engine = MarginEngine(venue_config(config, use))
+    decoder = use.venue.decoder()
     processor = LineProcessor(engine, decoder.decode_line, str(args.file),
                               int(config.storage.history_interval_s * 1000),
                               quarantine=config.quarantine)
@@ -314,7 +316,7 @@ async def _replay(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         sys.stderr.write(replay_summary(args.file, stats, engine.levels()))
     if args.state_out is not None:
-        args.state_out.write_bytes(state_document(engine, stats) + b"\n")
+        args.state_out.write_bytes(state_document(engine.state(), stats) + b"\n")
     return 0
 
 
@@ -352,7 +354,7 @@ async def _run(args: argparse.Namespace) -> int:
     await runner
     if args.state_out is not None:
         args.state_out.write_bytes(
-            state_document(monitor.daemon.engine, monitor.daemon.processor.stats) + b"\n")
+            state_document(monitor.daemon.state(), monitor.daemon.stats) + b"\n")
     return 0
 
 
@@ -368,10 +370,10 @@ async def _executor(args: argparse.Namespace) -> int:
 async def _record(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     use = single_venue(config)
-    credentials = load_all_credentials(config, use)
+    credentials = load_all_credentials(config, (use,))
     log = get_logger("riskmon.record")
     writer = RecordingWriter(args.file)
-    daemon = build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write, use=use)
+    daemon = build_daemon(config, credentials, SinkTask(Relay()), tap=writer.write, uses=(use,))
     stop = asyncio.Event()
     _stop_on_signals(stop)
     if args.duration is not None:
@@ -505,7 +507,7 @@ def _check_config(args: argparse.Namespace) -> int:
         errors = venue_errors(parsed, VENUES)
         if not errors:
             try:
-                single_venue(parsed)
+                daemon_venues(parsed)
             except ConfigError as e:
                 errors.append(e)
     if not errors and not args.offline:
@@ -541,8 +543,9 @@ async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine
     """Replay a recording in memory: the engine at its end and every record produced."""
     if not await asyncio.to_thread(recording.is_file):
         raise ConfigError("--recording", f"recording not found: {recording}")
-    engine = MarginEngine(config)
-    processor = LineProcessor(engine, single_venue(config).venue.decoder().decode_line,
+    use = single_venue(config)
+    engine = MarginEngine(venue_config(config, use))
+    processor = LineProcessor(engine, use.venue.decoder().decode_line,
                               str(recording),
                               int(config.storage.history_interval_s * 1000))
     collected: list[Any] = []

@@ -22,6 +22,14 @@ Shape (STYLE: one owner per resource)::
   risk is unknown (monitor.health); any of them lasting past its ``[health]`` grace
   period makes the daemon *degraded*, and a stalled engine loop or a failed sink makes
   it *unhealthy*; both answer 503 with the reasons.
+- Venues (:class:`Lane`): a daemon follows one or more venues, each in a lane of its own:
+  its feed, inbox, decoder and engine. One engine per venue, not one for all: an engine
+  runs on exchange time, and two exchanges' clocks differ, as do their index prices and
+  collateral rules for the same currency (two venues' USDT are two prices), so each
+  venue's accounts are judged against their own venue's. The lanes share the engine task,
+  the sink chain, the metrics and ``/healthz``. In a daemon of several lanes each public
+  connection is named ``public:VENUE`` (one venue: ``public``, as SPEC 5 has it); account
+  names are unique across venues, so ``private:ACCOUNT`` stays as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import asyncio
 import gc
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,7 +52,8 @@ from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
 from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
 from monitor.health import LISTED, Onsets
 from monitor.metrics import BuildInfo, Metrics
-from monitor.pipeline import LineProcessor, SinkTask
+from monitor.pipeline import LineProcessor, SinkTask, Stats
+from monitor.records import AccountCheckpoint
 
 TICK_INTERVAL_S = 1.0
 RAW_LIMIT = 4096
@@ -78,15 +88,53 @@ def tune_interpreter() -> None:
     gc.freeze()
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One venue's part of a daemon (see the module docstring): what its feed delivers
+    goes through its inbox and decoder into its engine. ``venue`` names it in the public
+    connection's name when the daemon has several; None in a one-venue daemon."""
+
+    engine: MarginEngine
+    decoder: FeedDecoder
+    feed: Feed
+    inbox: Inbox
+    venue: str | None = None
+
+
+class _Running:
+    """A lane as the daemon runs it: its line processor, and the exchange time of the
+    last event that moved its engine's clock, with when it came (for clock ticks)."""
+
+    __slots__ = ("anchor_event_ms", "anchor_wall_s", "decoder", "engine", "feed", "inbox",
+                 "interest_version", "processor", "venue")
+
+    def __init__(self, lane: Lane, processor: LineProcessor) -> None:
+        self.engine = lane.engine
+        self.decoder = lane.decoder
+        self.feed = lane.feed
+        self.inbox = lane.inbox
+        self.venue = lane.venue
+        self.processor = processor
+        self.anchor_event_ms = 0
+        self.anchor_wall_s = 0.0
+        self.interest_version = -1
+
+    def link_name(self, name: str) -> str:
+        """A feed connection's name as the daemon reports it (``public:VENUE`` beside
+        other venues)."""
+        return name if self.venue is None or name != "public" else f"public:{self.venue}"
+
+    def link_names(self) -> Iterator[str]:
+        return (self.link_name(name) for name in self.feed.link_stats())
+
+
 class Daemon:
-    """Runs a feed into the engine and the engine into the sinks, until stopped."""
+    """Runs each lane's feed into its engine and the engines into the sinks, until
+    stopped."""
 
     def __init__(
         self,
-        engine: MarginEngine,
-        decoder: FeedDecoder,
-        feed: Feed,
-        inbox: Inbox,
+        lanes: Sequence[Lane],
         head: SinkTask,
         *,
         history_interval_ms: int = 60_000,
@@ -96,15 +144,19 @@ class Daemon:
         order_observer: Callable[[OrderUpdate], None] | None = None,
     ) -> None:
         """``order_observer`` is told every order update, after the engine applied it
-        (the executor follows its own orders by them); it must not wait."""
-        self.engine = engine
+        (the executor follows its own orders by them); it must not wait. The lanes'
+        inboxes must share one ``ready`` event (:class:`~monitor.feed.Inbox`) when there
+        are several: the engine task waits on it."""
+        if not lanes:
+            raise ValueError("a daemon needs at least one lane")
+        self.lanes = tuple(lanes)
         self.order_observer = order_observer
-        self.decoder = decoder
-        self.feed = feed
-        self.inbox = inbox
         self.head = head
-        self.processor = LineProcessor(engine, _no_lines, "feed", history_interval_ms,
-                                       quarantine=quarantine)
+        self._lanes = tuple(
+            _Running(lane, LineProcessor(lane.engine, _no_lines, "feed", history_interval_ms,
+                                         quarantine=quarantine))
+            for lane in lanes)
+        self._by_account = {name: lane for lane in self._lanes for name in lane.engine.accounts}
         self.metrics = Metrics(started_s=wall_s(), build=BuildInfo.current())
         self.health_config = health or HealthConfig()
         self.wall_s = wall_s
@@ -114,10 +166,6 @@ class Daemon:
         self._stale = Onsets()
         self._unknown = Onsets()
         self._next_watch_s = 0.0
-        self._interest_version = -1
-        # Exchange time of the last event that moved the engine's clock, and when it came.
-        self._anchor_event_ms = 0
-        self._anchor_wall_s = 0.0
         self.checks: list[Callable[[], list[dict[str, Any]]]] = []
         """Failures other parts of the program report to ``/healthz`` (the executor's
         crashed workers, say), each a reason object; any makes the daemon unhealthy."""
@@ -131,26 +179,33 @@ class Daemon:
         (the executor) stops there, so that what it emits while stopping is still stored.
         """
         self.head.start()
-        self._follow_interest()
-        feed_task = asyncio.create_task(self.feed.run(), name="feed")
+        lanes = self._lanes
+        for lane in lanes:
+            self._follow_interest(lane)
+        feeds = [asyncio.create_task(lane.feed.run(), name=f"feed:{lane.venue or ''}")
+                 for lane in lanes]
         ticker = asyncio.create_task(self._tick_every_second(), name="ticker")
         stopper = asyncio.create_task(self._wake_on(stop), name="stopper")
+        tasks = [*feeds, ticker, stopper]
         self._watch()
         try:
             while not stop.is_set():
-                await self.inbox.wait()
-                self._process(self.inbox.take())
-                self._tick()
+                await lanes[0].inbox.wait()  # the lanes' inboxes share the event
+                for lane in lanes:
+                    self._process(lane, lane.inbox.take())
+                    self._tick(lane)
                 self._watch()
                 await self._flush()
-                if feed_task.done():
-                    feed_task.result()  # a feed that ended by itself is a bug: surface it
+                for feed_task in feeds:
+                    if feed_task.done():
+                        feed_task.result()  # a feed that ended by itself is a bug
         finally:
-            for task in (feed_task, ticker, stopper):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(feed_task, ticker, stopper, return_exceptions=True)
-            self._process(self.inbox.take())
-            self.processor.finish()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for lane in lanes:
+                self._process(lane, lane.inbox.take())
+                lane.processor.finish()
             try:
                 await self._flush()
                 if before_drain is not None:
@@ -160,18 +215,19 @@ class Daemon:
 
     # -- the engine task ---------------------------------------------------------------
 
-    def _process(self, items: list[FeedItem]) -> None:
+    def _process(self, lane: _Running, items: list[FeedItem]) -> None:
         """Parse, decode and apply every waiting item, each whole or not at all.
 
         An item the decoder or the engine refuses (monitor.engine: implausible) is
         quarantined and changes nothing. The bookkeeping (history sample, clock anchor, lag
         gauge, wall-clock read) runs once per batch instead of once per frame.
         """
-        processor = self.processor
-        decoder = self.decoder
+        processor = lane.processor
+        decoder = lane.decoder
+        engine = lane.engine
         self.metrics.frames += len(items)
         events: list[Event] = []
-        before = self.engine.now_ms
+        before = engine.now_ms
         for item in items:
             try:
                 if isinstance(item, Frame):
@@ -180,17 +236,17 @@ class Daemon:
                     decoded = decoder.decode_rest(item.path, item.body, item.account,
                                                   item.recv_ms)
                 else:
-                    decoded = [self._link_change(item)]
+                    decoded = [self._link_change(lane, item)]
                 processor.apply_input(decoded)
                 events += decoded
             except BadInput as e:
-                processor.quarantine(_source(item), e.reason, _raw(item), item.recv_ms)
+                processor.quarantine(_source(lane, item), e.reason, _raw(item), item.recv_ms)
         now_s = self.wall_s()
         if events:
             processor.settle()
-            if self.engine.now_ms > before:
-                self._anchor_event_ms = self.engine.now_ms
-                self._anchor_wall_s = now_s
+            if engine.now_ms > before:
+                lane.anchor_event_ms = engine.now_ms
+                lane.anchor_wall_s = now_s
             observer = self.order_observer
             if observer is not None:
                 for event in events:
@@ -199,7 +255,7 @@ class Daemon:
             timed = next((e for e in reversed(events) if e.event_ms != UNTIMED), None)
             if timed is not None:
                 self.metrics.feed_lag_s = (timed.recv_ms - timed.event_ms) / 1000
-        self._follow_interest()
+        self._follow_interest(lane)
         self.last_loop_s = now_s
 
     def live_positions(self, account: str) -> dict[ExposureKey, float] | None:
@@ -209,28 +265,70 @@ class Daemon:
         before it until the new snapshot replaces them (the REST bootstrap and the
         channel's snapshot follow the connect at once); the executor's orders are
         reduce-only in any case. Read between engine turns: one event loop, no lock."""
-        if not self.metrics.feeds_connected.get(f"private:{account}", False):
+        lane = self._by_account.get(account)
+        if lane is None or not self.metrics.feeds_connected.get(f"private:{account}", False):
             return None
-        return self.engine.held_positions(account)
+        return lane.engine.held_positions(account)
 
-    def _link_change(self, item: LinkChange) -> FeedStatus:
-        name = "public" if item.account is None else f"private:{item.account}"
+    # -- the engines, together ------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        """The latest exchange time any lane's engine has reached."""
+        return max(lane.engine.now_ms for lane in self._lanes)
+
+    @property
+    def stats(self) -> Stats:
+        """The lanes' counters, summed (``--state-out``, ``/metrics``)."""
+        processors = [lane.processor for lane in self._lanes]
+        if len(processors) == 1:
+            return processors[0].stats
+        total = Stats()
+        for processor in processors:
+            stats = processor.stats
+            total.lines += stats.lines
+            total.events += stats.events
+            total.quarantined += stats.quarantined
+            total.alerts += stats.alerts
+            _add_counts(total.alerts_by_kind, stats.alerts_by_kind)
+            _add_counts(total.out_of_order, stats.out_of_order)
+        return total
+
+    def state(self) -> dict[str, Any]:
+        """Every account's state (``MarginEngine.state()``), the lanes in order."""
+        return {name: figures for lane in self._lanes
+                for name, figures in lane.engine.state().items()}
+
+    def restore(self, checkpoints: Sequence[AccountCheckpoint]) -> None:
+        """Hand each lane's engine the checkpoints of its accounts (one of an account no
+        longer configured goes to the first lane, as in a one-venue daemon)."""
+        first = self._lanes[0]
+        mine: dict[int, list[AccountCheckpoint]] = {}
+        for checkpoint in checkpoints:
+            lane = self._by_account.get(checkpoint.account, first)
+            mine.setdefault(id(lane), []).append(checkpoint)
+        for lane in self._lanes:
+            lane.engine.restore(mine.get(id(lane), []))
+
+    def _link_change(self, lane: _Running, item: LinkChange) -> FeedStatus:
+        name = (lane.link_name("public") if item.account is None
+                else f"private:{item.account}")
         self.metrics.feeds_connected[name] = item.connected
         return FeedStatus(item.account, "connected" if item.connected else "disconnected",
                           item.reason, UNTIMED, item.recv_ms)
 
-    def _tick(self) -> None:
-        """A ClockTick when a second or more has passed since the last event moved the
-        clock (see the module docstring)."""
-        if self._anchor_event_ms == 0:
+    def _tick(self, lane: _Running) -> None:
+        """A ClockTick for the lane's engine when a second or more has passed since the
+        last event moved its clock (see the module docstring)."""
+        if lane.anchor_event_ms == 0:
             return  # no exchange time seen yet: nothing to extrapolate from
-        elapsed_ms = int((self.wall_s() - self._anchor_wall_s) * 1000)
+        elapsed_ms = int((self.wall_s() - lane.anchor_wall_s) * 1000)
         if elapsed_ms < TICK_INTERVAL_S * 1000:
             return
-        now_ms = self._anchor_event_ms + elapsed_ms
-        if now_ms > self.engine.now_ms:
+        now_ms = lane.anchor_event_ms + elapsed_ms
+        if now_ms > lane.engine.now_ms:
             wall_ms = int(self.wall_s() * 1000)
-            self.processor.feed_events([ClockTick(now_ms, wall_ms)])
+            lane.processor.feed_events([ClockTick(now_ms, wall_ms)])
 
     def _watch(self) -> None:
         """Once a second: which connections are down (or not up yet), which instruments
@@ -240,29 +338,36 @@ class Daemon:
             return
         self._next_watch_s = now_s + TICK_INTERVAL_S
         connected = self.metrics.feeds_connected
-        self._links_down.observe(
-            [name for name in self.feed.link_stats() if not connected.get(name, False)], now_s)
-        self._stale.observe(self.engine.stale_instruments(), now_s)
-        self._unknown.observe(self.engine.unknown_accounts(), now_s)
+        self._links_down.observe([name for lane in self._lanes for name in lane.link_names()
+                                  if not connected.get(name, False)], now_s)
+        self._stale.observe(self._stale_instruments(), now_s)
+        self._unknown.observe([name for lane in self._lanes
+                               for name in lane.engine.unknown_accounts()], now_s)
 
-    def _follow_interest(self) -> None:
-        """Tell the feed what the engine needs when that changed (``interest_version``
-        moves with the instruments and currencies in use and the currencies borrowed)."""
-        engine = self.engine
-        if engine.interest_version != self._interest_version:
-            self._interest_version = engine.interest_version
-            self.feed.want(engine.instruments_in_use(), engine.currencies_in_use(),
+    def _stale_instruments(self) -> list[str]:
+        return [inst for lane in self._lanes for inst in lane.engine.stale_instruments()]
+
+    def _follow_interest(self, lane: _Running) -> None:
+        """Tell the lane's feed what its engine needs when that changed
+        (``interest_version`` moves with the instruments and currencies in use and the
+        currencies borrowed)."""
+        engine = lane.engine
+        if engine.interest_version != lane.interest_version:
+            lane.interest_version = engine.interest_version
+            lane.feed.want(engine.instruments_in_use(), engine.currencies_in_use(),
                            engine.currencies_borrowed())
 
     async def _flush(self) -> None:
-        records = self.processor.take()
+        records = []
+        for lane in self._lanes:
+            records += lane.processor.take()
         metrics = self.metrics
-        stats = self.processor.stats
+        stats = self.stats
         metrics.events = stats.events
         metrics.quarantined = stats.quarantined
         metrics.out_of_order = dict(stats.out_of_order)
         metrics.alerts_by_kind = dict(stats.alerts_by_kind)
-        metrics.conflated = self.inbox.conflated
+        metrics.conflated = sum(lane.inbox.conflated for lane in self._lanes)
         if records:
             await self.head.put(records)
 
@@ -271,23 +376,22 @@ class Daemon:
     async def _tick_every_second(self) -> None:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
-            self.inbox.wake()
+            self._lanes[0].inbox.wake()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
-        self.inbox.wake()
+        self._lanes[0].inbox.wake()
 
     def refresh_gauges(self) -> None:
         """Gauges that are read from the engine and the feed, not counted (called before
         a scrape): one pass over the accounts."""
         metrics = self.metrics
-        engine = self.engine
-        metrics.inbox_depth = len(self.inbox)
+        metrics.inbox_depth = sum(len(lane.inbox) for lane in self._lanes)
         metrics.sink_queue_depth = self.head.queue_depths()
         failing = {name for name, _, _ in self.head.failing()}
         metrics.sink_failing = {name: name in failing for name in metrics.sink_queue_depth}
         metrics.sink_waiting_records = self.head.waiting_records
-        for name in engine.account_names():
+        for engine, name in self._account_names():
             known = engine.risk_known(name)
             metrics.account_risk_known[name] = known
             metrics.account_level[name] = LEVEL_RANK[engine.level(name)]
@@ -302,10 +406,17 @@ class Daemon:
             metrics.margin_ratio[name] = figures.margin_ratio
             metrics.account_equity_usd[name] = figures.equity_usd
             metrics.account_maint_margin_usd[name] = figures.maint_margin_usd
-        for link, stats in self.feed.link_stats().items():
-            metrics.feed_reconnects[link] = stats.reconnects
-            metrics.feed_errors[link] = stats.errors
-        metrics.stale_instruments = len(engine.stale_instruments())
+        for lane in self._lanes:
+            for link, stats in lane.feed.link_stats().items():
+                metrics.feed_reconnects[lane.link_name(link)] = stats.reconnects
+                metrics.feed_errors[lane.link_name(link)] = stats.errors
+        metrics.stale_instruments = len(self._stale_instruments())
+
+    def _account_names(self) -> Iterator[tuple[MarginEngine, str]]:
+        """Every account any engine holds (configured or seen in a feed), with its
+        engine."""
+        return ((lane.engine, name) for lane in self._lanes
+                for name in lane.engine.account_names())
 
     def health(self, now_s: float) -> tuple[bool, dict[str, Any]]:
         """``(healthy, details)`` for ``/healthz``.
@@ -347,14 +458,15 @@ class Daemon:
         if stale:
             degraded.append(_reason("feed_stale", config.feed_grace_s, stale,
                                     lambda inst, for_s: {"inst_id": inst, "for_s": for_s}))
+        engines = {name: engine for engine, name in self._account_names()}
         unknown = [(name, for_s) for name, for_s in
                    self._unknown.lasting(config.risk_unknown_grace_s, now_s)
-                   if name in self.engine.accounts and not self.engine.risk_known(name)]
+                   if name in engines and not engines[name].risk_known(name)]
         if unknown:
             degraded.append(_reason(
                 "risk_unknown", config.risk_unknown_grace_s, unknown,
                 lambda name, for_s: {"account": name, "for_s": for_s,
-                                     "missing": self.engine.missing(name)[:LISTED]}))
+                                     "missing": engines[name].missing(name)[:LISTED]}))
         reasons = failures + degraded
         status = "unhealthy" if failures else "degraded" if degraded else "ok"
         return not reasons, {
@@ -363,7 +475,7 @@ class Daemon:
             "engine_loop_age_s": round(loop_age, 3),
             "sinks_ok": sinks_ok,
             "feeds": dict(self.metrics.feeds_connected),
-            "event_time_ms": self.engine.now_ms,
+            "event_time_ms": self.now_ms,
         }
 
 
@@ -378,8 +490,13 @@ def _no_lines(line: bytes) -> list[Any]:
     raise BadInput("the daemon decodes feed items, not lines")
 
 
-def _source(item: FeedItem) -> str:
-    feed = "public" if item.account is None else f"private:{item.account}"
+def _add_counts(total: dict[str, int], counts: Mapping[str, int]) -> None:
+    for key, value in counts.items():
+        total[key] = total.get(key, 0) + value
+
+
+def _source(lane: _Running, item: FeedItem) -> str:
+    feed = lane.link_name("public") if item.account is None else f"private:{item.account}"
     if isinstance(item, RestBody):
         return f"rest:{item.path.split('?', 1)[0]}"
     return f"feed:{feed}"

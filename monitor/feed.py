@@ -115,12 +115,16 @@ class FeedDecoder(Protocol):
 class Inbox:
     """Items waiting for the engine task; see the module docstring for conflation."""
 
-    def __init__(self, *, conflate_after: int = 1000) -> None:
+    def __init__(self, *, conflate_after: int = 1000,
+                 ready: asyncio.Event | None = None) -> None:
+        """``ready``: an event shared with other inboxes (a daemon following several
+        venues waits on all of theirs at once); whoever waits on it takes every inbox
+        that shares it in the same turn, since :meth:`take` clears it."""
         self.conflate_after = conflate_after
         self.conflated = 0
         self._items: dict[Any, FeedItem] = {}
         self._serial = count()
-        self._ready = asyncio.Event()
+        self._ready = ready or asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -17,10 +17,10 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -492,10 +492,11 @@ async def _flush(processor: LineProcessor, head: SinkTask | None) -> None:
         await asyncio.sleep(0)
 
 
-def state_document(engine: MarginEngine, stats: Stats) -> bytes:
-    """The ``--state-out`` JSON object (SPEC 7)."""
+def state_document(accounts: Mapping[str, Any], stats: Stats) -> bytes:
+    """The ``--state-out`` JSON object (SPEC 7) of accounts' states
+    (``MarginEngine.state()``)."""
     return orjson.dumps(
-        {"accounts": engine.state(),
+        {"accounts": accounts,
          "stats": {"events": stats.events, "quarantined": stats.quarantined,
                    "out_of_order": dict(stats.out_of_order)}},
         option=orjson.OPT_INDENT_2,

@@ -1,7 +1,7 @@
 """riskmon inside a program: the daemon of ``riskmon run``, as an object (SPEC 4, 5).
 
-A composition root like monitor/cli.py (it wires the venue's feed (monitor/venues.py), the
-engine, SQLite and the HTTP face together); ``riskmon run`` is this class plus signal
+A composition root like monitor/cli.py (it wires the venues' feeds (monitor/venues.py),
+one engine per venue, SQLite and the HTTP face together); ``riskmon run`` is this class plus signal
 handling. A program that embeds riskmon runs one and iterates its alerts::
 
     monitor = await Monitor.open(load_config("riskmon.toml"))
@@ -40,7 +40,7 @@ from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from adapters.venues import VENUES
 from monitor.alerts import Alert
 from monitor.config import Config
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, SinkError
 from monitor.events import OrderUpdate
@@ -49,7 +49,7 @@ from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import SinkTask
 from monitor.status import status_document
 from monitor.stream import AlertFilter, AlertHub, Subscription
-from monitor.venues import Registry, VenueUse, resolve_venues
+from monitor.venues import Registry, VenueUse, resolve_venues, venue_config
 
 
 class Monitor:
@@ -93,9 +93,9 @@ class Monitor:
         Each ``[notify.NAME]`` destination gets a notifier following the SQLite sink
         (adapters/notify): it delivers what SQLite stored, from its saved cursor on.
         """
-        use = single_venue(config, venues)
+        uses = daemon_venues(config, venues)
         if credentials is None:
-            credentials = load_all_credentials(config, use)
+            credentials = load_all_credentials(config, uses)
         tokens = load_tokens(config.stream.tokens)
         if serve_http:
             check_stream_exposure(config)
@@ -121,7 +121,7 @@ class Monitor:
             opened.push_async_callback(notifiers.stop, 0)
             executor: Executor | None = None
             if config.executing_accounts():
-                executor = await open_executor(config, path, use)
+                executor = await open_executor(config, path, uses)
                 opened.push_async_callback(executor.stop)
             # Catch-up reads for subscribers use a connection of their own: in WAL mode
             # they then never wait for, nor delay, the alert writes.
@@ -142,7 +142,7 @@ class Monitor:
             # the queue; /healthz degraded) until it clears, rather than stopping.
             head = SinkTask(SqliteSink(store, prune=True), followers=followers,
                             on_retry=on_retry, max_attempts=None)
-            daemon = build_daemon(config, credentials, head, use=use,
+            daemon = build_daemon(config, credentials, head, uses=uses,
                                   order_observer=executor.on_order if executor else None)
             if executor is not None:
                 chain = head
@@ -153,7 +153,7 @@ class Monitor:
                 executor.emit = emit
                 executor.live_positions = daemon.live_positions
                 daemon.checks.append(executor.failures)
-            daemon.engine.restore(await store.load_checkpoints())
+            daemon.restore(await store.load_checkpoints())
             opened.pop_all()  # opened: from now on run() closes them
         return cls(config, daemon, store, reader, hub, tokens, serve_http=serve_http,
                    notifiers=notifiers, executor=executor, control_token=control_token,
@@ -224,9 +224,9 @@ class Monitor:
             if self._checkpointer is not None:
                 # The last connection to close: it checkpoints what is left.
                 await self._checkpointer.close()
-            log.info("daemon_stopped", events=self.daemon.processor.stats.events,
-                     alerts=self.daemon.processor.stats.alerts,
-                     quarantined=self.daemon.processor.stats.quarantined)
+            stats = self.daemon.stats
+            log.info("daemon_stopped", events=stats.events, alerts=stats.alerts,
+                     quarantined=stats.quarantined)
 
     async def _stop_executor(self) -> None:
         if self.executor is not None:
@@ -234,9 +234,8 @@ class Monitor:
 
     def status(self, accounts: Collection[str] | None = None) -> dict[str, Any]:
         """Every account's figures now (monitor.status); ``accounts`` keeps those."""
-        engine = self.daemon.engine
-        return status_document("daemon", engine.now_ms, engine.state(), self.config.risk,
-                               only=accounts)
+        return status_document("daemon", self.daemon.now_ms, self.daemon.state(),
+                               self.config.risk, only=accounts)
 
     def _status(self, token: str | None) -> tuple[HTTPStatus, dict[str, Any]]:
         """``GET /v1/status``: scoped by the token like the alert stream."""
@@ -263,29 +262,39 @@ class Monitor:
         return self.daemon.metrics.render(now)
 
 
-def single_venue(config: Config, venues: Registry = VENUES) -> VenueUse:
-    """The one venue a daemon follows (ConfigError for a configuration that mixes venues:
-    one daemon per venue for now)."""
+def daemon_venues(config: Config, venues: Registry = VENUES) -> tuple[VenueUse, ...]:
+    """The venues a daemon follows: every venue an account is on, in configuration order
+    (a venue table no account uses is read, and not followed). Without accounts, the one
+    venue configured (ConfigError when there are tables for several)."""
     uses = resolve_venues(config, venues)
-    active = [use for use in uses.values() if use.accounts]
-    if len(active) > 1:
-        raise ConfigError("accounts", "the accounts are on more than one venue ("
-                          f"{', '.join(use.venue.name for use in active)}): run one daemon "
-                          "per venue")
+    active = tuple(use for use in uses.values() if use.accounts)
     if active:
-        return active[0]  # a venue table no account uses is read, and not followed
+        return active
     if len(uses) > 1:
         raise ConfigError("venues", f"tables for several venues ({', '.join(uses)}) and no "
                           "account: an [accounts.NAME] with its venue says which to follow")
-    return next(iter(uses.values()))
+    return tuple(uses.values())
 
 
-def load_all_credentials(config: Config, use: VenueUse) -> dict[str, Any]:
-    """Every configured account's API credentials, as its venue (``use``) loads them; a
-    live feed needs at least one account."""
+def single_venue(config: Config, venues: Registry = VENUES) -> VenueUse:
+    """The one venue of a recording (``riskmon record`` writes one venue's feed, ``replay``
+    reads one); ConfigError for a configuration whose accounts are on several."""
+    uses = daemon_venues(config, venues)
+    if len(uses) > 1:
+        raise ConfigError("accounts", "the accounts are on more than one venue ("
+                          f"{', '.join(use.venue.name for use in uses)}), and a recording "
+                          "holds one venue's feed: record and replay with a configuration "
+                          "of one venue's accounts")
+    return uses[0]
+
+
+def load_all_credentials(config: Config, uses: Collection[VenueUse]) -> dict[str, Any]:
+    """Every configured account's API credentials, as its venue (of ``uses``) loads them;
+    a live feed needs at least one account."""
     if not config.accounts:
         raise ConfigError("accounts", "a live feed needs at least one [accounts.NAME] table")
-    return {name: use.venue.credentials(account) for name, account in config.accounts.items()}
+    return {name: use.venue.credentials(config.accounts[name])
+            for use in uses for name in use.accounts}
 
 
 def check_stream_exposure(config: Config) -> None:
@@ -314,15 +323,17 @@ def control_token_of(config: Config, environ: Mapping[str, str] = os.environ) ->
     return token
 
 
-async def open_executor(config: Config, sqlite_path: str, use: VenueUse) -> Executor:
-    """The executor of the executing accounts, each with its trade key and client on
-    ``use``'s venue; it refuses to start (ConfigError) when a key cannot trade."""
+async def open_executor(config: Config, sqlite_path: str,
+                        uses: Collection[VenueUse]) -> Executor:
+    """The executor of the executing accounts, each with its trade key and client on its
+    venue (of ``uses``); it refuses to start (ConfigError) when a key cannot trade."""
     traders: dict[str, Trader] = {}
-    venue = use.venue
+    on = {name: use for use in uses for name in use.accounts}
     for name in config.executing_accounts():
-        traders[name] = venue.trader(use.settings, name,
-                                     venue.trade_credentials(config.accounts[name]),
-                                     timeout_s=config.execution.request_timeout_s)
+        use = on[name]
+        traders[name] = use.venue.trader(use.settings, name,
+                                         use.venue.trade_credentials(config.accounts[name]),
+                                         timeout_s=config.execution.request_timeout_s)
     executor = await Executor.open(config.execution, traders, sqlite_path,
                                    retention_days=config.storage.retention_days,
                                    auto_checkpoint=False)
@@ -337,22 +348,29 @@ async def open_executor(config: Config, sqlite_path: str, use: VenueUse) -> Exec
 def build_daemon(config: Config, credentials: Mapping[str, Any], head: SinkTask,
                  tap: Callable[[FeedItem], None] | None = None,
                  order_observer: Callable[[OrderUpdate], None] | None = None, *,
-                 use: VenueUse | None = None) -> Daemon:
-    """The venue's feed, inbox, engine and decoder around the sink chain ``head`` (``use``:
-    the configuration's one venue, from the built-in registry by default); ``tap`` sees
-    every feed item first (``riskmon record``)."""
-    use = use or single_venue(config)
-    inbox = Inbox()
-    deliver = inbox.put
-    if tap is not None:
-        def deliver(item: FeedItem) -> None:
-            tap(item)
-            inbox.put(item)
-    # Instrument specs always load from the feed; configured ones override them per
-    # inst_id in the engine (SPEC 3.1).
-    feed = use.venue.feed(use.settings, credentials, deliver,
-                          collateral=config.collateral.keys())
-    return Daemon(MarginEngine(config), use.venue.decoder(), feed, inbox, head,
-                  history_interval_ms=int(config.storage.history_interval_s * 1000),
+                 uses: Collection[VenueUse] | None = None) -> Daemon:
+    """A lane per venue (its feed, inbox, decoder and an engine of its accounts) around the
+    sink chain ``head`` (``uses``: the configuration's venues, from the built-in registry
+    by default); ``tap`` sees every feed item first (``riskmon record``)."""
+    uses = uses or daemon_venues(config)
+    several = len(uses) > 1
+    ready = asyncio.Event()  # the lanes' inboxes share it (monitor.feed.Inbox)
+    lanes = []
+    for use in uses:
+        inbox = Inbox(ready=ready)
+        deliver = inbox.put
+        if tap is not None:
+            def deliver(item: FeedItem, inbox: Inbox = inbox) -> None:
+                tap(item)
+                inbox.put(item)
+        mine = ({name: key for name, key in credentials.items() if name in use.accounts}
+                if several else credentials)
+        # Instrument specs always load from the feed; configured ones override them per
+        # inst_id in the engine (SPEC 3.1).
+        feed = use.venue.feed(use.settings, mine, deliver,
+                              collateral=config.collateral.keys())
+        lanes.append(Lane(MarginEngine(venue_config(config, use)), use.venue.decoder(), feed,
+                          inbox, use.venue.name if several else None))
+    return Daemon(lanes, head, history_interval_ms=int(config.storage.history_interval_s * 1000),
                   quarantine=config.quarantine, health=config.health,
                   order_observer=order_observer)

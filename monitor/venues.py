@@ -17,16 +17,21 @@ Configuration (riskmon's choices, README "Venues"):
   the configuration has a table for, or the registry's default when it has none; with
   tables for several venues every account must name its own.
 - A venue an account uses but the configuration has no table for runs on its defaults.
+- A daemon follows every venue its accounts are on, one engine per venue
+  (monitor/daemon.py, :class:`~monitor.daemon.Lane`); a recording holds one venue's feed.
+- Where a venue's margin rules differ from riskmon's defaults, :meth:`Venue.margin_rules`
+  says how: the engine of the venue's accounts runs on the risk settings it returns
+  (:func:`venue_config`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.config import AccountConfig, Config
+from monitor.config import AccountConfig, Config, RiskConfig
 from monitor.errors import ConfigError
 from monitor.events import Event
 from monitor.execution import Trader
@@ -50,6 +55,12 @@ class Venue(Protocol):
         ...
 
     def decoder(self) -> VenueDecoder: ...
+
+    def margin_rules(self, settings: Any, risk: RiskConfig) -> RiskConfig:
+        """The risk settings the venue's accounts are judged by: ``risk`` (the
+        configuration's) with what the venue's own margin rules fix, so that a level means
+        the same on every venue (``risk`` itself where nothing differs)."""
+        ...
 
     def credentials(self, account: AccountConfig) -> Any:
         """The read-only key the feed logs in with (ConfigError naming the missing key,
@@ -180,3 +191,10 @@ def _resolve(config: Config, registry: Registry,
         found[name] = VenueUse(venue, settings[name], tuple(
             account for account, on in accounts.items() if on == name))
     return found
+
+
+def venue_config(config: Config, use: VenueUse) -> Config:
+    """The configuration an engine of ``use``'s venue runs on: that venue's accounts, and
+    the risk settings with its margin rules applied (:meth:`Venue.margin_rules`)."""
+    return replace(config, accounts={name: config.accounts[name] for name in use.accounts},
+                   risk=use.venue.margin_rules(use.settings, config.risk))

@@ -23,7 +23,7 @@ from adapters.venues import VENUES
 from monitor.config import AccountConfig, parse_config
 from monitor.errors import ConfigError
 from monitor.events import CollateralTiersUpdate, IndexPrice
-from monitor.venues import account_venues, resolve_venues
+from monitor.venues import account_venues, resolve_venues, venue_config
 
 
 def settings_of(text: str) -> BinanceConfig:
@@ -99,6 +99,20 @@ def test_errors_name_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         resolve_venues(parse_config(tomllib.loads(text)), VENUES)
     assert raised.value.key == key
+
+
+def test_binance_accounts_are_judged_without_a_closing_fee() -> None:
+    # Binance's margin ratio has no closing fee in it: riskmon's on a Binance account must
+    # not either, whatever [risk] says for the other venues.
+    text = ('[risk]\nclosing_fee_rate = 0.001\n[venues.okx]\n[venues.binance]\n'
+            '[accounts.main]\nvenue = "okx"\n[accounts.futures]\nvenue = "binance"\n')
+    config = parse_config(tomllib.loads(text))
+    uses = resolve_venues(config, VENUES)
+    binance = venue_config(config, uses["binance"])
+    okx = venue_config(config, uses["okx"])
+    assert binance.risk.closing_fee_rate == 0.0 and list(binance.accounts) == ["futures"]
+    assert okx.risk.closing_fee_rate == 0.001 and list(okx.accounts) == ["main"]
+    assert binance.risk.warning == okx.risk.warning == config.risk.warning
 
 
 def test_execution_on_binance_is_refused_at_start() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from adapters.okx.decode import OkxDecoder
 from monitor.config import HealthConfig
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import SinkError
 from monitor.feed import Inbox, LinkChange
@@ -27,7 +27,7 @@ class Harness:
         self.inbox = Inbox()
         self.feed = ScriptedFeed()
         self.engine = MarginEngine(make_config())
-        self.daemon = Daemon(self.engine, OkxDecoder(), self.feed, self.inbox,
+        self.daemon = Daemon([Lane(self.engine, OkxDecoder(), self.feed, self.inbox)],
                              SinkTask(NullSink()),
                              health=HealthConfig(feed_grace_s=5, risk_unknown_grace_s=8),
                              wall_s=self.clock)

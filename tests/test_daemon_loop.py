@@ -13,7 +13,7 @@ import orjson
 
 from adapters.okx.decode import OkxDecoder
 from monitor.alerts import Alert
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.events import Event
 from monitor.feed import Frame, Inbox, LinkChange, LinkStats
@@ -121,7 +121,7 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     feed = BurstFeed(inbox, items)
     sink = SlowSink()
     decoder = CountingDecoder()
-    daemon = Daemon(engine, decoder, feed, inbox, SinkTask(sink, maxsize=1))
+    daemon = Daemon([Lane(engine, decoder, feed, inbox)], SinkTask(sink, maxsize=1))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     await asyncio.wait_for(feed.delivered.wait(), 10)
@@ -137,7 +137,7 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     assert engine.accounts["main"].currencies["USDT"].cash == 100.039
     # Everything the engine emitted reached the sink before run() returned.
     alerts = [r for r in sink.records if isinstance(r, Alert)]
-    assert len(alerts) == daemon.processor.stats.alerts
+    assert len(alerts) == daemon.stats.alerts
     assert alerts[0].kind == "feed_connected"
     assert engine.level("main") == "deleverage"
 
@@ -153,7 +153,7 @@ async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on
         Frame(1_001, "main", truncated), Frame(1_002, None, shaped, BTC), mark(39_300, 1_003)]
     feed = BurstFeed(inbox, items)
     sink = SlowSink()
-    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(sink))
+    daemon = Daemon([Lane(engine, OkxDecoder(), feed, inbox)], SinkTask(sink))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     await asyncio.wait_for(feed.delivered.wait(), 10)
@@ -191,7 +191,7 @@ async def test_the_feed_is_told_of_a_new_debt_and_of_its_repayment() -> None:
     engine = MarginEngine(make_config())
     inbox = Inbox()
     feed = InterestFeed()
-    daemon = Daemon(engine, OkxDecoder(), feed, inbox, SinkTask(SlowSink()))
+    daemon = Daemon([Lane(engine, OkxDecoder(), feed, inbox)], SinkTask(SlowSink()))
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     try:

@@ -4,7 +4,7 @@ follow the engine and the feed; every family is declared before it has a sample.
 from __future__ import annotations
 
 from adapters.okx.decode import OkxDecoder
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.feed import Inbox, LinkStats
 from monitor.metrics import BuildInfo, Metrics
@@ -24,7 +24,7 @@ FAMILIES = (
 def daemon() -> tuple[Daemon, MarginEngine, ScriptedFeed]:
     engine = MarginEngine(make_config())
     feed = ScriptedFeed()
-    return (Daemon(engine, OkxDecoder(), feed, Inbox(), SinkTask(NullSink()),
+    return (Daemon([Lane(engine, OkxDecoder(), feed, Inbox())], SinkTask(NullSink()),
                    wall_s=Clock(1_000.0)), engine, feed)
 
 

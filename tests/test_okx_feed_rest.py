@@ -171,7 +171,7 @@ async def test_the_daemon_bootstraps_each_account_by_rest_before_subscribing(
     items: list[FeedItem] = []
     sink = ListSink()
     daemon = build_daemon(config, {"main": CREDS}, SinkTask(sink), tap=items.append,
-                          use=VenueUse(OKX, okx_config(port), ("main",)))
+                          uses=[VenueUse(OKX, okx_config(port), ("main",))])
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     try:
@@ -195,8 +195,8 @@ async def test_the_daemon_bootstraps_each_account_by_rest_before_subscribing(
     link = private[4]
     assert isinstance(link, LinkChange) and link.connected
     # Every body decoded: nothing was quarantined, and the REST state reached the engine.
-    assert daemon.processor.stats.quarantined == 0
-    assert daemon.engine.accounts["main"].currencies["USDT"].cash == 1000.0
+    assert daemon.stats.quarantined == 0
+    assert daemon.lanes[0].engine.accounts["main"].currencies["USDT"].cash == 1000.0
     # The public side loads the instrument specs although [[instruments]] lists some.
     public_rest = [item.path for item in items if isinstance(item, RestBody)
                    and item.account is None]

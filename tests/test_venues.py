@@ -29,7 +29,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from adapters.okx.config import OkxConfig
 from adapters.sqlite_store import SqliteStore
 from adapters.venues import VENUES
-from monitor.config import AccountConfig, Config, only_keys, parse_config, read_string
+from monitor.config import (
+    AccountConfig,
+    Config,
+    RiskConfig,
+    only_keys,
+    parse_config,
+    read_string,
+)
 from monitor.errors import BadInput, ConfigError
 from monitor.events import (
     BalanceUpdate,
@@ -41,7 +48,7 @@ from monitor.events import (
 )
 from monitor.execution import Trader
 from monitor.feed import Feed, FeedItem, Frame, LinkChange, LinkStats
-from monitor.service import Monitor, single_venue
+from monitor.service import Monitor, daemon_venues, single_venue
 from monitor.venues import Registry, account_venues, resolve_venues, venue_errors
 from tests.builders import BTC_SWAP
 
@@ -103,7 +110,9 @@ def test_an_account_is_on_the_only_venue_or_the_default_or_names_its_own() -> No
     named = parse('[venues.paper]\n[venues.okx]\n[accounts.main]\nvenue = "paper"\n'
                   '[accounts.desk]\nvenue = "okx"\n')
     assert account_venues(named, registry) == {"main": "paper", "desk": "okx"}
-    # A daemon follows one venue for now: refused with a message, not half-run.
+    # A daemon follows both (one engine each); a recording holds one venue's feed.
+    assert [use.venue.name for use in daemon_venues(named, registry)] == ["paper", "okx"]
+    assert [use.accounts for use in daemon_venues(named, registry)] == [("main",), ("desk",)]
     with pytest.raises(ConfigError, match="more than one venue"):
         single_venue(named, registry)
 
@@ -113,8 +122,9 @@ def test_the_daemon_follows_the_venue_its_accounts_are_on() -> None:
     # A table no account uses is read (its errors count) but not followed.
     config = parse('[venues.paper]\n[venues.okx]\n[accounts.main]\nvenue = "okx"\n')
     assert single_venue(config, registry).venue.name == "okx"
+    assert [use.venue.name for use in daemon_venues(config, registry)] == ["okx"]
     with pytest.raises(ConfigError) as raised:
-        single_venue(parse("[venues.paper]\n[venues.okx]\n"), registry)
+        daemon_venues(parse("[venues.paper]\n[venues.okx]\n"), registry)
     assert raised.value.key == "venues"
     assert single_venue(parse("[venues.paper]\n"), registry).venue.name == "paper"
 
@@ -145,6 +155,9 @@ class PaperVenue:
 
     def decoder(self) -> PaperDecoder:
         return PaperDecoder()
+
+    def margin_rules(self, settings: str, risk: RiskConfig) -> RiskConfig:
+        return risk
 
     def credentials(self, account: AccountConfig) -> str:
         return account.name

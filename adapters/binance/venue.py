@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from adapters.binance.config import BinanceConfig, parse_binance
 from adapters.binance.decode import BinanceDecoder
 from adapters.binance.live import BinanceFeed
 from adapters.binance.replay_server import Faults, serve
-from monitor.config import AccountConfig
+from monitor.config import AccountConfig, RiskConfig
 from monitor.errors import ConfigError
 from monitor.execution import Trader
 from monitor.feed import Feed, FeedItem
@@ -27,6 +28,12 @@ class BinanceVenue:
 
     def decoder(self) -> BinanceDecoder:
         return BinanceDecoder()
+
+    def margin_rules(self, settings: BinanceConfig, risk: RiskConfig) -> RiskConfig:
+        """No closing fee: Binance's margin ratio (maintenance margin over margin balance,
+        liquidation at 100 %) has none in it, so riskmon's ratio on a Binance account is
+        the inverse of Binance's only without it (README "Binance USDⓈ-M")."""
+        return replace(risk, closing_fee_rate=0.0)
 
     def credentials(self, account: AccountConfig) -> Credentials:
         return load_credentials(account)

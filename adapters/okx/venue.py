@@ -13,7 +13,7 @@ from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import Faults, serve
 from adapters.okx.trade import OkxTrader
-from monitor.config import AccountConfig
+from monitor.config import AccountConfig, RiskConfig
 from monitor.errors import ConfigError
 from monitor.feed import Feed, FeedItem
 
@@ -28,6 +28,9 @@ class OkxVenue:
 
     def decoder(self) -> OkxDecoder:
         return OkxDecoder()
+
+    def margin_rules(self, settings: OkxConfig, risk: RiskConfig) -> RiskConfig:
+        return risk  # riskmon's formulas are OKX's (SPEC 1)
 
     def credentials(self, account: AccountConfig) -> Credentials:
         return load_credentials(account)
