@@ -116,12 +116,23 @@ from monitor.formulas import (
 )
 from monitor.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
 from monitor.records import AccountCheckpoint, PoolCheckpoint
-from monitor.transitions import INFINITY, LevelLadder, RuleState
+from monitor.transitions import (
+    DELEVERAGE_RANK,
+    INFINITY,
+    LevelLadder,
+    RuleState,
+    checkpoint_on_known,
+    checkpoint_on_passed,
+    divergence,
+    level_change,
+    overdue,
+    reminder,
+    reminder_after,
+)
 
 REANCHOR_EVERY = 4096
 SWEEP_INTERVAL_MS = 1000
 """Staleness, reminders and interest are swept at every whole second of event time."""
-DELEVERAGE_RANK = LEVEL_RANK["deleverage"]
 
 # Pool kinds (see the module docstring).
 POOL_ACCOUNT: Final = 0
@@ -970,7 +981,7 @@ class MarginEngine:
             checkpoint = account.pending
             if checkpoint is None or checkpoint.ts >= now_ms:
                 continue
-            if account.rederiving:
+            if checkpoint_on_passed(account.rederiving) == "drop":
                 account.pending = None
                 del self._pending[account.name]
                 self._changed[account.name] = account  # the stored one may be older
@@ -986,7 +997,7 @@ class MarginEngine:
         re-derive it), and the checkpoint is taken over now. So too while the clock is
         provisional (see the module docstring): snapshots are dated by their last change,
         and one older than the checkpoint is no sign of a feed re-delivered."""
-        if ts < checkpoint.ts and self._live_from_ms is not None:
+        if checkpoint_on_known(ts, checkpoint.ts, self._live_from_ms is not None) == "rederive":
             account.rederiving = True
         else:
             self._take_over(account, checkpoint)
@@ -1588,7 +1599,7 @@ class MarginEngine:
             last = self.mark_ms.get(inst_id)
             if last is None:
                 last = max(floor, min(exposure.since_ms for exposure in holders.values()))
-            if now_ms - last > self._stale_after_ms:
+            if overdue(now_ms, last, self._stale_after_ms):
                 self.stale[inst_id] = None
                 self.awaiting_mark[inst_id] = None
                 for account in _accounts_of(holders.values()):
@@ -1600,7 +1611,7 @@ class MarginEngine:
         # Accounts missing something the per-instrument staleness above does not report
         # (an account that lacks only marks is not walked here).
         for account in list(self._unreported.values()):
-            overdue = []
+            late = []
             waiting = False
             for item, since in account.missing.items():
                 if item in account.reported or item.startswith(_OWN_ALERT_PREFIXES):
@@ -1608,18 +1619,18 @@ class MarginEngine:
                 if since == 0:
                     account.missing[item] = now_ms  # the first time the engine has a clock
                     waiting = True
-                elif now_ms - max(since, floor) > self._stale_after_ms:
-                    overdue.append(item)
+                elif overdue(now_ms, max(since, floor), self._stale_after_ms):
+                    late.append(item)
                 else:
                     waiting = True
             if not waiting:
                 del self._unreported[account.name]
-            if overdue:
-                for item in overdue:
+            if late:
+                for item in late:
                     account.reported[item] = None
                 self._emit(alerts, account, "feed_stale", now_ms, recv_ms, None, None,
-                           {"missing": overdue, "reason": "risk unknown: no level is "
-                            "evaluated until these arrive"}, discriminator=",".join(overdue))
+                           {"missing": late, "reason": "risk unknown: no level is "
+                            "evaluated until these arrive"}, discriminator=",".join(late))
         for account in list(self.debtors.values()) + list(self.critical.values()):
             self._evaluate(account, now_ms, recv_ms, None, None, alerts)
 
@@ -1680,8 +1691,9 @@ class MarginEngine:
         if due is not None and ts >= due:
             unknown = {"risk_unknown": sorted(account.missing)} if account.missing else {}
             for pool in account.pools.values():
-                if pool.reminder_due_ms is not None and ts >= pool.reminder_due_ms:
-                    pool.reminder_due_ms = ts + self._repeat_ms
+                remind, pool.reminder_due_ms = reminder(pool.reminder_due_ms, ts,
+                                                        self._repeat_ms)
+                if remind:
                     self._emit(alerts, account, "reminder", ts, recv_ms, _pool_inst(pool),
                                mark, {"since_level": pool.level, **_pool_payload(pool),
                                       **unknown},
@@ -1697,11 +1709,9 @@ class MarginEngine:
         pool.level = new_level
         self._changed[account.name] = account
         pool.level_low, pool.level_high = self.ladder.band(new_level)
-        if LEVEL_RANK[new_level] >= DELEVERAGE_RANK:
-            if LEVEL_RANK[old_level] < DELEVERAGE_RANK:
-                pool.reminder_due_ms = ts + self._repeat_ms
-        else:
-            pool.reminder_due_ms = None
+        change = level_change(old_level, new_level)
+        pool.reminder_due_ms = reminder_after(change.reminders, pool.reminder_due_ms, ts,
+                                              self._repeat_ms)
         self._track_critical(account)
         figures = self._pool_figures(pool)
         extra = _pool_payload(pool)
@@ -1712,7 +1722,7 @@ class MarginEngine:
                     if new_level != "normal" else None, **extra},
                    figures=figures, level=new_level, from_level=old_level,
                    discriminator=f"{pool.key}:{old_level}>{new_level}")
-        if new_level == "deleverage" and LEVEL_RANK[old_level] < DELEVERAGE_RANK:
+        if change.plan:
             self._emit(alerts, account, "deleverage_plan", ts, recv_ms, trigger, mark,
                        {**self._deleverage_plan(pool, figures), **extra}, figures=figures,
                        level=new_level, discriminator=pool.key)
@@ -1893,8 +1903,8 @@ class MarginEngine:
             if difference > tolerance:
                 fields.append({"field": name, "ours": ours, "theirs": theirs,
                                "relative_difference": difference})
-        divergent = bool(fields)
-        if divergent and not pool.divergent:
+        alert, pool.divergent = divergence(pool.divergent, bool(fields))
+        if alert:
             ratio_field = next((f for f in fields if f["field"] == "margin_ratio"), None)
             payload: dict[str, Any] = {
                 "fields": fields,
@@ -1909,7 +1919,6 @@ class MarginEngine:
             self._emit(alerts, pool.account, "exchange_divergence", ts, recv_ms,
                        _pool_inst(pool), None, payload, figures=figures, level=pool.level,
                        discriminator=pool.key)
-        pool.divergent = divergent
 
     def _check_liquidation_price(self, exposure: Exposure, theirs: float, ts: int,
                                  recv_ms: int, alerts: list[Alert]) -> None:
@@ -1924,8 +1933,9 @@ class MarginEngine:
         ours = self._liquidation_mark(exposure, 1.0)
         difference = None if ours is None else abs(ours - theirs) / max(abs(theirs), 1e-12)
         tolerance = self.risk.divergence_tolerance
-        divergent = difference is None or difference > tolerance
-        if divergent and not exposure.liquidation_divergent:
+        alert, exposure.liquidation_divergent = divergence(
+            exposure.liquidation_divergent, difference is None or difference > tolerance)
+        if alert:
             figures = self._pool_figures(pool)
             payload: dict[str, Any] = {
                 "fields": [{"field": "liquidation_price", "ours": ours, "theirs": theirs,
@@ -1943,7 +1953,6 @@ class MarginEngine:
                        figures=figures, level=pool.level,
                        discriminator=f"liquidation:{exposure.inst_id}:{exposure.side}:"
                                      f"{exposure.margin_mode}")
-        exposure.liquidation_divergent = divergent
 
     # -- bookkeeping -------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""The level ladder and stop-loss rule table (seed 000 thresholds, SPEC 1.6 and 1.7)."""
+"""The tables of monitor/transitions.py: the level ladder and stop-loss rules (seed 000
+thresholds, SPEC 1.6 and 1.7), what a level change sets off, reminders, staleness,
+divergence episodes and a restored checkpoint's syncing."""
 
 from __future__ import annotations
 
@@ -6,9 +8,19 @@ import math
 
 import pytest
 
-from monitor.alerts import Level
+from monitor.alerts import LEVELS, Level
 from monitor.config import RiskConfig, StopLossRule
-from monitor.transitions import LevelLadder, RuleState
+from monitor.transitions import (
+    LevelLadder,
+    RuleState,
+    checkpoint_on_known,
+    checkpoint_on_passed,
+    divergence,
+    level_change,
+    overdue,
+    reminder,
+    reminder_after,
+)
 
 LADDER = LevelLadder(RiskConfig())
 
@@ -102,3 +114,76 @@ class TestRule:
             fired = state.step(value)
             if inside:
                 assert not fired and state.armed == before
+
+
+@pytest.mark.parametrize(("old", "new", "plan", "reminders"), [
+    ("normal", "deleverage", True, "start"),
+    ("withdrawal_lock", "deleverage", True, "start"),
+    ("warning", "liquidation", False, "start"),  # straight past deleverage: no plan
+    ("deleverage", "liquidation", False, "keep"),
+    ("liquidation", "deleverage", False, "keep"),
+    ("deleverage", "withdrawal_lock", False, "stop"),
+    ("liquidation", "normal", False, "stop"),
+    ("normal", "warning", False, "stop"),
+])
+def test_what_a_level_change_sets_off(old: Level, new: Level, plan: bool,
+                                      reminders: str) -> None:
+    change = level_change(old, new)
+    assert (change.plan, change.reminders) == (plan, reminders)
+
+
+def test_only_entering_deleverage_from_below_plans() -> None:
+    planned = {(old, new) for old in LEVELS for new in LEVELS
+               if old != new and level_change(old, new).plan}
+    assert planned == {("normal", "deleverage"), ("warning", "deleverage"),
+                       ("withdrawal_lock", "deleverage")}
+
+
+def test_reminders_start_keep_their_time_and_stop() -> None:
+    assert reminder_after("start", None, 1_000, 60_000) == 61_000
+    assert reminder_after("start", 5_000, 1_000, 60_000) == 61_000
+    assert reminder_after("keep", 5_000, 1_000, 60_000) == 5_000
+    assert reminder_after("stop", 5_000, 1_000, 60_000) is None
+
+
+@pytest.mark.parametrize(("due", "now", "expected"), [
+    (None, 10_000, (False, None)),
+    (61_000, 60_999, (False, 61_000)),
+    (61_000, 61_000, (True, 121_000)),
+    (61_000, 90_000, (True, 150_000)),  # a late sweep: the next one is a period on
+])
+def test_a_reminder_is_due_at_its_time_and_then_a_period_later(
+        due: int | None, now: int, expected: tuple[bool, int | None]) -> None:
+    assert reminder(due, now, 60_000) == expected
+
+
+def test_stale_only_past_the_bound() -> None:
+    assert not overdue(20_000, 10_000, 10_000)
+    assert overdue(20_001, 10_000, 10_000)
+
+
+def test_a_divergence_episode_alerts_once() -> None:
+    steps = [False, True, True, False, True]
+    diverging = False
+    alerts = []
+    for beyond in steps:
+        alert, diverging = divergence(diverging, beyond)
+        alerts.append(alert)
+    assert alerts == [False, True, False, False, True]
+    assert diverging
+
+
+@pytest.mark.parametrize(("known", "live", "step"), [
+    (4_000, True, "rederive"),  # re-delivered events from before the checkpoint
+    (4_000, False, "take_over"),  # snapshots alone, dated by their last change
+    (5_000, True, "take_over"),
+    (6_000, True, "take_over"),
+])
+def test_a_restored_checkpoint_when_the_risk_becomes_known(known: int, live: bool,
+                                                           step: str) -> None:
+    assert checkpoint_on_known(known, 5_000, live) == step
+
+
+def test_a_restored_checkpoint_once_the_clock_passes_it() -> None:
+    assert checkpoint_on_passed(rederiving=True) == "drop"
+    assert checkpoint_on_passed(rederiving=False) == "take_over"
