@@ -193,6 +193,30 @@ def test_inverse_isolated_position_ratio_and_liquidation_price() -> None:
                  (0.01 + float(row["margin"]) + float(row["upl"])) * float(row["usdPx"]))
 
 
+def test_okx_liquidation_price_is_checked_against_ours() -> None:
+    # The same real isolated position: OKX's liqPx (69,536.61) is where riskmon's ratio of
+    # the position reaches 1, so the positions answer raises no divergence; a liqPx 20 %
+    # off ours does, naming the field, with both prices.
+    decoder = OkxDecoder()
+    body = fixture("ccxt_okx_position_btcusd_swap_inverse_isolated_long_hedge_demo_20260120.json")
+    row = body["data"][0]
+    engine = position_engine(Config(), decoder, body, {"BTC": "0.01"},
+                             {"BTC": float(row["usdPx"])},
+                             instruments(decoder, {"BTC-USD": "0.004"}))
+    again = decoder.decode_rest(RestPath.POSITIONS, body, "main", RECV_MS + 1)
+    assert [a for a in run(engine, again) if a.kind == "exchange_divergence"] == []
+
+    moved = json.loads(json.dumps(body))
+    moved["data"][0]["liqPx"] = str(float(row["liqPx"]) * 1.2)
+    alerts = run(engine, decoder.decode_rest(RestPath.POSITIONS, moved, "main", RECV_MS + 2))
+    [divergence] = [a for a in alerts if a.kind == "exchange_divergence"]
+    [field] = divergence.payload["fields"]
+    assert field["field"] == "liquidation_price"
+    assert field["theirs"] == float(row["liqPx"]) * 1.2
+    assert close(field["ours"], float(row["liqPx"]), rel=1e-5)
+    assert (divergence.inst_id, divergence.payload["side"]) == ("BTC-USD-SWAP", "long")
+
+
 @pytest.mark.parametrize("name", [
     "ccxt_okx_positions_ltcusdt_swap_cross_long_hedge_demo_20240130.json",
     "ccxt_okx_position_ltcusdt_swap_cross_long_hedge_demo_20240406.json",

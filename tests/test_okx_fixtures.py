@@ -61,7 +61,8 @@ def test_an_isolated_hedge_long_on_an_inverse_swap_carries_its_margin() -> None:
         "BTC-USD-SWAP", 1.0, 92300.0, 3.0, side="long", margin_mode="isolated",
         margin=0.0003611412062116,
         exchange=ExchangePositionFigures(margin_ratio=74.32029212310307,
-                                         maint_margin=0.0000043300962256, init_margin=None)),),
+                                         maint_margin=0.0000043300962256, init_margin=None,
+                                         liquidation_price=69536.6125000014)),),
         UNTIMED, RECV)
 
 
@@ -90,7 +91,8 @@ def test_a_positions_channel_push_in_one_way_mode() -> None:
     assert events == [PositionUpdate(ACCOUNT, (Position(
         "XRP-USDT-SWAP", 1.0, 0.52668, 3.0,
         exchange=ExchangePositionFigures(margin_ratio=69.00363001456147, maint_margin=0.26346,
-                                         init_margin=17.564000000000004)),),
+                                         init_margin=17.564000000000004,
+                                         liquidation_price=0.3287514731020614)),),
         1_693_151_906_023, RECV)]
 
 

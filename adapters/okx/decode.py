@@ -842,15 +842,18 @@ def _parse_position(row: dict[str, Any], context: str) -> tuple[Position, int] |
 
 
 def _position_figures(row: dict[str, Any], where: str) -> ExchangePositionFigures | None:
-    """The exchange's ``mgnRatio``, ``mmr`` and ``imr`` of a position (SPEC 1.9); None when
-    it reports none of them ("" where they do not apply)."""
+    """The exchange's ``mgnRatio``, ``mmr``, ``imr`` and ``liqPx`` of a position (SPEC 1.9);
+    None when it reports none of them ("" where they do not apply). A ``liqPx`` of 0 or
+    below is no liquidation price (no mark would liquidate the position)."""
+    liquidation = optional_number_field(row, "liqPx", where, "any")
     figures = ExchangePositionFigures(
         margin_ratio=optional_number_field(row, "mgnRatio", where, "any"),
         maint_margin=optional_number_field(row, "mmr", where, "non_negative"),
         init_margin=optional_number_field(row, "imr", where, "non_negative"),
+        liquidation_price=liquidation if liquidation is not None and liquidation > 0 else None,
     )
     if figures.margin_ratio is None and figures.maint_margin is None and (
-            figures.init_margin is None):
+            figures.init_margin is None and figures.liquidation_price is None):
         return None
     return figures
 
