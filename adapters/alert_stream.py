@@ -60,8 +60,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from adapters.http_server import CLOSE_TIMEOUT_S, LimitedConnection
-from monitor.config import StreamToken
 from monitor.errors import ConfigError
+from monitor.settings import StreamToken
 from monitor.stream import (
     EARLIEST,
     AlertFilter,

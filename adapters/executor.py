@@ -73,7 +73,6 @@ from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert, AlertKind
-from monitor.config import ExecutionConfig
 from monitor.errors import ConfigError, RiskmonError
 from monitor.events import OrderUpdate
 from monitor.execution import (
@@ -92,6 +91,7 @@ from monitor.execution import (
 )
 from monitor.metrics import Metrics
 from monitor.records import StoredAlert
+from monitor.settings import ExecutionConfig
 
 __all__ = ["Executor"]
 

@@ -49,7 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from monitor.config import StreamConfig
+from monitor.settings import StreamConfig
 
 HealthCheck = Callable[[float], tuple[bool, dict[str, Any]]]
 MetricsText = Callable[[float], str]

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Final
 
 from monitor.alerts import Alert
-from monitor.config import RiskConfig
 from monitor.records import MarginPoint
+from monitor.settings import RiskConfig
 
 __all__ = ["ALERT_COLOURS", "LEVEL_COLOURS", "find_chromium", "page_height", "render_html",
            "render_png"]

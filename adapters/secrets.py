@@ -15,8 +15,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from monitor.config import AccountConfig
 from monitor.errors import ConfigError
+from monitor.settings import AccountConfig
 
 __all__ = ["read_key"]
 

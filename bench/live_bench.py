@@ -139,13 +139,14 @@ from adapters.okx.live import OkxFeed
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
-from monitor.config import Config, parse_config
+from monitor.config import parse_config
 from monitor.daemon import Daemon, Lane, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
 from monitor.pipeline import Record, SinkTask
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 from monitor.service import single_venue
+from monitor.settings import Config
 
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"

@@ -44,11 +44,11 @@ import orjson
 import monitor.engine
 from adapters.binance.decode import BinanceDecoder
 from adapters.okx.decode import OkxDecoder
-from monitor.config import Config, RiskConfig
 from monitor.engine import MarginEngine
 from monitor.events import BalanceUpdate, CurrencyBalance, Position, PositionSnapshot
 from monitor.instruments import Instrument, Tier
 from monitor.pipeline import LineProcessor
+from monitor.settings import Config, RiskConfig
 
 START_MS = 1_767_225_600_000
 

@@ -35,7 +35,7 @@ from adapters.status_client import fetch_status
 from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
 from adapters.venues import VENUES
 from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, level_named
-from monitor.config import Config, check_config, load_config, parse_config, read_config
+from monitor.config import check_config, load_config, parse_config, read_config
 from monitor.daemon import tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, RiskmonError, SinkError
@@ -56,6 +56,7 @@ from monitor.service import (
     load_all_credentials,
     single_venue,
 )
+from monitor.settings import Config
 from monitor.status import from_history, status_document
 from monitor.tables import ProgressBar, alerts_table, replay_summary, status_table
 from monitor.venues import account_venues, venue_config, venue_errors

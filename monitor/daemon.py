@@ -45,7 +45,6 @@ from typing import Any
 import orjson
 
 from monitor.alerts import LEVEL_RANK
-from monitor.config import HealthConfig, QuarantineConfig
 from monitor.engine import ExposureKey, MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
@@ -54,6 +53,7 @@ from monitor.health import LISTED, Onsets
 from monitor.metrics import BuildInfo, Metrics
 from monitor.pipeline import LineProcessor, SinkTask, Stats
 from monitor.records import AccountCheckpoint
+from monitor.settings import HealthConfig, QuarantineConfig
 
 TICK_INTERVAL_S = 1.0
 RAW_LIMIT = 4096

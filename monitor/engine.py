@@ -78,7 +78,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
-from monitor.config import AccountConfig, Config, StopLossRule
 from monitor.errors import BadInput
 from monitor.events import (
     UNTIMED,
@@ -116,6 +115,7 @@ from monitor.formulas import (
 )
 from monitor.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
 from monitor.records import AccountCheckpoint, PoolCheckpoint
+from monitor.settings import AccountConfig, Config, StopLossRule
 from monitor.transitions import (
     DELEVERAGE_RANK,
     INFINITY,

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import orjson
 
 from monitor.alerts import Alert
-from monitor.config import QuarantineConfig
 from monitor.engine import MarginEngine, Notice
 from monitor.errors import BadInput, SinkError
 from monitor.events import Event
@@ -38,6 +37,7 @@ from monitor.records import (
     QuarantineSummary,
     StoredAlert,
 )
+from monitor.settings import QuarantineConfig
 
 Record = (Alert | QuarantineRecord | QuarantineCounts | QuarantineSummary | MarginPoint
           | Notice | AccountCheckpoint | StoredAlert)

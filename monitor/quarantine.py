@@ -24,8 +24,8 @@ No clock is read here: the caller passes the time (the pipeline's monotonic cloc
 
 from __future__ import annotations
 
-from monitor.config import QuarantineConfig
 from monitor.records import QuarantineCounts, QuarantineSummary
+from monitor.settings import QuarantineConfig
 
 MAX_REASON_CLASSES = 100
 OTHER_CLASS = "other"

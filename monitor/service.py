@@ -39,7 +39,6 @@ from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from adapters.venues import VENUES
 from monitor.alerts import Alert
-from monitor.config import Config
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, SinkError
@@ -47,6 +46,7 @@ from monitor.events import OrderUpdate
 from monitor.execution import Trader
 from monitor.feed import FeedItem, Inbox
 from monitor.pipeline import SinkTask
+from monitor.settings import Config
 from monitor.status import status_document
 from monitor.stream import AlertFilter, AlertHub, Subscription
 from monitor.venues import Registry, VenueUse, resolve_venues, venue_config

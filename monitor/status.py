@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from monitor.alerts import LEVEL_RANK, LEVELS, Level, level_named
-from monitor.config import RiskConfig
 from monitor.records import MarginPoint
+from monitor.settings import RiskConfig
 from monitor.transitions import LevelLadder
 
 

@@ -85,7 +85,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from monitor.alerts import LEVEL_RANK, LEVELS, Level
-from monitor.config import RiskConfig, StopLossRule
+from monitor.settings import RiskConfig, StopLossRule
 
 INFINITY = math.inf
 

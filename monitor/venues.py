@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.config import AccountConfig, Config, RiskConfig
 from monitor.errors import ConfigError
 from monitor.events import Event
 from monitor.execution import Trader
 from monitor.feed import Feed, FeedDecoder, FeedItem
+from monitor.settings import AccountConfig, Config, RiskConfig
 
 
 class VenueDecoder(FeedDecoder, Protocol):

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monitor.alerts import Alert, AlertKind, Level, alert_id
-from monitor.config import AccountConfig, BoundsConfig, Config, RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
     BalanceUpdate,
@@ -21,6 +20,7 @@ from monitor.events import (
     PositionUpdate,
 )
 from monitor.instruments import CollateralTiers, Instrument, Tier
+from monitor.settings import AccountConfig, BoundsConfig, Config, RiskConfig, StopLossRule
 
 BTC_SWAP = Instrument(
     inst_id="BTC-USDT-SWAP",

@@ -34,7 +34,7 @@ import orjson
 
 from adapters.okx.decode import OkxDecoder, RestPath
 from monitor.alerts import Alert
-from monitor.config import Config, load_config
+from monitor.config import load_config
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
 from monitor.events import (
@@ -49,6 +49,7 @@ from monitor.events import (
     identifier_problem,
 )
 from monitor.pipeline import LineProcessor
+from monitor.settings import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 STORY = ROOT / "examples" / "story.jsonl"

@@ -12,9 +12,9 @@ from adapters.http_server import HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
-from monitor.config import StreamConfig
 from monitor.pipeline import Record, SinkTask
 from monitor.records import StoredAlert
+from monitor.settings import StreamConfig
 from monitor.stream import AlertHub
 
 

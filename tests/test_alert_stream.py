@@ -16,8 +16,8 @@ from websockets.exceptions import ConnectionClosed
 
 from adapters.alert_stream import load_tokens
 from monitor.alerts import Alert
-from monitor.config import StreamToken
 from monitor.errors import ConfigError
+from monitor.settings import StreamToken
 from tests.builders import make_alert
 from tests.stream_harness import StreamServer
 

@@ -41,10 +41,11 @@ import orjson
 import pytest
 
 from adapters.binance.decode import BinanceDecoder, RestPath
-from monitor.config import Config, parse_config
+from monitor.config import parse_config
 from monitor.engine import MarginEngine
 from monitor.events import Event, IndexPrice, InstrumentUpdate
 from monitor.instruments import Instrument
+from monitor.settings import Config
 
 TOLERANCE = 1e-3  # 0.1 %
 RECV = 1_722_161_170_000

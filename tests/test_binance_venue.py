@@ -20,9 +20,10 @@ from adapters.binance.auth import (
 from adapters.binance.config import TESTNET_REST_URL, TESTNET_STREAM_URL, BinanceConfig
 from adapters.binance.decode import BinanceDecoder, RestPath
 from adapters.venues import VENUES
-from monitor.config import AccountConfig, parse_config
+from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.events import CollateralTiersUpdate, IndexPrice
+from monitor.settings import AccountConfig
 from monitor.venues import account_venues, resolve_venues, venue_config
 
 

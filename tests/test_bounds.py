@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 
 from adapters.okx.decode import OkxDecoder
-from monitor.config import BoundsConfig, parse_config
+from monitor.config import parse_config
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput, ConfigError
 from monitor.events import ClockTick, MarkPrice
+from monitor.settings import BoundsConfig
 from tests.builders import (
     BTC_SWAP,
     balance,

@@ -14,7 +14,10 @@ import pytest
 
 from adapters.okx.config import OkxConfig
 from adapters.venues import VENUES
-from monitor.config import (
+from monitor.config import check_config, load_config, parse_config
+from monitor.errors import ConfigError, RiskmonError
+from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.settings import (
     DEFAULT_COLLATERAL,
     AccountConfig,
     Config,
@@ -25,12 +28,7 @@ from monitor.config import (
     StorageConfig,
     StreamConfig,
     StreamToken,
-    check_config,
-    load_config,
-    parse_config,
 )
-from monitor.errors import ConfigError, RiskmonError
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
 from monitor.venues import resolve_venues
 
 # The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapters.okx.decode import OkxDecoder
-from monitor.config import HealthConfig
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import SinkError
 from monitor.feed import Inbox, LinkChange
 from monitor.pipeline import Record, SinkTask
+from monitor.settings import HealthConfig
 from tests.builders import make_config
 from tests.daemon_fakes import LINKS, Clock, NullSink, ScriptedFeed
 from tests.test_daemon_loop import BTC, account_frame, mark, positions_frame

@@ -10,11 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 from adapters.okx.decode import OkxDecoder
-from monitor.config import AccountConfig, HealthConfig
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.feed import Frame, Inbox, LinkChange, LinkStats
 from monitor.pipeline import SinkTask
+from monitor.settings import AccountConfig, HealthConfig
 from tests.builders import make_config
 from tests.daemon_fakes import Clock, NullSink, ScriptedFeed
 from tests.test_daemon_health import _until, reasons

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from monitor.config import BoundsConfig, RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import (
     UNTIMED,
@@ -41,6 +40,7 @@ from monitor.events import (
 )
 from monitor.instruments import Instrument, Tier
 from monitor.records import AccountCheckpoint, PoolCheckpoint
+from monitor.settings import BoundsConfig, RiskConfig, StopLossRule
 from tests.builders import balance, index, make_config, mark, order, position, run, snapshots
 
 approx = pytest.approx

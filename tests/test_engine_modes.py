@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from monitor.alerts import Alert
-from monitor.config import AccountConfig, Config, RiskConfig
 from monitor.engine import MarginEngine
 from monitor.events import (
     AccountConfigUpdate,
@@ -33,6 +32,7 @@ from monitor.events import (
     PositionUpdate,
 )
 from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.settings import AccountConfig, Config, RiskConfig
 from tests.builders import balance, index, make_config, mark, run, snapshots
 
 approx = pytest.approx
@@ -110,7 +110,7 @@ def test_hedge_mode_close_orders_name_the_side_they_close() -> None:
 
 
 def _rule(metric: str, below: float) -> Any:
-    from monitor.config import StopLossRule
+    from monitor.settings import StopLossRule
     assert metric in ("margin_ratio", "im_coverage", "equity_usd")
     return StopLossRule(name="r", metric="margin_ratio", below=below, action="close_all")
 

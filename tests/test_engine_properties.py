@@ -17,7 +17,6 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.config import BoundsConfig, StopLossRule
 from monitor.engine import Figures, MarginEngine
 from monitor.errors import BadInput
 from monitor.events import (
@@ -42,6 +41,7 @@ from monitor.events import (
 )
 from monitor.formulas import unrealized_pnl
 from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Tier
+from monitor.settings import BoundsConfig, StopLossRule
 from tests.builders import BTC_INVERSE, BTC_SWAP, ETH_SWAP, make_config
 
 INSTRUMENTS = ["BTC-USDT-SWAP", "ETH-USDT-SWAP", "BTC-USD-SWAP"]

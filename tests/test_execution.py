@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from monitor.alerts import Alert
-from monitor.config import AccountConfig, Config, RiskConfig, StopLossRule
 from monitor.engine import MarginEngine
 from monitor.events import BalanceUpdate, CurrencyBalance, MarkPrice, Position, PositionSnapshot
 from monitor.execution import (
@@ -23,6 +22,7 @@ from monitor.execution import (
     legs_of,
 )
 from monitor.instruments import Instrument, Tier
+from monitor.settings import AccountConfig, Config, RiskConfig, StopLossRule
 
 BTC = "BTC-USDT-SWAP"
 ETH = "ETH-USDT-SWAP"

@@ -20,7 +20,6 @@ import pytest
 from adapters.executor import Executor
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
-from monitor.config import ExecutionConfig
 from monitor.errors import ConfigError
 from monitor.events import Order, OrderUpdate
 from monitor.execution import (
@@ -33,6 +32,7 @@ from monitor.execution import (
 )
 from monitor.metrics import Metrics
 from monitor.records import StoredAlert
+from monitor.settings import ExecutionConfig
 from tests.test_execution import BTC, ETH, fired_stop_loss
 
 FAST = ExecutionConfig(fill_timeout_s=0.2, request_timeout_s=0.5, give_up_s=20.0,

@@ -63,7 +63,6 @@ import pytest
 
 from adapters.okx.decode import OkxDecoder, RestPath
 from monitor.alerts import Alert
-from monitor.config import AccountConfig, Config, RiskConfig
 from monitor.engine import MarginEngine
 from monitor.events import (
     BalanceUpdate,
@@ -74,6 +73,7 @@ from monitor.events import (
     PositionSnapshot,
 )
 from monitor.instruments import CollateralTiers, Instrument, Tier
+from monitor.settings import AccountConfig, Config, RiskConfig
 from tests.builders import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "okx"

@@ -23,10 +23,10 @@ from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.okx.venue import OKX
-from monitor.config import AccountConfig, Config
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
 from monitor.pipeline import Record, SinkTask
 from monitor.service import build_daemon
+from monitor.settings import AccountConfig, Config
 from monitor.venues import VenueUse
 from tests.builders import BTC_SWAP, ETH_SWAP
 from tests.recordings import (

@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from adapters.report import ALERT_COLOURS, LEVEL_COLOURS, find_chromium
-from monitor.config import RiskConfig
 from monitor.pipeline import Stats
+from monitor.settings import RiskConfig
 from monitor.status import status_document
 from monitor.tables import ProgressBar, replay_summary
 from tests.live_harness import (

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from adapters.okx.decode import OkxDecoder
-from monitor.config import QuarantineConfig
 from monitor.engine import MarginEngine
 from monitor.pipeline import LineProcessor
 from monitor.quarantine import MAX_REASON_CLASSES, OTHER_CLASS, QuarantineBook, reason_class
 from monitor.records import QuarantineCounts, QuarantineRecord, QuarantineSummary
+from monitor.settings import QuarantineConfig
 from tests.builders import make_config
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from monitor.config import QuarantineConfig
+from monitor.settings import QuarantineConfig
 from tests.live_harness import (
     EXAMPLE_CONFIG,
     LIVE_ENV,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import build_parser
-from monitor.config import HealthConfig, QuarantineConfig, load_config, parse_config
+from monitor.config import load_config, parse_config
+from monitor.settings import HealthConfig, QuarantineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

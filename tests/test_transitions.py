@@ -9,7 +9,7 @@ import math
 import pytest
 
 from monitor.alerts import LEVELS, Level
-from monitor.config import RiskConfig, StopLossRule
+from monitor.settings import RiskConfig, StopLossRule
 from monitor.transitions import (
     LevelLadder,
     RuleState,

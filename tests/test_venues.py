@@ -29,14 +29,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from adapters.okx.config import OkxConfig
 from adapters.sqlite_store import SqliteStore
 from adapters.venues import VENUES
-from monitor.config import (
-    AccountConfig,
-    Config,
-    RiskConfig,
-    only_keys,
-    parse_config,
-    read_string,
-)
+from monitor.config import parse_config
 from monitor.errors import BadInput, ConfigError
 from monitor.events import (
     BalanceUpdate,
@@ -49,6 +42,7 @@ from monitor.events import (
 from monitor.execution import Trader
 from monitor.feed import Feed, FeedItem, Frame, LinkChange, LinkStats
 from monitor.service import Monitor, daemon_venues, single_venue
+from monitor.settings import AccountConfig, Config, RiskConfig, only_keys, read_string
 from monitor.venues import Registry, account_venues, resolve_venues, venue_errors
 from tests.builders import BTC_SWAP
 

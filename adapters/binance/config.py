@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.config import only_keys, read_bool, read_positive, read_string
 from monitor.errors import ConfigError
+from monitor.settings import only_keys, read_bool, read_positive, read_string
 
 # docs: "General Info": the production REST base and the websocket streams' base; the
 # testnet's are its own hosts.

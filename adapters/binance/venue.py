@@ -12,10 +12,10 @@ from adapters.binance.config import BinanceConfig, parse_binance
 from adapters.binance.decode import BinanceDecoder
 from adapters.binance.live import BinanceFeed
 from adapters.binance.replay_server import Faults, serve
-from monitor.config import AccountConfig, RiskConfig
 from monitor.errors import ConfigError
 from monitor.execution import Trader
 from monitor.feed import Feed, FeedItem
+from monitor.settings import AccountConfig, RiskConfig
 
 
 class BinanceVenue:

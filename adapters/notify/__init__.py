@@ -28,10 +28,10 @@ from adapters.notify.destinations import (
     Webhook,
 )
 from adapters.sqlite_store import SqliteStore
-from monitor.config import NotifierConfig, is_loopback_host
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
 from monitor.records import NotifierCursor
+from monitor.settings import NotifierConfig, is_loopback_host
 
 __all__ = ["Notifier", "Notifiers", "build_destination"]
 

@@ -58,9 +58,9 @@ import httpx
 from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind
-from monitor.config import NotifierConfig
 from monitor.errors import SinkError
 from monitor.records import NotifierCursor, StoredAlert
+from monitor.settings import NotifierConfig
 from monitor.stream import AlertFilter
 
 PAGE_SIZE: Final = 500

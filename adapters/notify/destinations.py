@@ -41,7 +41,7 @@ from adapters.notify.core import (
 )
 from adapters.notify.text import alert_text, summary_counts, summary_text, truncate
 from monitor.alerts import LEVEL_RANK, LEVELS, Alert
-from monitor.config import NotifierConfig
+from monitor.settings import NotifierConfig
 
 TELEGRAM_TEXT_LIMIT: Final = 4096
 SLACK_TEXT_LIMIT: Final = 3000

@@ -13,9 +13,9 @@ from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import Faults, serve
 from adapters.okx.trade import OkxTrader
-from monitor.config import AccountConfig, RiskConfig
 from monitor.errors import ConfigError
 from monitor.feed import Feed, FeedItem
+from monitor.settings import AccountConfig, RiskConfig
 
 
 class OkxVenue:
