@@ -482,14 +482,14 @@ async def _alerts(args: argparse.Namespace) -> int:
                                            from_ts=from_ts, to_ts=to_ts)
     finally:
         await store.close()
-    alerts = [entry.alert.to_dict() for entry in stored]
     out = sys.stdout
     if out.isatty() and not args.json:
+        alerts = [entry.alert.to_dict() for entry in stored]
         out.write(alerts_table(alerts) if alerts else "no alerts match\n")
     else:
         buffer = out.buffer
-        for alert in alerts:
-            buffer.write(orjson.dumps(alert) + b"\n")
+        for entry in stored:
+            buffer.write(entry.json + b"\n")
     out.flush()
     return 0
 

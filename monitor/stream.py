@@ -132,7 +132,6 @@ class AlertHub:
         self.cut_off = 0
         self._live: set[Subscription] = set()
         self._closed = False
-        self._encoded: dict[int, str] = {}
 
     def subscribe(self, alert_filter: AlertFilter = AlertFilter(), *,
                   since: str | None = None) -> Subscription:
@@ -147,18 +146,6 @@ class AlertHub:
     def subscribers(self) -> int:
         """Subscriptions receiving live alerts now."""
         return len(self._live)
-
-    def encoded(self, stored: StoredAlert) -> str:
-        """The alert's JSON text (SPEC 2), encoded once however many subscribers send it."""
-        text = self._encoded.get(stored.seq)
-        if text is None:
-            text = stored.alert.to_json().decode()
-            if len(self._encoded) >= 4 * self.queue_size:
-                # Oldest first (dicts keep insertion order); a subscriber further behind
-                # than this encodes its own copy.
-                del self._encoded[next(iter(self._encoded))]
-            self._encoded[stored.seq] = text
-        return text
 
     async def write(self, records: Sequence[object]) -> None:
         """Publish the batch's newly stored alerts; never waits."""
