@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level, level_named
+from monitor.batch import Batch
 from monitor.errors import RiskmonError
 from monitor.records import StoredAlert
 
@@ -147,9 +148,9 @@ class AlertHub:
         """Subscriptions receiving live alerts now."""
         return len(self._live)
 
-    async def write(self, records: Sequence[object]) -> None:
+    async def write(self, batch: Batch) -> None:
         """Publish the batch's newly stored alerts; never waits."""
-        stored = [record for record in records if isinstance(record, StoredAlert)]
+        stored = batch.stored
         if not stored:
             return
         self.last_id = stored[-1].alert.id
