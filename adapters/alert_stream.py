@@ -242,7 +242,6 @@ class AlertStreamHandler:
             await _close_with(ws, GOING_AWAY, "riskmon is stopping")
 
     async def _send_alerts(self, ws: ServerConnection, subscription: Subscription) -> None:
-        hub = self.hub
         while True:
             try:
                 if subscription.pending:
@@ -263,7 +262,9 @@ class AlertStreamHandler:
                 return  # the cut_off task closes the connection
             if stored is None:
                 return
-            await ws.send(hub.encoded(stored))
+            # The alert's JSON as encoded once for every follower (StoredAlert.json); a str,
+            # so that websockets sends it as a text frame.
+            await ws.send(stored.json.decode())
 
 
 def _parse_request(message: str | bytes) -> dict[str, Any]:

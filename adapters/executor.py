@@ -73,6 +73,7 @@ from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert, AlertKind
+from monitor.batch import Batch
 from monitor.errors import ConfigError, RiskmonError
 from monitor.events import OrderUpdate
 from monitor.execution import (
@@ -119,7 +120,8 @@ class Executor:
         self.kinds = kinds
         self.paused = paused
         self.wall_ms = wall_ms
-        self.emit: Callable[[list[Alert]], Awaitable[None]] | None = None
+        self.emit: Callable[[Batch], Awaitable[None]] | None = None
+        """Where its alerts go, a batch at a time: the head of the sink chain (put)."""
         self.live_positions: Callable[[str], Mapping[PositionKey, float] | None] | None = None
         """The account's positions as the live feed holds them now, or None when it cannot
         vouch for them (not connected, no snapshot yet): then they are read over REST."""
@@ -229,9 +231,9 @@ class Executor:
 
     # -- the sink face (a follower of SQLite) --------------------------------------------
 
-    async def write(self, records: Sequence[Any]) -> None:
-        for record in records:
-            if isinstance(record, StoredAlert) and record.alert.kind in self.kinds:
+    async def write(self, batch: Batch) -> None:
+        for record in batch.stored:
+            if record.alert.kind in self.kinds:
                 worker = self.workers.get(record.alert.account)
                 if worker is not None:
                     worker.offer(record)
@@ -268,7 +270,7 @@ class Executor:
 
     async def _emit(self, alerts: list[Alert]) -> None:
         if alerts and self.emit is not None:
-            await self.emit(alerts)
+            await self.emit(Batch.of(alerts=alerts))
 
 
 class _Worker:

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 
 from adapters.logging import get_logger, log_alert, log_quarantine, log_quarantine_summary
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.engine import Notice
+from monitor.batch import Batch
 from monitor.errors import SinkError
-from monitor.pipeline import Record
-from monitor.records import (
-    AccountCheckpoint,
-    MarginPoint,
-    QuarantineCounts,
-    QuarantineRecord,
-    QuarantineSummary,
-)
 
 CONNECTION_KINDS = frozenset({"feed_connected", "feed_disconnected"})
 
@@ -45,31 +35,29 @@ class SqliteSink:
         self._event_ms: int | None = None
         self._logger = get_logger("riskmon.sink")
 
-    async def write(self, records: Sequence[Record]) -> list[Record]:
+    async def write(self, batch: Batch) -> Batch:
         """Store the batch; the followers get it with a StoredAlert added per newly
         inserted alert, and without the alerts that were stored already (an event
         re-delivered after a restart re-derives them: they are news to nobody)."""
-        # A checkpoint later in the batch supersedes an earlier one of the same account.
-        checkpoints = {r.account: r for r in records if isinstance(r, AccountCheckpoint)}
         counts: dict[str, int] = {}
+        for record in batch.quarantine_counts:
+            for reason, count in record.counts:
+                counts[reason] = counts.get(reason, 0) + count
+        times = [point.ts for point in batch.history]
+        times += [checkpoint.ts for checkpoint in batch.checkpoints]
+        # Not a connection alert: before the engine has a clock it is dated by its receive
+        # time, which is no event time (a replayed recording's are older).
+        times += [alert.ts for alert in batch.alerts if alert.kind not in CONNECTION_KINDS]
+        newest = max(times, default=None)
+        if newest is not None and (self._event_ms is None or newest > self._event_ms):
+            self._event_ms = newest
         event_ms = self._event_ms
-        for record in records:
-            if isinstance(record, QuarantineCounts):
-                for reason, count in record.counts:
-                    counts[reason] = counts.get(reason, 0) + count
-            elif (isinstance(record, MarginPoint | AccountCheckpoint)
-                  or (isinstance(record, Alert) and record.kind not in CONNECTION_KINDS)) and (
-                    event_ms is None or record.ts > event_ms):
-                # Not a connection alert: before the engine has a clock it is dated by its
-                # receive time, which is no event time (a replayed recording's are older).
-                event_ms = record.ts
-        self._event_ms = event_ms
-        alerts = [r for r in records if isinstance(r, Alert)]
         stored = await self.store.write_batch(
-            alerts=alerts,
-            quarantine=[r for r in records if isinstance(r, QuarantineRecord) and r.store],
-            history=[r for r in records if isinstance(r, MarginPoint)],
-            checkpoints=list(checkpoints.values()),
+            alerts=batch.alerts,
+            alert_json=batch.alert_json,
+            quarantine=[record for record in batch.quarantine if record.store],
+            history=batch.history,
+            checkpoints=batch.latest_checkpoints(),
             quarantine_counts=counts,
         )
         now = time.time()
@@ -83,10 +71,7 @@ class SqliteSink:
                 # newly inserted to the followers. Try pruning again sooner instead.
                 self._next_prune_s = now + self.PRUNE_RETRY_S
                 self._logger.warning("prune_failed", error=str(e))
-        if len(stored) == len(alerts):
-            return [*records, *stored]
-        fresh = {entry.alert.id for entry in stored}
-        return [*(r for r in records if not isinstance(r, Alert) or r.id in fresh), *stored]
+        return batch.with_stored(stored)
 
     async def close(self) -> None:
         if self._close_store:
@@ -96,26 +81,26 @@ class SqliteSink:
 class LogSink:
     """Every alert and notice as one structured log event; quarantined input as one
     event each for the records marked ``log`` (the first of a run), and the periodic
-    summaries of the rest (monitor.quarantine)."""
+    summaries of the rest (monitor.quarantine). A batch is logged kind by kind: its
+    alerts, quarantined input, notices, then summaries."""
 
     name = "log"
 
     def __init__(self) -> None:
         self.logger = get_logger("riskmon.sink")
 
-    async def write(self, records: Sequence[Record]) -> None:
-        for record in records:
-            if isinstance(record, Alert):
-                log_alert(self.logger, record)
-            elif isinstance(record, QuarantineRecord):
-                if record.log:
-                    log_quarantine(self.logger, record)
-            elif isinstance(record, QuarantineSummary):
-                log_quarantine_summary(self.logger, record)
-            elif isinstance(record, Notice):
-                self.logger.warning(
-                    "notice", notice=record.kind, account=record.account, subject=record.subject
-                )
+    async def write(self, batch: Batch) -> None:
+        logger = self.logger
+        for alert in batch.alerts:
+            log_alert(logger, alert)
+        for record in batch.quarantine:
+            if record.log:
+                log_quarantine(logger, record)
+        for notice in batch.notices:
+            logger.warning("notice", notice=notice.kind, account=notice.account,
+                           subject=notice.subject)
+        for summary in batch.quarantine_summaries:
+            log_quarantine_summary(logger, summary)
 
     async def close(self) -> None:
         return None

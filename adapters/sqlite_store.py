@@ -388,10 +388,13 @@ class SqliteStore:
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
+        alert_json: Sequence[bytes] | None = None,
     ) -> list[StoredAlert]:
         """Store everything in ONE transaction (one commit, one fsync); returns the alerts
         newly inserted, with their ``seq``, in insertion order (an alert whose id was
-        already stored is skipped and not returned).
+        already stored is skipped and not returned). ``alert_json``: the alerts' JSON, in
+        their order, when the caller has it (a pipeline batch's, monitor.batch); the
+        returned alerts carry it (else it is encoded here).
 
         The pipeline's unit of durability: the alerts of a batch and the checkpoints they
         moved are stored together or not at all, so a crash between them cannot make a
@@ -410,6 +413,9 @@ class SqliteStore:
         if not (alerts or quarantine or history or checkpoints or counts):
             return []
         alert_rows = [_alert_row(alert) for alert in alerts]
+        encoded = [alert.to_json() for alert in alerts] if alert_json is None else alert_json
+        if len(encoded) != len(alerts):
+            raise ValueError(f"{len(alerts)} alerts with {len(encoded)} encodings")
         now_ms = time.time_ns() // 1_000_000
         quarantine_rows = [
             (record.recv_ms, record.recv_ms if record.recv_ms is not None else now_ms,
@@ -448,8 +454,10 @@ class SqliteStore:
                     [value for row in chunk for value in row],
                 ).fetchall()
                 seqs = {id_: seq for seq, id_ in returned}
-                stored.extend(StoredAlert(seqs[alert.id], alert)
-                              for alert in alerts[start:start + _ROWS_PER_INSERT]
+                end = start + _ROWS_PER_INSERT
+                stored.extend(StoredAlert(seqs[alert.id], alert, json)
+                              for alert, json in zip(alerts[start:end], encoded[start:end],
+                                                     strict=True)
                               if seqs.get(alert.id) is not None)
             if quarantine_rows:
                 db.executemany(
@@ -617,7 +625,11 @@ class SqliteStore:
             " ORDER BY seq LIMIT ?",
             parameters,
         )
-        return [StoredAlert(row[0], _alert_from_row(row[1:])) for row in rows]
+        stored = []
+        for row in rows:
+            alert = _alert_from_row(row[1:])
+            stored.append(StoredAlert(row[0], alert, alert.to_json()))
+        return stored
 
     async def margin_history(self, account: str, *, from_ts: int | None = None,
                              to_ts: int | None = None) -> list[MarginPoint]:

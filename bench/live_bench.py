@@ -117,7 +117,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -139,11 +139,12 @@ from adapters.okx.live import OkxFeed
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
+from monitor.batch import Batch
 from monitor.config import parse_config
 from monitor.daemon import Daemon, Lane, tune_interpreter
 from monitor.engine import MarginEngine
 from monitor.feed import FeedItem, Frame, Inbox
-from monitor.pipeline import Record, SinkTask
+from monitor.pipeline import SinkTask
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
 from monitor.service import single_venue
 from monitor.settings import Config
@@ -529,11 +530,13 @@ class TimedStore(SqliteStore):
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
+        alert_json: Sequence[bytes] | None = None,
     ) -> list[StoredAlert]:
         start = time.time()
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints,
-                                             quarantine_counts=quarantine_counts)
+                                             quarantine_counts=quarantine_counts,
+                                             alert_json=alert_json)
         end = time.time()
         if self.noting:
             for alert in alerts:
@@ -554,14 +557,11 @@ class StoredProbe:
         self.alerts_seen = 0
         self.batches_with_alerts = 0
 
-    async def write(self, records: Iterable[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         now = time.time()
-        count = 0
-        for record in records:
-            if type(record) is Alert:
-                if self.noting:
-                    self.stored.append((now, record))
-                count += 1
+        count = len(batch.alerts)
+        if self.noting:
+            self.stored += [(now, alert) for alert in batch.alerts]
         if count:
             self.alerts_seen += count
             self.batches_with_alerts += 1

@@ -64,6 +64,7 @@ from adapters.http_server import ALERTS_PATH, HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert, alert_id
+from monitor.batch import Batch
 from monitor.daemon import tune_interpreter
 from monitor.pipeline import SinkTask
 from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
@@ -146,10 +147,12 @@ class TimedStore(SqliteStore):
         history: Sequence[MarginPoint] = (),
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
+        alert_json: Sequence[bytes] | None = None,
     ) -> list[StoredAlert]:
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints,
-                                             quarantine_counts=quarantine_counts)
+                                             quarantine_counts=quarantine_counts,
+                                             alert_json=alert_json)
         now = time.time()
         for alert in alerts:
             self.committed[alert.id] = now
@@ -173,13 +176,12 @@ class TimedHub(AlertHub):
         self.subscriptions.append(subscription)
         return subscription
 
-    async def write(self, records: Sequence[object]) -> None:
+    async def write(self, batch: Batch) -> None:
         now = time.time()
-        for record in records:
-            if isinstance(record, StoredAlert):
-                self.published[record.alert.id] = now
-                self.count += 1
-        await super().write(records)
+        for record in batch.stored:
+            self.published[record.alert.id] = now
+        self.count += len(batch.stored)
+        await super().write(batch)
 
 
 @dataclass
@@ -246,7 +248,7 @@ class Bench:
                 produced = await self._produce_unpaced(seconds)
             else:
                 produced = await self._produce_paced(rate, seconds)
-            await self.head.put([self._alert(-1, time.time(), end=True)])
+            await self.head.put(Batch.of(alerts=[self._alert(-1, time.time(), end=True)]))
             try:
                 line = await asyncio.wait_for(process.stdout.readline(), DRAIN_TIMEOUT_S)
             except TimeoutError:
@@ -275,7 +277,7 @@ class Bench:
         now = time.time()
         alert = self._alert(len(produced), now)
         produced.append((alert.id, now))
-        await self.head.put([alert])
+        await self.head.put(Batch.of(alerts=[alert]))
 
     async def _produce_paced(self, rate: float, seconds: float) -> list[tuple[str, float]]:
         produced: list[tuple[str, float]] = []

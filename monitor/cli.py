@@ -34,7 +34,8 @@ from adapters.sqlite_store import SqliteStore
 from adapters.status_client import fetch_status
 from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
 from adapters.venues import VENUES
-from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, level_named
+from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, level_named
+from monitor.batch import Batch
 from monitor.config import check_config, load_config, parse_config, read_config
 from monitor.daemon import tune_interpreter
 from monitor.engine import MarginEngine
@@ -47,7 +48,6 @@ from monitor.pipeline import (
     replay_file,
     state_document,
 )
-from monitor.records import MarginPoint
 from monitor.service import (
     Monitor,
     build_daemon,
@@ -483,14 +483,14 @@ async def _alerts(args: argparse.Namespace) -> int:
                                            from_ts=from_ts, to_ts=to_ts)
     finally:
         await store.close()
-    alerts = [entry.alert.to_dict() for entry in stored]
     out = sys.stdout
     if out.isatty() and not args.json:
+        alerts = [entry.alert.to_dict() for entry in stored]
         out.write(alerts_table(alerts) if alerts else "no alerts match\n")
     else:
         buffer = out.buffer
-        for alert in alerts:
-            buffer.write(orjson.dumps(alert) + b"\n")
+        for entry in stored:
+            buffer.write(entry.json + b"\n")
     out.flush()
     return 0
 
@@ -540,7 +540,7 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine, list[Any]]:
+async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine, Batch]:
     """Replay a recording in memory: the engine at its end and every record produced."""
     if not await asyncio.to_thread(recording.is_file):
         raise ConfigError("--recording", f"recording not found: {recording}")
@@ -549,19 +549,19 @@ async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine
     processor = LineProcessor(engine, use.venue.decoder().decode_line,
                               str(recording),
                               int(config.storage.history_interval_s * 1000))
-    collected: list[Any] = []
+    collected: list[Batch] = []
 
     class Keep:
         name = "keep"
 
-        async def write(self, records: Sequence[Any]) -> None:
-            collected.extend(records)
+        async def write(self, batch: Batch) -> None:
+            collected.append(batch)
 
         async def close(self) -> None:
             return None
 
     await replay_file(recording, processor, SinkTask(Keep()))
-    return engine, collected
+    return engine, Batch.merged(collected)
 
 
 def _config_or_default(path: Path | None, needed_for: str | None = None) -> Config:
@@ -622,12 +622,12 @@ async def _report(args: argparse.Namespace) -> int:
         config = _config_or_default(args.config, "--recording")
         # A finer margin history than a daemon stores: the chart is the point here.
         config = replace(config, storage=replace(config.storage, history_interval_s=1.0))
-        engine, records = await _replay_quietly(args.recording, config)
+        engine, replayed = await _replay_quietly(args.recording, config)
         names = args.account or sorted(engine.account_names())
-        histories = {name: sorted((r for r in records if isinstance(r, MarginPoint)
-                                   and r.account == name), key=lambda point: point.ts)
+        histories = {name: sorted((point for point in replayed.history
+                                   if point.account == name), key=lambda point: point.ts)
                      for name in names}
-        alerts = [r for r in records if isinstance(r, Alert)]
+        alerts = list(replayed.alerts)
     args.out.mkdir(parents=True, exist_ok=True)
     chromium = None if args.no_png else find_chromium()
     for name in names:

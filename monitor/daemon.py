@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from monitor.alerts import LEVEL_RANK
+from monitor.batch import Batch
 from monitor.engine import ExposureKey, MarginEngine
 from monitor.errors import BadInput
 from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
@@ -358,9 +359,7 @@ class Daemon:
                            engine.currencies_borrowed())
 
     async def _flush(self) -> None:
-        records = []
-        for lane in self._lanes:
-            records += lane.processor.take()
+        batch = Batch.merged([lane.processor.take() for lane in self._lanes])
         metrics = self.metrics
         stats = self.stats
         metrics.events = stats.events
@@ -368,8 +367,8 @@ class Daemon:
         metrics.out_of_order = dict(stats.out_of_order)
         metrics.alerts_by_kind = dict(stats.alerts_by_kind)
         metrics.conflated = sum(lane.inbox.conflated for lane in self._lanes)
-        if records:
-            await self.head.put(records)
+        if batch:
+            await self.head.put(batch)
 
     # -- helpers for the loop ----------------------------------------------------------
 

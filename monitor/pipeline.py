@@ -7,7 +7,8 @@ file, logs, subscribers) only after every durable sink has stored it (SPEC 4: pe
 before publish).
 
 :class:`LineProcessor` is the synchronous heart shared by ``riskmon replay``, the daemon
-and the benchmark: one line in, events applied, alerts and quarantine records collected.
+and the benchmark: one line in, events applied, alerts and quarantine records collected,
+then handed out as a :class:`~monitor.batch.Batch`.
 Bad input is counted exactly and kept within bounds (monitor.quarantine).
 """
 
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from monitor.alerts import Alert
+from monitor.batch import Batch
 from monitor.engine import MarginEngine, Notice
 from monitor.errors import BadInput, SinkError
 from monitor.events import Event
@@ -32,32 +34,30 @@ from monitor.quarantine import QuarantineBook
 from monitor.records import (
     AccountCheckpoint,
     MarginPoint,
-    QuarantineCounts,
     QuarantineRecord,
     QuarantineSummary,
-    StoredAlert,
 )
 from monitor.settings import QuarantineConfig
 
-Record = (Alert | QuarantineRecord | QuarantineCounts | QuarantineSummary | MarginPoint
-          | Notice | AccountCheckpoint | StoredAlert)
 LineDecoder = Callable[[bytes], list[Event]]
 
 RAW_LIMIT = 4096
 READ_CHUNK_BYTES = 1 << 20
+_NOTHING = Batch()
 
 
 class Sink(Protocol):
-    """Something records are written to. ``write`` raises SinkError on failure.
+    """Something batches of records are written to. ``write`` raises SinkError on failure.
 
     What ``write`` returns is what the sink's followers get: None passes the batch on as
-    it is; a durable sink may return the batch with what storing it produced added (the
-    SQLite sink adds a :class:`~monitor.records.StoredAlert` per newly inserted alert).
+    it is; a durable sink may return the batch with what storing it produced (the SQLite
+    sink adds a :class:`~monitor.records.StoredAlert` per newly inserted alert:
+    :meth:`Batch.with_stored`).
     """
 
     name: str
 
-    async def write(self, records: Sequence[Record]) -> Sequence[Record] | None: ...
+    async def write(self, batch: Batch) -> Batch | None: ...
 
     async def close(self) -> None: ...
 
@@ -93,7 +93,13 @@ class LineProcessor:
         self.decode = decode
         self.source = source
         self.stats = Stats(out_of_order=engine.out_of_order)
-        self.outbox: list[Record] = []
+        # What take() hands out next, by kind, each in the order produced.
+        self._alerts: list[Alert] = []
+        self._history: list[MarginPoint] = []
+        self._quarantine: list[QuarantineRecord] = []
+        self._notices: list[Notice] = []
+        self._checkpoints: list[AccountCheckpoint] = []
+        self._summaries: list[QuarantineSummary] = []
         self.clock = clock
         self.book = QuarantineBook(quarantine or QuarantineConfig(), clock())
         self._history_interval_ms = history_interval_ms
@@ -171,12 +177,12 @@ class LineProcessor:
         self._collect_engine_records()
 
     def _collect_engine_records(self) -> None:
-        """Notices and checkpoints, after the alerts that came with them (same batch)."""
+        """Notices and checkpoints, in the batch of the alerts that came with them."""
         engine = self.engine
         if engine.has_notices:
-            self.outbox.extend(engine.drain_notices())
+            self._notices.extend(engine.drain_notices())
         if engine.has_checkpoints:
-            self.outbox.extend(engine.drain_checkpoints())
+            self._checkpoints.extend(engine.drain_checkpoints())
 
     def quarantine(self, source: str, reason: str, raw: bytes | str,
                    recv_ms: int | None = None) -> None:
@@ -188,44 +194,50 @@ class LineProcessor:
         # Cut before decoding: a bad line can be megabytes long.
         text = (raw[:RAW_LIMIT * 4].decode("utf-8", "replace") if isinstance(raw, bytes)
                 else raw[:RAW_LIMIT * 4])
-        self.outbox.append(QuarantineRecord(source, recv_ms, reason,
-                                            text.rstrip("\n")[:RAW_LIMIT], log, store,
-                                            sampled))
+        self._quarantine.append(QuarantineRecord(source, recv_ms, reason,
+                                                 text.rstrip("\n")[:RAW_LIMIT], log, store,
+                                                 sampled))
 
-    def take(self) -> list[Record]:
+    def take(self) -> Batch:
         """Everything collected since the last call, with the quarantine counts since then
         and the log's quarantine summary when one is due."""
         book = self.book
-        if book.pending:
-            counts = book.take_counts()
-            if counts is not None:
-                self.outbox.append(counts)
+        counts = book.take_counts() if book.pending else None
         if book.summary_pending:
             summary = book.summary(self.clock())
             if summary is not None:
-                self.outbox.append(summary)
-        records, self.outbox = self.outbox, []
-        return records
+                self._summaries.append(summary)
+        if not (counts or self._alerts or self._history or self._quarantine or self._notices
+                or self._checkpoints or self._summaries):
+            return _NOTHING
+        batch = Batch.of(alerts=self._alerts, quarantine=self._quarantine,
+                         quarantine_counts=() if counts is None else (counts,),
+                         quarantine_summaries=self._summaries, history=self._history,
+                         notices=self._notices, checkpoints=self._checkpoints)
+        self._alerts, self._history, self._quarantine = [], [], []
+        self._notices, self._checkpoints, self._summaries = [], [], []
+        return batch
 
     def finish(self) -> None:
         """The run ends: collect the last quarantine summary, if any bad input has not
         been summarised (:meth:`take` hands it out)."""
         summary = self.book.summary(self.clock(), final=True)
         if summary is not None:
-            self.outbox.append(summary)
+            self._summaries.append(summary)
 
     def _collect(self, alerts: Sequence[Alert]) -> None:
         by_kind = self.stats.alerts_by_kind
         for alert in alerts:
             by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
         self.stats.alerts += len(alerts)
-        self.outbox.extend(alerts)
+        self._alerts.extend(alerts)
         # A level change is also a point on the margin chart.
         for alert in alerts:
             if alert.kind == "level_changed":
-                self.outbox.append(MarginPoint(alert.account, alert.ts, alert.margin_ratio,
-                                               alert.equity_usd, alert.maint_margin_usd,
-                                               alert.init_margin_usd, alert.level))
+                self._history.append(MarginPoint(alert.account, alert.ts,
+                                                 alert.margin_ratio, alert.equity_usd,
+                                                 alert.maint_margin_usd,
+                                                 alert.init_margin_usd, alert.level))
 
     def _sample_history(self) -> None:
         """Downsample every account's figures once per history interval of event time.
@@ -242,10 +254,10 @@ class LineProcessor:
             if not self.engine.risk_known(name):
                 continue
             figures = self.engine.figures(name)
-            self.outbox.append(MarginPoint(name, now, figures.margin_ratio,
-                                           figures.equity_usd, figures.maint_margin_usd,
-                                           figures.init_margin_usd,
-                                           self.engine.level(name)))
+            self._history.append(MarginPoint(name, now, figures.margin_ratio,
+                                             figures.equity_usd, figures.maint_margin_usd,
+                                             figures.init_margin_usd,
+                                             self.engine.level(name)))
 
 
 @dataclass(slots=True)
@@ -270,15 +282,17 @@ class SinkTask:
     the batch, and every batch queued behind it, waits in memory, the producer waits when
     the queue is full (the daemon's inbox then conflates marks), and :meth:`failing` says
     so meanwhile. When the fault clears everything queued is written in order, and only
-    then passed on. Draining (:meth:`drain_and_close`) gives such a sink ``grace_s`` more;
-    after that the task fails with how many records it could not write.
+    then passed on. The batches waiting in the queue when the task takes one are written
+    as one (:meth:`Batch.merged`, each kind in order). Draining (:meth:`drain_and_close`)
+    gives such a sink ``grace_s`` more; after that the task fails with how many records
+    it could not write.
     """
 
     def __init__(self, sink: Sink, *, maxsize: int = 10_000, max_attempts: int | None = 5,
                  followers: Sequence[SinkTask] = (),
                  on_retry: Callable[[str, int, SinkError], None] | None = None) -> None:
         self.sink = sink
-        self.queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize)
         self.followers = list(followers)
         self.max_attempts = max_attempts
         self.on_retry = on_retry
@@ -293,12 +307,12 @@ class SinkTask:
         for follower in self.followers:
             follower.start()
 
-    async def put(self, records: list[Record]) -> None:
+    async def put(self, batch: Batch) -> None:
         """Queue a batch, waiting for room (backpressure) while the sink task is alive."""
         if self.task is not None and self.task.done():
             self.task.result()  # surfaces the sink's failure to the producer
-        await self.queue.put(records)
-        self.queued_records += len(records)
+        await self.queue.put(batch)
+        self.queued_records += len(batch)
 
     def alive(self) -> bool:
         """False once this sink's task, or a follower's, has failed."""
@@ -340,27 +354,29 @@ class SinkTask:
 
     async def _run(self) -> None:
         try:
-            while True:
-                batch = await self.queue.get()
-                if batch is None:
+            ended = False
+            while not ended:
+                first = await self.queue.get()
+                if first is None:
                     break
-                self.queued_records -= len(batch)
+                held = [first]
                 while not self.queue.empty():
                     more = self.queue.get_nowait()
                     if more is None:
-                        await self._write(batch)
-                        return
-                    self.queued_records -= len(more)
-                    batch.extend(more)
+                        ended = True
+                        break
+                    held.append(more)
+                batch = Batch.merged(held)
+                self.queued_records -= len(batch)
                 await self._write(batch)
         finally:
             await self.sink.close()
             for follower in self.followers:
                 await follower.drain_and_close()
 
-    async def _write(self, batch: list[Record]) -> None:
+    async def _write(self, batch: Batch) -> None:
         delay = 0.05
-        passed: Sequence[Record] | None = None
+        passed: Batch | None = None
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -386,7 +402,7 @@ class SinkTask:
         self.retrying = None
         onward = batch if passed is None else passed
         for follower in self.followers:
-            await follower.put(list(onward))
+            await follower.put(onward)
 
 
 class Relay:
@@ -395,7 +411,7 @@ class Relay:
 
     name = "relay"
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         return None
 
     async def close(self) -> None:
@@ -403,7 +419,8 @@ class Relay:
 
 
 class AlertLinesSink:
-    """Alerts as JSON lines (SPEC 2) to a file, or to standard output for ``-``."""
+    """Alerts as JSON lines (SPEC 2) to a file, or to standard output for ``-``: the
+    batch's own encodings (:attr:`Batch.alert_json`)."""
 
     name = "alerts-out"
 
@@ -411,11 +428,10 @@ class AlertLinesSink:
         self._reader_gone = False
         self._handle = None if target == "-" else open(target, "wb")  # noqa: SIM115
 
-    async def write(self, records: Sequence[Record]) -> None:
-        lines = [record.to_json() + b"\n" for record in records if isinstance(record, Alert)]
-        if not lines:
+    async def write(self, batch: Batch) -> None:
+        if not batch.alert_json:
             return
-        data = b"".join(lines)
+        data = b"\n".join(batch.alert_json) + b"\n"
         if self._handle is not None:
             self._handle.write(data)
         elif not self._reader_gone:
@@ -485,9 +501,9 @@ async def replay_file(
 
 
 async def _flush(processor: LineProcessor, head: SinkTask | None) -> None:
-    records = processor.take()
-    if head is not None and records:
-        await head.put(records)
+    batch = processor.take()
+    if head is not None and batch:
+        await head.put(batch)
     else:
         await asyncio.sleep(0)
 

@@ -101,10 +101,15 @@ class StoredAlert:
     alerts with no gap and no duplicate (monitor.stream). The SQLite sink hands these to
     its followers after the commit, one per newly inserted alert, in ``seq`` order; an
     alert the store already held (a re-processed event after a restart) gets none.
+
+    ``json`` is the alert's JSON (SPEC 2, :meth:`Alert.to_json`), encoded once: by the
+    batch that brought it to the store (monitor.batch), or as it is read back for a
+    catch-up. Every follower that sends the alert sends these bytes.
     """
 
     seq: int
     alert: Alert
+    json: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,6 @@ from adapters.notify import Notifiers
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from adapters.venues import VENUES
-from monitor.alerts import Alert
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import ConfigError, SinkError
@@ -145,12 +144,7 @@ class Monitor:
             daemon = build_daemon(config, credentials, head, uses=uses,
                                   order_observer=executor.on_order if executor else None)
             if executor is not None:
-                chain = head
-
-                async def emit(alerts: list[Alert]) -> None:
-                    await chain.put(list(alerts))
-
-                executor.emit = emit
+                executor.emit = head.put
                 executor.live_positions = daemon.live_positions
                 daemon.checks.append(executor.failures)
             daemon.restore(await store.load_checkpoints())

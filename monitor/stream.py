@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level, level_named
+from monitor.batch import Batch
 from monitor.errors import RiskmonError
 from monitor.records import StoredAlert
 
@@ -132,7 +133,6 @@ class AlertHub:
         self.cut_off = 0
         self._live: set[Subscription] = set()
         self._closed = False
-        self._encoded: dict[int, str] = {}
 
     def subscribe(self, alert_filter: AlertFilter = AlertFilter(), *,
                   since: str | None = None) -> Subscription:
@@ -148,21 +148,9 @@ class AlertHub:
         """Subscriptions receiving live alerts now."""
         return len(self._live)
 
-    def encoded(self, stored: StoredAlert) -> str:
-        """The alert's JSON text (SPEC 2), encoded once however many subscribers send it."""
-        text = self._encoded.get(stored.seq)
-        if text is None:
-            text = stored.alert.to_json().decode()
-            if len(self._encoded) >= 4 * self.queue_size:
-                # Oldest first (dicts keep insertion order); a subscriber further behind
-                # than this encodes its own copy.
-                del self._encoded[next(iter(self._encoded))]
-            self._encoded[stored.seq] = text
-        return text
-
-    async def write(self, records: Sequence[object]) -> None:
+    async def write(self, batch: Batch) -> None:
         """Publish the batch's newly stored alerts; never waits."""
-        stored = [record for record in records if isinstance(record, StoredAlert)]
+        stored = batch.stored
         if not stored:
             return
         self.last_id = stored[-1].alert.id

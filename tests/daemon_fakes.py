@@ -4,10 +4,10 @@ inbox, a sink that keeps nothing, a wall clock the test moves."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 
+from monitor.batch import Batch
 from monitor.feed import LinkStats
-from monitor.pipeline import Record
 
 LINKS = ("public", "private:main")
 
@@ -34,7 +34,7 @@ class ScriptedFeed:
 class NullSink:
     name = "null"
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         return None
 
     async def close(self) -> None:

@@ -33,7 +33,6 @@ from typing import Any
 import orjson
 
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.alerts import Alert
 from monitor.config import load_config
 from monitor.engine import MarginEngine
 from monitor.errors import BadInput
@@ -351,7 +350,7 @@ def replay(lines: list[bytes], config: Config, watched: int | None = None) -> Ru
         else:
             processor.feed_chunk([line], index + 1)
     processor.finish()
-    alerts.extend(record.to_json() for record in processor.take() if isinstance(record, Alert))
+    alerts.extend(processor.take().alert_json)
     run.alerts = alerts
     run.state = engine.state()
     return run

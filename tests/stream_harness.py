@@ -4,7 +4,7 @@ stream tests (no feed: tests publish alerts directly)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from adapters.alert_stream import AlertStreamHandler
@@ -12,7 +12,8 @@ from adapters.http_server import HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
-from monitor.pipeline import Record, SinkTask
+from monitor.batch import Batch
+from monitor.pipeline import SinkTask
 from monitor.records import StoredAlert
 from monitor.settings import StreamConfig
 from monitor.stream import AlertHub
@@ -59,9 +60,9 @@ class Chain:
         self.passed: set[str] = set()
         self.moved = asyncio.Event()
 
-    async def write(self, records: Sequence[Record]) -> None:
-        await self.hub.write(records)
-        self.passed.update(r.id for r in records if isinstance(r, Alert))
+    async def write(self, batch: Batch) -> None:
+        await self.hub.write(batch)
+        self.passed.update(alert.id for alert in batch.alerts)
         self.moved.set()
 
     async def close(self) -> None:
@@ -69,7 +70,7 @@ class Chain:
 
     async def publish(self, alerts: list[Alert]) -> None:
         self.published.update(alert.id for alert in alerts)
-        await self.head.put(list(alerts))
+        await self.head.put(Batch.of(alerts=alerts))
 
     async def settle(self) -> None:
         """Until every alert published so far has passed the hub."""

@@ -42,6 +42,7 @@ PURE_CORE = [
     "monitor/alerts.py",
     "monitor/config.py",
     "monitor/records.py",
+    "monitor/batch.py",
     "monitor/errors.py",
 ]
 CORE_FORBIDDEN = ("asyncio", "time", "datetime", "logging", "structlog", "random")

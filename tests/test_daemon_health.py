@@ -5,15 +5,16 @@ lasted its grace period; a stalled loop makes it unhealthy."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from adapters.okx.decode import OkxDecoder
+from monitor.batch import Batch
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.errors import SinkError
 from monitor.feed import Inbox, LinkChange
-from monitor.pipeline import Record, SinkTask
+from monitor.pipeline import SinkTask
 from monitor.settings import HealthConfig
 from tests.builders import make_config
 from tests.daemon_fakes import LINKS, Clock, NullSink, ScriptedFeed
@@ -112,7 +113,7 @@ async def test_conditions_degrade_the_daemon_only_after_their_grace_period() -> 
 class FailingSink:
     name = "failing"
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         raise SinkError("disk full")
 
     async def close(self) -> None:
@@ -128,7 +129,7 @@ async def test_a_stalled_loop_or_a_failed_sink_makes_the_daemon_unhealthy() -> N
     sink = SinkTask(FailingSink(), max_attempts=1)
     harness.daemon.head = sink
     sink.start()
-    await sink.queue.put([])
+    await sink.queue.put(Batch())
     await _until(lambda: sink.task is not None and sink.task.done())
     healthy, details = harness.daemon.health(harness.daemon.last_loop_s)
     assert not healthy and details["status"] == "unhealthy" and not details["sinks_ok"]
@@ -151,12 +152,12 @@ class KeepingSink:
     name = "keeping"
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.batches: list[Batch] = []
         self.closed = False
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         assert not self.closed
-        self.records += records
+        self.batches.append(batch)
 
     async def close(self) -> None:
         self.closed = True
@@ -173,13 +174,13 @@ async def test_what_is_emitted_before_the_drain_is_still_stored() -> None:
 
     async def before_drain() -> None:
         await asyncio.sleep(0.05)
-        await harness.daemon.head.put([late])
+        await harness.daemon.head.put(Batch.of(alerts=[late]))
 
     runner = asyncio.create_task(harness.daemon.run(stop, before_drain=before_drain))
     await asyncio.wait_for(harness.feed.running.wait(), 10)
     stop.set()
     await asyncio.wait_for(runner, 10)
-    assert sink.records == [late] and sink.closed
+    assert Batch.merged(sink.batches) == Batch.of(alerts=[late]) and sink.closed
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

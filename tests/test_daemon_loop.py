@@ -6,19 +6,18 @@ into the sink."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import orjson
 
 from adapters.okx.decode import OkxDecoder
-from monitor.alerts import Alert
+from monitor.batch import Batch
 from monitor.daemon import Daemon, Lane
 from monitor.engine import MarginEngine
 from monitor.events import Event
 from monitor.feed import Frame, Inbox, LinkChange, LinkStats
-from monitor.pipeline import Record, SinkTask
-from monitor.records import QuarantineRecord
+from monitor.pipeline import SinkTask
 from tests.builders import make_config
 
 BTC = "BTC-USDT-SWAP"
@@ -96,11 +95,11 @@ class SlowSink:
     name = "slow"
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.batches: list[Batch] = []
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, batch: Batch) -> None:
         await asyncio.sleep(0.02)
-        self.records.extend(records)
+        self.batches.append(batch)
 
     async def close(self) -> None:
         return None
@@ -136,7 +135,7 @@ async def test_a_slow_sink_conflates_marks_and_loses_nothing_else() -> None:
     # Every account frame was applied: the last cash is the engine's.
     assert engine.accounts["main"].currencies["USDT"].cash == 100.039
     # Everything the engine emitted reached the sink before run() returned.
-    alerts = [r for r in sink.records if isinstance(r, Alert)]
+    alerts = Batch.merged(sink.batches).alerts
     assert len(alerts) == daemon.stats.alerts
     assert alerts[0].kind == "feed_connected"
     assert engine.level("main") == "deleverage"
@@ -160,7 +159,7 @@ async def test_text_that_is_not_json_is_quarantined_whole_and_the_stream_goes_on
     stop.set()
     await asyncio.wait_for(runner, 10)
 
-    quarantined = [r for r in sink.records if isinstance(r, QuarantineRecord)]
+    quarantined = Batch.merged(sink.batches).quarantine
     assert [(r.source, r.recv_ms, r.reason, r.raw) for r in quarantined] == [
         ("feed:private:main", 1_001, "frame is not JSON", truncated),
         ("feed:public", 1_002, "frame is not JSON", shaped)]

@@ -20,6 +20,7 @@ import pytest
 from adapters.executor import Executor
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert
+from monitor.batch import Batch
 from monitor.errors import ConfigError
 from monitor.events import Order, OrderUpdate
 from monitor.execution import (
@@ -163,10 +164,10 @@ class Harness:
         executor = await Executor.open(config, {"main": exchange}, self.path)
         exchange.push = executor.on_order
 
-        async def emit(alerts: list[Alert]) -> None:
+        async def emit(batch: Batch) -> None:
             assert self.store is not None
-            self.alerts += alerts
-            await self.store.write_alerts(alerts)
+            self.alerts += batch.alerts
+            await self.store.write_alerts(batch.alerts)
 
         executor.emit = emit
         executor.start()
@@ -177,7 +178,7 @@ class Harness:
         await self.store.write_alerts([alert])
         seq = await self.store.alert_seq(alert.id)
         assert seq is not None
-        await executor.write([StoredAlert(seq, alert)])
+        await executor.write(Batch(stored=(StoredAlert(seq, alert, alert.to_json()),)))
 
     def kinds(self) -> list[str]:
         return [a.kind for a in self.alerts]

@@ -24,6 +24,7 @@ from adapters.notify.text import alert_text
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
 from monitor.alerts import Alert, AlertKind, Level
+from monitor.batch import Batch
 from monitor.config import parse_config
 from monitor.errors import ConfigError
 from monitor.metrics import Metrics
@@ -64,7 +65,7 @@ class Rig:
         self.head.start()
 
     async def publish(self, alerts: Sequence[Alert]) -> None:
-        await self.head.put(list(alerts))
+        await self.head.put(Batch.of(alerts=alerts))
 
     async def close(self, grace_s: float = 2.0) -> None:
         if self.closed:

@@ -7,7 +7,7 @@ tiers) once each and retried, and the demo-trading header."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,8 +23,9 @@ from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.okx.venue import OKX
+from monitor.batch import Batch
 from monitor.feed import FeedItem, Frame, LinkChange, RestBody
-from monitor.pipeline import Record, SinkTask
+from monitor.pipeline import SinkTask
 from monitor.service import build_daemon
 from monitor.settings import AccountConfig, Config
 from monitor.venues import VenueUse
@@ -140,10 +141,10 @@ class ListSink:
     name = "list"
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.batches: list[Batch] = []
 
-    async def write(self, records: Sequence[Record]) -> None:
-        self.records.extend(records)
+    async def write(self, batch: Batch) -> None:
+        self.batches.append(batch)
 
     async def close(self) -> None:
         return None

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 from adapters.okx.decode import OkxDecoder
+from monitor.batch import Batch
 from monitor.engine import MarginEngine
 from monitor.pipeline import LineProcessor
 from monitor.quarantine import MAX_REASON_CLASSES, OTHER_CLASS, QuarantineBook, reason_class
-from monitor.records import QuarantineCounts, QuarantineRecord, QuarantineSummary
+from monitor.records import QuarantineCounts, QuarantineSummary
 from monitor.settings import QuarantineConfig
 from tests.builders import make_config
 
@@ -124,28 +125,28 @@ def test_the_processor_counts_every_bad_line_and_records_only_what_is_kept() -> 
     processor.finish()
     last = processor.take()
 
-    records = [r for r in first + second if isinstance(r, QuarantineRecord)]
+    records = [*first.quarantine, *second.quarantine]
     assert [(r.source, r.log, r.store, r.sampled) for r in records] == [
         ("garbage.jsonl:1", True, True, False), ("garbage.jsonl:2", True, True, False),
         ("garbage.jsonl:3", False, True, False), ("garbage.jsonl:4", False, True, True),
         ("garbage.jsonl:104", False, True, True), ("garbage.jsonl:204", False, True, True)]
     counts: dict[str, int] = {}
-    for record in first + second + last:
-        if isinstance(record, QuarantineCounts):
-            for name, count in record.counts:
-                counts[name] = counts.get(name, 0) + count
+    for record in (*first.quarantine_counts, *second.quarantine_counts,
+                   *last.quarantine_counts):
+        for name, count in record.counts:
+            counts[name] = counts.get(name, 0) + count
     assert counts == {"line is not valid JSON …": 250, "line is a JSON array, not an object": 50}
     assert processor.stats.quarantined == 300
     # No summary within the first 10 s; one at 11 s covering everything so far; none left.
-    assert not [r for r in first if isinstance(r, QuarantineSummary)]
-    [summary] = [r for r in second if isinstance(r, QuarantineSummary)]
+    assert not first.quarantine_summaries
+    [summary] = second.quarantine_summaries
     assert (summary.total, summary.suppressed, sum(n for _, n in summary.counts)) == (
         300, 298, 300)
-    assert last == []
+    assert last == Batch()
 
 
 def test_a_long_bad_line_is_cut_before_it_is_decoded() -> None:
     processor = LineProcessor(MarginEngine(make_config()), OkxDecoder().decode_line, "f")
     processor.feed_chunk([b"\xff" * 10_000_000], 1)
-    [record] = [r for r in processor.take() if isinstance(r, QuarantineRecord)]
+    [record] = processor.take().quarantine
     assert len(record.raw) == 4096

@@ -603,24 +603,24 @@ async def test_the_daemons_sink_prunes_by_event_time_and_passes_on_only_news(
     # Issue 15: a replay of a recording older than the retention kept nothing once the
     # sink pruned by the wall clock (at its first write, so at every restart).
     from adapters.sinks import SqliteSink
-    from monitor.records import StoredAlert
+    from monitor.batch import Batch
 
     old = [make_alert(n, ts=BASE_TS + n) for n in range(3)]  # years before the wall clock
     sink = SqliteSink(store, close_store=False, prune=True)
-    passed = await sink.write([*old, MarginPoint("main", BASE_TS, 1.2, 1.0, 1.0, 1.0,
-                                                 "warning")])
-    assert [r.alert.id for r in passed if isinstance(r, StoredAlert)] == [
-        a.id for a in old]
+    passed = await sink.write(Batch.of(alerts=old, history=[
+        MarginPoint("main", BASE_TS, 1.2, 1.0, 1.0, 1.0, "warning")]))
+    assert [r.alert.id for r in passed.stored] == [a.id for a in old]
     assert [a.id for a in await store.alerts()] == [a.id for a in old]
     # The same alerts again (events re-delivered after a restart) and one new: the
     # followers (log, stream, notifiers, executor) get only the new one.
     new = make_alert(9, ts=BASE_TS + 9)
-    passed = await sink.write([*old, new])
-    assert [r.id for r in passed if isinstance(r, Alert)] == [new.id]
-    assert [r.alert.id for r in passed if isinstance(r, StoredAlert)] == [new.id]
+    passed = await sink.write(Batch.of(alerts=[*old, new]))
+    assert [r.id for r in passed.alerts] == [new.id]
+    assert passed.alert_json == (new.to_json(),)
+    assert [r.alert.id for r in passed.stored] == [new.id]
     # Older than the retention by the newest event time stored: pruned (when due).
     sink._next_prune_s = 0.0
-    await sink.write([make_alert(20, ts=BASE_TS + 100 * DAY_MS)])
+    await sink.write(Batch.of(alerts=[make_alert(20, ts=BASE_TS + 100 * DAY_MS)]))
     assert [a.id for a in await store.alerts()] == [
         make_alert(20, ts=BASE_TS + 100 * DAY_MS).id]
 

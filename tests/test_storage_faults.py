@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
@@ -29,8 +29,9 @@ import pytest
 
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
+from monitor.batch import Batch
 from monitor.errors import SinkError
-from monitor.pipeline import Record, SinkTask
+from monitor.pipeline import SinkTask
 from monitor.records import StoredAlert
 from tests.builders import make_alert
 from tests.live_harness import (
@@ -167,8 +168,8 @@ class Keeping:
     def __init__(self) -> None:
         self.stored: list[StoredAlert] = []
 
-    async def write(self, records: Sequence[Record]) -> None:
-        self.stored += [r for r in records if isinstance(r, StoredAlert)]
+    async def write(self, batch: Batch) -> None:
+        self.stored += batch.stored
 
     async def close(self) -> None:
         return None
@@ -198,11 +199,11 @@ async def test_alerts_wait_in_memory_through_a_storage_fault_and_are_all_stored(
     keeping = Keeping()
     head = SinkTask(SqliteSink(store), max_attempts=None, followers=[SinkTask(keeping)])
     head.start()
-    await head.put([make_alert(0)])
+    await head.put(Batch.of(alerts=[make_alert(0)]))
     await until(lambda: len(keeping.stored) == 1)
     with write_locked(db):
         for n in range(1, 31):
-            await head.put([make_alert(n)])
+            await head.put(Batch.of(alerts=[make_alert(n)]))
             await asyncio.sleep(0.001)
         await until(lambda: head.failing() != [])
         [(sink, _, error)] = head.failing()
@@ -225,7 +226,7 @@ async def test_stopping_during_a_storage_fault_says_what_was_not_written(
     head = SinkTask(SqliteSink(store), max_attempts=None)
     head.start()
     with write_locked(db):
-        await head.put([make_alert(1), make_alert(2)])
+        await head.put(Batch.of(alerts=[make_alert(1), make_alert(2)]))
         await until(lambda: head.failing() != [])
         with pytest.raises(SinkError, match="stopping: 2 records not written"):
             await head.drain_and_close(grace_s=0.2)
@@ -311,7 +312,7 @@ async def test_a_full_disk_holds_the_alerts_until_there_is_room(tmp_path: Path) 
         filler = await asyncio.to_thread(fill, disk)
         try:
             for n in range(40):
-                await head.put([make_alert(n, payload={"note": "x" * 2000})])
+                await head.put(Batch.of(alerts=[make_alert(n, payload={"note": "x" * 2000})]))
             await until(lambda: head.failing() != [])
             [(_, _, error)] = head.failing()
             assert "full" in error

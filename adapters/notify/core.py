@@ -49,7 +49,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
@@ -58,6 +58,7 @@ import httpx
 from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from monitor.alerts import LEVEL_RANK, Alert, AlertKind
+from monitor.batch import Batch
 from monitor.errors import SinkError
 from monitor.records import NotifierCursor, StoredAlert
 from monitor.settings import NotifierConfig
@@ -260,12 +261,10 @@ class Notifier:
 
     # -- the sink (the pipeline's side) -------------------------------------------------
 
-    async def write(self, records: Sequence[object]) -> None:
+    async def write(self, batch: Batch) -> None:
         """Queue the newly stored alerts the filter keeps; never waits."""
         limit = self.config.queue_size
-        for record in records:
-            if not isinstance(record, StoredAlert):
-                continue
+        for record in batch.stored:
             self.seen = record.seq
             if not self.filter.matches(record.alert):
                 continue
