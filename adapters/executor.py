@@ -89,8 +89,16 @@ from monitor.execution import (
     closable,
     execution_alert,
     legs_of,
+    trigger_fields,
 )
 from monitor.metrics import Metrics
+from monitor.payloads import (
+    ExecutionFailedPayload,
+    ExecutionFilledPayload,
+    ExecutionSentPayload,
+    LegFields,
+    SentOrder,
+)
 from monitor.records import StoredAlert
 from monitor.settings import ExecutionConfig
 
@@ -612,7 +620,7 @@ class _Worker:
         now_ms = self.executor.wall_ms()
         attempts: list[OrderAttempt] = []
         failed_alerts: list[Alert] = []
-        sent: list[dict[str, Any]] = []
+        sent: list[SentOrder] = []
         for (item, client_id, size), answer in zip(batch, answers, strict=True):
             record = {"s_code": answer.s_code, "s_msg": answer.s_msg,
                       "order_id": answer.order_id, "exchange_ts": answer.ts_ms}
@@ -659,8 +667,10 @@ class _Worker:
             first = batch[0][0]
             self.counts["sent"] += len(sent)
             source = self.sources[first.leg.alert_id]
+            payload: ExecutionSentPayload = {**trigger_fields(source), "orders": sent,
+                                             "dry_run": False}
             alerts = [execution_alert("execution_sent", source, f"sent/{batch[0][1]}",
-                                      now_ms, {"orders": sent, "dry_run": False}),
+                                      now_ms, payload),
                       *failed_alerts]
         self.counts["failed"] += sum(1 for a in failed_alerts
                                      if not a.payload.get("will_retry"))
@@ -752,11 +762,13 @@ class _Worker:
             self.counts["filled"] += 1
             source = self.sources.get(progress.leg.alert_id)
             if source is not None:
+                filled: ExecutionFilledPayload = {
+                    **trigger_fields(source), **self._leg_fields(progress),
+                    "order_id": progress.order_id, "filled": progress.total_filled,
+                    "avg_price": progress.average_price, "exchange_ts": update.event_ms}
                 await self.executor._emit([execution_alert(
                     "execution_filled", source, f"{progress.leg.index}/filled", now_ms,
-                    {**self._leg_fields(progress), "order_id": progress.order_id,
-                     "filled": progress.total_filled, "avg_price": progress.average_price,
-                     "exchange_ts": update.event_ms})])
+                    filled)])
             return
         state = progress.step("ended", max_attempts)
         await self.executor.store.save_execution([progress], [attempt])
@@ -817,7 +829,7 @@ class _Worker:
                             progress.first_sent_ms or now_ms, state, answer, dry_run)
 
     @staticmethod
-    def _leg_fields(progress: LegProgress) -> dict[str, Any]:
+    def _leg_fields(progress: LegProgress) -> LegFields:
         leg = progress.leg
         return {"leg": leg.index, "inst_id": leg.inst_id, "side": leg.side,
                 "pos_side": leg.position_side, "margin_mode": leg.margin_mode,
@@ -825,7 +837,7 @@ class _Worker:
                 "attempt": progress.attempt}
 
     def _sent_entry(self, progress: LegProgress, client_id: str, size: float,
-                    answer: OrderAnswer) -> dict[str, Any]:
+                    answer: OrderAnswer) -> SentOrder:
         return {**self._leg_fields(progress), "client_id": client_id, "order_size": size,
                 "order_id": answer.order_id, "s_code": answer.s_code,
                 "s_msg": answer.s_msg}
@@ -834,8 +846,9 @@ class _Worker:
         source = self.sources[progress.leg.alert_id]
         step = f"{progress.leg.index}/{progress.attempt}/{progress.resends}/failed"
         kind: AlertKind = "execution_failed"
-        return execution_alert(kind, source, step, self.executor.wall_ms(), {
-            **self._leg_fields(progress), "reason": reason, "s_code": progress.s_code,
-            "s_msg": progress.s_msg, "will_retry": will_retry,
+        payload: ExecutionFailedPayload = {
+            **trigger_fields(source), **self._leg_fields(progress), "reason": reason,
+            "s_code": progress.s_code, "s_msg": progress.s_msg, "will_retry": will_retry,
             "filled": progress.total_filled, "remaining": progress.remaining,
-            "max_attempts": self.config.max_attempts})
+            "max_attempts": self.config.max_attempts}
+        return execution_alert(kind, source, step, self.executor.wall_ms(), payload)

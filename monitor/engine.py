@@ -114,6 +114,27 @@ from monitor.formulas import (
     unrealized_pnl,
 )
 from monitor.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
+from monitor.payloads import (
+    AccountModePayload,
+    AlertPayload,
+    CloseOrder,
+    DeleveragePlanPayload,
+    DivergenceField,
+    DivergenceFieldName,
+    ExchangeDivergenceLiquidationPayload,
+    ExchangeDivergencePoolPayload,
+    FeedConnectionPayload,
+    FeedRecoveredMarkPayload,
+    FeedRecoveredMissingPayload,
+    FeedStaleMarkPayload,
+    FeedStaleMissingPayload,
+    LevelChangedPayload,
+    PlanStep,
+    PoolFields,
+    ReminderPayload,
+    RiskUnknownFields,
+    StopLossPayload,
+)
 from monitor.records import AccountCheckpoint, PoolCheckpoint
 from monitor.settings import AccountConfig, Config, StopLossRule
 from monitor.transitions import (
@@ -1123,8 +1144,9 @@ class MarginEngine:
             del self.stale[inst_id]
         for account in _accounts_of(holders.values()):
             if was_stale:
+                recovered: FeedRecoveredMarkPayload = {"inst_id": inst_id}
                 self._emit(alerts, account, "feed_recovered", event.event_ms, event.recv_ms,
-                           inst_id, event.price, {"inst_id": inst_id})
+                           inst_id, event.price, recovered)
             self._resolve(account, f"mark:{inst_id}")
 
     def _on_index(self, event: IndexPrice, alerts: list[Alert]) -> None:
@@ -1335,14 +1357,14 @@ class MarginEngine:
             targets = list(self.accounts.values())
         else:
             targets = [self._account(event.account)]
-        feed = "public" if event.account is None else "private"
+        feed: Literal["public", "private"] = "public" if event.account is None else "private"
         for account in targets:
             # The receive time keeps a connection alert's id apart from one a previous
             # run stored at the same event time (the clock stands still while a feed is
             # down, and a restart counts occurrences afresh).
+            payload: FeedConnectionPayload = {"feed": feed, "reason": event.reason}
             self._emit(alerts, account, kind, event.event_ms, event.recv_ms, None, None,
-                       {"feed": feed, "reason": event.reason},
-                       discriminator=f"{feed}:{event.recv_ms}")
+                       payload, discriminator=f"{feed}:{event.recv_ms}")
 
     # -- account modes (SPEC 1.5) ------------------------------------------------------
 
@@ -1392,7 +1414,7 @@ class MarginEngine:
         pending, self._announce = self._announce, {}
         for account in pending.values():
             followed = account.mode == "portfolio"
-            payload = {
+            payload: AccountModePayload = {
                 "mode": account.mode,
                 "exchange_level": account.exchange_level or None,
                 "source": "exchange" if followed else None,
@@ -1553,9 +1575,10 @@ class MarginEngine:
             self.unknown.pop(account.name, None)
         if item in account.reported:
             del account.reported[item]
+            payload: FeedRecoveredMissingPayload = {"recovered": item,
+                                                    "missing": sorted(account.missing)}
             self._emit(self._alerts, account, "feed_recovered", self._ts, self._recv_ms,
-                       None, None, {"recovered": item, "missing": sorted(account.missing)},
-                       discriminator=item)
+                       None, None, payload, discriminator=item)
 
     def _check_prices(self, account: AccountState) -> None:
         """Which USD prices and borrowing tiers the account's figures need and lack.
@@ -1604,10 +1627,11 @@ class MarginEngine:
                 self.awaiting_mark[inst_id] = None
                 for account in _accounts_of(holders.values()):
                     self._miss(account, f"mark:{inst_id}", last)
+                    stale: FeedStaleMarkPayload = {
+                        "inst_id": inst_id, "last_mark_ts": self.mark_ms.get(inst_id),
+                        "age_ms": now_ms - last}
                     self._emit(alerts, account, "feed_stale", now_ms, recv_ms,
-                               inst_id, self.marks.get(inst_id),
-                               {"inst_id": inst_id, "last_mark_ts": self.mark_ms.get(inst_id),
-                                "age_ms": now_ms - last})
+                               inst_id, self.marks.get(inst_id), stale)
         # Accounts missing something the per-instrument staleness above does not report
         # (an account that lacks only marks is not walked here).
         for account in list(self._unreported.values()):
@@ -1628,9 +1652,11 @@ class MarginEngine:
             if late:
                 for item in late:
                     account.reported[item] = None
+                missing: FeedStaleMissingPayload = {
+                    "missing": late,
+                    "reason": "risk unknown: no level is evaluated until these arrive"}
                 self._emit(alerts, account, "feed_stale", now_ms, recv_ms, None, None,
-                           {"missing": late, "reason": "risk unknown: no level is "
-                            "evaluated until these arrive"}, discriminator=",".join(late))
+                           missing, discriminator=",".join(late))
         for account in list(self.debtors.values()) + list(self.critical.values()):
             self._evaluate(account, now_ms, recv_ms, None, None, alerts)
 
@@ -1689,16 +1715,17 @@ class MarginEngine:
         # the payload's "risk_unknown" lists what they lack, so none reads as the truth.
         due = account.reminder_due_ms
         if due is not None and ts >= due:
-            unknown = {"risk_unknown": sorted(account.missing)} if account.missing else {}
+            unknown: RiskUnknownFields = ({"risk_unknown": sorted(account.missing)}
+                                          if account.missing else {})
             for pool in account.pools.values():
                 remind, pool.reminder_due_ms = reminder(pool.reminder_due_ms, ts,
                                                         self._repeat_ms)
                 if remind:
+                    payload: ReminderPayload = {"since_level": pool.level,
+                                                **_pool_payload(pool), **unknown}
                     self._emit(alerts, account, "reminder", ts, recv_ms, _pool_inst(pool),
-                               mark, {"since_level": pool.level, **_pool_payload(pool),
-                                      **unknown},
-                               figures=self._pool_figures(pool), level=pool.level,
-                               discriminator=pool.key)
+                               mark, payload, figures=self._pool_figures(pool),
+                               level=pool.level, discriminator=pool.key)
             self._track_critical(account)
             self._changed[account.name] = account
 
@@ -1716,16 +1743,17 @@ class MarginEngine:
         figures = self._pool_figures(pool)
         extra = _pool_payload(pool)
         trigger = _pool_inst(pool) or inst_id
-        self._emit(alerts, account, "level_changed", ts, recv_ms, trigger, mark,
-                   {"from": old_level, "to": new_level,
-                    "threshold": self.ladder.threshold(new_level)
-                    if new_level != "normal" else None, **extra},
+        payload: LevelChangedPayload = {
+            "from": old_level, "to": new_level,
+            "threshold": self.ladder.threshold(new_level) if new_level != "normal" else None,
+            **extra}
+        self._emit(alerts, account, "level_changed", ts, recv_ms, trigger, mark, payload,
                    figures=figures, level=new_level, from_level=old_level,
                    discriminator=f"{pool.key}:{old_level}>{new_level}")
         if change.plan:
-            self._emit(alerts, account, "deleverage_plan", ts, recv_ms, trigger, mark,
-                       {**self._deleverage_plan(pool, figures), **extra}, figures=figures,
-                       level=new_level, discriminator=pool.key)
+            plan: DeleveragePlanPayload = {**self._deleverage_plan(pool, figures), **extra}
+            self._emit(alerts, account, "deleverage_plan", ts, recv_ms, trigger, mark, plan,
+                       figures=figures, level=new_level, discriminator=pool.key)
 
     def _track_critical(self, account: AccountState) -> None:
         """Keep the account's earliest reminder and its place among the critical ones."""
@@ -1750,7 +1778,7 @@ class MarginEngine:
     def _fire_rule(self, account: AccountState, rule: StopLossRule, value: float | None,
                    figures: Figures, ts: int, recv_ms: int, inst_id: str | None,
                    mark: float | None, alerts: list[Alert]) -> None:
-        orders: list[dict[str, Any]] = []
+        orders: list[CloseOrder] = []
         for exposure in account.exposures.values():
             if exposure.contracts == 0.0:
                 continue
@@ -1765,7 +1793,7 @@ class MarginEngine:
                     lot = exposure.instrument.lot_size if exposure.instrument else None
                     size = min(size, round_up_to_lot(size * (rule.fraction or 0.0), lot))
             orders.append(_close_order(exposure, size))
-        payload: dict[str, Any] = {
+        payload: StopLossPayload = {
             "rule": rule.name,
             "metric": rule.metric,
             "value": value,
@@ -1783,7 +1811,7 @@ class MarginEngine:
         self._emit(alerts, account, "stop_loss", ts, recv_ms, inst_id, mark, payload,
                    figures=figures, discriminator=rule.name)
 
-    def _deleverage_plan(self, pool: Pool, figures: Figures) -> dict[str, Any]:
+    def _deleverage_plan(self, pool: Pool, figures: Figures) -> DeleveragePlanPayload:
         """Seed 000: the exchange closes "starting with the lowest unrealized PnL".
 
         Greedy over the pool's positions by UPL (USD) ascending, partial on the last, until
@@ -1796,14 +1824,15 @@ class MarginEngine:
         no orders: its figures are the exchange's, and riskmon cannot project them.
         """
         target = self.risk.deleverage + self.risk.hysteresis
-        base: dict[str, Any] = {"target_margin_ratio": target}
         if pool.kind == POOL_EXCHANGE:
-            return {**base, "orders": [], "positions": [], "projected_margin_ratio": None,
+            return {"target_margin_ratio": target, "orders": [], "positions": [],
+                    "projected_margin_ratio": None,
                     "reason": "portfolio margin is not modelled locally"}
         if pool.kind == POOL_ISOLATED:
             exposure = pool.exposure
             assert exposure is not None
-            return {**base, "orders": [_close_order(exposure, abs(exposure.contracts))],
+            return {"target_margin_ratio": target,
+                    "orders": [_close_order(exposure, abs(exposure.contracts))],
                     "positions": [_plan_step(exposure, abs(exposure.contracts),
                                              self._price(exposure))],
                     "projected_margin_ratio": None}
@@ -1812,8 +1841,8 @@ class MarginEngine:
         candidates = [e for e in pool.account.exposures.values()
                       if e.pool is pool and e.contracts != 0.0 and e.instrument is not None]
         candidates.sort(key=lambda e: (e.upl * self._price(e), e.inst_id, e.side))
-        orders: list[dict[str, Any]] = []
-        steps: list[dict[str, Any]] = []
+        orders: list[CloseOrder] = []
+        steps: list[PlanStep] = []
         for exposure in candidates:
             if denominator <= 0.0 or equity / denominator >= target:
                 break
@@ -1827,7 +1856,7 @@ class MarginEngine:
             orders.append(_close_order(exposure, size))
             steps.append(_plan_step(exposure, size, price))
         projected = equity / denominator if denominator > 1e-12 else None
-        return {**base, "orders": orders, "positions": steps,
+        return {"target_margin_ratio": target, "orders": orders, "positions": steps,
                 "projected_margin_ratio": projected}
 
     def _after_close(self, exposure: Exposure, size: float, equity: float, denominator: float,
@@ -1889,10 +1918,12 @@ class MarginEngine:
             assert source is not None
             ours_maint, ours_init = source.maint, source.init
         tolerance = self.risk.divergence_tolerance
-        fields = []
-        for name, ours, theirs in (("margin_ratio", figures.margin_ratio, ratio),
-                                   ("maint_margin", ours_maint, maint),
-                                   ("init_margin", ours_init, init)):
+        fields: list[DivergenceField] = []
+        compared: tuple[tuple[DivergenceFieldName, float | None, float | None], ...] = (
+            ("margin_ratio", figures.margin_ratio, ratio),
+            ("maint_margin", ours_maint, maint),
+            ("init_margin", ours_init, init))
+        for name, ours, theirs in compared:
             if theirs is None:
                 continue
             if ours is None:
@@ -1906,7 +1937,7 @@ class MarginEngine:
         alert, pool.divergent = divergence(pool.divergent, bool(fields))
         if alert:
             ratio_field = next((f for f in fields if f["field"] == "margin_ratio"), None)
-            payload: dict[str, Any] = {
+            payload: ExchangeDivergencePoolPayload = {
                 "fields": fields,
                 "tolerance": tolerance,
                 # Of earlier versions: the ratios and their difference.
@@ -1937,7 +1968,7 @@ class MarginEngine:
             exposure.liquidation_divergent, difference is None or difference > tolerance)
         if alert:
             figures = self._pool_figures(pool)
-            payload: dict[str, Any] = {
+            payload: ExchangeDivergenceLiquidationPayload = {
                 "fields": [{"field": "liquidation_price", "ours": ours, "theirs": theirs,
                             "relative_difference": difference}],
                 "tolerance": tolerance,
@@ -2245,7 +2276,7 @@ class MarginEngine:
 
     def _emit(self, alerts: list[Alert], account: AccountState, kind: AlertKind, ts: int,
               recv_ms: int, inst_id: str | None, mark: float | None,
-              payload: Mapping[str, Any], *, figures: Figures | None = None,
+              payload: AlertPayload, *, figures: Figures | None = None,
               level: Level | None = None, from_level: Level | None = None,
               discriminator: str = "") -> None:
         if figures is None:
@@ -2501,7 +2532,7 @@ def _accounts_of(exposures: Iterable[Exposure]) -> list[AccountState]:
     return list(seen.values())
 
 
-def _pool_payload(pool: Pool) -> dict[str, Any]:
+def _pool_payload(pool: Pool) -> PoolFields:
     """What an alert of a pool says about the pool, beyond the account."""
     match pool.kind:
         case 1:  # POOL_CURRENCY
@@ -2521,7 +2552,7 @@ def _pool_inst(pool: Pool) -> str | None:
     return pool.exposure.inst_id if pool.exposure is not None else None
 
 
-def _close_order(exposure: Exposure, size: float) -> dict[str, Any]:
+def _close_order(exposure: Exposure, size: float) -> CloseOrder:
     """A reduce-only market order closing ``size`` contracts of the position (hedge mode
     names the side it closes; ``margin_mode`` is the position's, which the order trades
     in)."""
@@ -2536,7 +2567,7 @@ def _close_order(exposure: Exposure, size: float) -> dict[str, Any]:
     }
 
 
-def _plan_step(exposure: Exposure, size: float, price: float) -> dict[str, Any]:
+def _plan_step(exposure: Exposure, size: float, price: float) -> PlanStep:
     return {"inst_id": exposure.inst_id, "side": exposure.side,
             "margin_mode": exposure.margin_mode, "upl_usd": exposure.upl * price,
             "close_contracts": size, "contracts": exposure.contracts}

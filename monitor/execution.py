@@ -7,6 +7,8 @@ account (``risk.execute_triggers`` and ``[accounts.NAME] execute``), the executo
 clock of its own (times are arguments):
 
 - :func:`legs_of`: the orders of an alert, one :class:`Leg` each, in payload order.
+- :func:`execution_alert`: an ``execution_*`` alert about a trigger; its payload (the
+  types are in monitor.payloads) begins with :func:`trigger_fields`.
 - :func:`client_order_id`: the exchange-side id of a leg's n-th order, derived from the
   alert id, the leg and the attempt only. A retry of the same order, and the same order
   sent again after a restart, carry the same id, and the exchange refuses an id it has
@@ -50,6 +52,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 from monitor.alerts import Alert, AlertKind, alert_id
 from monitor.errors import RiskmonError
 from monitor.events import MarginMode, OrderUpdate, PositionSide, Side
+from monitor.payloads import ExecutionPayload, TriggerFields, orders_of
 
 __all__ = [
     "CLIENT_ID_PREFIX",
@@ -68,6 +71,7 @@ __all__ = [
     "closable",
     "execution_alert",
     "legs_of",
+    "trigger_fields",
 ]
 
 CLIENT_ID_PREFIX: Final = "rm"
@@ -141,9 +145,8 @@ def legs_of(alert: Alert) -> tuple[Leg, ...]:
     """
     if alert.kind not in EXECUTED_KINDS:
         return ()
-    orders = alert.payload.get("orders")
     legs: list[Leg] = []
-    for index, order in enumerate(orders if isinstance(orders, list) else ()):
+    for index, order in enumerate(orders_of(alert)):
         if not isinstance(order, Mapping):
             continue
         inst_id, side, size = order.get("inst_id"), order.get("side"), order.get("size")
@@ -257,15 +260,21 @@ class LegProgress:
             self.average_price = average_price
 
 
+def trigger_fields(source: Alert) -> TriggerFields:
+    """The first keys of an ``execution_*`` alert's payload: the trigger it is about."""
+    return {"trigger_id": source.id, "trigger_kind": source.kind}
+
+
 def execution_alert(kind: AlertKind, source: Alert, discriminator: str, emitted_ms: int,
-                    payload: Mapping[str, Any]) -> Alert:
+                    payload: ExecutionPayload) -> Alert:
     """An ``execution_*`` alert about the trigger ``source``.
 
     It carries the trigger's event time, level and figures (what the account looked like
     when the rule fired) and an id derived from the trigger's id and ``discriminator``
     (the leg and attempt it is about), never from a clock: the same step reported again
     after a restart has the same id, and the store keeps it once. ``emitted_ms`` is when
-    it happened; the exchange's own times are in the payload.
+    it happened; the exchange's own times are in the payload, which begins with
+    ``trigger_fields(source)``.
     """
     return Alert(
         id=alert_id(source.account, kind, source.ts, 0, f"{source.id}/{discriminator}"),
@@ -281,7 +290,7 @@ def execution_alert(kind: AlertKind, source: Alert, discriminator: str, emitted_
         init_margin_usd=source.init_margin_usd,
         inst_id=source.inst_id,
         mark=source.mark,
-        payload={"trigger_id": source.id, "trigger_kind": source.kind, **payload},
+        payload=payload,
         closing_fee_usd=source.closing_fee_usd,
     )
 

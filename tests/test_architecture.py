@@ -40,6 +40,7 @@ PURE_CORE = [
     "monitor/events.py",
     "monitor/instruments.py",
     "monitor/alerts.py",
+    "monitor/payloads.py",
     "monitor/config.py",
     "monitor/records.py",
     "monitor/batch.py",

@@ -20,8 +20,10 @@ from monitor.execution import (
     closable,
     execution_alert,
     legs_of,
+    trigger_fields,
 )
 from monitor.instruments import Instrument, Tier
+from monitor.payloads import ExecutionSentPayload, LegFields
 from monitor.settings import AccountConfig, Config, RiskConfig, StopLossRule
 
 BTC = "BTC-USDT-SWAP"
@@ -169,9 +171,10 @@ def test_a_rate_limit_resends_the_same_id_without_using_up_resends() -> None:
 
 def test_execution_alerts_keep_the_trigger_time_and_have_stable_ids() -> None:
     trigger = fired_stop_loss()
-    one = execution_alert("execution_sent", trigger, "sent/x", T0 + 99, {"orders": []})
-    again = execution_alert("execution_sent", trigger, "sent/x", T0 + 5_000, {"orders": []})
-    other = execution_alert("execution_sent", trigger, "sent/y", T0 + 99, {"orders": []})
+    sent: ExecutionSentPayload = {**trigger_fields(trigger), "orders": [], "dry_run": False}
+    one = execution_alert("execution_sent", trigger, "sent/x", T0 + 99, sent)
+    again = execution_alert("execution_sent", trigger, "sent/x", T0 + 5_000, sent)
+    other = execution_alert("execution_sent", trigger, "sent/y", T0 + 99, sent)
     assert one.id == again.id != other.id
     assert (one.ts, one.level, one.margin_ratio) == (trigger.ts, trigger.level,
                                                      trigger.margin_ratio)
@@ -182,11 +185,16 @@ def test_execution_alerts_read_as_a_person_needs_them() -> None:
     from adapters.notify.text import alert_text
 
     trigger = fired_stop_loss()
+    leg: LegFields = {"leg": 0, "inst_id": BTC, "side": "sell", "pos_side": "long",
+                      "margin_mode": "cross", "size": 300.0,
+                      "client_id": client_order_id(trigger.id, 0, 3), "attempt": 3}
     failed = execution_alert("execution_failed", trigger, "0/3/0/failed", T0, {
-        "inst_id": BTC, "side": "sell", "reason": "rejected", "s_code": "51008",
-        "s_msg": "Insufficient margin", "remaining": 300.0, "will_retry": False})
+        **trigger_fields(trigger), **leg, "reason": "rejected", "s_code": "51008",
+        "s_msg": "Insufficient margin", "will_retry": False, "filled": 0.0,
+        "remaining": 300.0, "max_attempts": 3})
     text = alert_text(failed)
     assert "51008" in text and "300 contracts left" in text and "act now" in text
     filled = execution_alert("execution_filled", trigger, "0/filled", T0, {
-        "inst_id": BTC, "side": "sell", "filled": 300.0, "avg_price": 39_000.0})
+        **trigger_fields(trigger), **leg, "order_id": "1", "filled": 300.0,
+        "avg_price": 39_000.0, "exchange_ts": T0})
     assert "sell 300 BTC-USDT-SWAP filled at 39000" in alert_text(filled)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from monitor.alerts import LEVEL_RANK, Alert, Level
+from monitor.payloads import CloseOrder, orders_of
 
 LEVEL_ICON: Final[Mapping[Level, str]] = {
     "normal": "\U0001f7e2",            # green circle
@@ -61,9 +62,12 @@ def subject(alert: Alert) -> str:
     return alert.account
 
 
-def orders_words(orders: Any) -> str:
-    """``sell 6 BTC-USDT-SWAP, buy 2 ETH-USDT-SWAP long (reduce-only market)``."""
-    if not isinstance(orders, list) or not orders:
+def orders_words(orders: Sequence[CloseOrder]) -> str:
+    """``sell 6 BTC-USDT-SWAP, buy 2 ETH-USDT-SWAP long (reduce-only market)``.
+
+    The orders are as stored (:func:`monitor.payloads.orders_of`): an entry that is not
+    an object is left out."""
+    if not orders:
         return "no orders"
     parts = []
     for order in orders[:MAX_ORDERS_SHOWN]:
@@ -99,7 +103,7 @@ def alert_text(alert: Alert) -> str:
         case "deleverage_plan":
             projected = payload.get("projected_margin_ratio")
             body = (f"{who}: deleverage plan at margin ratio {ratio}:"
-                    f" {orders_words(payload.get('orders'))}"
+                    f" {orders_words(orders_of(alert))}"
                     + (f"; projected margin ratio {projected:.3f}"
                        if isinstance(projected, int | float) else ""))
         case "stop_loss":
@@ -109,7 +113,7 @@ def alert_text(alert: Alert) -> str:
                     + (f" {value:.3f}" if isinstance(value, int | float) else "")
                     + f" below {payload.get('below')})"
                     + (", dry run" if payload.get("dry_run") else "")
-                    + f": {orders_words(payload.get('orders'))}")
+                    + f": {orders_words(orders_of(alert))}")
         case "reminder":
             unknown = payload.get("risk_unknown")
             if isinstance(unknown, list):
