@@ -32,17 +32,17 @@ from setuptools.errors import BaseError, CCompilerError
 # The replay's hot path (pipeline, the venues' decoders, engine) and the riskmon modules
 # whose classes it uses, compiled as one group so that calls and attribute access among
 # them are native.
-# monitor/config.py stays interpreted: mypyc ignores the ``from`` of ``raise ... from``, and
-# a configuration error should keep its cause.
+# monitor/app/config.py stays interpreted: mypyc ignores the ``from`` of ``raise ... from``,
+# and a configuration error should keep its cause.
 COMPILED = [
-    "monitor/errors.py",
-    "monitor/instruments.py",
-    "monitor/events.py",
-    "monitor/alerts.py",
-    "monitor/formulas.py",
-    "monitor/transitions.py",
-    "monitor/engine.py",
-    "monitor/pipeline.py",
+    "monitor/core/errors.py",
+    "monitor/core/instruments.py",
+    "monitor/core/events.py",
+    "monitor/core/alerts.py",
+    "monitor/core/formulas.py",
+    "monitor/core/transitions.py",
+    "monitor/core/engine.py",
+    "monitor/runtime/pipeline.py",
     "adapters/wire.py",
     "adapters/okx/decode.py",
     "adapters/binance/decode.py",

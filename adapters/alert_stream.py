@@ -22,7 +22,7 @@ stream starts: a client that received nothing yet resumes from it after a discon
 
 Tokens: when ``[stream] tokens`` is configured a subscribe request must carry one of them,
 and may only name accounts of that token; without tokens (the port then stays on
-loopback, monitor.cli checks) any token is ignored.
+loopback, monitor.app.cli checks) any token is ignored.
 
 Errors and closes (close codes 4000-4999 are the application's, by RFC 6455):
 
@@ -60,9 +60,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from adapters.http_server import CLOSE_TIMEOUT_S, LimitedConnection
-from monitor.errors import ConfigError
-from monitor.settings import StreamToken
-from monitor.stream import (
+from monitor.core.errors import ConfigError
+from monitor.core.settings import StreamToken
+from monitor.runtime.stream import (
     EARLIEST,
     AlertFilter,
     AlertHub,

@@ -7,13 +7,13 @@ never waits: it hands each trigger of an executing account to that account's wor
 task with its own queue, trade key and HTTP client, so a slow exchange answer for one
 account delays no other. The daemon's engine task hands it the order updates of the
 ``orders`` channel whose client id is riskmon's (:meth:`Executor.on_order`), also without
-waiting. What a worker decides with is in :mod:`monitor.execution` (legs, client ids, the
+waiting. What a worker decides with is in :mod:`monitor.core.execution` (legs, client ids, the
 leg state table); this module carries it out.
 
 For each trigger, a worker:
 
 1. re-reads the live positions and sizes every leg to what the position still holds
-   (:func:`~monitor.execution.closable`): no order is larger than the position, and a leg
+   (:func:`~monitor.core.execution.closable`): no order is larger than the position, and a leg
    whose position is gone is ``skipped``. The positions are the daemon's own, as the
    account's ``positions`` channel last pushed them (:attr:`Executor.live_positions`),
    while that connection is up and has delivered its snapshot: OKX pushes every change
@@ -39,7 +39,7 @@ An order request without an answer (timeout, connection error, HTTP 5xx), and an
 order without a final state after ``fill_timeout_s``, is looked up by its client id
 (``GET trade/order``): found, it is followed; unknown to the exchange, it is sent again
 with the *same* client id (the exchange refuses a second order with an id it has seen),
-at most :data:`~monitor.execution.MAX_RESENDS` times. After a restart every open leg is
+at most :data:`~monitor.core.execution.MAX_RESENDS` times. After a restart every open leg is
 looked up the same way before anything is sent, and so is every leg of a trigger stored
 after the cursor (the run before may have sent its first order, whose client id is known
 from the trigger, and died before the commit): no order is ever placed twice.
@@ -54,7 +54,7 @@ sends nothing: it logs ``execution_dry_run`` with the orders and stores the atte
 ``dry_run``.
 
 Execution alerts carry the trigger's event time, level and figures and ids derived from
-the trigger's (monitor.execution.execution_alert): the same step reported again after a
+the trigger's (monitor.core.execution.execution_alert): the same step reported again after a
 restart is stored once.
 """
 
@@ -72,11 +72,11 @@ from typing import Any, Final
 from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert, AlertKind
-from monitor.batch import Batch
-from monitor.errors import ConfigError, RiskmonError
-from monitor.events import OrderUpdate
-from monitor.execution import (
+from monitor.core.alerts import Alert, AlertKind
+from monitor.core.batch import Batch
+from monitor.core.errors import ConfigError, RiskmonError
+from monitor.core.events import OrderUpdate
+from monitor.core.execution import (
     CLIENT_ID_PREFIX,
     SIZE_EPSILON,
     LegEvent,
@@ -91,16 +91,16 @@ from monitor.execution import (
     legs_of,
     trigger_fields,
 )
-from monitor.metrics import Metrics
-from monitor.payloads import (
+from monitor.core.payloads import (
     ExecutionFailedPayload,
     ExecutionFilledPayload,
     ExecutionSentPayload,
     LegFields,
     SentOrder,
 )
-from monitor.records import StoredAlert
-from monitor.settings import ExecutionConfig
+from monitor.core.records import StoredAlert
+from monitor.core.settings import ExecutionConfig
+from monitor.runtime.metrics import Metrics
 
 __all__ = ["Executor"]
 

@@ -14,7 +14,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from monitor.errors import ConfigError, FeedError
+from monitor.core.errors import ConfigError, FeedError
 
 EXECUTOR_PATH = "/v1/executor"
 

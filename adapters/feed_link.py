@@ -12,10 +12,10 @@ until the connection fails, report, back off, again.
   venue's ping is sent (:meth:`FeedLink.ping`); without any message (nor a websocket pong)
   ``pong_timeout_s`` after it the connection is dropped and reopened.
 - *What is delivered.* :meth:`FeedLink.frame_of` (the venue's part) turns each message
-  into a :class:`~monitor.feed.Frame`, or None for one it acted on itself
+  into a :class:`~monitor.runtime.feed.Frame`, or None for one it acted on itself
   (acknowledgements, errors, notices). Frames that arrive while the connection is still
   opening are held and delivered, in order, right after its
-  :class:`~monitor.feed.LinkChange`; then every message as websockets parses it off the
+  :class:`~monitor.runtime.feed.LinkChange`; then every message as websockets parses it off the
   socket (adapters/push_connection.py says why there is no reader task).
 - *Failures while receiving.* Nothing raised in :meth:`receive` may reach websockets: the
   error is noted, the connection aborted, and :meth:`read` (or the open, while opening)
@@ -37,8 +37,8 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from adapters.backoff import backoff_delay
 from adapters.push_connection import PushConnection
-from monitor.errors import FeedError
-from monitor.feed import FeedItem, Frame, LinkChange
+from monitor.core.errors import FeedError
+from monitor.runtime.feed import FeedItem, Frame, LinkChange
 
 __all__ = ["FeedLink", "LinkTiming", "ReconnectNow", "now_ms"]
 

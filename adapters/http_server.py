@@ -6,8 +6,8 @@ binds to loopback by default (SPEC 6).
 
 - ``GET /healthz``: 200 with a JSON body while the engine loop turns and every sink is
   alive, else 503 with the same body saying what is wrong.
-- ``GET /metrics``: the Prometheus text format (monitor.metrics).
-- ``GET /v1/status``: every account's figures now (monitor.status), for ``riskmon status``;
+- ``GET /metrics``: the Prometheus text format (monitor.runtime.metrics).
+- ``GET /v1/status``: every account's figures now (monitor.app.status), for ``riskmon status``;
   with ``[stream] tokens``, ``Authorization: Bearer <token>`` is required (401 without a
   known one) and the answer holds that token's accounts only, as on the alert stream.
 - ``/v1/executor`` (when execution is on): the executor's kill switch, with
@@ -19,7 +19,7 @@ binds to loopback by default (SPEC 6).
   and a GET must not change anything.
 - Anything else: 404.
 
-Limits (``[stream]``, monitor.config.StreamConfig; README, "Alert stream under abuse"):
+Limits (``[stream]``, monitor.app.config.StreamConfig; README, "Alert stream under abuse"):
 every accepted TCP connection counts toward ``max_connections`` until it is closed, and
 toward ``max_pending`` until it is settled (a stream subscriber once its subscribe
 request is accepted, an executor control connection once its handshake is done; a plain
@@ -49,7 +49,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from monitor.settings import StreamConfig
+from monitor.core.settings import StreamConfig
 
 HealthCheck = Callable[[float], tuple[bool, dict[str, Any]]]
 MetricsText = Callable[[float], str]
@@ -60,7 +60,7 @@ StatusAnswer = Callable[[str | None], tuple[HTTPStatus, dict[str, Any]]]
 
 class Control:
     """The executor's kill switch as the HTTP face sees it: who may use it and what it
-    does (monitor.service wires it to adapters/executor.py)."""
+    does (monitor.app.service wires it to adapters/executor.py)."""
 
     def __init__(self, token: str, status: Callable[[], dict[str, Any]],
                  operate: Callable[[str], Awaitable[dict[str, Any]]]) -> None:

@@ -21,8 +21,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from monitor.alerts import Alert
-from monitor.records import QuarantineRecord, QuarantineSummary
+from monitor.core.alerts import Alert
+from monitor.core.records import QuarantineRecord, QuarantineSummary
 
 REDACTED: Final = "***"
 LOG_RAW_LIMIT: Final = 256

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from monitor.feed import FeedItem, Frame, RestBody
+from monitor.runtime.feed import FeedItem, Frame, RestBody
 
 
 class RecordingWriter:
@@ -48,7 +48,7 @@ class RecordingWriter:
 def _parsed(text: str) -> Any:
     """The frame a message's text holds, or the text itself when it is not JSON.
 
-    The feed delivers frames unparsed (monitor.feed); parsing here keeps the recording's
+    The feed delivers frames unparsed (monitor.runtime.feed); parsing here keeps the recording's
     frames JSON values rather than strings of JSON.
     """
     try:

@@ -17,7 +17,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from monitor.errors import RiskmonError
+from monitor.core.errors import RiskmonError
 
 __all__ = ["DropSchedule", "Pace", "RecordingError", "account_for_key", "check_readable",
            "json_response", "url_host", "wait_until"]

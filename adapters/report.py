@@ -3,7 +3,7 @@
 The page holds two charts drawn as inline SVG (no script, no font, nothing fetched): the
 margin ratio over time with the level thresholds drawn across it and every alert marked
 where it happened, and below it the equity and the maintenance margin; then the table of
-the alerts. Its inputs are the account's margin history (monitor.records.MarginPoint) and
+the alerts. Its inputs are the account's margin history (monitor.core.records.MarginPoint) and
 alerts, from a database or from a replay.
 
 The ratio axis runs from 0 to a little above the warning threshold's double, or to the
@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from monitor.alerts import Alert
-from monitor.records import MarginPoint
-from monitor.settings import RiskConfig
+from monitor.core.alerts import Alert
+from monitor.core.records import MarginPoint
+from monitor.core.settings import RiskConfig
 
 __all__ = ["ALERT_COLOURS", "LEVEL_COLOURS", "find_chromium", "page_height", "render_html",
            "render_png"]

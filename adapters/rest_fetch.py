@@ -1,7 +1,7 @@
 """One REST request of a live feed's cold path (the venues' ``rest`` modules): the standard
 library's HTTP client, called from a worker thread by the caller, the body decoded as JSON.
 
-Failures raise :class:`~monitor.errors.FeedError` naming the method, the path (never the
+Failures raise :class:`~monitor.core.errors.FeedError` naming the method, the path (never the
 query, which may carry a signature) and the HTTP status, with the venue's own error code
 and message when ``error_detail`` finds them in the body; never a header.
 """
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from monitor.errors import FeedError
+from monitor.core.errors import FeedError
 
 __all__ = ["fetch_json"]
 

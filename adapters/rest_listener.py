@@ -34,7 +34,7 @@ import h11
 import orjson
 
 from adapters.logging import get_logger
-from monitor.errors import ConfigError, RiskmonError
+from monitor.core.errors import ConfigError, RiskmonError
 
 __all__ = ["ErrorBody", "HttpRequest", "HttpResponse", "RestListener", "plain_error"]
 

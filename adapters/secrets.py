@@ -15,8 +15,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from monitor.errors import ConfigError
-from monitor.settings import AccountConfig
+from monitor.core.errors import ConfigError
+from monitor.core.settings import AccountConfig
 
 __all__ = ["read_key"]
 

@@ -7,8 +7,8 @@ import time
 
 from adapters.logging import get_logger, log_alert, log_quarantine, log_quarantine_summary
 from adapters.sqlite_store import SqliteStore
-from monitor.batch import Batch
-from monitor.errors import SinkError
+from monitor.core.batch import Batch
+from monitor.core.errors import SinkError
 
 CONNECTION_KINDS = frozenset({"feed_connected", "feed_disconnected"})
 
@@ -81,7 +81,7 @@ class SqliteSink:
 class LogSink:
     """Every alert and notice as one structured log event; quarantined input as one
     event each for the records marked ``log`` (the first of a run), and the periodic
-    summaries of the rest (monitor.quarantine). A batch is logged kind by kind: its
+    summaries of the rest (monitor.core.quarantine). A batch is logged kind by kind: its
     alerts, quarantined input, notices, then summaries."""
 
     name = "log"

@@ -4,7 +4,7 @@ One :class:`SqliteStore` owns one connection, opened in WAL mode so that readers
 ``riskmon alerts --db`` never block the daemon's writes: a store that writes owns a thread
 with a stdlib ``sqlite3`` connection (:mod:`adapters.sqlite_thread`), and makes every
 public call one transaction in one call on that thread; a read-only store reads through
-aiosqlite. Every SQLite failure surfaces as :class:`~monitor.errors.SinkError` naming what
+aiosqlite. Every SQLite failure surfaces as :class:`~monitor.core.errors.SinkError` naming what
 was being done, never the row contents.
 
 Schema (version 6, see :data:`MIGRATIONS`)::
@@ -24,7 +24,7 @@ Schema (version 6, see :data:`MIGRATIONS`)::
                     stored_ts INTEGER, source, reason, raw TEXT; index (stored_ts)
                     sampled INTEGER 0/1 (v4): kept as one of a sample
                     at most ``quarantine_max_rows`` rows, the newest (v4)
-    quarantine_counts  reason TEXT PRIMARY KEY (a reason class, monitor.quarantine),
+    quarantine_counts  reason TEXT PRIMARY KEY (a reason class, monitor.core.quarantine),
                     count INTEGER, first_ts, last_ts INTEGER (stored time, ms)   (v4)
     level_state     account TEXT PRIMARY KEY, level TEXT, updated_ts INTEGER,
                     reminder_due_ts INTEGER NULL, disarmed_rules TEXT (JSON array; v2),
@@ -33,7 +33,7 @@ Schema (version 6, see :data:`MIGRATIONS`)::
                     inflight_first_seq, inflight_last_seq INTEGER NULL,
                     inflight_summary INTEGER (0/1), updated_ts INTEGER
     execution_legs  (alert_id, leg) PRIMARY KEY: one order a trigger asks for, its state  (v6)
-                    (monitor.execution.LegProgress), attempts, fill and last sCode/sMsg
+                    (monitor.core.execution.LegProgress), attempts, fill and last sCode/sMsg
     execution_attempts  client_id TEXT PRIMARY KEY: one order request, stored before it   (v6)
                     is sent, then with the exchange's answer (JSON) and final state
     executor_state  key TEXT PRIMARY KEY, value TEXT: ``cursor``, ``paused``              (v6)
@@ -60,10 +60,10 @@ import aiosqlite
 import orjson
 
 from adapters.sqlite_thread import SqliteThread
-from monitor.alerts import Alert, alert_from_dict, level_named
-from monitor.errors import SinkError
-from monitor.execution import FINAL_STATES, Leg, LegProgress, OrderAttempt
-from monitor.records import (
+from monitor.core.alerts import Alert, alert_from_dict, level_named
+from monitor.core.errors import SinkError
+from monitor.core.execution import FINAL_STATES, Leg, LegProgress, OrderAttempt
+from monitor.core.records import (
     AccountCheckpoint,
     MarginPoint,
     NotifierCursor,
@@ -130,7 +130,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
-    # 1 -> 2: the rest of an account's checkpoint (monitor.records.AccountCheckpoint).
+    # 1 -> 2: the rest of an account's checkpoint (monitor.core.records.AccountCheckpoint).
     (
         "ALTER TABLE level_state ADD COLUMN reminder_due_ts INTEGER",
         "ALTER TABLE level_state ADD COLUMN disarmed_rules TEXT NOT NULL DEFAULT '[]'",
@@ -141,7 +141,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE level_state ADD COLUMN pools TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE alerts ADD COLUMN closing_fee_usd REAL NOT NULL DEFAULT 0",
     ),
-    # 3 -> 4: quarantine without floods (monitor.quarantine). Exact counts by reason class
+    # 3 -> 4: quarantine without floods (monitor.core.quarantine). Exact counts by reason class
     # beside the (now bounded) rows; the rows of earlier versions are counted by their
     # full reason, which is all they have.
     (
@@ -158,7 +158,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         " GROUP BY reason",
         "ALTER TABLE quarantine ADD COLUMN sampled INTEGER NOT NULL DEFAULT 0",
     ),
-    # 4 -> 5: each notifier's delivery cursor (adapters/notify, monitor.records.NotifierCursor).
+    # 4 -> 5: each notifier's delivery cursor (adapters/notify,
+    # monitor.core.records.NotifierCursor).
     (
         """
         CREATE TABLE notifier_cursor (
@@ -171,7 +172,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
-    # 5 -> 6: stop-loss execution (monitor.execution, adapters/executor.py).
+    # 5 -> 6: stop-loss execution (monitor.core.execution, adapters/executor.py).
     (
         """
         CREATE TABLE execution_legs (
@@ -393,7 +394,7 @@ class SqliteStore:
         """Store everything in ONE transaction (one commit, one fsync); returns the alerts
         newly inserted, with their ``seq``, in insertion order (an alert whose id was
         already stored is skipped and not returned). ``alert_json``: the alerts' JSON, in
-        their order, when the caller has it (a pipeline batch's, monitor.batch); the
+        their order, when the caller has it (a pipeline batch's, monitor.core.batch); the
         returned alerts carry it (else it is encoded here).
 
         The pipeline's unit of durability: the alerts of a batch and the checkpoints they
@@ -407,7 +408,7 @@ class SqliteStore:
         Once the table holds more than ``quarantine_max_rows`` rows the oldest go, in the
         same transaction. ``quarantine_counts`` (reason class -> bad inputs) is added to
         ``quarantine_counts``: the producer counts every bad input there, stored or not
-        (monitor.quarantine), so the rows are a bounded sample and the counts exact.
+        (monitor.core.quarantine), so the rows are a bounded sample and the counts exact.
         """
         counts = dict(quarantine_counts or {})
         if not (alerts or quarantine or history or checkpoints or counts):
@@ -694,7 +695,7 @@ class SqliteStore:
 
         await self._transaction("saving a notifier cursor", save)
 
-    # -- execution (monitor.execution) ---------------------------------------------------
+    # -- execution (monitor.core.execution) ---------------------------------------------------
 
     async def save_execution(self, legs: Sequence[LegProgress] = (),
                              attempts: Sequence[OrderAttempt] = (),

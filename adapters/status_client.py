@@ -1,4 +1,4 @@
-"""``riskmon status --url``: one GET of a running daemon's ``/v1/status`` (monitor.status).
+"""``riskmon status --url``: one GET of a running daemon's ``/v1/status`` (monitor.app.status).
 
 The standard library's HTTP client, as for OKX's REST calls: one request, no dependency.
 A stream token travels as ``Authorization: Bearer``; it never appears in an error.
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from monitor.errors import ConfigError, FeedError
+from monitor.core.errors import ConfigError, FeedError
 
 STATUS_PATH = "/v1/status"
 

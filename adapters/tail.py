@@ -29,8 +29,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from adapters.alert_stream import CLOSE_CODES
 from adapters.backoff import backoff_delay
-from monitor.errors import RiskmonError
-from monitor.stream import EARLIEST
+from monitor.core.errors import RiskmonError
+from monitor.runtime.stream import EARLIEST
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765/v1/alerts"
 TOKEN_ENV: Final = "RISKMON_STREAM_TOKEN"

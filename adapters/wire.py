@@ -24,8 +24,8 @@ import reprlib
 from dataclasses import fields
 from typing import Any, Final, Literal
 
-from monitor.errors import BadInput
-from monitor.events import IDENTIFIER_LENGTH, MarkPrice, identifier_problem
+from monitor.core.errors import BadInput
+from monitor.core.events import IDENTIFIER_LENGTH, MarkPrice, identifier_problem
 
 Bound = Literal["any", "non_negative", "positive", "price"]
 
@@ -320,7 +320,7 @@ def new_mark_price(inst_id: str, price: float, event_ms: int, recv_ms: int) -> M
 
 def _can_assign_mark_fields() -> bool:
     """Whether this module can assign the fields of a new MarkPrice: only when mypyc
-    compiled it together with monitor.events (an assignment is then a store into the native
+    compiled it together with monitor.core.events (an assignment is then a store into the native
     object; interpreted, the frozen dataclass refuses it)."""
     mark = _new_object(MarkPrice)
     try:
@@ -342,6 +342,6 @@ _set_mark_recv_ms: Final = vars(MarkPrice)["recv_ms"].__set__
 if [item.name for item in fields(MarkPrice)] != ["inst_id", "price", "event_ms", "recv_ms"] or (
     hasattr(MarkPrice, "__post_init__")
 ):
-    raise ImportError("monitor.events.MarkPrice changed: update adapters.wire.new_mark_price")
+    raise ImportError("monitor.core.events.MarkPrice changed: update adapters.wire.new_mark_price")
 COMPILED: Final = _can_assign_mark_fields()
-"""True exactly when mypyc compiled this module (with monitor.events)."""
+"""True exactly when mypyc compiled this module (with monitor.core.events)."""

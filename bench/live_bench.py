@@ -24,7 +24,7 @@ Two processes on this machine:
             ``/bench/control`` is the benchmark's own websocket: "wait until the daemon's
             (or the floor client's) public connection has subscribed every mark price" and
             "push mark prices to it at R frames/s for S seconds".
-  receiver  this process: riskmon's real components composed as monitor/cli.py ``_run``
+  receiver  this process: riskmon's real components composed as monitor/app/cli.py ``_run``
             does: ``OkxFeed`` -> ``Inbox`` -> ``Daemon`` (``OkxDecoder``, ``MarginEngine``)
             -> head ``SinkTask(SqliteSink(store))`` on a temporary file opened with
             ``SqliteStore.open(path, synchronous="FULL")``, whose follower is
@@ -84,7 +84,7 @@ Measured, in one run:
             and last fifth of the window are at least 97 % of R, (3) the median lag of the
             last fifth exceeds that of the second fifth by at most 10 ms (the lag does not
             grow) and (4) at least 97 % of the frames were applied. Conflation under
-            pressure is by design (monitor.feed) and is reported; a transient that conflates
+            pressure is by design (monitor.runtime.feed) and is reported; a transient that conflates
             a few frames without the lag growing does not fail a rate, (2) and (4) fail one
             that needs conflation to keep up. A failed probe is run once more (not with
             ``--quick``), so one noisy second of a shared machine does not end the search.
@@ -138,16 +138,16 @@ from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.batch import Batch
-from monitor.config import parse_config
-from monitor.daemon import Daemon, Lane, tune_interpreter
-from monitor.engine import MarginEngine
-from monitor.feed import FeedItem, Frame, Inbox
-from monitor.pipeline import SinkTask
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
-from monitor.service import single_venue
-from monitor.settings import Config
+from monitor.app.config import parse_config
+from monitor.app.service import single_venue
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine
+from monitor.core.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
+from monitor.core.settings import Config
+from monitor.runtime.daemon import Daemon, Lane, tune_interpreter
+from monitor.runtime.feed import FeedItem, Frame, Inbox
+from monitor.runtime.pipeline import SinkTask
 
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"
@@ -616,7 +616,7 @@ class Receiver(Protocol):
 
 
 class DaemonUnderTest:
-    """riskmon's daemon composed like monitor/cli.py ``_run`` (see the module docstring)."""
+    """riskmon's daemon composed like monitor/app/cli.py ``_run`` (see the module docstring)."""
 
     target = "daemon"
 

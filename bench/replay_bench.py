@@ -41,14 +41,14 @@ from typing import Any
 
 import orjson
 
-import monitor.engine
+import monitor.core.engine
 from adapters.binance.decode import BinanceDecoder
 from adapters.okx.decode import OkxDecoder
-from monitor.engine import MarginEngine
-from monitor.events import BalanceUpdate, CurrencyBalance, Position, PositionSnapshot
-from monitor.instruments import Instrument, Tier
-from monitor.pipeline import LineProcessor
-from monitor.settings import Config, RiskConfig
+from monitor.core.engine import MarginEngine
+from monitor.core.events import BalanceUpdate, CurrencyBalance, Position, PositionSnapshot
+from monitor.core.instruments import Instrument, Tier
+from monitor.core.settings import Config, RiskConfig
+from monitor.runtime.pipeline import LineProcessor
 
 START_MS = 1_767_225_600_000
 
@@ -234,9 +234,9 @@ def main() -> None:
     parser.add_argument("--venue", choices=("okx", "binance", "both"), default="okx",
                         help="the frames of scenario a (b is OKX's)")
     args = parser.parse_args()
-    compiled = not monitor.engine.__file__.endswith(".py")
+    compiled = not monitor.core.engine.__file__.endswith(".py")
     print(f"riskmon {'compiled by mypyc' if compiled else 'pure Python'}: "
-          f"{monitor.engine.__file__}")
+          f"{monitor.core.engine.__file__}")
     venues = ("okx", "binance") if args.venue == "both" else (args.venue,)
     chosen = [s for s in (*(Scenario("a", 1, 20, 20, 20, venue) for venue in venues),
                           Scenario("b", 10_000, 5, 200, 200))

@@ -63,12 +63,12 @@ from adapters.alert_stream import AlertStreamHandler
 from adapters.http_server import ALERTS_PATH, HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert, alert_id
-from monitor.batch import Batch
-from monitor.daemon import tune_interpreter
-from monitor.pipeline import SinkTask
-from monitor.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
-from monitor.stream import AlertFilter, AlertHub, Subscription
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.batch import Batch
+from monitor.core.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
+from monitor.runtime.daemon import tune_interpreter
+from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.stream import AlertFilter, AlertHub, Subscription
 
 ACCOUNT: Final = "bench"
 CONNECT_AT_ONCE: Final = 20

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from monitor.tables import alert_detail
+from monitor.app.tables import alert_detail
 
 
 def main(alerts_path: str, state_path: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor.alerts import Alert, AlertKind, Level, alert_id
-from monitor.engine import MarginEngine
-from monitor.events import (
+from monitor.core.alerts import Alert, AlertKind, Level, alert_id
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
     BalanceUpdate,
     CurrencyBalance,
     Event,
@@ -19,8 +19,8 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import CollateralTiers, Instrument, Tier
-from monitor.settings import AccountConfig, BoundsConfig, Config, RiskConfig, StopLossRule
+from monitor.core.instruments import CollateralTiers, Instrument, Tier
+from monitor.core.settings import AccountConfig, BoundsConfig, Config, RiskConfig, StopLossRule
 
 BTC_SWAP = Instrument(
     inst_id="BTC-USDT-SWAP",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Mapping
 
-from monitor.batch import Batch
-from monitor.feed import LinkStats
+from monitor.core.batch import Batch
+from monitor.runtime.feed import LinkStats
 
 LINKS = ("public", "private:main")
 

@@ -17,7 +17,7 @@ Two checks (:func:`check_decoder`, :func:`check_line`):
 - a mutated line of the story, replayed in place of the original: when it is quarantined
   (by the decoder or the engine), the engine's state and the alerts are identical to those of
   the run without the line at all; when it is accepted, every event it gave is plausible by
-  the documented bounds (adapters/okx/decode.py, monitor/engine.py), and it moved the clock
+  the documented bounds (adapters/okx/decode.py, monitor/core/engine.py), and it moved the clock
   at most ``bounds.max_ahead_s``.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 import orjson
 
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.config import load_config
-from monitor.engine import MarginEngine
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.app.config import load_config
+from monitor.core.engine import MarginEngine
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     BalanceUpdate,
     Event,
     IndexPrice,
@@ -47,8 +47,8 @@ from monitor.events import (
     PositionUpdate,
     identifier_problem,
 )
-from monitor.pipeline import LineProcessor
-from monitor.settings import Config
+from monitor.core.settings import Config
+from monitor.runtime.pipeline import LineProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
 STORY = ROOT / "examples" / "story.jsonl"

@@ -21,9 +21,9 @@ import orjson
 
 from adapters import wire
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.config import load_config
-from monitor.errors import BadInput, ConfigError
-from monitor.events import MarkPrice
+from monitor.app.config import load_config
+from monitor.core.errors import BadInput, ConfigError
+from monitor.core.events import MarkPrice
 
 MARK_FRAME = {"arg": {"channel": "mark-price", "instId": "BTC-USDT-SWAP"},
               "data": [{"instId": "BTC-USDT-SWAP", "markPx": "60000.5", "ts": "5"}]}

@@ -11,12 +11,12 @@ from adapters.alert_stream import AlertStreamHandler
 from adapters.http_server import HttpServer
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.batch import Batch
-from monitor.pipeline import SinkTask
-from monitor.records import StoredAlert
-from monitor.settings import StreamConfig
-from monitor.stream import AlertHub
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
+from monitor.core.records import StoredAlert
+from monitor.core.settings import StreamConfig
+from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.stream import AlertHub
 
 
 class DelayedSource:

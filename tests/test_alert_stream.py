@@ -15,9 +15,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from adapters.alert_stream import load_tokens
-from monitor.alerts import Alert
-from monitor.errors import ConfigError
-from monitor.settings import StreamToken
+from monitor.core.alerts import Alert
+from monitor.core.errors import ConfigError
+from monitor.core.settings import StreamToken
 from tests.builders import make_alert
 from tests.stream_harness import StreamServer
 

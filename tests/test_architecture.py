@@ -1,8 +1,11 @@
-"""The dependency arrow (STYLE.md): ``adapters`` import ``monitor``, never the reverse.
+"""The dependency arrows (STYLE.md): ``adapters`` import ``monitor``, never the reverse;
+inside ``monitor``, the application (``monitor/app``) imports the runtime
+(``monitor/runtime``), which imports the pure core (``monitor/core``), never back.
 
-Only the composition roots (``monitor/cli.py`` and ``monitor/service.py``) may reach into
-``adapters``, and only through the venue registry (``adapters/venues.py``) for anything of
-an exchange; the pure core reads no clock and does no I/O, so it imports no event loop,
+Only the composition roots (``monitor/app/cli.py`` and ``monitor/app/service.py``) may
+reach into ``adapters``, and only through the venue registry (``adapters/venues.py``) for
+anything of an exchange; adapters import the core and the runtime, never the
+application. The pure core reads no clock and does no I/O, so it imports no event loop,
 clock, logger or randomness. Nothing under ``monitor/`` names an exchange, and one venue's
 package never imports another's nor the composition root. Imports are read with
 :mod:`ast`, including imports nested inside functions.
@@ -31,21 +34,12 @@ OTHER_EXCHANGES = ("binance", "bybit", "deribit", "bitmex", "kraken", "bitget", 
 
 # The composition roots (the command line, and the embedding API it runs the daemon
 # with), and the ``python -m monitor`` entry point that only calls the first.
-COMPOSITION_ROOT = {"monitor/cli.py", "monitor/__main__.py", "monitor/service.py"}
+COMPOSITION_ROOT = {"monitor/app/cli.py", "monitor/__main__.py", "monitor/app/service.py"}
 
-PURE_CORE = [
-    "monitor/engine.py",
-    "monitor/formulas.py",
-    "monitor/transitions.py",
-    "monitor/events.py",
-    "monitor/instruments.py",
-    "monitor/alerts.py",
-    "monitor/payloads.py",
-    "monitor/config.py",
-    "monitor/records.py",
-    "monitor/batch.py",
-    "monitor/errors.py",
-]
+LAYERS = ("core", "runtime", "app")
+"""``monitor``'s packages, each importing only those before it and itself."""
+PURE_CORE = sorted(path.relative_to(ROOT).as_posix()
+                   for path in (MONITOR / "core").glob("*.py"))
 CORE_FORBIDDEN = ("asyncio", "time", "datetime", "logging", "structlog", "random")
 
 PURE_DECODER = "adapters/okx/decode.py"
@@ -119,7 +113,7 @@ def test_discovery_finds_the_monitor_package() -> None:
 
 def test_the_import_reader_sees_the_composition_root_use_adapters() -> None:
     # Guards against a reader that finds nothing and so passes every check below.
-    assert violations(MONITOR / "cli.py", ("adapters",))
+    assert violations(MONITOR / "app" / "cli.py", ("adapters",))
 
 
 def test_monitor_never_imports_adapters_outside_the_composition_root() -> None:
@@ -130,9 +124,8 @@ def test_monitor_never_imports_adapters_outside_the_composition_root() -> None:
         for problem in violations(path, ("adapters",))
     ]
 
-    assert not found, "monitor must not import adapters (only monitor/cli.py may):\n" + "\n".join(
-        found
-    )
+    assert not found, ("monitor must not import adapters (only the composition roots "
+                       "may):\n" + "\n".join(found))
 
 
 def test_main_module_reaches_adapters_only_through_the_cli() -> None:
@@ -143,9 +136,32 @@ def test_main_module_reaches_adapters_only_through_the_cli() -> None:
         if is_within(module, "monitor") or is_within(module, "adapters")
     }
 
-    assert project_imports <= {"monitor.cli", "monitor.cli.main"}, (
-        f"{relative(path)} imports {sorted(project_imports)}; it should only call monitor.cli"
+    assert project_imports <= {"monitor.app.cli", "monitor.app.cli.main"}, (
+        f"{relative(path)} imports {sorted(project_imports)}; it should only call monitor.app.cli"
     )
+
+
+def test_monitor_is_its_three_layers() -> None:
+    top = {path.name for path in MONITOR.iterdir() if path.name != "__pycache__"}
+    assert top == {"__init__.py", "__main__.py", "py.typed", *LAYERS}
+    assert len(PURE_CORE) >= 10  # the glob found the core
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    allowed = LAYERS[: LAYERS.index(layer) + 1]
+    above = tuple(f"monitor.{name}" for name in LAYERS if name not in allowed)
+    found = [problem for path in sorted((MONITOR / layer).rglob("*.py"))
+             for problem in violations(path, above)]
+
+    assert not found, (f"monitor/{layer} may import {', '.join(allowed)} only:\n"
+                       + "\n".join(found))
+
+
+def test_the_layer_reader_sees_imports_between_layers() -> None:
+    # Guards against a reader that finds nothing: these imports are there, and allowed.
+    assert violations(MONITOR / "runtime" / "venues.py", ("monitor.core",))
+    assert violations(MONITOR / "app" / "service.py", ("monitor.runtime",))
 
 
 @pytest.mark.parametrize("module", PURE_CORE)
@@ -212,12 +228,11 @@ def test_the_composition_root_reaches_venues_only_through_the_registry() -> None
                        + "\n".join(found))
 
 
-def test_adapters_import_monitor_only_and_never_the_composition_root() -> None:
-    roots = tuple(name.removesuffix(".py").replace("/", ".") for name in COMPOSITION_ROOT)
+def test_adapters_import_monitor_only_and_never_the_application() -> None:
     found = [
         problem
         for path in sorted(ADAPTERS.rglob("*.py"))
-        for problem in violations(path, roots)
+        for problem in violations(path, ("monitor.app",))
     ]
 
     assert not found, "adapters must not import the application:\n" + "\n".join(found)

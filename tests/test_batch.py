@@ -1,4 +1,4 @@
-"""The pipeline's batch (monitor.batch): records by kind, merged in order, each alert's JSON
+"""The pipeline's batch (monitor.core.batch): records by kind, merged in order, each alert's JSON
 encoded once, where the batch is made, and the same bytes reaching every follower."""
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from adapters.notify.destinations import Webhook
 from adapters.notify.text import summary_counts
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.batch import Batch
-from monitor.engine import Notice
-from monitor.errors import SinkError
-from monitor.pipeline import AlertLinesSink, SinkTask
-from monitor.records import (
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
+from monitor.core.engine import Notice
+from monitor.core.errors import SinkError
+from monitor.core.records import (
     AccountCheckpoint,
     MarginPoint,
     QuarantineCounts,
@@ -28,7 +27,8 @@ from monitor.records import (
     QuarantineSummary,
     StoredAlert,
 )
-from monitor.stream import AlertHub
+from monitor.runtime.pipeline import AlertLinesSink, SinkTask
+from monitor.runtime.stream import AlertHub
 from tests.builders import make_alert
 
 

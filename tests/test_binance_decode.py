@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from adapters.binance.decode import BinanceDecoder, RestPath
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     AccountConfigUpdate,
     BalanceUpdate,
     InstrumentUpdate,

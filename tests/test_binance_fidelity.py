@@ -41,11 +41,11 @@ import orjson
 import pytest
 
 from adapters.binance.decode import BinanceDecoder, RestPath
-from monitor.config import parse_config
-from monitor.engine import MarginEngine
-from monitor.events import Event, IndexPrice, InstrumentUpdate
-from monitor.instruments import Instrument
-from monitor.settings import Config
+from monitor.app.config import parse_config
+from monitor.core.engine import MarginEngine
+from monitor.core.events import Event, IndexPrice, InstrumentUpdate
+from monitor.core.instruments import Instrument
+from monitor.core.settings import Config
 
 TOLERANCE = 1e-3  # 0.1 %
 RECV = 1_722_161_170_000

@@ -31,7 +31,7 @@ from adapters.binance.replay_server import (
     ReplayServer,
     serve,
 )
-from monitor.errors import ConfigError
+from monitor.core.errors import ConfigError
 from tests.binance_recordings import (
     T0,
     Line,

@@ -20,11 +20,11 @@ from adapters.binance.auth import (
 from adapters.binance.config import TESTNET_REST_URL, TESTNET_STREAM_URL, BinanceConfig
 from adapters.binance.decode import BinanceDecoder, RestPath
 from adapters.venues import VENUES
-from monitor.config import parse_config
-from monitor.errors import ConfigError
-from monitor.events import CollateralTiersUpdate, IndexPrice
-from monitor.settings import AccountConfig
-from monitor.venues import account_venues, resolve_venues, venue_config
+from monitor.app.config import parse_config
+from monitor.core.errors import ConfigError
+from monitor.core.events import CollateralTiersUpdate, IndexPrice
+from monitor.core.settings import AccountConfig
+from monitor.runtime.venues import account_venues, resolve_venues, venue_config
 
 
 def settings_of(text: str) -> BinanceConfig:

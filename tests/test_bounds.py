@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from adapters.okx.decode import OkxDecoder
-from monitor.config import parse_config
-from monitor.engine import MarginEngine
-from monitor.errors import BadInput, ConfigError
-from monitor.events import ClockTick, MarkPrice
-from monitor.settings import BoundsConfig
+from monitor.app.config import parse_config
+from monitor.core.engine import MarginEngine
+from monitor.core.errors import BadInput, ConfigError
+from monitor.core.events import ClockTick, MarkPrice
+from monitor.core.settings import BoundsConfig
 from tests.builders import (
     BTC_SWAP,
     balance,
@@ -151,7 +151,7 @@ def test_confirm_after_1_switches_the_band_and_the_jump_off() -> None:
 
 def test_a_line_of_several_events_is_applied_whole_or_not_at_all() -> None:
     # Two rows in one mark-price push: the second out of the band of the first.
-    from monitor.pipeline import LineProcessor
+    from monitor.runtime.pipeline import LineProcessor
 
     engine = held_engine()
     processor = LineProcessor(engine, OkxDecoder().decode_line, "test")

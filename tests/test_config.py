@@ -14,10 +14,10 @@ import pytest
 
 from adapters.okx.config import OkxConfig
 from adapters.venues import VENUES
-from monitor.config import check_config, load_config, parse_config
-from monitor.errors import ConfigError, RiskmonError
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
-from monitor.settings import (
+from monitor.app.config import check_config, load_config, parse_config
+from monitor.core.errors import ConfigError, RiskmonError
+from monitor.core.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.core.settings import (
     DEFAULT_COLLATERAL,
     AccountConfig,
     Config,
@@ -29,7 +29,7 @@ from monitor.settings import (
     StreamConfig,
     StreamToken,
 )
-from monitor.venues import resolve_venues
+from monitor.runtime.venues import resolve_venues
 
 # The example of SPEC section 6, with the last tier's bound written as 1e15 (one trailing
 # comment is shortened to fit the line length).
@@ -390,7 +390,7 @@ def test_invalid_toml_is_a_config_error_about_the_file(tmp_path: Path) -> None:
     assert isinstance(caught.value.__cause__, tomllib.TOMLDecodeError)
 
 
-# -- regressions: defects found in monitor/config.py and fixed ----------------------------
+# -- regressions: defects found in monitor/app/config.py and fixed ----------------------------
 
 
 def test_fraction_on_a_close_all_rule_is_validated() -> None:

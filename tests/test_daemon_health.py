@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from adapters.okx.decode import OkxDecoder
-from monitor.batch import Batch
-from monitor.daemon import Daemon, Lane
-from monitor.engine import MarginEngine
-from monitor.errors import SinkError
-from monitor.feed import Inbox, LinkChange
-from monitor.pipeline import SinkTask
-from monitor.settings import HealthConfig
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine
+from monitor.core.errors import SinkError
+from monitor.core.settings import HealthConfig
+from monitor.runtime.daemon import Daemon, Lane
+from monitor.runtime.feed import Inbox, LinkChange
+from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_config
 from tests.daemon_fakes import LINKS, Clock, NullSink, ScriptedFeed
 from tests.test_daemon_loop import BTC, account_frame, mark, positions_frame

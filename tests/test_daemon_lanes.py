@@ -1,4 +1,4 @@
-"""A daemon of two venues in process (monitor/daemon.py, ``Lane``), on a fake wall clock
+"""A daemon of two venues in process (monitor/runtime/daemon.py, ``Lane``), on a fake wall clock
 with scripted feeds: each venue's accounts are judged on that venue's own exchange clock,
 a silent venue goes stale on its own while the other keeps ticking, and ``/healthz`` and
 the metrics name each venue's public connection apart."""
@@ -10,11 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 from adapters.okx.decode import OkxDecoder
-from monitor.daemon import Daemon, Lane
-from monitor.engine import MarginEngine
-from monitor.feed import Frame, Inbox, LinkChange, LinkStats
-from monitor.pipeline import SinkTask
-from monitor.settings import AccountConfig, HealthConfig
+from monitor.core.engine import MarginEngine
+from monitor.core.settings import AccountConfig, HealthConfig
+from monitor.runtime.daemon import Daemon, Lane
+from monitor.runtime.feed import Frame, Inbox, LinkChange, LinkStats
+from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_config
 from tests.daemon_fakes import Clock, NullSink, ScriptedFeed
 from tests.test_daemon_health import _until, reasons

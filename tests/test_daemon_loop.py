@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 
 from adapters.okx.decode import OkxDecoder
-from monitor.batch import Batch
-from monitor.daemon import Daemon, Lane
-from monitor.engine import MarginEngine
-from monitor.events import Event
-from monitor.feed import Frame, Inbox, LinkChange, LinkStats
-from monitor.pipeline import SinkTask
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine
+from monitor.core.events import Event
+from monitor.runtime.daemon import Daemon, Lane
+from monitor.runtime.feed import Frame, Inbox, LinkChange, LinkStats
+from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_config
 
 BTC = "BTC-USDT-SWAP"

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from monitor.engine import MarginEngine
-from monitor.events import (
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
     UNTIMED,
     BalanceUpdate,
     ClockTick,
@@ -38,9 +38,9 @@ from monitor.events import (
     Position,
     PositionSnapshot,
 )
-from monitor.instruments import Instrument, Tier
-from monitor.records import AccountCheckpoint, PoolCheckpoint
-from monitor.settings import BoundsConfig, RiskConfig, StopLossRule
+from monitor.core.instruments import Instrument, Tier
+from monitor.core.records import AccountCheckpoint, PoolCheckpoint
+from monitor.core.settings import BoundsConfig, RiskConfig, StopLossRule
 from tests.builders import balance, index, make_config, mark, order, position, run, snapshots
 
 approx = pytest.approx

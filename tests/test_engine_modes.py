@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert
-from monitor.engine import MarginEngine
-from monitor.events import (
+from monitor.core.alerts import Alert
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
     AccountConfigUpdate,
     AccountMode,
     BalanceUpdate,
@@ -31,8 +31,8 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
-from monitor.settings import AccountConfig, Config, RiskConfig
+from monitor.core.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.core.settings import AccountConfig, Config, RiskConfig
 from tests.builders import balance, index, make_config, mark, run, snapshots
 
 approx = pytest.approx
@@ -110,7 +110,7 @@ def test_hedge_mode_close_orders_name_the_side_they_close() -> None:
 
 
 def _rule(metric: str, below: float) -> Any:
-    from monitor.settings import StopLossRule
+    from monitor.core.settings import StopLossRule
     assert metric in ("margin_ratio", "im_coverage", "equity_usd")
     return StopLossRule(name="r", metric="margin_ratio", below=below, action="close_all")
 

@@ -17,9 +17,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.engine import Figures, MarginEngine
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.engine import Figures, MarginEngine
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     AccountConfigUpdate,
     AccountMode,
     BalanceUpdate,
@@ -39,9 +39,9 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.formulas import unrealized_pnl
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Tier
-from monitor.settings import BoundsConfig, StopLossRule
+from monitor.core.formulas import unrealized_pnl
+from monitor.core.instruments import BorrowTier, CollateralTier, CollateralTiers, Tier
+from monitor.core.settings import BoundsConfig, StopLossRule
 from tests.builders import BTC_INVERSE, BTC_SWAP, ETH_SWAP, make_config
 
 INSTRUMENTS = ["BTC-USDT-SWAP", "ETH-USDT-SWAP", "BTC-USD-SWAP"]

@@ -1,4 +1,4 @@
-"""The pure core of execution (monitor.execution): legs, client ids, sizing, the leg table."""
+"""The pure core of execution (monitor.core.execution): legs, client ids, sizing, the leg table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert
-from monitor.engine import MarginEngine
-from monitor.events import BalanceUpdate, CurrencyBalance, MarkPrice, Position, PositionSnapshot
-from monitor.execution import (
+from monitor.core.alerts import Alert
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
+    BalanceUpdate,
+    CurrencyBalance,
+    MarkPrice,
+    Position,
+    PositionSnapshot,
+)
+from monitor.core.execution import (
     FINAL_STATES,
     MAX_RESENDS,
     TRANSITIONS,
@@ -22,9 +28,9 @@ from monitor.execution import (
     legs_of,
     trigger_fields,
 )
-from monitor.instruments import Instrument, Tier
-from monitor.payloads import ExecutionSentPayload, LegFields
-from monitor.settings import AccountConfig, Config, RiskConfig, StopLossRule
+from monitor.core.instruments import Instrument, Tier
+from monitor.core.payloads import ExecutionSentPayload, LegFields
+from monitor.core.settings import AccountConfig, Config, RiskConfig, StopLossRule
 
 BTC = "BTC-USDT-SWAP"
 ETH = "ETH-USDT-SWAP"

@@ -19,11 +19,11 @@ import pytest
 
 from adapters.executor import Executor
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.batch import Batch
-from monitor.errors import ConfigError
-from monitor.events import Order, OrderUpdate
-from monitor.execution import (
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
+from monitor.core.errors import ConfigError
+from monitor.core.events import Order, OrderUpdate
+from monitor.core.execution import (
     Leg,
     OrderAnswer,
     PositionKey,
@@ -31,9 +31,9 @@ from monitor.execution import (
     client_order_id,
     legs_of,
 )
-from monitor.metrics import Metrics
-from monitor.records import StoredAlert
-from monitor.settings import ExecutionConfig
+from monitor.core.records import StoredAlert
+from monitor.core.settings import ExecutionConfig
+from monitor.runtime.metrics import Metrics
 from tests.test_execution import BTC, ETH, fired_stop_loss
 
 FAST = ExecutionConfig(fill_timeout_s=0.2, request_timeout_s=0.5, give_up_s=20.0,

@@ -62,9 +62,9 @@ from typing import Any
 import pytest
 
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.alerts import Alert
-from monitor.engine import MarginEngine
-from monitor.events import (
+from monitor.core.alerts import Alert
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
     BalanceUpdate,
     CollateralTiersUpdate,
     Event,
@@ -72,8 +72,8 @@ from monitor.events import (
     MarkPrice,
     PositionSnapshot,
 )
-from monitor.instruments import CollateralTiers, Instrument, Tier
-from monitor.settings import AccountConfig, Config, RiskConfig
+from monitor.core.instruments import CollateralTiers, Instrument, Tier
+from monitor.core.settings import AccountConfig, Config, RiskConfig
 from tests.builders import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "okx"
@@ -249,7 +249,7 @@ def test_linear_cross_position_in_one_way_mode_from_a_push() -> None:
         "uTime": "1", "details": [{"ccy": "USDT", "cashBal": "20", "uTime": "1"}]}]},
         "main", RECV_MS),
         # Dated just before the push (its pTime): an event years earlier, then the push,
-        # would be a jump of the clock the engine refuses (monitor.engine, plausibility).
+        # would be a jump of the clock the engine refuses (monitor.core.engine, plausibility).
         PositionSnapshot("main", (), int(row["pTime"]) - 1, int(row["pTime"]) - 1),
         *decoder.decode_frame(push, "main", RECV_MS),
         MarkPrice("XRP-USDT-SWAP", float(row["markPx"]), 1_693_151_906_023, RECV_MS)])

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from monitor.events import Order
-from monitor.formulas import (
+from monitor.core.events import Order
+from monitor.core.formulas import (
     borrowing_margin,
     collateral_value,
     exposure_figures,
@@ -20,7 +20,7 @@ from monitor.formulas import (
     potential_loss,
     unrealized_pnl,
 )
-from monitor.instruments import (
+from monitor.core.instruments import (
     BorrowTier,
     CollateralTier,
     CollateralTiers,

@@ -19,8 +19,8 @@ from adapters.logging import (
     log_alert,
     log_quarantine,
 )
-from monitor.alerts import Alert
-from monitor.records import QuarantineRecord
+from monitor.core.alerts import Alert
+from monitor.core.records import QuarantineRecord
 
 
 class TtyStream(io.StringIO):

@@ -4,11 +4,11 @@ follow the engine and the feed; every family is declared before it has a sample.
 from __future__ import annotations
 
 from adapters.okx.decode import OkxDecoder
-from monitor.daemon import Daemon, Lane
-from monitor.engine import MarginEngine
-from monitor.feed import Inbox, LinkStats
-from monitor.metrics import BuildInfo, Metrics
-from monitor.pipeline import SinkTask
+from monitor.core.engine import MarginEngine
+from monitor.runtime.daemon import Daemon, Lane
+from monitor.runtime.feed import Inbox, LinkStats
+from monitor.runtime.metrics import BuildInfo, Metrics
+from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_config
 from tests.daemon_fakes import Clock, NullSink, ScriptedFeed
 from tests.test_daemon_loop import account_frame, mark, positions_frame

@@ -3,7 +3,7 @@ acceptance): ``riskmon run`` against two replay servers, ``riskmon replay-server
 bundled OKX story and ``--venue binance`` over the bundled Binance story, every part a real
 process on loopback.
 
-The daemon runs one engine per venue (monitor/daemon.py, ``Lane``): each account's alerts
+The daemon runs one engine per venue (monitor/runtime/daemon.py, ``Lane``): each account's alerts
 and state must be exactly those of the offline replay of its own venue's recording, as if
 the other venue were not there; a venue's connections going down concern its accounts
 only.

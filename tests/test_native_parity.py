@@ -111,7 +111,7 @@ def test_native_build_is_compiled_and_behaves(native_python: str, tmp_path: Path
     assert pure["mark_price"] == {"equal": True, "same_hash": True, "same_repr": True,
                                   "frozen": True}
     # The decoder's entry points check the receive time themselves, in both builds; and a
-    # configuration error keeps its cause (monitor.config is not compiled: see setup.py).
+    # configuration error keeps its cause (monitor.app.config is not compiled: see setup.py).
     assert set(pure["receive_time_checks"]) == {"BadInput"}
     assert pure["config_error_cause"] == "FileNotFoundError"
     del native["files"], pure["files"]

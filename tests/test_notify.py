@@ -23,13 +23,13 @@ from adapters.notify.core import NotifyFilter, TokenBucket
 from adapters.notify.text import alert_text
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert, AlertKind, Level
-from monitor.batch import Batch
-from monitor.config import parse_config
-from monitor.errors import ConfigError
-from monitor.metrics import Metrics
-from monitor.pipeline import SinkTask
-from monitor.stream import AlertFilter
+from monitor.app.config import parse_config
+from monitor.core.alerts import Alert, AlertKind, Level
+from monitor.core.batch import Batch
+from monitor.core.errors import ConfigError
+from monitor.runtime.metrics import Metrics
+from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.stream import AlertFilter
 from tests.builders import make_alert
 from tests.http_fakes import FakeHttpServer, Received, Reply
 

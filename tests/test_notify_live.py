@@ -12,7 +12,7 @@ import hmac
 import re
 from pathlib import Path
 
-from monitor.alerts import LEVEL_RANK
+from monitor.core.alerts import LEVEL_RANK
 from tests.http_fakes import FakeHttpServer, Received, Reply
 from tests.live_harness import (
     LIVE_ENV,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -35,7 +35,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
+from monitor.core.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
 
 RECV = 1_700_000_000_500
 ACCOUNT = "main"

@@ -23,12 +23,12 @@ from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.okx.venue import OKX
-from monitor.batch import Batch
-from monitor.feed import FeedItem, Frame, LinkChange, RestBody
-from monitor.pipeline import SinkTask
-from monitor.service import build_daemon
-from monitor.settings import AccountConfig, Config
-from monitor.venues import VenueUse
+from monitor.app.service import build_daemon
+from monitor.core.batch import Batch
+from monitor.core.settings import AccountConfig, Config
+from monitor.runtime.feed import FeedItem, Frame, LinkChange, RestBody
+from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.venues import VenueUse
 from tests.builders import BTC_SWAP, ETH_SWAP
 from tests.recordings import (
     T0,

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from adapters.okx.decode import OkxDecoder, RestPath
-from monitor.events import (
+from monitor.core.events import (
     UNTIMED,
     AccountConfigUpdate,
     BalanceUpdate,
@@ -25,7 +25,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import CollateralTier, CollateralTiers
+from monitor.core.instruments import CollateralTier, CollateralTiers
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "okx"
 RECV = 1_780_000_000_000

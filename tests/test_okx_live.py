@@ -27,10 +27,10 @@ from adapters.okx.live import OkxFeed, instrument_family
 from adapters.okx.replay_server import ReplayServer
 from adapters.okx.rest import OkxRest
 from adapters.recording import RecordingWriter
-from monitor.errors import BadInput, ConfigError, FeedError
-from monitor.feed import FeedItem, Frame, Inbox, LinkChange, RestBody
-from monitor.metrics import Metrics
-from monitor.settings import AccountConfig
+from monitor.core.errors import BadInput, ConfigError, FeedError
+from monitor.core.settings import AccountConfig
+from monitor.runtime.feed import FeedItem, Frame, Inbox, LinkChange, RestBody
+from monitor.runtime.metrics import Metrics
 
 # The secret the OKX docs use in their examples. The expected signatures were computed
 # outside Python, from the documented formula:

@@ -21,10 +21,10 @@ import orjson
 import pytest
 
 from adapters.report import ALERT_COLOURS, LEVEL_COLOURS, find_chromium
-from monitor.pipeline import Stats
-from monitor.settings import RiskConfig
-from monitor.status import status_document
-from monitor.tables import ProgressBar, replay_summary
+from monitor.app.status import status_document
+from monitor.app.tables import ProgressBar, replay_summary
+from monitor.core.settings import RiskConfig
+from monitor.runtime.pipeline import Stats
 from tests.live_harness import (
     EXAMPLE_CONFIG,
     LIVE_ENV,

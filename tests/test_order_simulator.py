@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from adapters.okx.replay_server import PRIVATE_PATH, PUBLIC_PATH, Faults, ReplayServer
-from monitor.errors import ConfigError
+from monitor.core.errors import ConfigError
 from tests.recordings import (
     T0,
     Line,

@@ -1,4 +1,4 @@
-"""Every alert's payload has a shape monitor.payloads declares for its kind.
+"""Every alert's payload has a shape monitor.core.payloads declares for its kind.
 
 The bundled stories are replayed as a user replays them (``riskmon replay``), and a few
 engine and executor runs add the shapes the stories never produce (isolated, currency and
@@ -22,10 +22,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is
 import orjson
 import pytest
 
-import monitor.payloads
-from monitor.alerts import ALERT_KINDS, Alert, AlertKind
-from monitor.engine import MarginEngine
-from monitor.events import (
+import monitor.core.payloads
+from monitor.core.alerts import ALERT_KINDS, Alert, AlertKind
+from monitor.core.engine import MarginEngine
+from monitor.core.events import (
     AccountConfigUpdate,
     BalanceUpdate,
     ClockTick,
@@ -37,9 +37,9 @@ from monitor.events import (
     Position,
     PositionUpdate,
 )
-from monitor.instruments import Instrument, Tier
-from monitor.payloads import PAYLOAD_TYPES
-from monitor.settings import AccountConfig, RiskConfig, StopLossRule
+from monitor.core.instruments import Instrument, Tier
+from monitor.core.payloads import PAYLOAD_TYPES
+from monitor.core.settings import AccountConfig, RiskConfig, StopLossRule
 from tests.builders import index, make_config, mark, run, snapshots
 from tests.test_execution import fired_stop_loss
 from tests.test_executor import Harness, hedged, until
@@ -141,12 +141,12 @@ def assert_payloads(alerts: Sequence[Mapping[str, Any]]) -> set[str]:
 def test_every_kind_has_its_payload_types() -> None:
     assert set(PAYLOAD_TYPES) == set(ALERT_KINDS)
     declared = {shape for shapes in PAYLOAD_TYPES.values() for shape in shapes}
-    union = set(get_args(monitor.payloads.AlertPayload))
+    union = set(get_args(monitor.core.payloads.AlertPayload))
     assert declared == union
 
 
 def test_the_module_docstring_lists_the_same_table() -> None:
-    doc = monitor.payloads.__doc__
+    doc = monitor.core.payloads.__doc__
     assert doc is not None
     listed: dict[str, list[str]] = {}
     kind = ""

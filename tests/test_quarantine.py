@@ -1,4 +1,4 @@
-"""Quarantine without floods (monitor.quarantine): reason classes, what is logged and
+"""Quarantine without floods (monitor.core.quarantine): reason classes, what is logged and
 stored of a run's bad input, exact counts, summaries on a fake clock, and the line
 processor's records."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 
 from adapters.okx.decode import OkxDecoder
-from monitor.batch import Batch
-from monitor.engine import MarginEngine
-from monitor.pipeline import LineProcessor
-from monitor.quarantine import MAX_REASON_CLASSES, OTHER_CLASS, QuarantineBook, reason_class
-from monitor.records import QuarantineCounts, QuarantineSummary
-from monitor.settings import QuarantineConfig
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine
+from monitor.core.quarantine import MAX_REASON_CLASSES, OTHER_CLASS, QuarantineBook, reason_class
+from monitor.core.records import QuarantineCounts, QuarantineSummary
+from monitor.core.settings import QuarantineConfig
+from monitor.runtime.pipeline import LineProcessor
 from tests.builders import make_config
 
 

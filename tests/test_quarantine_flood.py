@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from monitor.settings import QuarantineConfig
+from monitor.core.settings import QuarantineConfig
 from tests.live_harness import (
     EXAMPLE_CONFIG,
     LIVE_ENV,

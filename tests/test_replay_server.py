@@ -29,7 +29,7 @@ from adapters.okx.replay_server import (
     ReplayServer,
     serve,
 )
-from monitor.errors import ConfigError, RiskmonError
+from monitor.core.errors import ConfigError, RiskmonError
 from tests.recordings import (
     T0,
     Line,

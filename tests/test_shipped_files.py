@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cli import build_parser
-from monitor.config import load_config, parse_config
-from monitor.settings import HealthConfig, QuarantineConfig
+from monitor.app.cli import build_parser
+from monitor.app.config import load_config, parse_config
+from monitor.core.settings import HealthConfig, QuarantineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

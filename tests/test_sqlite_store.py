@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from adapters.sqlite_store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, WalCheckpointer
-from monitor.alerts import Alert, Level
-from monitor.errors import SinkError
-from monitor.records import AccountCheckpoint, MarginPoint, PoolCheckpoint, QuarantineRecord
+from monitor.core.alerts import Alert, Level
+from monitor.core.errors import SinkError
+from monitor.core.records import AccountCheckpoint, MarginPoint, PoolCheckpoint, QuarantineRecord
 from tests.builders import make_alert
 from tests.test_executor import until
 
@@ -603,7 +603,7 @@ async def test_the_daemons_sink_prunes_by_event_time_and_passes_on_only_news(
     # Issue 15: a replay of a recording older than the retention kept nothing once the
     # sink pruned by the wall clock (at its first write, so at every restart).
     from adapters.sinks import SqliteSink
-    from monitor.batch import Batch
+    from monitor.core.batch import Batch
 
     old = [make_alert(n, ts=BASE_TS + n) for n in range(3)]  # years before the wall clock
     sink = SqliteSink(store, close_store=False, prune=True)

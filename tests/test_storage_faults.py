@@ -29,10 +29,10 @@ import pytest
 
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
-from monitor.batch import Batch
-from monitor.errors import SinkError
-from monitor.pipeline import SinkTask
-from monitor.records import StoredAlert
+from monitor.core.batch import Batch
+from monitor.core.errors import SinkError
+from monitor.core.records import StoredAlert
+from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_alert
 from tests.live_harness import (
     FEED_KINDS,

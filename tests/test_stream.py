@@ -1,4 +1,4 @@
-"""Alert subscriptions (monitor.stream) over a real SQLite store, fed the way the daemon
+"""Alert subscriptions (monitor.runtime.stream) over a real SQLite store, fed the way the daemon
 feeds them: a SinkTask on the SQLite sink with the hub as its follower."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from adapters.sqlite_store import SqliteStore
-from monitor.alerts import Alert
-from monitor.stream import (
+from monitor.core.alerts import Alert
+from monitor.runtime.stream import (
     EARLIEST,
     AlertFilter,
     SubscriberOverflow,

@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from adapters.http_server import CLOSE_TIMEOUT_S
-from monitor.settings import StreamConfig
+from monitor.core.settings import StreamConfig
 from tests.builders import make_alert
 from tests.live_harness import (
     LIVE_ENV,

@@ -1,6 +1,6 @@
 """The alert stream of the real daemon: ``riskmon run`` against ``riskmon replay-server``
 followed by ``riskmon tail`` across a daemon restart, and the in-process API
-(monitor.service.Monitor) against the replay server. Every part a real process or socket
+(monitor.app.service.Monitor) against the replay server. Every part a real process or socket
 on loopback; the story paced at 50x as in tests/test_daemon_live.py."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from adapters.okx.auth import Credentials
-from monitor.alerts import LEVEL_RANK, Alert
-from monitor.config import load_config
-from monitor.service import Monitor
-from monitor.stream import SubscriberOverflow, Subscription
+from monitor.app.config import load_config
+from monitor.app.service import Monitor
+from monitor.core.alerts import LEVEL_RANK, Alert
+from monitor.runtime.stream import SubscriberOverflow, Subscription
 from tests.live_harness import (
     LIVE_ENV,
     PASSPHRASE,

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from monitor.alerts import Alert
+from monitor.core.alerts import Alert
 from tests.builders import make_alert
 from tests.live_harness import ROOT
 from tests.stream_harness import StreamServer, until

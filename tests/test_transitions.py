@@ -1,4 +1,4 @@
-"""The tables of monitor/transitions.py: the level ladder and stop-loss rules (seed 000
+"""The tables of monitor/core/transitions.py: the level ladder and stop-loss rules (seed 000
 thresholds, SPEC 1.6 and 1.7), what a level change sets off, reminders, staleness,
 divergence episodes and a restored checkpoint's syncing."""
 
@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from monitor.alerts import LEVELS, Level
-from monitor.settings import RiskConfig, StopLossRule
-from monitor.transitions import (
+from monitor.core.alerts import LEVELS, Level
+from monitor.core.settings import RiskConfig, StopLossRule
+from monitor.core.transitions import (
     LevelLadder,
     RuleState,
     checkpoint_on_known,

@@ -1,8 +1,8 @@
-"""Venues as plug-ins (monitor/venues.py, adapters/venues.py; issue 14).
+"""Venues as plug-ins (monitor/runtime/venues.py, adapters/venues.py; issue 14).
 
 How a third venue is added, shown end to end: :class:`PaperVenue` below is a whole venue
 in this file (its configuration table, credentials, a websocket feed and a decoder of its
-own JSON), registered with ``VENUES.with_venue``. The daemon (monitor.service.Monitor)
+own JSON), registered with ``VENUES.with_venue``. The daemon (monitor.app.service.Monitor)
 follows an account on it against a real websockets server on loopback and stores the
 alerts in a real SQLite file, and nothing under ``monitor/`` changed for it. README
 "Adding an exchange" walks through the same steps.
@@ -29,9 +29,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from adapters.okx.config import OkxConfig
 from adapters.sqlite_store import SqliteStore
 from adapters.venues import VENUES
-from monitor.config import parse_config
-from monitor.errors import BadInput, ConfigError
-from monitor.events import (
+from monitor.app.config import parse_config
+from monitor.app.service import Monitor, daemon_venues, single_venue
+from monitor.core.errors import BadInput, ConfigError
+from monitor.core.events import (
     BalanceUpdate,
     CurrencyBalance,
     Event,
@@ -39,11 +40,10 @@ from monitor.events import (
     Position,
     PositionSnapshot,
 )
-from monitor.execution import Trader
-from monitor.feed import Feed, FeedItem, Frame, LinkChange, LinkStats
-from monitor.service import Monitor, daemon_venues, single_venue
-from monitor.settings import AccountConfig, Config, RiskConfig, only_keys, read_string
-from monitor.venues import Registry, account_venues, resolve_venues, venue_errors
+from monitor.core.execution import Trader
+from monitor.core.settings import AccountConfig, Config, RiskConfig, only_keys, read_string
+from monitor.runtime.feed import Feed, FeedItem, Frame, LinkChange, LinkStats
+from monitor.runtime.venues import Registry, account_venues, resolve_venues, venue_errors
 from tests.builders import BTC_SWAP
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from adapters.secrets import read_key
-from monitor.errors import ConfigError
-from monitor.settings import AccountConfig
+from monitor.core.errors import ConfigError
+from monitor.core.settings import AccountConfig
 
 __all__ = ["API_KEY_HEADER", "Credentials", "load_credentials", "load_trade_credentials",
            "sign", "signed_query"]

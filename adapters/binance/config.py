@@ -2,7 +2,7 @@
 keepalive and reconnect timing, and the testnet switch.
 
 Read by :class:`adapters.binance.venue.BinanceVenue` when the composition root resolves
-the venues (monitor/venues.py); errors name the key where it was written
+the venues (monitor/runtime/venues.py); errors name the key where it was written
 (``venues.binance.KEY``, or ``binance.KEY`` for the table at top level).
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.errors import ConfigError
-from monitor.settings import only_keys, read_bool, read_positive, read_string
+from monitor.core.errors import ConfigError
+from monitor.core.settings import only_keys, read_bool, read_positive, read_string
 
 # docs: "General Info": the production REST base and the websocket streams' base; the
 # testnet's are its own hosts.

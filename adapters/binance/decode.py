@@ -28,7 +28,7 @@ How Binance's figures map onto the margin model (README "Binance USDⓈ-M"):
 
 - A USDⓈ-M contract is quoted in its base asset: one "contract" is one unit of the base
   (``ct_val`` 1), linear, settled in its ``marginAsset``.
-- Maintenance brackets tier by notional with a deduction (monitor/instruments.py, tiers
+- Maintenance brackets tier by notional with a deduction (monitor/core/instruments.py, tiers
   by value): ``MM = notional x maintMarginRatio - cum``; a bracket's ``notionalCap`` is
   the tier's bound.
 - Cash is ``crossWalletBalance`` (the wallet without the isolated positions' wallets); an
@@ -44,7 +44,7 @@ How Binance's figures map onto the margin model (README "Binance USDⓈ-M"):
   single-asset mode is its single-currency mode (each margin asset its own pool).
 
 A REST answer is the state at the time of the answer, which has no exchange time of its
-own: its events are ``UNTIMED`` (monitor/events.py), dated by the engine's clock and never
+own: its events are ``UNTIMED`` (monitor/core/events.py), dated by the engine's clock and never
 moving it. Numbers, timestamps and identifiers are read by adapters/wire.py (its module
 docstring has the limits). Stateful (specs, brackets, leverage and margin type per symbol,
 the account modes) but pure: no I/O, no clock, no logging. Every method raises
@@ -76,8 +76,8 @@ from adapters.wire import (
     text_field,
     timestamp_field,
 )
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -98,7 +98,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import CollateralTiers, Instrument, Tier, validate_tiers
+from monitor.core.instruments import CollateralTiers, Instrument, Tier, validate_tiers
 
 __all__ = ["BinanceDecoder", "RestPath"]
 
@@ -153,7 +153,7 @@ class _AccountModes:
 
 
 class BinanceDecoder:
-    """Turns Binance USDⓈ-M frames and REST bodies into :mod:`monitor.events` events (see
+    """Turns Binance USDⓈ-M frames and REST bodies into :mod:`monitor.core.events` events (see
     the module docstring). Use one decoder per feed."""
 
     def __init__(self) -> None:
@@ -191,7 +191,7 @@ class BinanceDecoder:
         raise BadInput("line has neither a frame nor a rest response")
 
     def decode_message(self, text: str, account: str | None, recv_ms: Any) -> list[Event]:
-        """One websocket message as received (monitor.feed delivers them unparsed)."""
+        """One websocket message as received (monitor.runtime.feed delivers them unparsed)."""
         check_recv_ms(recv_ms)
         check_account(account)
         try:
@@ -512,7 +512,7 @@ class BinanceDecoder:
 
 def _mark_price(frame: dict[str, Any], recv_ms: int) -> Event:
     """The hot path. The symbol's spelling is left to the engine, which checks an
-    instrument id the first time it sees it (monitor.events.identifier_problem)."""
+    instrument id the first time it sees it (monitor.core.events.identifier_problem)."""
     symbol = frame.get("s")
     if type(symbol) is not str or not symbol:
         raise BadInput(f"markPriceUpdate s {show(symbol)} is not a symbol")

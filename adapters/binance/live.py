@@ -32,7 +32,7 @@ delivery while opening and the keepalive watchdog are adapters/feed_link.py's. C
   it pings too, and websockets answers those).
 - *What is delivered.* Every data message, unparsed: market frames (the combined-stream
   envelope ``{"stream", "data"}``) with their stream name as the conflation key (a newer
-  mark replaces a waiting one under pressure, monitor/feed.py), user data events as they
+  mark replaces a waiting one under pressure, monitor/runtime/feed.py), user data events as they
   come. ``MARGIN_CALL`` is logged as ``binance_margin_call`` and delivered (recorded;
   the decoder yields nothing: riskmon computes the margin state itself).
 
@@ -57,8 +57,8 @@ from adapters.binance.rest import BOOTSTRAP_PATHS, BinanceRest
 from adapters.feed_link import FeedLink, ReconnectNow, now_ms
 from adapters.logging import get_logger
 from adapters.push_connection import PushConnection
-from monitor.errors import FeedError
-from monitor.feed import FeedItem, Frame, LinkStats, RestBody
+from monitor.core.errors import FeedError
+from monitor.runtime.feed import FeedItem, Frame, LinkStats, RestBody
 
 __all__ = ["BinanceFeed", "asset_index_stream", "mark_price_stream"]
 

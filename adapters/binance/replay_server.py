@@ -156,7 +156,7 @@ from adapters.replay_common import (
     wait_until,
 )
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
-from monitor.errors import ConfigError, RiskmonError
+from monitor.core.errors import ConfigError, RiskmonError
 
 __all__ = ["LISTEN_KEY_PATH", "MARKET_PATH", "NO_FAULTS", "USER_DATA_PREFIX", "Faults",
            "RecordingError", "ReplayServer", "serve"]

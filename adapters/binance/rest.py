@@ -8,7 +8,7 @@ key in ``X-MBX-APIKEY`` and ``timestamp``, ``recvWindow`` and ``signature`` in t
 Every call returns the request path as a recording's ``rest`` line holds it (SPEC 3.2): the
 path with the caller's own parameters, without ``timestamp``, ``recvWindow`` or
 ``signature`` (a recording carries no signature), and the decoded JSON body. Failures raise
-:class:`~monitor.errors.FeedError` with the path, the HTTP status and Binance's ``code``
+:class:`~monitor.core.errors.FeedError` with the path, the HTTP status and Binance's ``code``
 and ``msg`` when there are some; never a header or a signed query.
 """
 
@@ -25,7 +25,7 @@ import orjson
 from adapters.binance.auth import API_KEY_HEADER, Credentials, signed_query
 from adapters.binance.decode import RestPath
 from adapters.rest_fetch import fetch_json
-from monitor.errors import ConfigError, FeedError
+from monitor.core.errors import ConfigError, FeedError
 
 __all__ = ["LISTEN_KEY", "BinanceRest"]
 

@@ -1,4 +1,4 @@
-"""Binance USDⓈ-M futures as a venue (monitor/venues.py)."""
+"""Binance USDⓈ-M futures as a venue (monitor/runtime/venues.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from adapters.binance.config import BinanceConfig, parse_binance
 from adapters.binance.decode import BinanceDecoder
 from adapters.binance.live import BinanceFeed
 from adapters.binance.replay_server import Faults, serve
-from monitor.errors import ConfigError
-from monitor.execution import Trader
-from monitor.feed import Feed, FeedItem
-from monitor.settings import AccountConfig, RiskConfig
+from monitor.core.errors import ConfigError
+from monitor.core.execution import Trader
+from monitor.core.settings import AccountConfig, RiskConfig
+from monitor.runtime.feed import Feed, FeedItem
 
 
 class BinanceVenue:
-    """Implements :class:`monitor.venues.Venue` for Binance USDⓈ-M futures."""
+    """Implements :class:`monitor.runtime.venues.Venue` for Binance USDⓈ-M futures."""
 
     name = "binance"
 

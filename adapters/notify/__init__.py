@@ -6,7 +6,7 @@ delivery task, HTTP client, rate limit and delivery cursor in SQLite. How delive
 retries, the rate limit and restarts work is in :mod:`adapters.notify.core`; what each
 destination sends is in :mod:`adapters.notify.destinations`.
 
-:class:`Notifiers` is what the daemon (monitor.service) holds: it reads the secrets from
+:class:`Notifiers` is what the daemon (monitor.app.service) holds: it reads the secrets from
 the environment, opens the cursor connection, and starts and stops every notifier.
 """
 
@@ -28,10 +28,10 @@ from adapters.notify.destinations import (
     Webhook,
 )
 from adapters.sqlite_store import SqliteStore
-from monitor.errors import ConfigError
-from monitor.metrics import Metrics
-from monitor.records import NotifierCursor
-from monitor.settings import NotifierConfig, is_loopback_host
+from monitor.core.errors import ConfigError
+from monitor.core.records import NotifierCursor
+from monitor.core.settings import NotifierConfig, is_loopback_host
+from monitor.runtime.metrics import Metrics
 
 __all__ = ["Notifier", "Notifiers", "build_destination"]
 

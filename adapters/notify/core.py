@@ -57,12 +57,12 @@ import httpx
 
 from adapters.backoff import backoff_delay
 from adapters.logging import get_logger
-from monitor.alerts import LEVEL_RANK, Alert, AlertKind
-from monitor.batch import Batch
-from monitor.errors import SinkError
-from monitor.records import NotifierCursor, StoredAlert
-from monitor.settings import NotifierConfig
-from monitor.stream import AlertFilter
+from monitor.core.alerts import LEVEL_RANK, Alert, AlertKind
+from monitor.core.batch import Batch
+from monitor.core.errors import SinkError
+from monitor.core.records import NotifierCursor, StoredAlert
+from monitor.core.settings import NotifierConfig
+from monitor.runtime.stream import AlertFilter
 
 PAGE_SIZE: Final = 500
 SUMMARY_MAX: Final = 500
@@ -79,7 +79,7 @@ MessageMode = Literal["alert", "summary", "batch"]
 
 
 class NotifyFilter:
-    """:class:`~monitor.stream.AlertFilter` (accounts, kinds, minimum level), plus the
+    """:class:`~monitor.runtime.stream.AlertFilter` (accounts, kinds, minimum level), plus the
     alerts that end what it keeps: the level change out of a level at or above
     ``min_level`` (its ``from_level`` passes), ``feed_recovered`` with ``feed_stale``,
     ``feed_connected`` with ``feed_disconnected``."""

@@ -1,6 +1,6 @@
 """The five destinations: what each request looks like and how each answer reads.
 
-- ``webhook``: POST the alert's JSON (SPEC 2, :meth:`monitor.alerts.Alert.to_json`) to
+- ``webhook``: POST the alert's JSON (SPEC 2, :meth:`monitor.core.alerts.Alert.to_json`) to
   ``url``. Headers: ``Content-Type: application/json``; ``Idempotency-Key`` (the alert's
   id; a summary's ``summary:<first id>:<last id>``); ``X-Riskmon-Message`` (``alert`` or
   ``summary``); ``X-Riskmon-Timestamp`` (Unix seconds of this attempt); and, with
@@ -40,8 +40,8 @@ from adapters.notify.core import (
     retry_after_header,
 )
 from adapters.notify.text import alert_text, summary_counts, summary_text, truncate
-from monitor.alerts import LEVEL_RANK, LEVELS, Alert
-from monitor.settings import NotifierConfig
+from monitor.core.alerts import LEVEL_RANK, LEVELS, Alert
+from monitor.core.settings import NotifierConfig
 
 TELEGRAM_TEXT_LIMIT: Final = 4096
 SLACK_TEXT_LIMIT: Final = 3000

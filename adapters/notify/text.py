@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from monitor.alerts import LEVEL_RANK, Alert, Level
-from monitor.payloads import CloseOrder, orders_of
+from monitor.core.alerts import LEVEL_RANK, Alert, Level
+from monitor.core.payloads import CloseOrder, orders_of
 
 LEVEL_ICON: Final[Mapping[Level, str]] = {
     "normal": "\U0001f7e2",            # green circle
@@ -65,7 +65,7 @@ def subject(alert: Alert) -> str:
 def orders_words(orders: Sequence[CloseOrder]) -> str:
     """``sell 6 BTC-USDT-SWAP, buy 2 ETH-USDT-SWAP long (reduce-only market)``.
 
-    The orders are as stored (:func:`monitor.payloads.orders_of`): an entry that is not
+    The orders are as stored (:func:`monitor.core.payloads.orders_of`): an entry that is not
     an object is left out."""
     if not orders:
         return "no orders"

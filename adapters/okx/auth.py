@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters.secrets import read_key
-from monitor.settings import AccountConfig
+from monitor.core.settings import AccountConfig
 
 __all__ = ["Credentials", "load_credentials", "load_trade_credentials", "login_request",
            "rest_headers", "sign"]

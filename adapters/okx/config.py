@@ -1,7 +1,7 @@
 """``[venues.okx]`` (or SPEC 6's ``[okx]``, the same table at top level): the OKX v5
 endpoints, keepalive and reconnect timing, and the demo-trading switch.
 
-The core keeps the table as written (monitor/config.py, ``Config.venues``); the composition
+The core keeps the table as written (monitor/app/config.py, ``Config.venues``); the composition
 root has this module read it through :class:`adapters.okx.venue.OkxVenue`. Errors name the
 key where it was written (``okx.public_url`` or ``venues.okx.public_url``).
 """
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.errors import ConfigError
-from monitor.settings import only_keys, read_bool, read_positive, read_string
+from monitor.core.errors import ConfigError
+from monitor.core.settings import only_keys, read_bool, read_positive, read_string
 
 
 @dataclass(frozen=True, slots=True)

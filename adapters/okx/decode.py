@@ -1,8 +1,8 @@
 """Pure decoder from OKX v5 frames and REST bodies to riskmon events (SPEC 3.1, 3.2).
 
 :class:`OkxDecoder` turns one line of a recording, one websocket frame or one REST response
-body into the exchange-agnostic events of :mod:`monitor.events`, or raises
-:class:`~monitor.errors.BadInput` with a reason a person can act on. It does no I/O, reads no
+body into the exchange-agnostic events of :mod:`monitor.core.events`, or raises
+:class:`~monitor.core.errors.BadInput` with a reason a person can act on. It does no I/O, reads no
 clock and logs nothing: time comes in as ``recv_ms`` and from the frames themselves.
 
 A frame decodes entirely or not at all: rows are validated before any event is built or any
@@ -64,7 +64,7 @@ certain about what it recognises.
 Plausibility limits (issue 15, "bad input never moves state"). What the decoder can judge
 from one line alone it judges here, with fixed limits; what needs state (the band around
 the last price, the clock, the order of events) the engine judges with the ``[bounds]``
-configuration (monitor.engine). The field readers and their limits are adapters/wire.py's,
+configuration (monitor.core.engine). The field readers and their limits are adapters/wire.py's,
 shared with the other venues' decoders.
 
 - Numbers are read only from their canonical decimal spelling, as OKX writes them
@@ -84,7 +84,7 @@ shared with the other venues' decoders.
 - Identifiers (``instId``, ``ccy``, ``ordId``, the other codes, account names) are
   printable ASCII, at most :data:`IDENTIFIER_LENGTH_LIMIT` characters: no NUL, no control
   characters. The mark-price path leaves this to the engine, which checks an instrument
-  id the first time it sees it (monitor.events.identifier_problem; see the hot path).
+  id the first time it sees it (monitor.core.events.identifier_problem; see the hot path).
 - Nothing else escapes: every input, whatever its type, depth or size, decodes or raises
   :class:`BadInput` (tests/test_fuzz_input.py).
 
@@ -126,8 +126,8 @@ from adapters.wire import (
     text_field,
     timestamp_field,
 )
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -149,7 +149,7 @@ from monitor.events import (
     PositionSnapshot,
     PositionUpdate,
 )
-from monitor.instruments import (
+from monitor.core.instruments import (
     BorrowTier,
     CollateralTier,
     CollateralTiers,
@@ -319,7 +319,7 @@ class _Spec:
 
 
 class OkxDecoder:
-    """Turns OKX v5 frames and REST bodies into :mod:`monitor.events` events.
+    """Turns OKX v5 frames and REST bodies into :mod:`monitor.core.events` events.
 
     Stateful (instrument specs, family tiers and paged snapshots in progress) but pure: no
     I/O, no clock, no logging. Use one decoder per feed (public and private frames of one
@@ -403,7 +403,7 @@ class OkxDecoder:
     def decode_message(self, text: str, account: str | None, recv_ms: Any) -> list[Event]:
         """Decode one websocket message as received: its text, parsed here.
 
-        The live feed delivers messages unparsed (monitor.feed), so that a mark price it
+        The live feed delivers messages unparsed (monitor.runtime.feed), so that a mark price it
         conflates away is never parsed; this is :meth:`decode_frame` after ``orjson.loads``.
 
         Raises:
@@ -999,7 +999,7 @@ def _parse_discount_rates(row: dict[str, Any], recv_ms: int) -> CollateralTiersU
 
     ``maxAmt`` "" is unbounded. When the last band is bounded, ``minDiscountRate`` (docs:
     "minimum discount rate when it exceeds the maximum amount of the last tier") covers the
-    rest; without it the rest counts at 0 (monitor.instruments.CollateralTiers). Bands must
+    rest; without it the rest counts at 0 (monitor.core.instruments.CollateralTiers). Bands must
     follow each other without a gap, from 0.
     """
     currency = text_field(row, "ccy", "discount-rate")

@@ -12,7 +12,7 @@ read until the connection fails, report, back off, again. Choices:
   signed REST, in this order, ``/api/v5/account/config`` (account and position mode),
   ``/api/v5/account/balance``, ``/api/v5/account/positions`` (so the account's risk is
   known before the first push) and ``/api/v5/trade/orders-pending`` (the orders channel
-  has no snapshot), each delivered as a :class:`~monitor.feed.RestBody`; a failure of any
+  has no snapshot), each delivered as a :class:`~monitor.runtime.feed.RestBody`; a failure of any
   is a FeedError and the connection is opened again with backoff. The positions and
   account channels then push their own snapshots on subscribing. (An order placed in the
   instant between the REST response and the subscription would be missed until its next
@@ -25,8 +25,9 @@ read until the connection fails, report, back off, again. Choices:
   keeps failing backs off further each time. ``notice`` 64008 (service upgrade) reconnects
   at once.
 - *What is delivered.* Data frames (and any text that is not JSON, for quarantine) go to
-  the inbox as :class:`~monitor.feed.Frame`, unparsed; REST responses as
-  :class:`~monitor.feed.RestBody`; connection changes as :class:`~monitor.feed.LinkChange`.
+  the inbox as :class:`~monitor.runtime.feed.Frame`, unparsed; REST responses as
+  :class:`~monitor.runtime.feed.RestBody`; connection changes as
+  :class:`~monitor.runtime.feed.LinkChange`.
   Acknowledgements, errors and notices (``{"event": ...}`` without ``data``) are handled
   and logged here.
 - *Reading without parsing, and without a reader task.* Each message is handed to
@@ -59,7 +60,7 @@ read until the connection fails, report, back off, again. Choices:
   public connection a failed public REST load.
 - *Demo trading.* With ``okx.simulated`` every REST request, public ones too, carries
   ``x-simulated-trading: 1`` (docs: "Overview > Demo trading services"; the websocket
-  URLs are the demo ones by default, monitor.config).
+  URLs are the demo ones by default, monitor.app.config).
 
 Credentials never leave :class:`~adapters.okx.auth.Credentials` except inside the login
 frame and REST headers; nothing here logs a frame it sends.
@@ -92,8 +93,8 @@ from adapters.okx.rest import (
     OkxRest,
 )
 from adapters.push_connection import PushConnection
-from monitor.errors import FeedError
-from monitor.feed import FeedItem, Frame, LinkStats, RestBody
+from monitor.core.errors import FeedError
+from monitor.runtime.feed import FeedItem, Frame, LinkStats, RestBody
 
 __all__ = ["OkxFeed", "instrument_family"]
 

@@ -191,7 +191,7 @@ from adapters.replay_common import (
     wait_until,
 )
 from adapters.rest_listener import HttpRequest, HttpResponse, RestListener
-from monitor.errors import ConfigError, RiskmonError
+from monitor.core.errors import ConfigError, RiskmonError
 
 __all__ = ["NO_FAULTS", "PRIVATE_PATH", "PUBLIC_PATH", "Faults", "ReceivedOrder", "RecordingError",
            "ReplayServer", "serve"]

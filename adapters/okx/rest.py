@@ -14,7 +14,7 @@ demo trading (``okx.simulated``) every request carries ``x-simulated-trading: 1`
 
 Every call returns the request path as sent (with its query) and the decoded JSON body;
 those are exactly what a recording's ``rest`` line holds (SPEC 3.2). Failures raise
-:class:`~monitor.errors.FeedError` with the path, the HTTP status and OKX's ``code`` and
+:class:`~monitor.core.errors.FeedError` with the path, the HTTP status and OKX's ``code`` and
 ``msg`` when there are some; never a header (they carry the credentials).
 """
 
@@ -31,7 +31,7 @@ import orjson
 from adapters.okx.auth import Credentials, rest_headers
 from adapters.okx.decode import RestPath
 from adapters.rest_fetch import fetch_json
-from monitor.errors import ConfigError, FeedError
+from monitor.core.errors import ConfigError, FeedError
 
 __all__ = ["OkxRest"]
 

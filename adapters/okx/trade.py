@@ -16,7 +16,7 @@ Rate limits (docs, per endpoint): batch-orders 300 orders per 2 s, order details
 requests per 2 s, positions 10 and account config 5 requests per 2 s. Every call waits for
 its own budget (:class:`Budget`), so a burst of triggers queues here instead of being
 refused; a ``50011`` answer (HTTP 429, "too many requests") is a ``throttled``
-:class:`~monitor.execution.TradeFailure` and the executor backs off.
+:class:`~monitor.core.execution.TradeFailure` and the executor backs off.
 
 One kept-open HTTP/1.1 connection per account (adapters/http1.py: h11 over an asyncio
 stream, a quarter of httpx's time per request), kept warm by :meth:`OkxTrader.warm` (the
@@ -41,9 +41,9 @@ from adapters.http1 import HttpFailure, KeepAliveConnection
 from adapters.okx.auth import Credentials, rest_headers
 from adapters.okx.decode import OkxDecoder, RestPath
 from adapters.okx.rest import SIMULATED_TRADING_HEADER
-from monitor.errors import BadInput
-from monitor.events import OrderUpdate, PositionSnapshot
-from monitor.execution import Leg, OrderAnswer, PositionKey, TradeFailure
+from monitor.core.errors import BadInput
+from monitor.core.events import OrderUpdate, PositionSnapshot
+from monitor.core.execution import Leg, OrderAnswer, PositionKey, TradeFailure
 
 __all__ = ["BATCH_LIMIT", "Budget", "OkxTrader"]
 
@@ -82,7 +82,7 @@ class Budget:
 
 class OkxTrader:
     """Trading calls for one account with its trade key, over one keep-alive client
-    (implements :class:`monitor.execution.Trader`)."""
+    (implements :class:`monitor.core.execution.Trader`)."""
 
     batch_limit = BATCH_LIMIT
 

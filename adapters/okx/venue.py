@@ -1,4 +1,4 @@
-"""OKX v5 as a venue (monitor/venues.py): what the composition root builds for an OKX
+"""OKX v5 as a venue (monitor/runtime/venues.py): what the composition root builds for an OKX
 account, from the modules of this package."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from adapters.okx.decode import OkxDecoder
 from adapters.okx.live import OkxFeed
 from adapters.okx.replay_server import Faults, serve
 from adapters.okx.trade import OkxTrader
-from monitor.errors import ConfigError
-from monitor.feed import Feed, FeedItem
-from monitor.settings import AccountConfig, RiskConfig
+from monitor.core.errors import ConfigError
+from monitor.core.settings import AccountConfig, RiskConfig
+from monitor.runtime.feed import Feed, FeedItem
 
 
 class OkxVenue:
-    """Implements :class:`monitor.venues.Venue` for OKX v5."""
+    """Implements :class:`monitor.runtime.venues.Venue` for OKX v5."""
 
     name = "okx"
 

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 
-from monitor.quarantine import reason_class
+from monitor.core.quarantine import reason_class
 from tests.fuzzing import (
     Baselines,
     Failure,

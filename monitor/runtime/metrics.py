@@ -40,7 +40,7 @@ class BuildInfo:
             version = metadata.version("riskmon")
         except metadata.PackageNotFoundError:
             version = "unknown"
-        engine = importlib.import_module("monitor.engine")
+        engine = importlib.import_module("monitor.core.engine")
         compiled = str(getattr(engine, "__file__", "")).endswith((".so", ".pyd"))
         return cls(version, platform.python_version(), compiled)
 

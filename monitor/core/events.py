@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from monitor.instruments import BorrowTier, CollateralTiers, Instrument
+from monitor.core.instruments import BorrowTier, CollateralTiers, Instrument
 
 Side = Literal["buy", "sell"]
 FeedState = Literal["connected", "disconnected"]
@@ -108,7 +108,7 @@ class OrderUpdate:
     ``state`` the exchange's own word for where the order is (``live``,
     ``partially_filled``, ``filled``, ``canceled``, ...), ``average_price`` the average
     fill price so far (None before any fill). The engine reads none of the three; the
-    executor follows its own orders by them (monitor.execution).
+    executor follows its own orders by them (monitor.core.execution).
     """
 
     account: str

@@ -5,21 +5,21 @@ Shape (STYLE: one owner per resource)::
     feed connections --put--> Inbox --> engine task --> SQLite sink --> log, subscribers
 
 - The feed's connections only ``put`` what they receive, unparsed, as it arrives
-  (monitor.feed); they never wait on the engine or a sink.
+  (monitor.runtime.feed); they never wait on the engine or a sink.
 - The engine task is the only one that touches the decoder and the engine. It takes every
   waiting item at once, parses and decodes it, applies it, and hands the records to the
   head sink's bounded queue. When a sink is slow that queue fills, the engine task waits
-  on it, the inbox grows, and the inbox conflates mark prices (monitor.feed): the feed
+  on it, the inbox grows, and the inbox conflates mark prices (monitor.runtime.feed): the feed
   never stalls, and order, position and balance events are never dropped.
 - Persist before publish: followers get a batch only after the head (SQLite) stored it.
 - Time: the engine runs on exchange time. During silence the daemon sends
-  :class:`~monitor.events.ClockTick` events (the last event time plus the wall time since
+  :class:`~monitor.core.events.ClockTick` events (the last event time plus the wall time since
   it arrived, once a second) so that a silent feed still goes stale and reminders fire.
 - Stop: :meth:`Daemon.run` returns when ``stop`` is set, after cancelling the feed,
   applying what is still in the inbox and draining every sink.
 - Health (``/healthz``, :meth:`Daemon.health`): once a second the engine task notes which
   feed connections are down, which instruments have a stale mark and which accounts'
-  risk is unknown (monitor.health); any of them lasting past its ``[health]`` grace
+  risk is unknown (monitor.runtime.health); any of them lasting past its ``[health]`` grace
   period makes the daemon *degraded*, and a stalled engine loop or a failed sink makes
   it *unhealthy*; both answer 503 with the reasons.
 - Venues (:class:`Lane`): a daemon follows one or more venues, each in a lane of its own:
@@ -44,17 +44,17 @@ from typing import Any
 
 import orjson
 
-from monitor.alerts import LEVEL_RANK
-from monitor.batch import Batch
-from monitor.engine import ExposureKey, MarginEngine
-from monitor.errors import BadInput
-from monitor.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
-from monitor.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
-from monitor.health import LISTED, Onsets
-from monitor.metrics import BuildInfo, Metrics
-from monitor.pipeline import LineProcessor, SinkTask, Stats
-from monitor.records import AccountCheckpoint
-from monitor.settings import HealthConfig, QuarantineConfig
+from monitor.core.alerts import LEVEL_RANK
+from monitor.core.batch import Batch
+from monitor.core.engine import ExposureKey, MarginEngine
+from monitor.core.errors import BadInput
+from monitor.core.events import UNTIMED, ClockTick, Event, FeedStatus, OrderUpdate
+from monitor.core.records import AccountCheckpoint
+from monitor.core.settings import HealthConfig, QuarantineConfig
+from monitor.runtime.feed import Feed, FeedDecoder, FeedItem, Frame, Inbox, LinkChange, RestBody
+from monitor.runtime.health import LISTED, Onsets
+from monitor.runtime.metrics import BuildInfo, Metrics
+from monitor.runtime.pipeline import LineProcessor, SinkTask, Stats
 
 TICK_INTERVAL_S = 1.0
 RAW_LIMIT = 4096
@@ -146,7 +146,7 @@ class Daemon:
     ) -> None:
         """``order_observer`` is told every order update, after the engine applied it
         (the executor follows its own orders by them); it must not wait. The lanes'
-        inboxes must share one ``ready`` event (:class:`~monitor.feed.Inbox`) when there
+        inboxes must share one ``ready`` event (:class:`~monitor.runtime.feed.Inbox`) when there
         are several: the engine task waits on it."""
         if not lanes:
             raise ValueError("a daemon needs at least one lane")
@@ -219,7 +219,7 @@ class Daemon:
     def _process(self, lane: _Running, items: list[FeedItem]) -> None:
         """Parse, decode and apply every waiting item, each whole or not at all.
 
-        An item the decoder or the engine refuses (monitor.engine: implausible) is
+        An item the decoder or the engine refuses (monitor.core.engine: implausible) is
         quarantined and changes nothing. The bookkeeping (history sample, clock anchor, lag
         gauge, wall-clock read) runs once per batch instead of once per frame.
         """
@@ -430,7 +430,7 @@ class Daemon:
         ``feed_stale`` (instruments whose mark has been stale that long) and
         ``risk_unknown`` (accounts whose risk has been unknown for
         ``health.risk_unknown_grace_s``, with what they miss) make it ``degraded``. The
-        last three name at most :data:`~monitor.health.LISTED` items, longest first, with
+        last three name at most :data:`~monitor.runtime.health.LISTED` items, longest first, with
         how long each has lasted (``for_s``) and ``count``, all of them.
         """
         config = self.health_config

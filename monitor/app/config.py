@@ -1,5 +1,5 @@
 """Configuration: TOML in, validated frozen dataclasses out (SPEC section 6; the types
-are monitor/settings.py's).
+are monitor/core/settings.py's).
 
 Every key is optional except what a live feed needs. Unknown keys are errors, so a typo
 cannot silently leave a default in force; every error names the offending key.
@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from monitor.alerts import ALERT_KINDS, LEVELS, AlertKind, level_named
-from monitor.errors import ConfigError
-from monitor.events import AccountMode
-from monitor.instruments import (
+from monitor.core.alerts import ALERT_KINDS, LEVELS, AlertKind, level_named
+from monitor.core.errors import ConfigError
+from monitor.core.events import AccountMode
+from monitor.core.instruments import (
     BorrowTier,
     CollateralTier,
     CollateralTiers,
@@ -29,7 +29,7 @@ from monitor.instruments import (
     validate_collateral,
     validate_tiers,
 )
-from monitor.settings import (
+from monitor.core.settings import (
     DEFAULT_COLLATERAL,
     NOTIFIER_TYPES,
     AccountConfig,

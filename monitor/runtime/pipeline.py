@@ -8,8 +8,8 @@ before publish).
 
 :class:`LineProcessor` is the synchronous heart shared by ``riskmon replay``, the daemon
 and the benchmark: one line in, events applied, alerts and quarantine records collected,
-then handed out as a :class:`~monitor.batch.Batch`.
-Bad input is counted exactly and kept within bounds (monitor.quarantine).
+then handed out as a :class:`~monitor.core.batch.Batch`.
+Bad input is counted exactly and kept within bounds (monitor.core.quarantine).
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ from typing import Any, Protocol
 
 import orjson
 
-from monitor.alerts import Alert
-from monitor.batch import Batch
-from monitor.engine import MarginEngine, Notice
-from monitor.errors import BadInput, SinkError
-from monitor.events import Event
-from monitor.quarantine import QuarantineBook
-from monitor.records import (
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine, Notice
+from monitor.core.errors import BadInput, SinkError
+from monitor.core.events import Event
+from monitor.core.quarantine import QuarantineBook
+from monitor.core.records import (
     AccountCheckpoint,
     MarginPoint,
     QuarantineRecord,
     QuarantineSummary,
 )
-from monitor.settings import QuarantineConfig
+from monitor.core.settings import QuarantineConfig
 
 LineDecoder = Callable[[bytes], list[Event]]
 
@@ -51,7 +51,7 @@ class Sink(Protocol):
 
     What ``write`` returns is what the sink's followers get: None passes the batch on as
     it is; a durable sink may return the batch with what storing it produced (the SQLite
-    sink adds a :class:`~monitor.records.StoredAlert` per newly inserted alert:
+    sink adds a :class:`~monitor.core.records.StoredAlert` per newly inserted alert:
     :meth:`Batch.with_stored`).
     """
 
@@ -71,7 +71,7 @@ class Stats:
     quarantined: int = 0
     alerts: int = 0
     alerts_by_kind: dict[str, int] = field(default_factory=dict)
-    # Events ignored as older than the last applied one of their kind (monitor.engine's
+    # Events ignored as older than the last applied one of their kind (monitor.core.engine's
     # out_of_order, by kind: mark, index, order, positions, balance); the same dict.
     out_of_order: dict[str, int] = field(default_factory=dict)
 
@@ -80,7 +80,7 @@ class LineProcessor:
     """Decode lines, apply their events, collect what came out (alerts, quarantine
     records and counts, margin history, notices) for the sinks.
 
-    ``quarantine`` bounds what is kept of bad input (monitor.quarantine); ``clock`` (a
+    ``quarantine`` bounds what is kept of bad input (monitor.core.quarantine); ``clock`` (a
     monotonic clock, seconds) times the log's quarantine summaries and is read only while
     bad input is pending.
     """
@@ -109,7 +109,7 @@ class LineProcessor:
         """Decode and apply lines; return the receive time of the last event applied.
 
         The replay's hot loop (lookups hoisted out of it). A line that cannot be decoded,
-        or whose events the engine refuses as implausible (monitor.engine), is quarantined
+        or whose events the engine refuses as implausible (monitor.core.engine), is quarantined
         whole: its events are never applied, so the account state is untouched by it (the
         decoder raises before returning anything; the engine judges an event before it
         changes anything, and the events of a line of several together with

@@ -1,6 +1,6 @@
 """riskmon inside a program: the daemon of ``riskmon run``, as an object (SPEC 4, 5).
 
-A composition root like monitor/cli.py (it wires the venues' feeds (monitor/venues.py),
+A composition root like monitor/app/cli.py (it wires the venues' feeds (monitor/runtime/venues.py),
 one engine per venue, SQLite and the HTTP face together); ``riskmon run`` is this class plus signal
 handling. A program that embeds riskmon runs one and iterates its alerts::
 
@@ -11,11 +11,11 @@ handling. A program that embeds riskmon runs one and iterates its alerts::
         ...                      # e.g. stop opening positions
     stop.set(); await runner
 
-:meth:`Monitor.subscribe` has the filter semantics of the websocket stream (monitor.stream,
+:meth:`Monitor.subscribe` has the filter semantics of the websocket stream (monitor.runtime.stream,
 adapters/alert_stream.py): alerts reach a subscription only after SQLite stored them;
 ``since`` an alert id (or ``"earliest"``) first replays what is stored after it; a
 subscription that falls more than ``[stream] queue_size`` alerts behind raises
-:class:`~monitor.stream.SubscriberOverflow` (after the alerts it holds), and another
+:class:`~monitor.runtime.stream.SubscriberOverflow` (after the alerts it holds), and another
 subscription ``since`` the last id received carries on without a gap. Tokens restrict
 remote clients only: a program in the same process sees every account.
 """
@@ -38,17 +38,17 @@ from adapters.notify import Notifiers
 from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from adapters.venues import VENUES
-from monitor.daemon import Daemon, Lane
-from monitor.engine import MarginEngine
-from monitor.errors import ConfigError, SinkError
-from monitor.events import OrderUpdate
-from monitor.execution import Trader
-from monitor.feed import FeedItem, Inbox
-from monitor.pipeline import SinkTask
-from monitor.settings import Config
-from monitor.status import status_document
-from monitor.stream import AlertFilter, AlertHub, Subscription
-from monitor.venues import Registry, VenueUse, resolve_venues, venue_config
+from monitor.app.status import status_document
+from monitor.core.engine import MarginEngine
+from monitor.core.errors import ConfigError, SinkError
+from monitor.core.events import OrderUpdate
+from monitor.core.execution import Trader
+from monitor.core.settings import Config
+from monitor.runtime.daemon import Daemon, Lane
+from monitor.runtime.feed import FeedItem, Inbox
+from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.stream import AlertFilter, AlertHub, Subscription
+from monitor.runtime.venues import Registry, VenueUse, resolve_venues, venue_config
 
 
 class Monitor:
@@ -160,7 +160,7 @@ class Monitor:
 
         Without ``since`` it delivers alerts stored from this call on. Raises ValueError
         for an unknown kind or level; an unknown ``since`` raises
-        :class:`~monitor.stream.UnknownAlertId` when iteration starts.
+        :class:`~monitor.runtime.stream.UnknownAlertId` when iteration starts.
         """
         return self.hub.subscribe(AlertFilter.of(accounts, kinds, min_level), since=since)
 
@@ -227,7 +227,7 @@ class Monitor:
             await self.executor.stop()
 
     def status(self, accounts: Collection[str] | None = None) -> dict[str, Any]:
-        """Every account's figures now (monitor.status); ``accounts`` keeps those."""
+        """Every account's figures now (monitor.app.status); ``accounts`` keeps those."""
         return status_document("daemon", self.daemon.now_ms, self.daemon.state(),
                                self.config.risk, only=accounts)
 
@@ -348,7 +348,7 @@ def build_daemon(config: Config, credentials: Mapping[str, Any], head: SinkTask,
     by default); ``tap`` sees every feed item first (``riskmon record``)."""
     uses = uses or daemon_venues(config)
     several = len(uses) > 1
-    ready = asyncio.Event()  # the lanes' inboxes share it (monitor.feed.Inbox)
+    ready = asyncio.Event()  # the lanes' inboxes share it (monitor.runtime.feed.Inbox)
     lanes = []
     for use in uses:
         inbox = Inbox(ready=ready)

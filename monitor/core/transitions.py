@@ -84,8 +84,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from monitor.alerts import LEVEL_RANK, LEVELS, Level
-from monitor.settings import RiskConfig, StopLossRule
+from monitor.core.alerts import LEVEL_RANK, LEVELS, Level
+from monitor.core.settings import RiskConfig, StopLossRule
 
 INFINITY = math.inf
 

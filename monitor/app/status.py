@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from monitor.alerts import LEVEL_RANK, LEVELS, Level, level_named
-from monitor.records import MarginPoint
-from monitor.settings import RiskConfig
-from monitor.transitions import LevelLadder
+from monitor.core.alerts import LEVEL_RANK, LEVELS, Level, level_named
+from monitor.core.records import MarginPoint
+from monitor.core.settings import RiskConfig
+from monitor.core.transitions import LevelLadder
 
 
 def distances(account: Mapping[str, Any], risk: RiskConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Each venue is a package under ``adapters/`` with one object that
 implements :class:`Venue`: it reads its configuration table, loads an account's keys,
 builds the live feed, the decoder of its frames and recordings, the trader the executor
 sends orders through, and serves a recording over its protocol (the replay server). The
-composition root (monitor/service.py, monitor/cli.py) picks venues from a
+composition root (monitor/app/service.py, monitor/app/cli.py) picks venues from a
 :class:`Registry` (adapters/venues.py holds the built-in one) by the configuration; the
 engine, the pipeline and the sinks never learn which venue an event came from, and
 nothing under ``monitor/`` names one (tests/test_architecture.py checks it).
@@ -18,7 +18,8 @@ Configuration (riskmon's choices, README "Venues"):
   tables for several venues every account must name its own.
 - A venue an account uses but the configuration has no table for runs on its defaults.
 - A daemon follows every venue its accounts are on, one engine per venue
-  (monitor/daemon.py, :class:`~monitor.daemon.Lane`); a recording holds one venue's feed.
+  (monitor/runtime/daemon.py, :class:`~monitor.runtime.daemon.Lane`); a recording holds one
+  venue's feed.
 - Where a venue's margin rules differ from riskmon's defaults, :meth:`Venue.margin_rules`
   says how: the engine of the venue's accounts runs on the risk settings it returns
   (:func:`venue_config`).
@@ -31,11 +32,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from monitor.errors import ConfigError
-from monitor.events import Event
-from monitor.execution import Trader
-from monitor.feed import Feed, FeedDecoder, FeedItem
-from monitor.settings import AccountConfig, Config, RiskConfig
+from monitor.core.errors import ConfigError
+from monitor.core.events import Event
+from monitor.core.execution import Trader
+from monitor.core.settings import AccountConfig, Config, RiskConfig
+from monitor.runtime.feed import Feed, FeedDecoder, FeedItem
 
 
 class VenueDecoder(FeedDecoder, Protocol):

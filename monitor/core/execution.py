@@ -8,7 +8,7 @@ clock of its own (times are arguments):
 
 - :func:`legs_of`: the orders of an alert, one :class:`Leg` each, in payload order.
 - :func:`execution_alert`: an ``execution_*`` alert about a trigger; its payload (the
-  types are in monitor.payloads) begins with :func:`trigger_fields`.
+  types are in monitor.core.payloads) begins with :func:`trigger_fields`.
 - :func:`client_order_id`: the exchange-side id of a leg's n-th order, derived from the
   alert id, the leg and the attempt only. A retry of the same order, and the same order
   sent again after a restart, carry the same id, and the exchange refuses an id it has
@@ -49,10 +49,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, get_args
 
-from monitor.alerts import Alert, AlertKind, alert_id
-from monitor.errors import RiskmonError
-from monitor.events import MarginMode, OrderUpdate, PositionSide, Side
-from monitor.payloads import ExecutionPayload, TriggerFields, orders_of
+from monitor.core.alerts import Alert, AlertKind, alert_id
+from monitor.core.errors import RiskmonError
+from monitor.core.events import MarginMode, OrderUpdate, PositionSide, Side
+from monitor.core.payloads import ExecutionPayload, TriggerFields, orders_of
 
 __all__ = [
     "CLIENT_ID_PREFIX",
@@ -347,7 +347,8 @@ PositionKey = tuple[str, MarginMode, PositionSide]
 
 class Trader(Protocol):
     """A venue's trading calls for one account, with its trade key (a venue's
-    ``trader``, monitor/venues.py). Every call raises :class:`TradeFailure` when it fails."""
+    ``trader``, monitor/runtime/venues.py). Every call raises :class:`TradeFailure` when it
+    fails."""
 
     account: str
     batch_limit: int

@@ -34,21 +34,8 @@ from adapters.sqlite_store import SqliteStore
 from adapters.status_client import fetch_status
 from adapters.tail import DEFAULT_URL, TOKEN_ENV, TailRefused, TailRequest, tail
 from adapters.venues import VENUES
-from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, level_named
-from monitor.batch import Batch
-from monitor.config import check_config, load_config, parse_config, read_config
-from monitor.daemon import tune_interpreter
-from monitor.engine import MarginEngine
-from monitor.errors import ConfigError, RiskmonError, SinkError
-from monitor.pipeline import (
-    AlertLinesSink,
-    LineProcessor,
-    Relay,
-    SinkTask,
-    replay_file,
-    state_document,
-)
-from monitor.service import (
+from monitor.app.config import check_config, load_config, parse_config, read_config
+from monitor.app.service import (
     Monitor,
     build_daemon,
     check_stream_exposure,
@@ -56,10 +43,23 @@ from monitor.service import (
     load_all_credentials,
     single_venue,
 )
-from monitor.settings import Config
-from monitor.status import from_history, status_document
-from monitor.tables import ProgressBar, alerts_table, replay_summary, status_table
-from monitor.venues import account_venues, venue_config, venue_errors
+from monitor.app.status import from_history, status_document
+from monitor.app.tables import ProgressBar, alerts_table, replay_summary, status_table
+from monitor.core.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, level_named
+from monitor.core.batch import Batch
+from monitor.core.engine import MarginEngine
+from monitor.core.errors import ConfigError, RiskmonError, SinkError
+from monitor.core.settings import Config
+from monitor.runtime.daemon import tune_interpreter
+from monitor.runtime.pipeline import (
+    AlertLinesSink,
+    LineProcessor,
+    Relay,
+    SinkTask,
+    replay_file,
+    state_document,
+)
+from monitor.runtime.venues import account_venues, venue_config, venue_errors
 
 
 def build_parser() -> argparse.ArgumentParser:

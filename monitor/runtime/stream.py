@@ -2,7 +2,7 @@
 duplicate (SPEC 4, "Alert stream").
 
 :class:`AlertHub` is a sink that follows the SQLite sink (persist before publish): it gets a
-batch only after SQLite committed it, with a :class:`~monitor.records.StoredAlert` per newly
+batch only after SQLite committed it, with a :class:`~monitor.core.records.StoredAlert` per newly
 inserted alert, in insertion order (``seq``). It hands each one to every live
 :class:`Subscription` whose :class:`AlertFilter` matches, never waiting: a subscription
 holds at most ``queue_size`` alerts, and one that falls further behind is cut off (its
@@ -26,7 +26,7 @@ resume from after a disconnect, None if none was). ``since`` may also be :data:`
 everything still stored.
 
 Programs that embed riskmon iterate a subscription directly (``async for alert in
-monitor.subscribe(...)``, see monitor.service); the websocket endpoint (adapters/
+monitor.subscribe(...)``, see monitor.app.service); the websocket endpoint (adapters/
 alert_stream.py) does the same for remote clients.
 """
 
@@ -38,10 +38,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from monitor.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level, level_named
-from monitor.batch import Batch
-from monitor.errors import RiskmonError
-from monitor.records import StoredAlert
+from monitor.core.alerts import ALERT_KINDS, LEVEL_RANK, LEVELS, Alert, Level, level_named
+from monitor.core.batch import Batch
+from monitor.core.errors import RiskmonError
+from monitor.core.records import StoredAlert
 
 EARLIEST: Final = "earliest"
 """``since`` value meaning "every alert still stored"."""

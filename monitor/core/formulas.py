@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from monitor.events import Order, PositionSide
-from monitor.instruments import BorrowTier, CollateralTiers, Instrument, borrow_tier
+from monitor.core.events import Order, PositionSide
+from monitor.core.instruments import BorrowTier, CollateralTiers, Instrument, borrow_tier
 
 
 def position_value(inverse: bool, multiplier: float, contracts: float, mark: float) -> float:

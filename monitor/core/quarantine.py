@@ -3,15 +3,15 @@
 A bad input (a line or frame the decoder refuses, SPEC 4) is data: it is counted and the
 stream goes on. A feed or a recording full of garbage must not turn into a log or a table
 as large as itself, so :class:`QuarantineBook` decides, per bad input, per run
-(``[quarantine]``, monitor.config.QuarantineConfig):
+(``[quarantine]``, monitor.app.config.QuarantineConfig):
 
 - *log*: the first ``log_first`` get a log line each; after that the log gets a
-  :class:`~monitor.records.QuarantineSummary` (counts by reason class) at most every
+  :class:`~monitor.core.records.QuarantineSummary` (counts by reason class) at most every
   ``log_summary_s`` seconds while bad input keeps coming, and one at the end of the run;
 - *store*: the first ``store_first`` are stored whole, then one in ``store_sample_every``
   (marked ``sampled``); the store also caps its table (``store_max_rows``);
 - *count*: every one, by reason class, handed to the store as
-  :class:`~monitor.records.QuarantineCounts` so that its counts are exact.
+  :class:`~monitor.core.records.QuarantineCounts` so that its counts are exact.
 
 A reason names the bad value (``markPx 'abc' is not a number``), so reasons are as many as
 the values; counts are kept by *reason class*, the reason with every value it quotes
@@ -24,8 +24,8 @@ No clock is read here: the caller passes the time (the pipeline's monotonic cloc
 
 from __future__ import annotations
 
-from monitor.records import QuarantineCounts, QuarantineSummary
-from monitor.settings import QuarantineConfig
+from monitor.core.records import QuarantineCounts, QuarantineSummary
+from monitor.core.settings import QuarantineConfig
 
 MAX_REASON_CLASSES = 100
 OTHER_CLASS = "other"

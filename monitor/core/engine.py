@@ -40,10 +40,10 @@ is that jump held to ``max_ahead_s``, below: only a live clock is). Were
 the feed silent instead, the clock (the daemon's ClockTicks) reaching ``stale_after`` past
 the first event time makes it live as it is, and what is missing is then overdue.
 
-Plausibility (issue 15, "bad input never moves state"; ``[bounds]``, monitor.config). Before
+Plausibility (issue 15, "bad input never moves state"; ``[bounds]``, monitor.app.config). Before
 an event touches any state the engine judges it against what it holds, and either applies
 it, ignores it (counted in :attr:`MarginEngine.out_of_order`) or raises
-:class:`~monitor.errors.BadInput` for the caller to quarantine:
+:class:`~monitor.core.errors.BadInput` for the caller to quarantine:
 
 - an event dated more than ``max_ahead_s`` after its own receive time: bad input;
 - an event that would move a live clock (see "The clock and staleness" below) more than
@@ -57,7 +57,7 @@ it, ignores it (counted in :attr:`MarginEngine.out_of_order`) or raises
   with no accepted price between them (the market really moved): that one is applied and
   is the new reference. So the band never locks an instrument out for longer than
   ``confirm_after - 1`` ticks;
-- the first mark of an instrument id that is not an identifier (monitor.events): bad input
+- the first mark of an instrument id that is not an identifier (monitor.core.events): bad input
   (the decoder checks every other identifier; on the hot path this costs nothing);
 - a mark or index price older than the last one applied for its instrument (index), an order
   update older than the last one of that order, a balance or positions push older than
@@ -77,9 +77,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
-from monitor.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
-from monitor.errors import BadInput
-from monitor.events import (
+from monitor.core.alerts import LEVEL_RANK, Alert, AlertKind, Level, alert_id
+from monitor.core.errors import BadInput
+from monitor.core.events import (
     UNTIMED,
     AccountConfigUpdate,
     AccountMode,
@@ -105,7 +105,7 @@ from monitor.events import (
     PositionUpdate,
     identifier_problem,
 )
-from monitor.formulas import (
+from monitor.core.formulas import (
     borrowing_margin,
     collateral_value,
     exposure_figures,
@@ -113,8 +113,8 @@ from monitor.formulas import (
     position_value,
     unrealized_pnl,
 )
-from monitor.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
-from monitor.payloads import (
+from monitor.core.instruments import BorrowTier, CollateralTiers, Instrument, round_up_to_lot
+from monitor.core.payloads import (
     AccountModePayload,
     AlertPayload,
     CloseOrder,
@@ -135,9 +135,9 @@ from monitor.payloads import (
     RiskUnknownFields,
     StopLossPayload,
 )
-from monitor.records import AccountCheckpoint, PoolCheckpoint
-from monitor.settings import AccountConfig, Config, StopLossRule
-from monitor.transitions import (
+from monitor.core.records import AccountCheckpoint, PoolCheckpoint
+from monitor.core.settings import AccountConfig, Config, StopLossRule
+from monitor.core.transitions import (
     DELEVERAGE_RANK,
     INFINITY,
     LevelLadder,
@@ -601,7 +601,7 @@ class MarginEngine:
                 self._advance(event.event_ms, event.recv_ms, alerts)
             elif event.event_ms == UNTIMED:
                 # Dated by the engine's clock (the receive time before any event), never
-                # moving it: see monitor.events.
+                # moving it: see monitor.core.events.
                 event = replace(event, event_ms=self.now_ms or event.recv_ms)
             if self._announce:
                 self._begin(event.event_ms, event.recv_ms, alerts)

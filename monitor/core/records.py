@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitor.alerts import Alert, Level
+from monitor.core.alerts import Alert, Level
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +15,7 @@ class QuarantineRecord:
     ``source`` says where it came from (a file and line number, or a feed name). ``log``:
     the log sink writes it as a line of its own; ``store``: the database keeps it;
     ``sampled``: it is kept as one of a sample, after the first ones of the run
-    (monitor.quarantine). Every bad input is counted in a :class:`QuarantineCounts`,
+    (monitor.core.quarantine). Every bad input is counted in a :class:`QuarantineCounts`,
     whether a record was made of it or not.
     """
 
@@ -30,7 +30,7 @@ class QuarantineRecord:
 
 @dataclass(frozen=True, slots=True)
 class QuarantineCounts:
-    """Bad inputs counted since the previous one, by reason class (monitor.quarantine):
+    """Bad inputs counted since the previous one, by reason class (monitor.core.quarantine):
     what the database adds to its exact counts."""
 
     counts: tuple[tuple[str, int], ...]
@@ -63,7 +63,7 @@ class MarginPoint:
 
 @dataclass(frozen=True, slots=True)
 class PoolCheckpoint:
-    """The level of one of an account's pools (monitor.engine) and its next reminder."""
+    """The level of one of an account's pools (monitor.core.engine) and its next reminder."""
 
     key: str
     level: Level
@@ -98,12 +98,12 @@ class StoredAlert:
 
     ``seq`` grows with every insert and is never reused, so it orders alerts exactly as a
     catch-up read from the store does; the alert stream uses it to join catch-up and live
-    alerts with no gap and no duplicate (monitor.stream). The SQLite sink hands these to
+    alerts with no gap and no duplicate (monitor.runtime.stream). The SQLite sink hands these to
     its followers after the commit, one per newly inserted alert, in ``seq`` order; an
     alert the store already held (a re-processed event after a restart) gets none.
 
     ``json`` is the alert's JSON (SPEC 2, :meth:`Alert.to_json`), encoded once: by the
-    batch that brought it to the store (monitor.batch), or as it is read back for a
+    batch that brought it to the store (monitor.core.batch), or as it is read back for a
     catch-up. Every follower that sends the alert sends these bytes.
     """
 

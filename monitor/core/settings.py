@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from monitor.alerts import AlertKind, Level
-from monitor.errors import ConfigError
-from monitor.events import AccountMode
-from monitor.instruments import BorrowTier, CollateralTiers, Instrument
+from monitor.core.alerts import AlertKind, Level
+from monitor.core.errors import ConfigError
+from monitor.core.events import AccountMode
+from monitor.core.instruments import BorrowTier, CollateralTiers, Instrument
 
 Metric = Literal["margin_ratio", "im_coverage", "equity_usd"]
 Action = Literal["close_all", "close", "reduce"]
@@ -71,12 +71,12 @@ class AccountConfig:
     api_secret_env: str | None = None
     passphrase_env: str | None = None
     credentials_file: str | None = None
-    # The venue the account is on (monitor/venues.py); None: the configuration's only
+    # The venue the account is on (monitor/runtime/venues.py); None: the configuration's only
     # venue, or the registry's default when it configures none.
     venue: str | None = None
     stop_loss: tuple[StopLossRule, ...] = ()
     mode: AccountMode | None = None
-    # Execution (monitor.execution): opt-in per account, and a key that can trade, kept
+    # Execution (monitor.core.execution): opt-in per account, and a key that can trade, kept
     # apart from the read-only key the feed uses.
     execute: bool = False
     trade_api_key_env: str | None = None
@@ -175,7 +175,7 @@ class QuarantineConfig:
 @dataclass(frozen=True, slots=True)
 class BoundsConfig:
     """``[bounds]``: when a well-formed input is still implausible (riskmon's choices; issue
-    15, "bad input never moves state"). The engine applies them (monitor.engine); the
+    15, "bad input never moves state"). The engine applies them (monitor.core.engine); the
     venue decoders' fixed limits on spelling, magnitude and identifiers are their own
     (adapters/<venue>/decode.py).
 
@@ -214,7 +214,7 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionConfig:
-    """``[execution]``: how stop-loss triggers are carried out (monitor.execution,
+    """``[execution]``: how stop-loss triggers are carried out (monitor.core.execution,
     adapters/executor.py) once ``risk.execute_triggers`` is true and an account has
     ``execute = true``. riskmon's choices; SPEC 1.7 only says execution is opt-in.
 
@@ -287,7 +287,7 @@ class VenueTable:
     """A venue's table as written: ``[venues.NAME]``, or ``[NAME]`` at top level (SPEC 6's
     venue table); ``path`` is where it was written, so errors name the key the user wrote.
 
-    The core does not read it: the venue does (monitor/venues.py), when the composition
+    The core does not read it: the venue does (monitor/runtime/venues.py), when the composition
     root resolves the venues the configuration uses. A top-level table that is neither
     riskmon's nor a known venue's is refused there ("unknown key")."""
 

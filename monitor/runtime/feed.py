@@ -1,6 +1,6 @@
 """What a live feed hands the daemon, and the inbox that holds it until the engine runs.
 
-A venue's feed adapter (monitor/venues.py) delivers three kinds of item, in the order it
+A venue's feed adapter (monitor/runtime/venues.py) delivers three kinds of item, in the order it
 received them: :class:`Frame` (one websocket message, as text), :class:`RestBody` (a REST
 response it fetched) and :class:`LinkChange` (a connection came up or went down). These are
 exactly the lines of a recording (SPEC 3.2), which is how ``riskmon record`` writes them.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any, NamedTuple, Protocol
 
-from monitor.events import Event
+from monitor.core.events import Event
 
 
 class Frame(NamedTuple):

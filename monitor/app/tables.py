@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor.pipeline import Stats
+from monitor.runtime.pipeline import Stats
 
 
 def when(ts: int) -> str:

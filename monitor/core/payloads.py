@@ -3,7 +3,7 @@
 Other programs parse these objects exactly as riskmon writes them, so every site that
 builds a payload builds it as its type below, and ``mypy --strict`` checks its keys and
 values there. At run time they are plain dicts (no cost, and mypyc compiles them as dicts);
-:class:`~monitor.alerts.Alert` carries any ``Mapping`` (an alert read back from SQLite or
+:class:`~monitor.core.alerts.Alert` carries any ``Mapping`` (an alert read back from SQLite or
 JSON is whatever was stored). A TypedDict does not fix the order of keys: a key's place
 in the JSON is where the site that builds the payload puts it, and alert JSON compared
 as text (a replay's output, the stored rows) stays the same only while the sites keep it.
@@ -40,9 +40,9 @@ and, but for execution_sent, their leg with :class:`LegFields`.
 from collections.abc import Mapping
 from typing import Final, Literal, NotRequired, TypedDict
 
-from monitor.alerts import Alert, AlertKind, Level
-from monitor.events import AccountMode, MarginMode, PositionSide, Side
-from monitor.settings import Action, Metric
+from monitor.core.alerts import Alert, AlertKind, Level
+from monitor.core.events import AccountMode, MarginMode, PositionSide, Side
+from monitor.core.settings import Action, Metric
 
 __all__ = [
     "PAYLOAD_TYPES",
@@ -263,7 +263,7 @@ class TriggerFields(TypedDict):
 
 
 class LegFields(TypedDict):
-    """One leg of a trigger (monitor.execution.Leg) and its current order."""
+    """One leg of a trigger (monitor.core.execution.Leg) and its current order."""
 
     leg: int
     inst_id: str
@@ -331,7 +331,7 @@ EngineAlertPayload = (
 """The payloads the margin engine emits."""
 
 ExecutionPayload = ExecutionSentPayload | ExecutionFilledPayload | ExecutionFailedPayload
-"""The payloads the executor emits (monitor.execution.execution_alert)."""
+"""The payloads the executor emits (monitor.core.execution.execution_alert)."""
 
 AlertPayload = EngineAlertPayload | ExecutionPayload
 """Every payload riskmon emits."""
@@ -360,7 +360,7 @@ def orders_of(alert: Alert) -> list[CloseOrder]:
 
     The alert may come from the store, written by any version: an ``orders`` that is not a
     list reads as none, and the orders themselves are as stored (a reader that acts on
-    them checks each one, as monitor.execution.legs_of does).
+    them checks each one, as monitor.core.execution.legs_of does).
     """
     if alert.kind not in ("stop_loss", "deleverage_plan"):
         return []

@@ -1,9 +1,9 @@
 """What ``/healthz`` judges by: how long each adverse condition has lasted.
 
 The daemon observes, once a second, which feed connections are down, which instruments
-in use have a stale mark and which accounts' risk is unknown (monitor.daemon). A
+in use have a stale mark and which accounts' risk is unknown (monitor.runtime.daemon). A
 condition turns ``/healthz`` to 503 only once it has lasted its grace period
-(``[health]``, monitor.config.HealthConfig): a reconnect that succeeds at once, or an
+(``[health]``, monitor.app.config.HealthConfig): a reconnect that succeeds at once, or an
 account's first second before its snapshots arrive, is not a degraded daemon.
 """
 

@@ -1,6 +1,6 @@
 """What the pipeline hands a sink at once: a :class:`Batch`, its records sorted by kind.
 
-A producer (the line processor's :meth:`~monitor.pipeline.LineProcessor.take`, the
+A producer (the line processor's :meth:`~monitor.runtime.pipeline.LineProcessor.take`, the
 executor's emitted alerts) builds a batch with :meth:`Batch.of`, which encodes every alert's
 JSON (SPEC 2) there, once: the alert file, the alert stream and the webhooks send those
 bytes, whichever of them follow. The durable sink passes the batch on with what storing it
@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from monitor.alerts import Alert
-from monitor.engine import Notice
-from monitor.records import (
+from monitor.core.alerts import Alert
+from monitor.core.engine import Notice
+from monitor.core.records import (
     AccountCheckpoint,
     MarginPoint,
     QuarantineCounts,
