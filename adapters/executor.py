@@ -1,14 +1,16 @@
 """The executor: stored triggers in, reduce-only market orders out (issue 13; SPEC 1.7).
 
-Shape (STYLE: one owner per resource). The executor is a follower of the SQLite sink, like
-a notifier: it only ever sees a ``stop_loss`` (or, with ``[execution] deleverage_plans``,
-a ``deleverage_plan``) alert after SQLite stored it (persist before act). Its ``write``
-never waits: it hands each trigger of an executing account to that account's worker, a
-task with its own queue, trade key and HTTP client, so a slow exchange answer for one
-account delays no other. The daemon's engine task hands it the order updates of the
-``orders`` channel whose client id is riskmon's (:meth:`Executor.on_order`), also without
-waiting. What a worker decides with is in :mod:`monitor.core.execution` (legs, client ids, the
-leg state table); this module carries it out.
+Shape (STYLE: one owner per resource). The executor observes the SQLite sink
+(``SinkTask(observers=...)``, monitor/runtime/pipeline.py): it only ever sees a
+``stop_loss`` (or, with ``[execution] deleverage_plans``, a ``deleverage_plan``) alert
+after SQLite stored it (persist before act), and sees it in the store's own task, before
+the followers (log, subscribers, notifiers) get their turns. :meth:`Executor.offer` never
+waits: it hands each trigger of an executing account to that account's worker, a task
+with its own queue, trade key and HTTP client, so a slow exchange answer for one account
+delays no other. The daemon's engine task hands it the order updates of the ``orders``
+channel whose client id is riskmon's (:meth:`Executor.on_order`), also without waiting.
+What a worker decides with is in :mod:`monitor.core.execution` (legs, client ids, the leg
+state table); this module carries it out.
 
 For each trigger, a worker:
 
@@ -117,8 +119,6 @@ PAUSED_POLL_S: Final = 1.0
 
 class Executor:
     """Every executing account's worker, the kill switch and the store connection."""
-
-    name = "executor"
 
     def __init__(self, config: ExecutionConfig, traders: Mapping[str, Trader],
                  store: SqliteStore, kinds: frozenset[str], *, paused: bool = False,
@@ -237,17 +237,16 @@ class Executor:
             metrics.executor_queued_triggers[account] = len(worker.triggers)
             metrics.executor_worker_up[account] = worker.running()
 
-    # -- the sink face (a follower of SQLite) --------------------------------------------
+    # -- an observer of the SQLite sink ---------------------------------------------------
 
-    async def write(self, batch: Batch) -> None:
+    def offer(self, batch: Batch) -> None:
+        """Hand each stored trigger of an executing account to its worker; never waits
+        (the daemon calls it as an observer of the SQLite sink, monitor.runtime.pipeline)."""
         for record in batch.stored:
             if record.alert.kind in self.kinds:
                 worker = self.workers.get(record.alert.account)
                 if worker is not None:
                     worker.offer(record)
-
-    async def close(self) -> None:
-        return None
 
     # -- from the engine task -------------------------------------------------------------
 

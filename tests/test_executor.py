@@ -178,7 +178,7 @@ class Harness:
         await self.store.write_alerts([alert])
         seq = await self.store.alert_seq(alert.id)
         assert seq is not None
-        await executor.write(Batch(stored=(StoredAlert(seq, alert, alert.to_json()),)))
+        executor.offer(Batch(stored=(StoredAlert(seq, alert, alert.to_json()),)))
 
     def kinds(self) -> list[str]:
         return [a.kind for a in self.alerts]

@@ -135,11 +135,12 @@ class Monitor:
 
             followers = [SinkTask(LogSink()), SinkTask(hub),
                          *(SinkTask(n) for n in notifiers.notifiers)]
-            if executor is not None:
-                followers.append(SinkTask(executor))
             # max_attempts=None: a storage fault holds the alerts in memory (bounded by
             # the queue; /healthz degraded) until it clears, rather than stopping.
+            # The executor observes the store (persist before act): it gets each stored
+            # trigger in the store's own task, before the followers' turns.
             head = SinkTask(SqliteSink(store, prune=True), followers=followers,
+                            observers=[executor.offer] if executor is not None else [],
                             on_retry=on_retry, max_attempts=None)
             daemon = build_daemon(config, credentials, head, uses=uses,
                                   order_observer=executor.on_order if executor else None)
