@@ -1114,22 +1114,10 @@ class MarginEngine:
             if (pool is not None and not account.rule_states
                     and account.reminder_due_ms is None
                     and account.updates < REANCHOR_EVERY and account.name not in debtors):
-                kind = pool.kind
-                if kind == POOL_ACCOUNT:
-                    equity = account.equity_usd
-                    denominator = account.maint_usd + account.fee_usd
-                elif kind == POOL_ISOLATED:
-                    equity = exposure.margin + exposure.upl
-                    denominator = exposure.maint + exposure.fee
-                elif kind == POOL_CURRENCY:
-                    currency = exposure.currency
-                    assert currency is not None
-                    equity = currency.cash - currency.interest + currency.upl
-                    denominator = currency.maint + currency.fee
-                else:
+                if pool.kind == POOL_EXCHANGE:
                     continue  # the exchange's figures do not move with our marks
-                ratio = equity / denominator if denominator > 0.0 else INFINITY
-                if pool.level_low < ratio < pool.level_high:
+                ratio = self._pool_ratio(pool)
+                if pool.level_low < (INFINITY if ratio is None else ratio) < pool.level_high:
                     continue
             account.updates -= 1
             self._evaluate(account, event.event_ms, event.recv_ms, inst_id, mark, alerts)
