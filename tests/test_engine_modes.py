@@ -5,6 +5,7 @@ the checks against the exchange's own figures. Every number is worked out in a c
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,12 +33,13 @@ from monitor.core.events import (
     PositionUpdate,
 )
 from monitor.core.instruments import BorrowTier, CollateralTier, CollateralTiers, Instrument, Tier
-from monitor.core.settings import AccountConfig, Config, RiskConfig
-from tests.builders import balance, index, make_config, mark, run, snapshots
+from monitor.core.settings import AccountConfig, BoundsConfig, Config, RiskConfig
+from tests.builders import balance, index, make_config, mark, order, run, snapshots
 
 approx = pytest.approx
 BTC = "BTC-USDT-SWAP"
 INVERSE = "BTC-USD-SWAP"
+ETH = "ETH-USDT-SWAP"
 
 
 def kinds(alerts: Sequence[Alert]) -> list[str]:
@@ -469,3 +471,29 @@ def test_the_account_mode_arriving_after_a_restart_repeats_no_transition() -> No
                           mark(BTC, 39_150, 2)])
     assert alerts == []
     assert second.level("main") == "deleverage"
+
+
+def test_closed_positions_leave_no_residue_for_their_pool_to_divide() -> None:
+    # Found by tests/test_engine_properties.py: a single-currency account whose USDT
+    # positions closed while orders on them stayed open. Subtracting the positions' MM
+    # and UPL after marks that do not cancel exactly left about 1e-11 of each in the USDT
+    # sums; with no USDT cash the pool's ratio, residue over residue, came out at -24
+    # (liquidation, with nothing at risk but orders), and with cash it is a ratio of 1e15
+    # where there is none. Closed, the pool has no MM, no fee and no ratio.
+    engine = MarginEngine(make_config(bounds=BoundsConfig(confirm_after=1)))
+    rng = random.Random(7)
+    events: list[Event] = [mode_update("single_currency", "2", 1),
+                           index("BTC", "USDT", 40_000, 1), index("ETH", "USDT", 2_000, 1),
+                           *snapshots(1, cash={"USDT": 50_000.0}, positions=(
+                               Position(BTC, 7, 41_868.96955418439, 3),
+                               Position(ETH, -13, 2_017.3, 5))),
+                           order("o1", BTC, "buy", 1.0, None, 1, leverage=3.0),
+                           order("o2", ETH, "sell", 2.0, None, 1, leverage=5.0)]
+    for n in range(200):
+        events += [mark(BTC, rng.uniform(30_000.0, 50_000.0), 2 + n),
+                   mark(ETH, rng.uniform(1_500.0, 2_500.0), 2 + n)]
+    run(engine, [*events, PositionSnapshot("main", (), 300, 301)])
+
+    usdt = engine.pool_figures("main")["USDT"]
+    assert (usdt.maint_margin_usd, usdt.closing_fee_usd, usdt.margin_ratio) == (0.0, 0.0, None)
+    assert usdt.init_margin_usd > 0  # the orders are still there

@@ -1240,6 +1240,7 @@ class MarginEngine:
 
     def _set_position(self, exposure: Exposure, contracts: float, avg_price: float,
                       leverage: float | None, margin: float | None) -> None:
+        closed = exposure.contracts != 0.0 and contracts == 0.0
         exposure.contracts = contracts
         exposure.avg_price = avg_price if contracts != 0.0 else 0.0
         exposure.position_leverage = leverage
@@ -1247,6 +1248,12 @@ class MarginEngine:
         self._set_leverage(exposure)
         self._refresh(exposure)
         self._bind_pool(exposure)
+        if closed:
+            # Its MM, fee and UPL are zero now, but subtracting them left the rounding of
+            # their history in the currency's sums: a pool with nothing left at risk but
+            # an open order would divide that residue by itself (a ratio of -24 has been
+            # seen) and fall to liquidation. Rebuild the sums from what remains.
+            self._reanchor(exposure.account)
 
     def _on_balance(self, event: BalanceUpdate, alerts: list[Alert]) -> None:
         account = self._account(event.account)
