@@ -53,6 +53,7 @@ from monitor.core.settings import Config
 from monitor.runtime.daemon import tune_interpreter
 from monitor.runtime.pipeline import (
     AlertLinesSink,
+    LineDecoder,
     LineProcessor,
     Relay,
     SinkTask,
@@ -288,10 +289,8 @@ async def _replay(args: argparse.Namespace) -> int:
         print(f"riskmon: recording not found: {args.file}", file=sys.stderr)
         return 2
     log = get_logger("riskmon.replay")
-    use = single_venue(config)
-    engine = MarginEngine(venue_config(config, use))
-    decoder = use.venue.decoder()
-    processor = LineProcessor(engine, decoder.decode_line, str(args.file),
+    engine, decode_line = _replay_engine(config)
+    processor = LineProcessor(engine, decode_line, str(args.file),
                               int(config.storage.history_interval_s * 1000),
                               quarantine=config.quarantine)
     followers = [SinkTask(AlertLinesSink(args.alerts_out)), SinkTask(LogSink())]
@@ -540,14 +539,19 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_engine(config: Config) -> tuple[MarginEngine, LineDecoder]:
+    """The engine a recording replays into (its venue's margin rules applied) and the
+    venue's line decoder; ConfigError when the accounts are on several venues."""
+    use = single_venue(config)
+    return MarginEngine(venue_config(config, use)), use.venue.decoder().decode_line
+
+
 async def _replay_quietly(recording: Path, config: Config) -> tuple[MarginEngine, Batch]:
     """Replay a recording in memory: the engine at its end and every record produced."""
     if not await asyncio.to_thread(recording.is_file):
         raise ConfigError("--recording", f"recording not found: {recording}")
-    use = single_venue(config)
-    engine = MarginEngine(venue_config(config, use))
-    processor = LineProcessor(engine, use.venue.decoder().decode_line,
-                              str(recording),
+    engine, decode_line = _replay_engine(config)
+    processor = LineProcessor(engine, decode_line, str(recording),
                               int(config.storage.history_interval_s * 1000))
     collected: list[Batch] = []
 
