@@ -582,3 +582,17 @@ def test_a_reminder_while_the_risk_is_unknown_gives_no_ratio_as_the_truth() -> N
     text = alert_text(unknown)
     assert "risk unknown, missing mark:ETH-USDT-SWAP" in text
     assert "13.79" not in text and "margin ratio" not in text
+
+
+def test_an_exchange_margin_call_riskmon_does_not_bear_out_says_why() -> None:
+    called = alert(1, kind="exchange_divergence", margin_ratio=10.8, payload={
+        "fields": [], "tolerance": 0.05, "ours": 10.8, "theirs": None,
+        "relative_difference": None, "margin_call": True,
+        "reasons": ["level_normal", "position_unknown"], "positions": []})
+    text = alert_text(called)
+    assert "the exchange issued a margin call" in text
+    assert "riskmon's level is normal; a position riskmon does not hold" in text
+    # A pool's divergence still lists its fields.
+    pool = alert(2, kind="exchange_divergence", payload={"fields": [
+        {"field": "maint_margin", "ours": 1.0, "theirs": 2.0, "relative_difference": 0.5}]})
+    assert "maint_margin ours 1 vs exchange 2" in alert_text(pool)

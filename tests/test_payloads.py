@@ -34,6 +34,8 @@ from monitor.core.events import (
     ExchangePositionFigures,
     FeedStatus,
     InstrumentUpdate,
+    MarginCall,
+    MarginCallPosition,
     Position,
     PositionUpdate,
 )
@@ -271,6 +273,19 @@ def feed_alerts() -> list[Alert]:
     return alerts
 
 
+def margin_call_alerts() -> list[Alert]:
+    """The exchange margin-calls a position riskmon holds at a lower maintenance margin
+    and one it does not hold."""
+    engine = MarginEngine(make_config())
+    alerts = run(engine, [*snapshots(1, cash={"USDT": 1000},
+                                     positions=(Position(BTC, 10, 40_000, 10),)),
+                          mark(BTC, 40_000, 1)])
+    alerts += run(engine, [MarginCall("main", (
+        MarginCallPosition(BTC, "net", "cross", 10, 40_000, 30.0),
+        MarginCallPosition("ETH-USDT-SWAP", "net", "cross", 5, None, None)), 2, 2)])
+    return alerts
+
+
 async def execution_alerts(tmp_path: Path) -> list[Alert]:
     """A stop-loss carried out: one leg rejected once, then both filled."""
     harness = Harness(tmp_path, hedged())
@@ -288,7 +303,7 @@ async def execution_alerts(tmp_path: Path) -> list[Alert]:
 
 async def test_every_payload_shape_riskmon_writes_is_declared(tmp_path: Path) -> None:
     alerts = (isolated_pool_alerts() + currency_pool_alerts() + portfolio_alerts()
-              + feed_alerts() + await execution_alerts(tmp_path))
+              + feed_alerts() + margin_call_alerts() + await execution_alerts(tmp_path))
     seen = assert_payloads(as_json(alerts))
     declared = {shape.__name__ for shapes in PAYLOAD_TYPES.values() for shape in shapes}
     assert seen == declared, f"never produced here: {sorted(declared - seen)}"

@@ -15,8 +15,11 @@ usds-margined-futures/):
   :class:`BalanceUpdate` and a :class:`PositionUpdate`); ``ORDER_TRADE_UPDATE``
   (:class:`OrderUpdate`); ``ACCOUNT_CONFIG_UPDATE`` (a symbol's leverage, which later
   positions of the symbol carry, or the multi-assets switch: :class:`AccountConfigUpdate`).
-  ``MARGIN_CALL`` and ``listenKeyExpired`` are the feed's to act on (adapters/binance/
-  live.py); decoded here they yield nothing: riskmon computes the margin state itself.
+  ``MARGIN_CALL`` (``p``: the positions Binance warns about, each with its ``mm`` at
+  the mark ``mp``): :class:`MarginCall`, which the engine holds against its own view
+  (monitor/core/engine.py, ``_on_margin_call``); a position without ``mt`` has the margin
+  type last reported for its symbol (cross if none was). ``listenKeyExpired`` is the
+  feed's to act on (adapters/binance/live.py) and yields nothing here.
 - REST bootstrap (:class:`RestPath`): ``exchangeInfo`` (instrument specs) and
   ``leverageBracket`` (their maintenance brackets) make :class:`InstrumentUpdate` once
   both are known; ``account`` (v2 or v3) a balance snapshot with the exchange's figures;
@@ -89,6 +92,8 @@ from monitor.core.events import (
     ExchangePositionFigures,
     IndexPrice,
     InstrumentUpdate,
+    MarginCall,
+    MarginCallPosition,
     MarginMode,
     Order,
     OrdersSnapshot,
@@ -131,7 +136,7 @@ _ORDER_LIVE: Final[dict[str, bool]] = {
 # priced at the mark by the engine (SPEC 1.3).
 _PRICED_ORDER_TYPES: Final = frozenset({"LIMIT"})
 # What a user data stream may carry besides the events decoded here.
-_QUIET_EVENTS: Final = frozenset({"MARGIN_CALL", "listenKeyExpired", "TRADE_LITE",
+_QUIET_EVENTS: Final = frozenset({"listenKeyExpired", "TRADE_LITE",
                                   "STRATEGY_UPDATE", "GRID_UPDATE", "ALGO_UPDATE",
                                   "CONDITIONAL_ORDER_TRIGGER_REJECT"})
 _TRADED_CONTRACTS: Final = frozenset({"PERPETUAL", "CURRENT_QUARTER", "NEXT_QUARTER",
@@ -235,6 +240,8 @@ class BinanceDecoder:
             return [self._order_update(frame, require_account(account, kind), recv_ms)]
         if kind == "ACCOUNT_CONFIG_UPDATE":
             return self._config_update(frame, require_account(account, kind), recv_ms)
+        if kind == "MARGIN_CALL":
+            return [self._margin_call(frame, require_account(account, kind), recv_ms)]
         if kind in _QUIET_EVENTS:
             return []
         raise BadInput(f"frame event {show(kind)} is not one riskmon reads")
@@ -271,6 +278,23 @@ class BinanceDecoder:
         if positions:
             events.append(PositionUpdate(account, tuple(positions), event_ms, recv_ms))
         return events
+
+    def _margin_call(self, frame: dict[str, Any], account: str, recv_ms: int) -> Event:
+        event_ms = timestamp_field(frame, "E", "MARGIN_CALL")
+        positions = []
+        for row in rows_of(frame.get("p", []), "MARGIN_CALL p"):
+            context = "MARGIN_CALL position"
+            symbol = text_field(row, "s", context)
+            mode = (_margin_type(row, "mt", context) if "mt" in row
+                    else self._margin_type.get((account, symbol), "cross"))
+            positions.append(MarginCallPosition(
+                symbol, _position_side(row, "ps", context), mode,
+                number_field(row, "pa", context, "any"),
+                optional_number_field(row, "mp", context, "positive"),
+                optional_number_field(row, "mm", context, "non_negative")))
+        if not positions:
+            raise BadInput("MARGIN_CALL names no position")
+        return MarginCall(account, tuple(positions), event_ms, recv_ms)
 
     def _order_update(self, frame: dict[str, Any], account: str, recv_ms: int) -> Event:
         row = frame.get("o")

@@ -33,8 +33,8 @@ delivery while opening and the keepalive watchdog are adapters/feed_link.py's. C
 - *What is delivered.* Every data message, unparsed: market frames (the combined-stream
   envelope ``{"stream", "data"}``) with their stream name as the conflation key (a newer
   mark replaces a waiting one under pressure, monitor/runtime/feed.py), user data events as they
-  come. ``MARGIN_CALL`` is logged as ``binance_margin_call`` and delivered (recorded;
-  the decoder yields nothing: riskmon computes the margin state itself).
+  come. ``MARGIN_CALL`` is logged as ``binance_margin_call`` and delivered: the engine
+  holds it against its own view and says where they disagree (``exchange_divergence``).
 
 Credentials never leave :class:`~adapters.binance.auth.Credentials` except in a request's
 header and signature; nothing here logs a request it sends.

@@ -62,6 +62,15 @@ def subject(alert: Alert) -> str:
     return alert.account
 
 
+_MARGIN_CALL_REASONS: Final = {
+    "position_unknown": "a position riskmon does not hold",
+    "maint_margin": "maintenance margin differs",
+    "level_normal": "riskmon's level is normal",
+    "risk_unknown": "riskmon's risk of the account is unknown",
+}
+"""The words for an exchange margin call's ``reasons`` (monitor.core.payloads)."""
+
+
 def orders_words(orders: Sequence[CloseOrder]) -> str:
     """``sell 6 BTC-USDT-SWAP, buy 2 ETH-USDT-SWAP long (reduce-only market)``.
 
@@ -140,6 +149,13 @@ def alert_text(alert: Alert) -> str:
             reason = payload.get("reason")
             body = (f"{who}: {payload.get('feed', '?')} feed {state}"
                     + (f" ({reason})" if reason else ""))
+        case "exchange_divergence" if payload.get("margin_call") is True:
+            reasons = payload.get("reasons")
+            why = [_MARGIN_CALL_REASONS.get(str(reason), str(reason))
+                   for reason in (reasons if isinstance(reasons, list) else [])]
+            body = (f"{who}: the exchange issued a margin call that riskmon's figures do not"
+                    f" bear out ({'; '.join(why) or '?'}), margin ratio {ratio}: check the"
+                    " account on the exchange")
         case "exchange_divergence":
             fields = payload.get("fields")
             shown = []

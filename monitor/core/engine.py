@@ -94,6 +94,7 @@ from monitor.core.events import (
     FeedStatus,
     IndexPrice,
     InstrumentUpdate,
+    MarginCall,
     MarginMode,
     MarkPrice,
     Order,
@@ -122,6 +123,7 @@ from monitor.core.payloads import (
     DivergenceField,
     DivergenceFieldName,
     ExchangeDivergenceLiquidationPayload,
+    ExchangeDivergenceMarginCallPayload,
     ExchangeDivergencePoolPayload,
     FeedConnectionPayload,
     FeedRecoveredMarkPayload,
@@ -129,6 +131,8 @@ from monitor.core.payloads import (
     FeedStaleMarkPayload,
     FeedStaleMissingPayload,
     LevelChangedPayload,
+    MarginCallPositionFields,
+    MarginCallReason,
     PlanStep,
     PoolFields,
     ReminderPayload,
@@ -415,6 +419,7 @@ class AccountState:
         "init_usd",
         "last_alert_ts",
         "maint_usd",
+        "margin_call_divergent",
         "missing",
         "mode",
         "name",
@@ -451,6 +456,8 @@ class AccountState:
         self.missing: dict[str, int] = {}
         self.reported: dict[str, None] = {}
         self.exchange: ExchangeAccountFigures | None = None
+        # An exchange_divergence of the exchange's margin call (MarginEngine._on_margin_call).
+        self.margin_call_divergent = False
         self.owed: frozenset[str] = frozenset()
         self.updates = 0
         # Alerts emitted at the event time ``last_alert_ts``, by kind and discriminator
@@ -666,6 +673,8 @@ class MarginEngine:
                 self._on_collateral_tiers(event, alerts)
             case BorrowTiersUpdate():
                 self._on_borrow_tiers(event, alerts)
+            case MarginCall():
+                self._on_margin_call(event, alerts)
             case FeedStatus():
                 self._on_feed_status(event, alerts)
             case ClockTick():
@@ -1979,6 +1988,70 @@ class MarginEngine:
                        figures=figures, level=pool.level,
                        discriminator=f"liquidation:{exposure.inst_id}:{exposure.side}:"
                                      f"{exposure.margin_mode}")
+
+    def _on_margin_call(self, event: MarginCall, alerts: list[Alert]) -> None:
+        """SPEC 1.9 for an exchange's margin call: the exchange says the account's risk is
+        high. riskmon agrees when it holds every position named, each one's maintenance
+        margin at the exchange's mark is within ``divergence_tolerance`` of the exchange's,
+        and its level of each one's pool is ``warning`` or worse; otherwise one
+        ``exchange_divergence`` says why (``reasons``), once per episode: again only after
+        a margin call riskmon agreed with. An account whose risk riskmon does not know
+        disagrees by definition: the exchange's warning is then all there is."""
+        account = self._account(event.account)
+        tolerance = self.risk.divergence_tolerance
+        reasons: list[MarginCallReason] = []
+        fields: list[DivergenceField] = []
+        rows: list[MarginCallPositionFields] = []
+        if account.missing:
+            reasons.append("risk_unknown")
+        for listed in event.positions:
+            exposure = account.exposures.get((listed.inst_id, listed.margin_mode, listed.side))
+            held = exposure.contracts if exposure is not None else 0.0
+            instrument = exposure.instrument if exposure is not None else None
+            pool = exposure.pool if exposure is not None else None
+            ours: float | None = None
+            if exposure is None or instrument is None or held == 0.0:
+                if "position_unknown" not in reasons:
+                    reasons.append("position_unknown")
+            else:
+                mark = listed.mark or self.marks.get(exposure.inst_id, exposure.avg_price)
+                ours = instrument.maintenance_margin(held, position_value(
+                    instrument.contract_type == "inverse", instrument.multiplier, held, mark))
+            theirs = listed.maint_margin
+            difference = None
+            if ours is not None and theirs is not None:
+                difference = abs(ours - theirs) / max(abs(theirs), 1e-12)
+                if difference > tolerance:
+                    fields.append({"field": "maint_margin", "ours": ours, "theirs": theirs,
+                                   "relative_difference": difference})
+                    if "maint_margin" not in reasons:
+                        reasons.append("maint_margin")
+            if (pool is not None and pool.kind != POOL_EXCHANGE and pool.level == "normal"
+                    and not account.missing and "level_normal" not in reasons):
+                reasons.append("level_normal")
+            rows.append({"inst_id": listed.inst_id, "side": listed.side,
+                         "margin_mode": listed.margin_mode, "contracts": listed.contracts,
+                         "held": held if exposure is not None and held != 0.0 else None,
+                         "ours": ours, "theirs": theirs, "relative_difference": difference,
+                         "level": pool.level if pool is not None else None})
+        alert, account.margin_call_divergent = divergence(account.margin_call_divergent,
+                                                          bool(reasons))
+        if alert:
+            figures = self._headline(account)
+            payload: ExchangeDivergenceMarginCallPayload = {
+                "fields": fields,
+                "tolerance": tolerance,
+                "ours": figures.margin_ratio,
+                "theirs": None,
+                "relative_difference": None,
+                "margin_call": True,
+                "reasons": reasons,
+                "positions": rows,
+            }
+            first = event.positions[0].inst_id if len(event.positions) == 1 else None
+            self._emit(alerts, account, "exchange_divergence", event.event_ms, event.recv_ms,
+                       first, self.marks.get(first) if first else None, payload,
+                       figures=figures, discriminator="margin_call")
 
     # -- bookkeeping -------------------------------------------------------------------
 

@@ -271,6 +271,36 @@ class BorrowTiersUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class MarginCallPosition:
+    """One position an exchange's margin call names, as the exchange sees it:
+    ``maint_margin`` in the position's settlement currency at the exchange's ``mark``
+    (None where either is not given)."""
+
+    inst_id: str
+    side: PositionSide
+    margin_mode: MarginMode
+    contracts: float
+    mark: float | None
+    maint_margin: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MarginCall:
+    """The exchange warns that an account's risk is high (a venue's margin call push).
+
+    riskmon computes the margin state itself; the engine holds the warning against its
+    own view (SPEC 1.9; MarginEngine._on_margin_call): a position riskmon does
+    not hold, a maintenance margin beyond the tolerance, or a level of ``normal`` where
+    the exchange calls for margin is an ``exchange_divergence``.
+    """
+
+    account: str
+    positions: tuple[MarginCallPosition, ...]
+    event_ms: int
+    recv_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class FeedStatus:
     """A feed connection changed state. ``account`` is None for the public feed."""
 
@@ -305,6 +335,7 @@ Event = (
     | AccountConfigUpdate
     | CollateralTiersUpdate
     | BorrowTiersUpdate
+    | MarginCall
     | FeedStatus
     | ClockTick
 )

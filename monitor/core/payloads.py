@@ -22,7 +22,10 @@ Per kind, the payload types::
     feed_disconnected    FeedConnectionPayload
     exchange_divergence  ExchangeDivergencePoolPayload (a pool's figures)
                          ExchangeDivergenceLiquidationPayload (a position's liquidation
-                         price); fields: DivergenceField
+                         price)
+                         ExchangeDivergenceMarginCallPayload (the exchange's margin call
+                         against riskmon's view; positions: MarginCallPositionFields);
+                         fields: DivergenceField
     account_mode         AccountModePayload
     execution_sent       ExecutionSentPayload (orders: SentOrder)
     execution_filled     ExecutionFilledPayload
@@ -54,6 +57,7 @@ __all__ = [
     "DivergenceFieldName",
     "EngineAlertPayload",
     "ExchangeDivergenceLiquidationPayload",
+    "ExchangeDivergenceMarginCallPayload",
     "ExchangeDivergencePoolPayload",
     "ExecutionFailedPayload",
     "ExecutionFilledPayload",
@@ -66,6 +70,8 @@ __all__ = [
     "FeedStaleMissingPayload",
     "LegFields",
     "LevelChangedPayload",
+    "MarginCallPositionFields",
+    "MarginCallReason",
     "PlanStep",
     "PoolFields",
     "ReminderPayload",
@@ -244,6 +250,45 @@ class ExchangeDivergenceLiquidationPayload(TypedDict):
     margin_mode: MarginMode
 
 
+MarginCallReason = Literal["position_unknown", "maint_margin", "level_normal", "risk_unknown"]
+"""Why an exchange's margin call disagrees with riskmon: a position riskmon does not hold
+(or holds without its instrument), a maintenance margin beyond the tolerance, riskmon's
+level ``normal`` for a position's pool, the account's risk unknown to riskmon."""
+
+
+class MarginCallPositionFields(TypedDict):
+    """One position of an exchange's margin call beside riskmon's view of it. ``ours``
+    is riskmon's maintenance margin of the position it holds, at the exchange's mark, in
+    the settlement currency as ``theirs``; ``held`` its contracts (None: riskmon holds no
+    such position); ``level`` riskmon's level of the position's pool."""
+
+    inst_id: str
+    side: PositionSide
+    margin_mode: MarginMode
+    contracts: float
+    held: float | None
+    ours: float | None
+    theirs: float | None
+    relative_difference: float | None
+    level: Level | None
+
+
+class ExchangeDivergenceMarginCallPayload(TypedDict):
+    """``exchange_divergence`` of an exchange's margin call
+    (:class:`~monitor.core.events.MarginCall`) that riskmon's view does not bear out
+    (``reasons``); ``fields`` has the maintenance margins beyond the tolerance, ``ours``
+    the account's ratio."""
+
+    fields: list[DivergenceField]
+    tolerance: float
+    ours: float | None
+    theirs: None
+    relative_difference: None
+    margin_call: Literal[True]
+    reasons: list[MarginCallReason]
+    positions: list[MarginCallPositionFields]
+
+
 class AccountModePayload(TypedDict):
     """``account_mode`` (SPEC 1.5): a mode followed on the exchange's figures, or one
     riskmon cannot follow at all."""
@@ -326,6 +371,7 @@ EngineAlertPayload = (
     | FeedConnectionPayload
     | ExchangeDivergencePoolPayload
     | ExchangeDivergenceLiquidationPayload
+    | ExchangeDivergenceMarginCallPayload
     | AccountModePayload
 )
 """The payloads the margin engine emits."""
@@ -346,7 +392,8 @@ PAYLOAD_TYPES: Final[Mapping[AlertKind, tuple[type, ...]]] = {
     "feed_connected": (FeedConnectionPayload,),
     "feed_disconnected": (FeedConnectionPayload,),
     "exchange_divergence": (ExchangeDivergencePoolPayload,
-                            ExchangeDivergenceLiquidationPayload),
+                            ExchangeDivergenceLiquidationPayload,
+                            ExchangeDivergenceMarginCallPayload),
     "account_mode": (AccountModePayload,),
     "execution_sent": (ExecutionSentPayload,),
     "execution_filled": (ExecutionFilledPayload,),
