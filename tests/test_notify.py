@@ -6,6 +6,7 @@ stuck destination, and delivery across a restart from the cursor."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import sqlite3
@@ -596,3 +597,56 @@ def test_an_exchange_margin_call_riskmon_does_not_bear_out_says_why() -> None:
     pool = alert(2, kind="exchange_divergence", payload={"fields": [
         {"field": "maint_margin", "ours": 1.0, "theirs": 2.0, "relative_difference": 0.5}]})
     assert "maint_margin ours 1 vs exchange 2" in alert_text(pool)
+
+
+@pytest.mark.parametrize(("auth", "env", "expected"), [
+    ('bearer_token_env = "AM_TOKEN"\n', {"AM_TOKEN": "am-Token-never-shown"},
+     "Bearer am-Token-never-shown"),
+    ('basic_auth_user = "tenant-7"\nbasic_auth_password_env = "AM_PASSWORD"\n',
+     {"AM_PASSWORD": "am-Password-never-shown"},
+     "Basic " + base64.b64encode(b"tenant-7:am-Password-never-shown").decode()),
+], ids=["bearer", "basic"])
+async def test_alertmanager_sends_its_credential_and_never_stores_it(
+        tmp_path: Path, auth: str, env: dict[str, str], expected: str) -> None:
+    down = alert(1, level="warning", from_level="normal")
+    secret = next(iter(env.values()))
+    # One failure whose answer echoes the credential (a careless proxy), then delivered.
+    echo = Reply(500, f'{{"error": "refused {expected}"}}'.encode())
+    async with FakeHttpServer(script(echo)) as server:
+        toml = f'[notify.oncall]\ntype = "alertmanager"\nurl = "{server.url}"\n{auth}{FAST}'
+        async with rig(tmp_path, toml, env) as running:
+            await running.publish([down])
+            await server.wait_for(lambda r: len(r) >= 2 and mentions(down)(r[1:]))
+    assert [r.headers["authorization"] for r in server.requests[:2]] == [expected] * 2
+    stored = files_bytes(tmp_path, "notify.db*")
+    assert secret.encode() not in stored and expected.encode() not in stored
+
+
+def files_bytes(directory: Path, pattern: str) -> bytes:
+    """The contents of the files matching ``pattern`` (the database and its WAL)."""
+    return b"".join(path.read_bytes() for path in sorted(directory.glob(pattern)))
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ('bearer_token_env = "T"\nbasic_auth_user = "u"\nbasic_auth_password_env = "P"\n',
+     "notify.x.bearer_token_env"),
+    ('basic_auth_user = "u"\n', "notify.x.basic_auth_password_env"),
+    ('basic_auth_password_env = "P"\n', "notify.x.basic_auth_user"),
+    ('url = "http://alertmanager.internal:9093"\nbearer_token_env = "T"\n', "notify.x.url"),
+])
+def test_alertmanager_credentials_are_checked(toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(f'[notify.x]\ntype = "alertmanager"\n{toml}'))
+    assert caught.value.key == key
+
+
+async def test_an_alertmanager_credential_variable_must_be_set(tmp_path: Path) -> None:
+    config = parse_config(tomllib.loads(
+        '[notify.x]\ntype = "alertmanager"\nbasic_auth_user = "u"\n'
+        'basic_auth_password_env = "AM_PASSWORD"\n'))
+    with pytest.raises(ConfigError) as caught:
+        await Notifiers.open(config.notify, tmp_path / "x.db", environ={})
+    assert caught.value.key == "notify.x.basic_auth_password_env"
+    # Without a credential, plain http to a private address stays allowed.
+    parse_config(tomllib.loads(
+        '[notify.x]\ntype = "alertmanager"\nurl = "http://alertmanager.internal:9093"\n'))

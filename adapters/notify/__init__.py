@@ -13,6 +13,7 @@ the environment, opens the cursor connection, and starts and stops every notifie
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -72,7 +73,14 @@ def build_destination(config: NotifierConfig,
             return Slack(url, (url,)) if config.type == "slack" else Discord(url, (url,))
         case "alertmanager":
             assert config.url is not None
-            return Alertmanager(config.url, config)
+            authorization = None
+            if config.bearer_token_env:
+                authorization = "Bearer " + secret("bearer_token_env", config.bearer_token_env)
+            elif config.basic_auth_user is not None:
+                password = secret("basic_auth_password_env", config.basic_auth_password_env)
+                pair = f"{config.basic_auth_user}:{password}".encode()
+                authorization = "Basic " + base64.b64encode(pair).decode("ascii")
+            return Alertmanager(config.url, config, authorization)
 
 
 class Notifiers:

@@ -16,7 +16,8 @@
 - ``discord``: a webhook, ``{"content": ..., "allowed_mentions": {"parse": []}}`` (no
   @-mention can ping anyone; Markdown characters escaped), at most 2,000 characters.
 - ``alertmanager``: ``POST <url>/api/v2/alerts`` with a list of alerts, see
-  :class:`Alertmanager`.
+  :class:`Alertmanager`; with ``bearer_token_env`` or basic auth, an ``Authorization``
+  header.
 """
 
 from __future__ import annotations
@@ -222,9 +223,14 @@ class Alertmanager:
 
     batches = True
 
-    def __init__(self, base_url: str, config: NotifierConfig) -> None:
+    def __init__(self, base_url: str, config: NotifierConfig,
+                 authorization: str | None = None) -> None:
         self.url = f"{base_url.rstrip('/')}/api/v2/alerts"
-        self.secrets: tuple[str, ...] = ()
+        self.headers: Mapping[str, str] = JSON if authorization is None else {
+            **JSON, "Authorization": authorization}
+        # The header's value, and the credential in it, are scrubbed from any error text.
+        self.secrets: tuple[str, ...] = () if authorization is None else (
+            authorization, authorization.split(" ", 1)[1])
         self.refresh_interval_s: float | None = config.resend_interval_s
         self.event_duration_s = config.event_duration_s
         self.firing: dict[tuple[str, ...], _Firing] = {}
@@ -234,7 +240,7 @@ class Alertmanager:
         posts = []
         for stored in message.alerts:
             posts.extend(self._translate(stored.alert, state, now_s))
-        return Request(self.url, orjson.dumps(posts), JSON)
+        return Request(self.url, orjson.dumps(posts), self.headers)
 
     def delivered(self, message: Message) -> None:
         for stored in message.alerts:
@@ -250,7 +256,7 @@ class Alertmanager:
         ends = _rfc3339(now_s + 4 * (self.refresh_interval_s or 0.0))
         posts = [{"labels": dict(f.labels), "annotations": dict(f.annotations),
                   "startsAt": f.starts_at, "endsAt": ends} for f in self.firing.values()]
-        return Request(self.url, orjson.dumps(posts), JSON)
+        return Request(self.url, orjson.dumps(posts), self.headers)
 
     def check(self, response: httpx.Response) -> None:
         default_response_check(response)

@@ -76,7 +76,8 @@ _NOTIFIER_KEYS: Mapping[NotifierType, set[str]] = {
     "telegram": {"url", "bot_token_env", "chat_id"},
     "slack": {"webhook_url_env"},
     "discord": {"webhook_url_env"},
-    "alertmanager": {"url", "resend_interval_s", "event_duration_s"},
+    "alertmanager": {"url", "resend_interval_s", "event_duration_s", "bearer_token_env",
+                     "basic_auth_user", "basic_auth_password_env"},
 }
 _NOTIFIER_REQUIRED: Mapping[NotifierType, tuple[str, ...]] = {
     "webhook": ("url",),
@@ -628,10 +629,23 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
         return None if value is None else read_string(value, f"{path}.{key}")
 
     url = optional_string("url") or default_url
+    bearer = optional_string("bearer_token_env")
+    basic_user = optional_string("basic_auth_user")
+    basic_password = optional_string("basic_auth_password_env")
+    if bearer is not None and (basic_user is not None or basic_password is not None):
+        raise ConfigError(f"{path}.bearer_token_env",
+                          "give either a bearer token or basic auth, not both")
+    if (basic_user is None) != (basic_password is None):
+        missing = "basic_auth_password_env" if basic_password is None else "basic_auth_user"
+        raise ConfigError(f"{path}.{missing}",
+                          "basic auth needs both basic_auth_user and basic_auth_password_env")
     if url is not None:
         # A webhook or Telegram request carries alert contents and credentials: plain HTTP
-        # only to this machine. Alertmanager is usually reached on a private network.
-        _check_url(url, f"{path}.url", https_only=notifier_type != "alertmanager")
+        # only to this machine. Alertmanager is usually reached on a private network,
+        # unless a credential goes with the alerts.
+        credentials = bearer is not None or basic_user is not None
+        _check_url(url, f"{path}.url",
+                   https_only=notifier_type != "alertmanager" or credentials)
     chat_id = table.get("chat_id")
     if chat_id is not None:
         if isinstance(chat_id, int) and not isinstance(chat_id, bool):
@@ -667,6 +681,9 @@ def _parse_notifier(name: str, table: Mapping[str, Any]) -> NotifierConfig:
         bot_token_env=optional_string("bot_token_env"),
         chat_id=chat_id,
         webhook_url_env=optional_string("webhook_url_env"),
+        bearer_token_env=bearer,
+        basic_auth_user=basic_user,
+        basic_auth_password_env=basic_password,
         accounts=None if accounts is None else tuple(
             read_string(a, f"{path}.accounts") for a in _as_array(accounts, f"{path}.accounts")),
         kinds=None if kinds is None else tuple(cast(list[AlertKind], kinds)),
@@ -688,11 +705,7 @@ def _check_url(url: str, path: str, *, https_only: bool) -> None:
         raise ConfigError(path, "must be https:// (plain http only to a loopback address)")
 
 
-
-
 # -- small typed readers ---------------------------------------------------------------
-
-
 
 
 def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:

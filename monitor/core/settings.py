@@ -256,8 +256,11 @@ class NotifierConfig:
     """One notification destination (``[notify.NAME]``; adapters/notify).
 
     Secrets are named, never stored here: ``secret_env`` (the webhook's HMAC key),
-    ``bot_token_env`` (Telegram) and ``webhook_url_env`` (Slack and Discord, whose webhook
-    URL is the credential) are environment variable names, read when the daemon starts.
+    ``bot_token_env`` (Telegram), ``webhook_url_env`` (Slack and Discord, whose webhook
+    URL is the credential), ``bearer_token_env`` and ``basic_auth_password_env``
+    (Alertmanager behind an authenticating proxy, or its own ``basic_auth_users``; the
+    user name ``basic_auth_user`` is not a secret) are environment variable names, read
+    when the daemon starts.
     ``url`` is the destination's base URL (the webhook's full URL). ``rate_per_s`` 0
     means no limit; ``burst`` messages may go at once before the rate applies.
     """
@@ -269,6 +272,9 @@ class NotifierConfig:
     bot_token_env: str | None = None
     chat_id: str | None = None
     webhook_url_env: str | None = None
+    bearer_token_env: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_env: str | None = None
     accounts: tuple[str, ...] | None = None
     kinds: tuple[AlertKind, ...] | None = None
     min_level: Level = "normal"
