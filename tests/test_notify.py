@@ -650,3 +650,63 @@ async def test_an_alertmanager_credential_variable_must_be_set(tmp_path: Path) -
     # Without a credential, plain http to a private address stays allowed.
     parse_config(tomllib.loads(
         '[notify.x]\ntype = "alertmanager"\nurl = "http://alertmanager.internal:9093"\n'))
+
+
+# -- riskmon's own storage failing ------------------------------------------------------------
+
+
+async def test_a_lasting_storage_fault_and_its_end_are_told_once_to_every_notifier(
+        tmp_path: Path) -> None:
+    telegram_ok = Reply.json({"ok": True, "result": {"message_id": 1}})
+    async with FakeHttpServer() as hook, FakeHttpServer(lambda r: telegram_ok) as phone, \
+            FakeHttpServer() as oncall:
+        toml = (webhook_toml(hook.url) + telegram_toml(phone.url)
+                + f'[notify.oncall]\ntype = "alertmanager"\nurl = "{oncall.url}"\n{FAST}')
+        async with rig(tmp_path, toml, ENV) as running:
+            notifiers = running.notifiers
+            since = time.time() - 5
+            # Shorter than notice_after_s: nothing is said.
+            notifiers.storage((since, "database is locked"), 3, since + 1, 2.0)
+            await asyncio.sleep(0.3)
+            assert hook.requests == phone.requests == oncall.requests == []
+            for now in (since + 2, since + 3, since + 4):  # told once, however often seen
+                notifiers.storage((since, "database is locked"), 3, now, 2.0)
+            for server in (hook, phone, oncall):
+                await server.wait_for(lambda r: len(r) == 1)
+            notifiers.storage(None, 0, since + 9, 2.0)
+            notifiers.storage(None, 0, since + 10, 2.0)
+            for server in (hook, phone, oncall):
+                await server.wait_for(lambda r: len(r) == 2)
+            await asyncio.sleep(0.3)
+    assert (len(hook.requests), len(phone.requests), len(oncall.requests)) == (2, 2, 2)
+    failing, recovered = hook.requests
+    assert failing.headers["x-riskmon-message"] == "notice"
+    assert failing.json() == {"notice": {
+        "kind": "storage_failing", "since_ts": int(since * 1000),
+        "ts": int((since + 2) * 1000), "error": "database is locked", "waiting_records": 3}}
+    assert recovered.json()["notice"]["kind"] == "storage_recovered"
+    assert recovered.json()["notice"]["ts"] == int((since + 9) * 1000)
+    assert failing.headers["idempotency-key"] != recovered.headers["idempotency-key"]
+    mac = hmac.new(SECRET.encode(), failing.headers["x-riskmon-timestamp"].encode() + b"."
+                   + failing.body, hashlib.sha256).hexdigest()
+    assert failing.headers["x-riskmon-signature"] == f"sha256={mac}"
+    texts = [r.json()["text"] for r in phone.requests]
+    assert "cannot store alerts since" in texts[0] and "database is locked" in texts[0]
+    assert "stores alerts again" in texts[1] and "for 9 s" in texts[1]
+    fired, resolved = ([a for a in r.json()] for r in oncall.requests)
+    assert fired[0]["labels"] == {"alertname": "RiskmonStorageFailing"}
+    assert fired[0]["startsAt"] == iso(since * 1000)
+    assert fired[0]["endsAt"] > iso(time.time() * 1000)
+    assert resolved[0]["endsAt"] == iso((since + 9) * 1000)
+
+
+async def test_a_storage_notice_waits_for_a_failing_destination_and_goes_first(
+        tmp_path: Path) -> None:
+    async with FakeHttpServer(script(Reply(503), Reply(503))) as hook, \
+            rig(tmp_path, webhook_toml(hook.url), ENV) as running:
+        since = time.time()
+        running.notifiers.storage((since, "disk I/O error"), 1, since + 60, 30.0)
+        await running.publish([alert(1)])  # stored meanwhile (say the lock came and went)
+        await hook.wait_for(lambda r: len(r) == 4)
+    kinds = [r.headers["x-riskmon-message"] for r in hook.requests]
+    assert kinds == ["notice", "notice", "notice", "alert"]

@@ -34,6 +34,7 @@ from monitor.core.errors import SinkError
 from monitor.core.records import StoredAlert
 from monitor.runtime.pipeline import SinkTask
 from tests.builders import make_alert
+from tests.http_fakes import FakeHttpServer, Received
 from tests.live_harness import (
     FEED_KINDS,
     LIVE_ENV,
@@ -324,3 +325,52 @@ async def test_a_full_disk_holds_the_alerts_until_there_is_room(tmp_path: Path) 
             assert connection.execute("SELECT count(*), count(DISTINCT id) FROM alerts"
                                       ).fetchone() == (40, 40)
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def test_a_lasting_fault_is_told_to_the_notifiers_and_its_alerts_follow(
+        tmp_path: Path) -> None:
+    # The real daemon with a webhook notifier (a fake receiver on loopback); another
+    # process holds the write lock past storage.fault_notice_after_s while the story
+    # produces alerts. The receiver hears of the fault while it lasts, of its end, and then
+    # gets every stored alert.
+    async with FakeHttpServer() as hook:
+        with running(["replay-server", str(STORY), "--port", "0", "--speed", "20"]) as server:
+            port = (await asyncio.to_thread(server.wait_status, "listening"))["port"]
+            config = live_config(tmp_path, port)
+            text = config.read_text().replace("[storage]\n", (
+                "[storage]\nfault_notice_after_s = 1\nretention_days = 36500\n"))
+            config.write_text(text + (
+                f'\n[notify.hook]\ntype = "webhook"\nurl = "{hook.url}/riskmon"\n'
+                'backoff_initial_s = 0.05\nbackoff_max_s = 0.2\n'))
+            db = tmp_path / "daemon.db"
+            with running(["run", "--config", str(config)], env=LIVE_ENV) as daemon:
+                http_port = (await asyncio.to_thread(daemon.wait_status, "listening"))["port"]
+                with locked_by_another_process(db, "BEGIN IMMEDIATE"):
+                    await hook.wait_for(lambda r: any(notice_kind(q) == "storage_failing"
+                                                      for q in r), within_s=30)
+                    during = [notice_kind(q) for q in hook.requests]
+                await hook.wait_for(lambda r: any(notice_kind(q) == "storage_recovered"
+                                                  for q in r), within_s=30)
+                await asyncio.to_thread(server.wait_status, "finished", 120)
+                await asyncio.to_thread(wait_quiet, http_port)
+                stored = await asyncio.to_thread(stored_alerts, db)
+                ids = {a["id"] for a in stored}
+                await hook.wait_for(lambda r: ids <= {q.headers["idempotency-key"] for q in r},
+                                    within_s=60)
+                assert await asyncio.to_thread(daemon.terminate) == 0
+    assert during.count("storage_failing") == 1 and "storage_recovered" not in during
+    notices = [q.json()["notice"] for q in hook.requests if notice_kind(q)]
+    assert [n["kind"] for n in notices] == ["storage_failing", "storage_recovered"]
+    assert "database is locked" in notices[0]["error"]
+    assert notices[0]["waiting_records"] >= 1
+    assert notices[1]["since_ts"] == notices[0]["since_ts"] < notices[1]["ts"]
+    delivered = [q.headers["idempotency-key"] for q in hook.requests if not notice_kind(q)]
+    assert list(dict.fromkeys(delivered)) == [a["id"] for a in stored]
+
+
+def notice_kind(request: Received) -> str | None:
+    """The kind of a storage notice the webhook received; None for an alert."""
+    if request.headers.get("x-riskmon-message") != "notice":
+        return None
+    kind: str = request.json()["notice"]["kind"]
+    return kind

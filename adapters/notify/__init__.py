@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from adapters.notify.core import Destination, Notifier
+from adapters.notify.core import Destination, Notifier, StorageNotice
 from adapters.notify.destinations import (
     STATEFUL_KINDS,
     Alertmanager,
@@ -89,6 +89,27 @@ class Notifiers:
     def __init__(self, notifiers: Sequence[Notifier], store: SqliteStore | None) -> None:
         self.notifiers = list(notifiers)
         self._store = store
+        self._fault: StorageNotice | None = None
+        """The storage fault the notifiers have been told of, until it ends."""
+
+    def storage(self, failing: tuple[float, str] | None, waiting: int, now_s: float,
+                notice_after_s: float) -> None:
+        """The daemon's store as it is now: ``failing`` its writes' ``(since_s, error)``,
+        None when they work. A fault lasting ``notice_after_s`` is told to every notifier
+        once (:class:`~adapters.notify.core.StorageNotice`), and so is its end; a shorter
+        one is not (a lock held for a moment retries unseen)."""
+        told = self._fault
+        if failing is not None:
+            since_s, error = failing
+            if (told is None or told.since_s != since_s) and now_s - since_s >= notice_after_s:
+                self._tell(StorageNotice(True, since_s, now_s, error, waiting))
+        elif told is not None:
+            self._tell(StorageNotice(False, told.since_s, now_s, told.error, waiting))
+
+    def _tell(self, notice: StorageNotice) -> None:
+        self._fault = notice if notice.failing else None
+        for notifier in self.notifiers:
+            notifier.notice(notice)
 
     @classmethod
     async def open(cls, configs: Mapping[str, NotifierConfig], sqlite_path: str | Path, *,

@@ -65,6 +65,9 @@ from monitor.core.settings import NotifierConfig
 from monitor.runtime.stream import AlertFilter
 
 PAGE_SIZE: Final = 500
+NOTICES_HELD: Final = 16
+"""Storage notices a notifier holds while its destination does not take them (the oldest
+goes first when more come)."""
 SUMMARY_MAX: Final = 500
 """The most alerts one summary (or Alertmanager batch) covers."""
 
@@ -137,6 +140,32 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class StorageNotice:
+    """riskmon's own storage: its writes have been failing since ``since_s`` (wall time;
+    ``failing``), or they work again (``failing`` False, at ``at_s``). While they fail, the
+    alerts wait in memory (persist before publish), so no notifier would hear of them:
+    this notice says so instead (README "Storage faults while running"). ``error`` is
+    SQLite's reason (a path and a message: no secret); ``waiting`` the records held."""
+
+    failing: bool
+    since_s: float
+    at_s: float
+    error: str
+    waiting: int
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: the fault (its start) and which end of it."""
+        return f"storage:{int(self.since_s * 1000)}:{'failing' if self.failing else 'recovered'}"
+
+    def to_dict(self) -> dict[str, object]:
+        """The notice as the webhook's JSON carries it (times in ms)."""
+        return {"kind": "storage_failing" if self.failing else "storage_recovered",
+                "since_ts": int(self.since_s * 1000), "ts": int(self.at_s * 1000),
+                "error": self.error, "waiting_records": self.waiting}
+
+
 class DeliveryFailed(Exception):
     """The destination did not take the message; ``reason`` holds no secret."""
 
@@ -161,6 +190,8 @@ class Destination(Protocol):
     def delivered(self, message: Message) -> None: ...
 
     def refresh(self, now_s: float) -> Request | None: ...
+
+    def notice(self, notice: StorageNotice, now_s: float) -> Request: ...
 
 
 class NotifierStore(Protocol):
@@ -253,6 +284,8 @@ class Notifier:
         self._inflight = cursor if cursor.inflight_first_seq is not None else None
         self._saved = cursor
         self._sending: Message | None = None
+        self._notices: deque[StorageNotice] = deque(maxlen=NOTICES_HELD)
+        self._noticed = asyncio.Event()
         self._wake = asyncio.Event()
         self._input_ended = False
         self._task: asyncio.Task[None] | None = None
@@ -280,6 +313,13 @@ class Notifier:
         """No more alerts will come (the pipeline is draining)."""
         self._input_ended = True
         self._wake.set()
+
+    def notice(self, notice: StorageNotice) -> None:
+        """Deliver ``notice`` before any further alert (it never waits: the delivery task
+        sends it, retrying as for alerts, and no cursor is saved for it)."""
+        self._notices.append(notice)
+        self._wake.set()
+        self._noticed.set()
 
     # -- lifecycle (the owner's side) ---------------------------------------------------
 
@@ -334,12 +374,21 @@ class Notifier:
                 self.failures += 1
                 self._log.error("notifier_error", notifier=self.config.name,
                                 error=self._scrub(f"{type(e).__name__}: {e}"))
-                await asyncio.sleep(backoff_delay(failures - 1, self.config.backoff_initial_s,
-                                                  self.config.backoff_max_s, self.rng))
+                # A notice cuts the pause short: the store failing is what it is about.
+                self._noticed.clear()
+                if not self._notices:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._noticed.wait(), backoff_delay(
+                            failures - 1, self.config.backoff_initial_s,
+                            self.config.backoff_max_s, self.rng))
 
     async def _step(self) -> bool:
         """Deliver one message, or wait for alerts; True once there is nothing left and
         no more will come."""
+        if self._notices:
+            await self._deliver_notice(self._notices[0])
+            self._notices.popleft()
+            return False
         await self._maybe_refresh()
         if self._inflight is not None:
             message = await self._resume_inflight()
@@ -361,7 +410,7 @@ class Notifier:
 
     async def _wait_for_alerts(self) -> None:
         self._wake.clear()
-        if self.live or self.fetched < self.live_from or self._input_ended:
+        if self.live or self.fetched < self.live_from or self._input_ended or self._notices:
             return
         timeout = None
         if self.destination.refresh_interval_s is not None:
@@ -466,6 +515,26 @@ class Notifier:
             self.ready.popleft()
         self._sending = None
         self.delivered = self.ready[0].seq - 1 if self.ready else self.fetched
+
+    async def _deliver_notice(self, notice: StorageNotice) -> None:
+        """Send a notice until the destination takes it (as :meth:`_deliver`, without a
+        cursor: a notice lost to a restart is made again if the fault is still there)."""
+        failures = 0
+        while True:
+            reason, retry_after = await self._post(self.destination.notice(notice,
+                                                                           self.clock()))
+            if reason is None:
+                break
+            failures += 1
+            self.failures += 1
+            delay = max(retry_after or 0.0,
+                        backoff_delay(failures - 1, self.config.backoff_initial_s,
+                                      self.config.backoff_max_s, self.rng))
+            self._log.warning("notifier_retry", notifier=self.config.name,
+                              attempt=failures, reason=reason, retry_in_s=round(delay, 3),
+                              notice=notice.key)
+            await asyncio.sleep(delay)
+        self.deliveries += 1
 
     async def _attempt(self, message: Message) -> tuple[str | None, float | None]:
         """One request; (None, None) when delivered, else the reason and Retry-After."""

@@ -37,10 +37,17 @@ from adapters.notify.core import (
     DeliveryFailed,
     Message,
     Request,
+    StorageNotice,
     default_response_check,
     retry_after_header,
 )
-from adapters.notify.text import alert_text, summary_counts, summary_text, truncate
+from adapters.notify.text import (
+    alert_text,
+    storage_text,
+    summary_counts,
+    summary_text,
+    truncate,
+)
 from monitor.core.alerts import LEVEL_RANK, LEVELS, Alert
 from monitor.core.settings import NotifierConfig
 
@@ -73,6 +80,9 @@ class ChatDestination:
 
     def build(self, message: Message, now_s: float) -> Request:
         return Request(self.url, orjson.dumps(self.body(self.text(message))), JSON)
+
+    def notice(self, notice: StorageNotice, now_s: float) -> Request:
+        return Request(self.url, orjson.dumps(self.body(storage_text(notice))), JSON)
 
     def check(self, response: httpx.Response) -> None:
         default_response_check(response)
@@ -163,10 +173,18 @@ class Webhook:
                          b",".join([stored.json for stored in message.alerts]), b"]}"])
 
     def build(self, message: Message, now_s: float) -> Request:
-        body = self.body(message)
+        return self._request(self.body(message), message.key,
+                             "alert" if message.mode == "alert" else "summary", now_s)
+
+    def notice(self, notice: StorageNotice, now_s: float) -> Request:
+        """``{"notice": {kind, since_ts, ts, error, waiting_records}}``, ``X-Riskmon-Message:
+        notice``."""
+        return self._request(orjson.dumps({"notice": notice.to_dict()}), notice.key, "notice",
+                             now_s)
+
+    def _request(self, body: bytes, key: str, kind: str, now_s: float) -> Request:
         timestamp = str(int(now_s))
-        headers = {**JSON, "Idempotency-Key": message.key,
-                   "X-Riskmon-Message": "alert" if message.mode == "alert" else "summary",
+        headers = {**JSON, "Idempotency-Key": key, "X-Riskmon-Message": kind,
                    "X-Riskmon-Timestamp": timestamp}
         if self.secret:
             headers["X-Riskmon-Signature"] = "sha256=" + signature(self.secret, timestamp,
@@ -260,6 +278,24 @@ class Alertmanager:
 
     def check(self, response: httpx.Response) -> None:
         default_response_check(response)
+
+    def notice(self, notice: StorageNotice, now_s: float) -> Request:
+        """``RiskmonStorageFailing`` fires while riskmon's writes fail (re-sent with what
+        fires) and is resolved when they work again."""
+        key = ("RiskmonStorageFailing",)
+        labels = {"alertname": "RiskmonStorageFailing"}
+        annotations = {"summary": storage_text(notice), "error": notice.error,
+                       "waiting_records": str(notice.waiting)}
+        starts = _rfc3339(notice.since_s)
+        if notice.failing:
+            self.firing[key] = _Firing(labels, annotations, starts)
+            ends = _rfc3339(now_s + 4 * (self.refresh_interval_s or 0.0))
+        else:
+            self.firing.pop(key, None)
+            ends = _rfc3339(notice.at_s)
+        return Request(self.url, orjson.dumps([{"labels": labels, "annotations": annotations,
+                                                "startsAt": starts, "endsAt": ends}]),
+                       self.headers)
 
     def _translate(self, alert: Alert, firing: dict[tuple[str, ...], _Firing],
                    now_s: float) -> list[dict[str, Any]]:

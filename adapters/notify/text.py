@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from adapters.notify.core import StorageNotice
 from monitor.core.alerts import LEVEL_RANK, Alert, Level
 from monitor.core.payloads import CloseOrder, orders_of
 
@@ -40,6 +41,18 @@ def utc_time(ms: int) -> str:
     """Event time as ``2026-01-01 00:07:06 UTC``."""
     moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def storage_text(notice: StorageNotice) -> str:
+    """riskmon's own storage failing, or working again (a chat line)."""
+    since = utc_time(int(notice.since_s * 1000))
+    if notice.failing:
+        return (f"{SUMMARY_ICON} riskmon cannot store alerts since {since} ({notice.error}):"
+                f" {notice.waiting} records held in memory. Alerts reach you only once they"
+                " are stored: watch the accounts on the exchange meanwhile")
+    duration = max(0.0, notice.at_s - notice.since_s)
+    return (f"{LEVEL_ICON['normal']} riskmon stores alerts again (failing since {since},"
+            f" for {duration:.0f} s): the alerts held meanwhile are delivered as stored")
 
 
 def ratio_words(value: float | None) -> str:

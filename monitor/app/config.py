@@ -449,7 +449,7 @@ def _parse_rule(raw: Any, path: str) -> StopLossRule:
 
 def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
     only_keys(table, "storage", {"sqlite_path", "retention_days", "history_interval_s",
-                             "synchronous", "checkpoint_interval_s"})
+                             "synchronous", "checkpoint_interval_s", "fault_notice_after_s"})
     defaults = StorageConfig()
     synchronous = read_string(table.get("synchronous", defaults.synchronous),
                           "storage.synchronous").upper()
@@ -467,6 +467,9 @@ def _parse_storage(table: Mapping[str, Any]) -> StorageConfig:
         checkpoint_interval_s=read_positive(table.get("checkpoint_interval_s",
                                                   defaults.checkpoint_interval_s),
                                         "storage.checkpoint_interval_s"),
+        fault_notice_after_s=read_positive(table.get("fault_notice_after_s",
+                                                 defaults.fault_notice_after_s),
+                                           "storage.fault_notice_after_s"),
     )
 
 

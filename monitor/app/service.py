@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import time
 from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -49,6 +50,9 @@ from monitor.runtime.feed import FeedItem, Inbox
 from monitor.runtime.pipeline import SinkTask
 from monitor.runtime.stream import AlertFilter, AlertHub, Subscription
 from monitor.runtime.venues import Registry, VenueUse, resolve_venues, venue_config
+
+STORAGE_WATCH_S = 1.0
+"""How often the daemon's store is looked at for the notifiers' storage notices."""
 
 
 class Monitor:
@@ -170,6 +174,7 @@ class Monitor:
         last stored alert) and close the store. Runs once."""
         log = get_logger("riskmon.daemon")
         http: HttpServer | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
             if self._serve_http:
                 control = None
@@ -198,6 +203,8 @@ class Monitor:
             if self._checkpointer is not None:
                 self._checkpointer.start()
             self.notifiers.start()
+            if self.notifiers.notifiers:
+                watcher = asyncio.create_task(self._watch_storage(), name="storage-watch")
             if self.executor is not None:
                 self.executor.start()
             self.started.set()
@@ -206,6 +213,9 @@ class Monitor:
             # start looks it up before sending).
             await self.daemon.run(stop, before_drain=self._stop_executor)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await self._stop_executor()  # when the daemon never ran, or failed
             # The sink chain has drained: the notifiers have every stored alert; they get
             # a short grace to deliver it (what is left goes after the next start).
@@ -222,6 +232,19 @@ class Monitor:
             stats = self.daemon.stats
             log.info("daemon_stopped", events=stats.events, alerts=stats.alerts,
                      quarantined=stats.quarantined)
+
+    async def _watch_storage(self) -> None:
+        """Once a second: tell the notifiers when the daemon's SQLite writes have been
+        failing for ``storage.fault_notice_after_s``, and when they work again (their
+        alerts wait for the store meanwhile: persist before publish)."""
+        head = self.daemon.head
+        after_s = self.config.storage.fault_notice_after_s
+        while True:
+            retrying = head.retrying
+            self.notifiers.storage(
+                None if retrying is None else (retrying.since_s, retrying.error),
+                head.waiting_records, time.time(), after_s)
+            await asyncio.sleep(STORAGE_WATCH_S)
 
     async def _stop_executor(self) -> None:
         if self.executor is not None:

@@ -94,13 +94,16 @@ class AccountConfig:
 class StorageConfig:
     """``[storage]``. ``checkpoint_interval_s``: how often the daemon's own checkpoint
     connection copies the WAL into the database file (adapters/sqlite_store.py,
-    WalCheckpointer; riskmon's choice, README "WAL checkpoints")."""
+    WalCheckpointer; riskmon's choice, README "WAL checkpoints"). ``fault_notice_after_s``:
+    how long the daemon's writes may keep failing before every notifier is told that
+    alerts are held (README "Storage faults while running"; riskmon's choice)."""
 
     sqlite_path: str = "riskmon.db"
     retention_days: float = 90.0
     history_interval_s: float = 60.0
     synchronous: str = "FULL"
     checkpoint_interval_s: float = 60.0
+    fault_notice_after_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
