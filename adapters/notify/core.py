@@ -495,21 +495,8 @@ class Notifier:
         """Send until the destination takes it (retries never give up), then advance."""
         self._sending = message
         await self._save(self._current_cursor())
-        failures = 0
-        while True:
-            reason, retry_after = await self._attempt(message)
-            if reason is None:
-                break
-            failures += 1
-            self.failures += 1
-            delay = max(retry_after or 0.0,
-                        backoff_delay(failures - 1, self.config.backoff_initial_s,
-                                      self.config.backoff_max_s, self.rng))
-            self._log.warning("notifier_retry", notifier=self.config.name,
-                              attempt=failures, reason=reason, retry_in_s=round(delay, 3),
-                              alerts=len(message.alerts))
-            await asyncio.sleep(delay)
-        self.deliveries += 1
+        await self._until_taken(lambda: self.destination.build(message, self.clock()),
+                                alerts=len(message.alerts))
         self.destination.delivered(message)
         for _ in message.alerts:
             self.ready.popleft()
@@ -519,10 +506,15 @@ class Notifier:
     async def _deliver_notice(self, notice: StorageNotice) -> None:
         """Send a notice until the destination takes it (as :meth:`_deliver`, without a
         cursor: a notice lost to a restart is made again if the fault is still there)."""
+        await self._until_taken(lambda: self.destination.notice(notice, self.clock()),
+                                notice=notice.key)
+
+    async def _until_taken(self, request: Callable[[], Request], **about: object) -> None:
+        """Post ``request()`` (built anew for each attempt) until the destination takes
+        it, with capped, jittered backoff, at least its Retry-After, between attempts."""
         failures = 0
         while True:
-            reason, retry_after = await self._post(self.destination.notice(notice,
-                                                                           self.clock()))
+            reason, retry_after = await self._post(request())
             if reason is None:
                 break
             failures += 1
@@ -532,16 +524,12 @@ class Notifier:
                                       self.config.backoff_max_s, self.rng))
             self._log.warning("notifier_retry", notifier=self.config.name,
                               attempt=failures, reason=reason, retry_in_s=round(delay, 3),
-                              notice=notice.key)
+                              **about)
             await asyncio.sleep(delay)
         self.deliveries += 1
 
-    async def _attempt(self, message: Message) -> tuple[str | None, float | None]:
-        """One request; (None, None) when delivered, else the reason and Retry-After."""
-        request = self.destination.build(message, self.clock())
-        return await self._post(request)
-
     async def _post(self, request: Request) -> tuple[str | None, float | None]:
+        """One request; (None, None) when delivered, else the reason and Retry-After."""
         try:
             response = await self.client.post(request.url, content=request.content,
                                               headers=dict(request.headers))
