@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.okx.replay_server import ReplayServer
+from bench.subject import command_line
 
 INSTRUMENTS = 10
 START_MS = 1_767_225_600_000
@@ -156,10 +157,10 @@ async def run(accounts: int, rate: int, seconds: float, synchronous: str,
         env = write_config(config, port, rest_port, accounts, db, synchronous)
         log_path = directory / "daemon.log"
         with log_path.open("wb") as log_file:
-            # Run from the temporary directory: with --daemon-python naming an installed
-            # (compiled) build, the source tree must not shadow it.
+            # ``python -m riskmon`` for an installed (compiled) build, ``-m monitor`` for
+            # the editable one; from the temporary directory, away from the source tree.
             daemon = await asyncio.create_subprocess_exec(
-                daemon_python, "-m", "monitor", "--log-format", "json", "--log-level",
+                *command_line(daemon_python), "--log-format", "json", "--log-level",
                 "warning", "run", "--config", str(config), env={**os.environ, **env},
                 cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=log_file)

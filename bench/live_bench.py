@@ -1,9 +1,10 @@
 """Live-path benchmark on loopback (issue 3: the daemon, ``riskmon run``).
 
-Run from the repository root:  .venv/bin/python bench/live_bench.py [--quick]
-(pure Python), or .venv-native/bin/python bench/live_bench.py for the build compiled by
-mypyc. Run as a script, the bench's own directory, not the repository root, is on sys.path,
-so the installed package is what gets imported; the first line printed says which build.
+Run from the repository root:  .venv/bin/python -m bench.live_bench [--quick]
+(pure Python), or .venv-native/bin/python -m bench.live_bench for the build compiled by
+mypyc: the bench measures the riskmon its interpreter has installed (bench/subject.py:
+``riskmon.monitor`` of an installed build, which the source tree on sys.path cannot
+shadow); the first line printed says which build.
 
 Two processes on this machine:
 
@@ -132,22 +133,32 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from adapters.logging import configure_logging
-from adapters.okx.auth import Credentials
-from adapters.okx.decode import OkxDecoder
-from adapters.okx.live import OkxFeed
-from adapters.sinks import SqliteSink
-from adapters.sqlite_store import SqliteStore
-from monitor.app.config import parse_config
-from monitor.app.service import single_venue
-from monitor.core.alerts import Alert
-from monitor.core.batch import Batch
-from monitor.core.engine import MarginEngine
-from monitor.core.records import AccountCheckpoint, MarginPoint, QuarantineRecord, StoredAlert
-from monitor.core.settings import Config
-from monitor.runtime.daemon import Daemon, Lane, tune_interpreter
-from monitor.runtime.feed import FeedItem, Frame, Inbox
-from monitor.runtime.pipeline import SinkTask
+from bench.subject import (
+    AccountCheckpoint,
+    Alert,
+    Batch,
+    Config,
+    Credentials,
+    Daemon,
+    FeedItem,
+    Frame,
+    Inbox,
+    Lane,
+    MarginEngine,
+    MarginPoint,
+    OkxDecoder,
+    OkxFeed,
+    QuarantineRecord,
+    SinkTask,
+    SqliteSink,
+    SqliteStore,
+    StoredAlert,
+    configure_logging,
+    engine_file,
+    parse_config,
+    single_venue,
+    tune_interpreter,
+)
 
 PUBLIC_PATH: Final = "/ws/v5/public"
 PRIVATE_PATH: Final = "/ws/v5/private"
@@ -1050,9 +1061,10 @@ def filesystem_of(path: Path) -> str:
 
 def start_sender(scenario: Scenario) -> tuple[subprocess.Popen[bytes], int]:
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--instruments", str(scenario.instruments),
-         "--period", str(scenario.period)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        [sys.executable, "-m", "bench.live_bench", "--serve", "--instruments",
+         str(scenario.instruments), "--period", str(scenario.period)],
+        cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE)
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 30.0)
     line = process.stdout.readline() if ready else b""
@@ -1172,7 +1184,7 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
 def build_name() -> str:
     """Which riskmon was imported, and from where: the build compiled by mypyc keeps the
     engine in an extension module (setup.py), pure Python in ``engine.py``."""
-    path = str(sys.modules[MarginEngine.__module__].__file__)
+    path = engine_file()
     return f"{'pure Python' if path.endswith('.py') else 'compiled by mypyc'}: {path}"
 
 

@@ -1,7 +1,9 @@
 """Replay throughput benchmark (issue: "The margin engine and offline replay").
 
 Run from the repository root:  ./dev bench [--frames N]  (the build compiled by mypyc),
-or ./dev bench --pure [--frames N]  (pure Python, the developer virtualenv).
+or ./dev bench --pure [--frames N]  (pure Python, the developer virtualenv); either runs
+``python -m bench.replay_bench``, which measures the riskmon its interpreter has installed
+(bench/subject.py).
 
 Scenarios (mark-price frames as recorded lines, round-robin over the instruments held):
   a  one account with 20 positions on 20 instruments, OKX frames (``--venue okx``, the
@@ -41,14 +43,21 @@ from typing import Any
 
 import orjson
 
-import monitor.core.engine
-from adapters.binance.decode import BinanceDecoder
-from adapters.okx.decode import OkxDecoder
-from monitor.core.engine import MarginEngine
-from monitor.core.events import BalanceUpdate, CurrencyBalance, Position, PositionSnapshot
-from monitor.core.instruments import Instrument, Tier
-from monitor.core.settings import Config, RiskConfig
-from monitor.runtime.pipeline import LineProcessor
+from bench.subject import (
+    BalanceUpdate,
+    BinanceDecoder,
+    Config,
+    CurrencyBalance,
+    Instrument,
+    LineProcessor,
+    MarginEngine,
+    OkxDecoder,
+    Position,
+    PositionSnapshot,
+    RiskConfig,
+    Tier,
+    engine_file,
+)
 
 START_MS = 1_767_225_600_000
 
@@ -234,9 +243,9 @@ def main() -> None:
     parser.add_argument("--venue", choices=("okx", "binance", "both"), default="okx",
                         help="the frames of scenario a (b is OKX's)")
     args = parser.parse_args()
-    compiled = not monitor.core.engine.__file__.endswith(".py")
-    print(f"riskmon {'compiled by mypyc' if compiled else 'pure Python'}: "
-          f"{monitor.core.engine.__file__}")
+    engine = engine_file()
+    compiled = not engine.endswith(".py")
+    print(f"riskmon {'compiled by mypyc' if compiled else 'pure Python'}: {engine}")
     venues = ("okx", "binance") if args.venue == "both" else (args.venue,)
     chosen = [s for s in (*(Scenario("a", 1, 20, 20, 20, venue) for venue in venues),
                           Scenario("b", 10_000, 5, 200, 200))

@@ -2,10 +2,13 @@
 
 ``./dev test`` installs the compiled build into ``.venv-native`` and runs this module with
 ``RISKMON_NATIVE_PYTHON`` naming that interpreter. Each test replays one recording with both
-interpreters (``python -m monitor replay`` in a subprocess) and compares what came out byte
-for byte: the alert lines, the ``--state-out`` document, and the quarantine and margin
-history stored by ``--db``. Without the variable the module is skipped, except in CI
-(``CI=true``), where a missing compiled build is an error.
+interpreters in a subprocess (``python -m riskmon replay`` for the installed build, whose
+packages are ``riskmon.monitor`` and ``riskmon.adapters``; ``python -m monitor replay`` for
+the developer's editable install) and compares what came out byte for byte: the alert
+lines, the ``--state-out`` document, and the quarantine and margin history stored by
+``--db``. Without the variable the module is skipped, except in CI (``CI=true``), where a
+missing compiled build is an error. The installed build is also checked for the names it
+puts into site-packages: ``riskmon`` and its mypyc library only (issue 14).
 
 The subprocesses run outside the repository, without PYTHONPATH, so that the source tree
 cannot shadow the installed, compiled package; a probe checks what each one imports.
@@ -46,15 +49,24 @@ def native_python() -> str:
     pytest.skip(message)
 
 
-def compiled_modules() -> list[str]:
-    """The modules setup.py compiles (its ``COMPILED`` list), as dotted names."""
+def setup_constant(name: str) -> Any:
+    """The value of one of setup.py's constants (a literal)."""
     tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "COMPILED"):
-            paths: list[str] = ast.literal_eval(node.value)
-            return [path.removesuffix(".py").replace("/", ".") for path in paths]
-    raise AssertionError("setup.py has no COMPILED list")
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == name):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"setup.py has no {name}")
+
+
+def compiled_modules() -> list[str]:
+    """The modules setup.py compiles (its ``COMPILED`` list), as the source tree names them."""
+    paths: list[str] = setup_constant("COMPILED")
+    return [path.removesuffix(".py").replace("/", ".") for path in paths]
+
+
+INSTALLED = "riskmon."
+"""What the installed build's module names start with (``riskmon.monitor.core.engine``)."""
 
 
 def run(python: str, *args: str | Path, cwd: Path) -> bytes:
@@ -68,10 +80,10 @@ def run(python: str, *args: str | Path, cwd: Path) -> bytes:
     return result.stdout
 
 
-def replay(python: str, recording: Path, workdir: Path) -> dict[str, Any]:
-    """Everything a replay of ``recording`` by ``python`` produced."""
+def replay(python: str, package: str, recording: Path, workdir: Path) -> dict[str, Any]:
+    """Everything a replay of ``recording`` by ``python -m package`` produced."""
     workdir.mkdir()
-    run(python, "-m", "monitor", "--log-format", "json", "replay", recording,
+    run(python, "-m", package, "--log-format", "json", "replay", recording,
         "--config", STORY_CONFIG, "--alerts-out", workdir / "alerts.jsonl",
         "--state-out", workdir / "state.json", "--db", workdir / "riskmon.db", cwd=workdir)
     with sqlite3.connect(workdir / "riskmon.db") as connection:
@@ -88,8 +100,8 @@ def replay(python: str, recording: Path, workdir: Path) -> dict[str, Any]:
 
 
 def assert_same_replay(native_python: str, recording: Path, tmp_path: Path) -> dict[str, Any]:
-    pure = replay(sys.executable, recording, tmp_path / "pure")
-    native = replay(native_python, recording, tmp_path / "native")
+    pure = replay(sys.executable, "monitor", recording, tmp_path / "pure")
+    native = replay(native_python, "riskmon", recording, tmp_path / "native")
     assert native["alerts"] == pure["alerts"]
     assert native["state"] == pure["state"]
     assert native["quarantine"] == pure["quarantine"]
@@ -99,9 +111,12 @@ def assert_same_replay(native_python: str, recording: Path, tmp_path: Path) -> d
 
 def test_native_build_is_compiled_and_behaves(native_python: str, tmp_path: Path) -> None:
     modules = compiled_modules()
-    native = orjson.loads(run(native_python, PROBE, *modules, cwd=tmp_path))
+    native = orjson.loads(run(native_python, PROBE, *(INSTALLED + name for name in modules),
+                              cwd=tmp_path))
     pure = orjson.loads(run(sys.executable, PROBE, *modules, cwd=tmp_path))
 
+    assert (native.pop("package"), pure.pop("package")) == (INSTALLED, "")
+    assert list(native["files"]) == [INSTALLED + name for name in modules]
     assert all(path.endswith((".so", ".pyd")) for path in native["files"].values()), native["files"]
     assert all(path.endswith(".py") for path in pure["files"].values()), pure["files"]
     # Compiled, the decoder stores a new MarkPrice's fields directly (which the frozen
@@ -116,6 +131,63 @@ def test_native_build_is_compiled_and_behaves(native_python: str, tmp_path: Path
     assert pure["config_error_cause"] == "FileNotFoundError"
     del native["files"], pure["files"]
     assert native == pure
+
+
+# Run by the installed build's interpreter: which of the given modules import, and where each
+# file of the riskmon distribution (its RECORD) is installed.
+LAYOUT_PROBE = """
+import importlib, json, sys, sysconfig
+from importlib import metadata
+from pathlib import Path
+
+imports = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+        imports[name] = True
+    except ModuleNotFoundError:
+        imports[name] = False
+distribution = metadata.distribution("riskmon")
+print(json.dumps({
+    "imports": imports,
+    "version": distribution.version,
+    "files": [str(file.locate().resolve()) for file in metadata.files("riskmon") or []],
+    "purelib": str(Path(sysconfig.get_path("purelib")).resolve()),
+    "platlib": str(Path(sysconfig.get_path("platlib")).resolve()),
+    "scripts": str(Path(sysconfig.get_path("scripts")).resolve()),
+    "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX"),
+}))
+"""
+
+
+def test_native_build_installs_only_riskmon_names(native_python: str, tmp_path: Path) -> None:
+    # Issue 14: no generic top-level names in site-packages; the source tree's packages are
+    # riskmon.monitor and riskmon.adapters there. Run in an empty directory, so that nothing
+    # but the installation can be imported.
+    neutral = tmp_path / "neutral"
+    neutral.mkdir()
+    layout = orjson.loads(run(native_python, "-c", LAYOUT_PROBE, "monitor", "adapters",
+                              "riskmon", "riskmon.monitor", "riskmon.adapters", cwd=neutral))
+    assert layout["imports"] == {"monitor": False, "adapters": False, "riskmon": True,
+                                 "riskmon.monitor": True, "riskmon.adapters": True}
+
+    site_packages = {Path(layout["purelib"]), Path(layout["platlib"])}
+    top_level: set[str] = set()
+    elsewhere: set[Path] = set()
+    for file in map(Path, layout["files"]):
+        inside = [file.relative_to(site) for site in site_packages if file.is_relative_to(site)]
+        if inside:
+            top_level.add(inside[0].parts[0])
+        else:
+            elsewhere.add(file)
+    library = f"{setup_constant('GROUP')}__mypyc{layout['ext_suffix']}"
+    assert top_level == {"riskmon", library, f"riskmon-{layout['version']}.dist-info"}
+    assert elsewhere == {Path(layout["scripts"], "riskmon")}
+    # The console script and ``python -m riskmon`` run the installed command line.
+    scripts = Path(layout["scripts"])
+    version = f"riskmon {layout['version']}"
+    assert run(str(scripts / "riskmon"), "--version", cwd=neutral).decode().strip() == version
+    assert run(native_python, "-m", "riskmon", "--version", cwd=neutral).decode().strip() == version
 
 
 def test_story_replays_the_same(native_python: str, tmp_path: Path) -> None:

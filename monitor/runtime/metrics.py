@@ -14,12 +14,13 @@ nothing is labelled by instrument, reason or value.
 
 from __future__ import annotations
 
-import importlib
 import math
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+
+from monitor.core import engine as core_engine
 
 LEVEL_RANKS_HELP = "0 normal, 1 warning, 2 withdrawal_lock, 3 deleverage, 4 liquidation"
 
@@ -40,8 +41,7 @@ class BuildInfo:
             version = metadata.version("riskmon")
         except metadata.PackageNotFoundError:
             version = "unknown"
-        engine = importlib.import_module("monitor.core.engine")
-        compiled = str(getattr(engine, "__file__", "")).endswith((".so", ".pyd"))
+        compiled = str(getattr(core_engine, "__file__", "")).endswith((".so", ".pyd"))
         return cls(version, platform.python_version(), compiled)
 
 
