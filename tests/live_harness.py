@@ -247,11 +247,13 @@ class Near(float):
     """A float equal to any number within 1e-9 relative (1e-12 absolute) of it."""
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, int | float) and not isinstance(other, bool)
-                and math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-12))
+        if not isinstance(other, int | float) or isinstance(other, bool):
+            return NotImplemented  # another kind of number (pytest.approx) decides
+        return math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-12)
 
     def __ne__(self, other: object) -> bool:
-        return not self == other
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = float.__hash__
 
