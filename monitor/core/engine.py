@@ -1891,12 +1891,15 @@ class MarginEngine:
         lot = instrument.lot_size if instrument is not None else None
         return min(held, round_up_to_lot(high, lot))
 
-    def _position_margin(self, exposure: Exposure, contracts: float) -> tuple[float, float]:
-        """``(MM, CF)`` of the exposure's position at ``contracts``, at the current mark."""
+    def _position_margin(self, exposure: Exposure, contracts: float,
+                         mark: float | None = None) -> tuple[float, float]:
+        """``(MM, CF)`` of the exposure's position at ``contracts``, at ``mark`` (default:
+        the current mark)."""
         instrument = exposure.instrument
         if instrument is None or contracts == 0.0:
             return 0.0, 0.0
-        mark = self.marks.get(exposure.inst_id, exposure.avg_price)
+        if mark is None:
+            mark = self.marks.get(exposure.inst_id, exposure.avg_price)
         value = position_value(instrument.contract_type == "inverse", instrument.multiplier,
                                contracts, mark)
         return (instrument.maintenance_margin(contracts, value),
@@ -2014,9 +2017,7 @@ class MarginEngine:
                 if "position_unknown" not in reasons:
                     reasons.append("position_unknown")
             else:
-                mark = listed.mark or self.marks.get(exposure.inst_id, exposure.avg_price)
-                ours = instrument.maintenance_margin(held, position_value(
-                    instrument.contract_type == "inverse", instrument.multiplier, held, mark))
+                ours = self._position_margin(exposure, held, listed.mark)[0]
             theirs = listed.maint_margin
             difference = None
             if ours is not None and theirs is not None:
