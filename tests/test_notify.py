@@ -29,7 +29,7 @@ from monitor.core.alerts import Alert, AlertKind, Level
 from monitor.core.batch import Batch
 from monitor.core.errors import ConfigError
 from monitor.runtime.metrics import Metrics
-from monitor.runtime.pipeline import SinkTask
+from monitor.runtime.pipeline import Retrying, SinkTask
 from monitor.runtime.stream import AlertFilter
 from tests.builders import make_alert
 from tests.http_fakes import FakeHttpServer, Received, Reply
@@ -666,11 +666,11 @@ async def test_a_lasting_storage_fault_and_its_end_are_told_once_to_every_notifi
             notifiers = running.notifiers
             since = time.time() - 5
             # Shorter than notice_after_s: nothing is said.
-            notifiers.storage((since, "database is locked"), 3, since + 1, 2.0)
+            notifiers.storage(Retrying(since, "database is locked", 3), 3, since + 1, 2.0)
             await asyncio.sleep(0.3)
             assert hook.requests == phone.requests == oncall.requests == []
             for now in (since + 2, since + 3, since + 4):  # told once, however often seen
-                notifiers.storage((since, "database is locked"), 3, now, 2.0)
+                notifiers.storage(Retrying(since, "database is locked", 3), 3, now, 2.0)
             for server in (hook, phone, oncall):
                 await server.wait_for(lambda r: len(r) == 1)
             notifiers.storage(None, 0, since + 9, 2.0)
@@ -705,7 +705,8 @@ async def test_a_storage_notice_waits_for_a_failing_destination_and_goes_first(
     async with FakeHttpServer(script(Reply(503), Reply(503))) as hook, \
             rig(tmp_path, webhook_toml(hook.url), ENV) as running:
         since = time.time()
-        running.notifiers.storage((since, "disk I/O error"), 1, since + 60, 30.0)
+        running.notifiers.storage(Retrying(since, "disk I/O error", 1), 1, since + 60,
+                                  30.0)
         await running.publish([alert(1)])  # stored meanwhile (say the lock came and went)
         await hook.wait_for(lambda r: len(r) == 4)
     kinds = [r.headers["x-riskmon-message"] for r in hook.requests]

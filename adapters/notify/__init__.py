@@ -33,6 +33,7 @@ from monitor.core.errors import ConfigError
 from monitor.core.records import NotifierCursor
 from monitor.core.settings import NotifierConfig, is_loopback_host
 from monitor.runtime.metrics import Metrics
+from monitor.runtime.pipeline import Retrying
 
 __all__ = ["Notifier", "Notifiers", "build_destination"]
 
@@ -92,17 +93,18 @@ class Notifiers:
         self._fault: StorageNotice | None = None
         """The storage fault the notifiers have been told of, until it ends."""
 
-    def storage(self, failing: tuple[float, str] | None, waiting: int, now_s: float,
+    def storage(self, retrying: Retrying | None, waiting: int, now_s: float,
                 notice_after_s: float) -> None:
-        """The daemon's store as it is now: ``failing`` its writes' ``(since_s, error)``,
-        None when they work. A fault lasting ``notice_after_s`` is told to every notifier
+        """The daemon's store as it is now: ``retrying`` its SQLite sink's failing write
+        (:attr:`SinkTask.retrying <monitor.runtime.pipeline.SinkTask.retrying>`), None
+        when writes work. A fault lasting ``notice_after_s`` is told to every notifier
         once (:class:`~adapters.notify.core.StorageNotice`), and so is its end; a shorter
         one is not (a lock held for a moment retries unseen)."""
         told = self._fault
-        if failing is not None:
-            since_s, error = failing
+        if retrying is not None:
+            since_s = retrying.since_s
             if (told is None or told.since_s != since_s) and now_s - since_s >= notice_after_s:
-                self._tell(StorageNotice(True, since_s, now_s, error, waiting))
+                self._tell(StorageNotice(True, since_s, now_s, retrying.error, waiting))
         elif told is not None:
             self._tell(StorageNotice(False, told.since_s, now_s, told.error, waiting))
 

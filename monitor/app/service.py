@@ -240,10 +240,7 @@ class Monitor:
         head = self.daemon.head
         after_s = self.config.storage.fault_notice_after_s
         while True:
-            retrying = head.retrying
-            self.notifiers.storage(
-                None if retrying is None else (retrying.since_s, retrying.error),
-                head.waiting_records, time.time(), after_s)
+            self.notifiers.storage(head.retrying, head.waiting_records, time.time(), after_s)
             await asyncio.sleep(STORAGE_WATCH_S)
 
     async def _stop_executor(self) -> None:
