@@ -7,6 +7,7 @@ log lines on standard error; the helpers read both as data.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
+
+from tests.http_fakes import FakeHttpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STORY = ROOT / "examples" / "story.jsonl"
@@ -229,27 +232,42 @@ def replay_outputs(tmp_path: Path, recording: Path = STORY,
     return alerts, json.loads(state_out.read_text())
 
 
+async def delivered_when_done(hook: FakeHttpServer, server: Process, http_port: int,
+                              db: Path) -> list[dict[str, Any]]:
+    """Once the replay server has pushed its recording and the daemon on ``http_port`` is
+    quiet: the alerts stored in ``db``, after ``hook`` (a webhook receiver) has had every
+    one of them (by its idempotency key)."""
+    await asyncio.to_thread(server.wait_status, "finished", 120)
+    await asyncio.to_thread(wait_quiet, http_port)
+    stored = await asyncio.to_thread(stored_alerts, db)
+    ids = {a["id"] for a in stored}
+    await hook.wait_for(lambda r: ids <= {q.headers["idempotency-key"] for q in r},
+                        within_s=60)
+    return stored
+
+
 def engine_alerts(alerts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """What must match between the daemon and a replay: everything but the daemon's own
     connection alerts (a replay has no connections) and the emit time.
 
-    Numbers match to 1e-9 relative, not bit for bit: the daemon's REST bootstrap answers
+    Numbers match to 1e-9 (:func:`near`), not bit for bit: the daemon's REST bootstrap answers
     as of the replay server's push position, so it may reach the engine a few frames
     away from where the recording has it, and sums built in another order can differ in
     their last bits (2 ulp in a stop-loss value has been seen). Ids, kinds, levels, order
-    and every other field match exactly."""
+    and every other field match exactly. An account rebuilt from a reconnect's snapshots
+    sums its positions in another order too."""
     return [near((a["id"], a["ts"], a["kind"], a["level"], a["from_level"], a["inst_id"],
                   a["mark"], a["margin_ratio"], a["payload"]))
             for a in alerts if a["kind"] not in FEED_KINDS]
 
 
 class Near(float):
-    """A float equal to any number within 1e-9 relative (1e-12 absolute) of it."""
+    """A float equal to any number within 1e-9 of it, relative or absolute."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, int | float) or isinstance(other, bool):
             return NotImplemented  # another kind of number (pytest.approx) decides
-        return math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-12)
+        return math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-9)
 
     def __ne__(self, other: object) -> bool:
         equal = self.__eq__(other)

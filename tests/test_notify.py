@@ -610,9 +610,8 @@ async def test_alertmanager_sends_its_credential_and_never_stores_it(
         tmp_path: Path, auth: str, env: dict[str, str], expected: str) -> None:
     down = alert(1, level="warning", from_level="normal")
     secret = next(iter(env.values()))
-    # One failure whose answer echoes the credential (a careless proxy), then delivered.
-    echo = Reply(500, f'{{"error": "refused {expected}"}}'.encode())
-    async with FakeHttpServer(script(echo)) as server:
+    # One failure, then delivered: the retry carries the credential as well.
+    async with FakeHttpServer(script(Reply(500))) as server:
         toml = f'[notify.oncall]\ntype = "alertmanager"\nurl = "{server.url}"\n{auth}{FAST}'
         async with rig(tmp_path, toml, env) as running:
             await running.publish([down])

@@ -20,13 +20,12 @@ from tests.live_harness import (
     SECRET,
     STORY,
     Process,
+    delivered_when_done,
     engine_alerts,
     http_get,
     live_config,
     replay_outputs,
     running,
-    stored_alerts,
-    wait_quiet,
 )
 
 HOOK_SECRET = "hook-Secret-never-in-a-log"
@@ -104,12 +103,7 @@ async def test_every_stored_alert_is_delivered_across_a_kill_and_restart(
             daemon = start(port)
             try:
                 http_port = (await asyncio.to_thread(daemon.wait_status, "listening"))["port"]
-                await asyncio.to_thread(server.wait_status, "finished", 120)
-                await asyncio.to_thread(wait_quiet, http_port)
-                stored = await asyncio.to_thread(stored_alerts, db)
-                ids = {a["id"] for a in stored}
-                await hook.wait_for(lambda r: ids <= {q.headers["idempotency-key"] for q in r},
-                                    within_s=60)
+                stored = await delivered_when_done(hook, server, http_port, db)
                 await asyncio.sleep(1.5)  # Telegram's rate limit: the last summary
                 _, metrics = await asyncio.to_thread(http_get, http_port, "/metrics")
                 assert await asyncio.to_thread(daemon.terminate) == 0

@@ -40,6 +40,7 @@ from tests.live_harness import (
     LIVE_ENV,
     ROOT,
     STORY,
+    delivered_when_done,
     http_get,
     live_config,
     metric_samples,
@@ -351,12 +352,7 @@ async def test_a_lasting_fault_is_told_to_the_notifiers_and_its_alerts_follow(
                     during = [notice_kind(q) for q in hook.requests]
                 await hook.wait_for(lambda r: any(notice_kind(q) == "storage_recovered"
                                                   for q in r), within_s=30)
-                await asyncio.to_thread(server.wait_status, "finished", 120)
-                await asyncio.to_thread(wait_quiet, http_port)
-                stored = await asyncio.to_thread(stored_alerts, db)
-                ids = {a["id"] for a in stored}
-                await hook.wait_for(lambda r: ids <= {q.headers["idempotency-key"] for q in r},
-                                    within_s=60)
+                stored = await delivered_when_done(hook, server, http_port, db)
                 assert await asyncio.to_thread(daemon.terminate) == 0
     assert during.count("storage_failing") == 1 and "storage_recovered" not in during
     notices = [q.json()["notice"] for q in hook.requests if notice_kind(q)]
