@@ -71,7 +71,8 @@ def run_against_server(tmp_path: Path, *server_flags: str,
         server.terminate()
     return {"code": code, "alerts": stored_alerts(tmp_path / "daemon.db"),
             "state": json.loads(state_out.read_text()), "daemon": daemon,
-            "frames": finished["frames"], "health": health}
+            "frames": finished["frames"], "keepalives": finished["keepalives"],
+            "health": health}
 
 
 def of_kind(alerts: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -116,6 +117,19 @@ def test_an_expired_listen_key_is_replaced_and_nothing_is_lost(tmp_path: Path) -
     dropped = of_kind(out["alerts"], "feed_disconnected")
     assert [a["payload"]["feed"] for a in dropped] == ["private"]
     assert "listen key expired" in dropped[0]["payload"]["reason"]
+
+
+def test_the_listen_key_is_kept_alive_as_binance_documents_it(tmp_path: Path) -> None:
+    # Every 0.1 s instead of 30 min: several keepalives during the story, each a PUT with
+    # no parameter (USDⓈ-M's keepalive has none), none of them costing a reconnect.
+    expected_alerts, _ = replay_outputs(tmp_path, STORY, CONFIG)
+    out = run_against_server(tmp_path, listen_key_keepalive_s=0.1)
+
+    assert out["code"] == 0
+    assert out["keepalives"]["accounts"].get("main", 0) >= 2
+    assert out["keepalives"]["parameters"] == []
+    assert of_kind(out["alerts"], "feed_disconnected") == []
+    assert engine_alerts(out["alerts"]) == engine_alerts(expected_alerts)
 
 
 def test_the_api_secret_never_reaches_a_log_or_a_row(tmp_path: Path) -> None:

@@ -254,7 +254,7 @@ def of_role(lines: list[Line], role: str) -> list[Any]:
 
 async def test_listen_keys_are_created_kept_alive_and_deleted(tmp_path: Path) -> None:
     recording = write_recording(tmp_path / "r.jsonl", mixed_story())
-    async with running(recording, speed=None) as (_, port, client):
+    async with running(recording, speed=None) as (server, port, client):
         key = await new_key(client)
         assert len(key) == 60 and set(key) <= set(string.ascii_letters + string.digits)
         # The account has a live key: creating one again returns it.
@@ -273,6 +273,8 @@ async def test_listen_keys_are_created_kept_alive_and_deleted(tmp_path: Path) ->
                                    headers=headers)
         assert (unknown.status_code, unknown.json()) == (
             400, {"code": -1125, "msg": "This listenKey does not exist."})
+        # The three accepted keepalives are counted, with what they carried.
+        assert server.keepalives == {"accounts": {"main": 3}, "parameters": ["listenKey"]}
         deleted = await client.delete(LISTEN_KEY_PATH, params={"listenKey": key},
                                       headers=headers)
         assert (deleted.status_code, deleted.json()) == (200, {})
@@ -925,7 +927,8 @@ async def test_serve_reports_listening_and_finished_and_keeps_serving(tmp_path: 
             user = await connect(f"{listening['ws_url']}/ws/{key}", ping_interval=None)
             assert await receive(user) == frame(lines[0])
             async with asyncio.timeout(TIMEOUT):
-                assert await statuses.get() == {"event": "finished", "frames": 1}
+                assert await statuses.get() == {"event": "finished", "frames": 1, "keepalives":
+                                                {"accounts": {}, "parameters": []}}
             assert not task.done()
             assert await new_key(client) == key  # still serving
             await user.close()

@@ -39,7 +39,11 @@ read from the query string, and for POST, PUT and DELETE also from a form-encode
   ``PUT`` (keepalive) answers ``{}`` and ``DELETE`` answers ``{}``, invalidates the key and
   closes its connections (1000); both take the key as ``listenKey`` (query or body), else
   the account's live key, and answer 400 -1125 for a key that is not the account's live
-  one. Keys do not lapse after 60 minutes here; only the fault below expires them.
+  one (Binance documents no parameter for either; the server takes the spot API's
+  ``listenKey`` too). Keys do not lapse after 60 minutes here; only the fault below
+  expires them. :attr:`ReplayServer.keepalives` counts each account's accepted ``PUT``
+  requests and notes the parameters they carried (the status line ``finished`` shows
+  them).
 - The API key maps to an account: the recording's account of that name, else its only
   account. A missing or empty ``X-MBX-APIKEY`` is 401 ``-2014 API-key format invalid.``,
   one that maps to no account 401 ``-2015 Invalid API-key, IP, or permissions for
@@ -764,6 +768,8 @@ class ReplayServer:
         self._listen_keys: dict[str, str] = {}
         self._account_keys: dict[str, str] = {}
         self._key_requests = 0  # POST listenKey with an API key (fail_logins)
+        self._keepalives: dict[str, int] = {}
+        self._keepalive_parameters: set[str] = set()
         self._pushed = 0
         self._pushed_line = 0  # the line number of the latest frame pushed
         self._overlays: dict[str, _Overlay] = {}
@@ -842,6 +848,13 @@ class ReplayServer:
     def lines_skipped(self) -> int:
         """Recording lines that are not of the SPEC 3.2 shapes."""
         return self._scan.skipped
+
+    @property
+    def keepalives(self) -> dict[str, Any]:
+        """``{"accounts": {account: accepted PUT keepalives}, "parameters": [the names
+        of the parameters they carried]}``."""
+        return {"accounts": dict(self._keepalives),
+                "parameters": sorted(self._keepalive_parameters)}
 
     @property
     def rest_port(self) -> int | None:
@@ -1287,6 +1300,9 @@ class ReplayServer:
                     self._retire(conn, 1000, "listenKey deleted")
             self._note_change()
             self._log.info("replay_listen_key_deleted", account=account)
+        elif method == "PUT":
+            self._keepalives[account] = self._keepalives.get(account, 0) + 1
+            self._keepalive_parameters.update(params)
         return HTTPStatus.OK, {}
 
     async def _signed_get(self, path: str, headers: dict[str, str],
@@ -1319,8 +1335,9 @@ async def serve(recording: Path, host: str, port: int, speed: float | None,
 
     Calls ``status`` with ``{"event": "listening", "ws_url", "rest_url", "port",
     "rest_port"}`` once bound (``ws_url`` the websocket base, ``rest_url`` the REST
-    listener's), and ``{"event": "finished", "frames": N}`` after the last frame; it keeps
-    serving (REST, listen keys, requests) afterwards.
+    listener's), and ``{"event": "finished", "frames": N, "keepalives":
+    ReplayServer.keepalives}`` after the last frame; it keeps serving (REST, listen keys,
+    requests) afterwards.
 
     Raises:
         RecordingError: the recording is missing or unreadable.
@@ -1332,7 +1349,8 @@ async def serve(recording: Path, host: str, port: int, speed: float | None,
         status({"event": "listening", "ws_url": f"ws://{url_host(host)}:{bound}",
                 "rest_url": f"http://{url_host(host)}:{server.rest_port}", "port": bound,
                 "rest_port": server.rest_port})
-        status({"event": "finished", "frames": await server.wait_finished()})
+        frames = await server.wait_finished()
+        status({"event": "finished", "frames": frames, "keepalives": server.keepalives})
         await asyncio.get_running_loop().create_future()  # until cancelled
     finally:
         await server.close()

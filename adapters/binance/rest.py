@@ -62,9 +62,13 @@ class BinanceRest:
     async def listen_key(self, credentials: Credentials, method: str,
                          key: str | None = None) -> str:
         """``POST`` (a new key, or the live one), ``PUT`` (keep ``key`` alive) or
-        ``DELETE`` the account's listen key; returns the key."""
-        target = LISTEN_KEY + (f"?{urlencode({'listenKey': key})}" if key else "")
-        body = await asyncio.to_thread(self._fetch, method, target,
+        ``DELETE`` the account's listen key; returns the key.
+
+        None of the three takes a parameter on USDⓈ-M futures (docs "User Data Streams >
+        Keepalive User Data Stream": "Parameters: None"): the API key names the account,
+        and an account has one listen key. (Spot's keepalive takes ``listenKey``; this
+        one does not.)"""
+        body = await asyncio.to_thread(self._fetch, method, LISTEN_KEY,
                                        {"Accept": "application/json",
                                         API_KEY_HEADER: credentials.api_key})
         if method == "POST":
