@@ -28,7 +28,9 @@ Two processes on this machine:
   receiver  this process: riskmon's real components composed as monitor/app/cli.py ``_run``
             does: ``OkxFeed`` -> ``Inbox`` -> ``Daemon`` (``OkxDecoder``, ``MarginEngine``)
             -> head ``SinkTask(SqliteSink(store))`` on a temporary file opened with
-            ``SqliteStore.open(path, synchronous="FULL")``, whose follower is
+            ``SqliteStore.open(path, synchronous="FULL", auto_checkpoint=False)`` beside a
+            ``WalCheckpointer`` at ``storage.checkpoint_interval_s`` (60 s), as ``riskmon
+            run`` opens it (no commit copies the WAL), whose follower is
             :class:`StoredProbe` (a Sink of this file). Persist before publish: the probe
             receives a batch only after SQLite committed it, and notes ``time.time()`` for
             each alert in it. (``riskmon run`` also has a LogSink follower, which logs each
@@ -153,6 +155,7 @@ from bench.subject import (
     SqliteSink,
     SqliteStore,
     StoredAlert,
+    WalCheckpointer,
     configure_logging,
     engine_file,
     parse_config,
@@ -1089,7 +1092,13 @@ def stop_sender(process: subprocess.Popen[bytes]) -> None:
 async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
                 directory: Path) -> None:
     config = scenario.config(port, directory / "daemon.db")
-    store = await TimedStore.open(directory / "daemon.db", synchronous="FULL")
+    # As `riskmon run` opens its store: no commit checkpoints the WAL; a connection of
+    # its own does, every storage.checkpoint_interval_s (adapters/sqlite_store.py).
+    checkpointer = await WalCheckpointer.open(
+        directory / "daemon.db", interval_s=config.storage.checkpoint_interval_s)
+    store = await TimedStore.open(directory / "daemon.db", synchronous="FULL",
+                                  auto_checkpoint=False)
+    checkpointer.start()
     daemon = DaemonUnderTest(config, store)
     daemon.start()
     control_ws = await connect(f"ws://127.0.0.1:{port}{CONTROL_PATH}", ping_interval=None)
@@ -1146,6 +1155,8 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
     finally:
         await control_ws.close()
         await daemon.close()
+        checkpoints = checkpointer.checkpoints
+        await checkpointer.close()
 
     print("\nsummary")
     ten_thousand = latencies[10_000]
@@ -1178,6 +1189,8 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
     conflated = sum(r.probe.conflated for results in latencies.values() for r in results)
     print(f"  inbox conflation during the latency runs: {conflated:,} frames; "
           f"total this run: {daemon.inbox.conflated:,}")
+    print(f"  WAL checkpoints during the run (every "
+          f"{config.storage.checkpoint_interval_s:g} s, off the writer): {checkpoints}")
     print(f"  load average at the end: {_load()}")
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from adapters.okx.live import OkxFeed as OkxFeed
     from adapters.sinks import SqliteSink as SqliteSink
     from adapters.sqlite_store import SqliteStore as SqliteStore
+    from adapters.sqlite_store import WalCheckpointer as WalCheckpointer
     from monitor.app.config import parse_config as parse_config
     from monitor.app.service import single_venue as single_venue
     from monitor.core.alerts import Alert as Alert
@@ -65,7 +66,7 @@ else:
         "adapters.okx.decode": ["OkxDecoder"],
         "adapters.okx.live": ["OkxFeed"],
         "adapters.sinks": ["SqliteSink"],
-        "adapters.sqlite_store": ["SqliteStore"],
+        "adapters.sqlite_store": ["SqliteStore", "WalCheckpointer"],
         "monitor.app.config": ["parse_config"],
         "monitor.app.service": ["single_venue"],
         "monitor.core.alerts": ["Alert"],
