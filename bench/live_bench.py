@@ -1098,6 +1098,7 @@ async def bench(args: argparse.Namespace, scenario: Scenario, port: int,
         directory / "daemon.db", interval_s=config.storage.checkpoint_interval_s)
     store = await TimedStore.open(directory / "daemon.db", synchronous="FULL",
                                   auto_checkpoint=False)
+    await checkpointer.reserve()
     checkpointer.start()
     daemon = DaemonUnderTest(config, store)
     daemon.start()

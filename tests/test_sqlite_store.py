@@ -729,3 +729,74 @@ async def test_a_failed_checkpoint_is_reported_and_the_next_one_runs(db_path: Pa
     finally:
         await checkpointer.close()
     assert errors[0].startswith("WAL checkpoint failed: file is not a database")
+
+
+def wal_bytes(path: Path) -> int | None:
+    """The length of the database's WAL file, None when there is none."""
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else None
+
+
+async def test_the_wal_is_reserved_at_a_start_and_the_database_left_as_it_was(
+        tmp_path: Path) -> None:
+    # SQLite deletes the WAL when the last connection closes: a daemon starts with an
+    # empty one, and each commit of its first minute would lengthen the file (dearer to
+    # sync). reserve() lengthens it once, in a transaction it rolls back.
+    path = tmp_path / "reserved.db"
+    store = await SqliteStore.open(path, auto_checkpoint=False)
+    checkpointer = await WalCheckpointer.open(path)
+    try:
+        await store.write_alerts([make_alert(n) for n in range(3)])
+        before = wal_bytes(path)
+        assert before is not None
+        length = await checkpointer.reserve(1 << 20)
+        assert length == wal_bytes(path)
+        assert length >= 1 << 20 > before
+        assert await checkpointer.reserve(1 << 20) == length  # long enough: nothing done
+        for n in range(3, 40):
+            await store.write_alerts([make_alert(n)])
+        assert wal_bytes(path) == length  # the commits overwrote the reserved frames
+        assert [a.id for a in await store.alerts()] == [
+            make_alert(n).id for n in range(40)]
+    finally:
+        await store.close()
+        await checkpointer.close()
+    assert rows(path, "SELECT count(*) FROM alerts") == [(40,)]
+    assert rows(path, "SELECT count(*) FROM sqlite_master WHERE name LIKE '%reserve%'") == [(0,)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_a_reservation_another_process_blocks_is_reported_and_changes_nothing(
+        tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    store = await SqliteStore.open(path, auto_checkpoint=False)
+    errors: list[str] = []
+    checkpointer = await WalCheckpointer.open(path, on_error=errors.append,
+                                              busy_timeout_s=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.write_alerts([make_alert(1)])
+        before = wal_bytes(path)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        assert await checkpointer.reserve(1 << 20) == before
+        holder.execute("ROLLBACK")
+        await store.write_alerts([make_alert(2)])
+    finally:
+        holder.close()
+        await store.close()
+        await checkpointer.close()
+    assert errors == ["WAL reservation failed: database is locked"]
+    assert rows(path, "SELECT count(*) FROM alerts") == [(2,)]
+
+
+async def test_a_database_not_in_wal_mode_gets_no_reservation(tmp_path: Path) -> None:
+    path = tmp_path / "rollback-journal.db"
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    checkpointer = await WalCheckpointer.open(path)
+    try:
+        assert await checkpointer.reserve(1 << 20) == 0
+    finally:
+        await checkpointer.close()
+    assert rows(path, "PRAGMA journal_mode") == [("delete",)]
+    assert wal_bytes(path) is None

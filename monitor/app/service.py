@@ -119,6 +119,8 @@ class Monitor:
                                            quarantine_max_rows=config.quarantine.store_max_rows,
                                            auto_checkpoint=False, writable=True)
             opened.push_async_callback(store.close)
+            # The first minute's commits overwrite the WAL rather than lengthen it.
+            await checkpointer.reserve()
             notifiers = await Notifiers.open(config.notify, path, auto_checkpoint=False,
                                              retention_days=config.storage.retention_days)
             opened.push_async_callback(notifiers.stop, 0)
