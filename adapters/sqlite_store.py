@@ -988,28 +988,34 @@ class WalCheckpointer:
             return current
         try:
             async with _write_lock(self._location):
-                journal = await self._db.execute_fetchall("PRAGMA journal_mode")
-                if str(next(iter(journal))[0]).lower() != "wal":
+                if str(await self._value("PRAGMA journal_mode")).lower() != "wal":
                     return current
-                cache = await self._db.execute_fetchall("PRAGMA cache_size")
-                page = await self._db.execute_fetchall("PRAGMA page_size")
-                # The pages still in the cache at the rollback never reach the file.
-                blob = size_bytes - current + (_RESERVE_CACHE_PAGES + 8) * int(
-                    next(iter(page))[0])
-                await self._db.execute(f"PRAGMA cache_size = {_RESERVE_CACHE_PAGES}")
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._db.execute("CREATE TABLE riskmon_wal_reserve (filler BLOB)")
-                    await self._db.execute(
-                        "INSERT INTO riskmon_wal_reserve VALUES (zeroblob(?))", (blob,))
-                finally:
-                    await self._db.execute("ROLLBACK")
-                    await self._db.execute(f"PRAGMA cache_size = {int(next(iter(cache))[0])}")
+                await self._spill_and_roll_back(size_bytes - current)
             return await asyncio.to_thread(_sync_file, wal)
         except (sqlite3.Error, OSError) as e:
             if self._on_error is not None:
                 self._on_error(f"WAL reservation failed: {e}")
             return await asyncio.to_thread(_size_of, wal)
+
+    async def _spill_and_roll_back(self, missing_bytes: int) -> None:
+        """:meth:`reserve`'s transaction: ``missing_bytes`` of frames into the WAL, void."""
+        cache = int(await self._value("PRAGMA cache_size"))
+        # The pages still in the cache at the rollback never reach the file.
+        blob = missing_bytes + (_RESERVE_CACHE_PAGES + 8) * int(
+            await self._value("PRAGMA page_size"))
+        await self._db.execute(f"PRAGMA cache_size = {_RESERVE_CACHE_PAGES}")
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute("CREATE TABLE riskmon_wal_reserve (filler BLOB)")
+            await self._db.execute(
+                "INSERT INTO riskmon_wal_reserve VALUES (zeroblob(?))", (blob,))
+        finally:
+            await self._db.execute("ROLLBACK")
+            await self._db.execute(f"PRAGMA cache_size = {cache}")
+
+    async def _value(self, sql: str) -> Any:
+        """The one value a pragma query answers."""
+        return next(iter(await self._db.execute_fetchall(sql)))[0]
 
     async def checkpoint(self) -> None:
         """One ``PASSIVE`` checkpoint now; raises SinkError.
