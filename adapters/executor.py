@@ -239,6 +239,12 @@ class Executor:
 
     # -- an observer of the SQLite sink ---------------------------------------------------
 
+    def acts_on(self, alert: Alert) -> bool:
+        """Whether ``alert`` is a trigger this executor carries out (its kind, an
+        executing account): the SQLite sink hands a batch holding one over before its
+        fsync (adapters/sinks.py, ``urgent``)."""
+        return alert.kind in self.kinds and alert.account in self.workers
+
     def offer(self, batch: Batch) -> None:
         """Hand each stored trigger of an executing account to its worker; never waits
         (the daemon calls it as an observer of the SQLite sink, monitor.runtime.pipeline)."""

@@ -263,9 +263,14 @@ class SqliteStore:
     """
 
     def __init__(self, connection: SqliteThread | aiosqlite.Connection, *, retention_ms: int,
-                 quarantine_max_rows: int = 10_000, location: str = "") -> None:
+                 quarantine_max_rows: int = 10_000, location: str = "",
+                 synchronous: str = "FULL") -> None:
         """Wrap an open connection to a migrated file; use :meth:`open` instead."""
         self._db: SqliteThread | aiosqlite.Connection | None = connection
+        self._location = location
+        # What each commit syncs: FULL and EXTRA the WAL, NORMAL and OFF nothing.
+        self._syncs_commits = synchronous in ("FULL", "EXTRA")
+        self._synchronous = synchronous
         self._retention_ms = retention_ms
         self._quarantine_max_rows = quarantine_max_rows
         # One connection carries one transaction at a time; without the lock a second task
@@ -347,7 +352,8 @@ class SqliteStore:
             await owner.close()
             raise
         return cls(connection, retention_ms=round(retention_days * _MS_PER_DAY),
-                   quarantine_max_rows=quarantine_max_rows, location=location)
+                   quarantine_max_rows=quarantine_max_rows, location=location,
+                   synchronous=mode)
 
     async def close(self) -> None:
         """Close the connection after any call in progress; closing twice is harmless."""
@@ -394,12 +400,20 @@ class SqliteStore:
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
         alert_json: Sequence[bytes] | None = None,
+        synced: bool = True,
     ) -> list[StoredAlert]:
         """Store everything in ONE transaction (one commit, one fsync); returns the alerts
         newly inserted, with their ``seq``, in insertion order (an alert whose id was
         already stored is skipped and not returned). ``alert_json``: the alerts' JSON, in
         their order, when the caller has it (a pipeline batch's, monitor.core.batch); the
         returned alerts carry it (else it is encoded here).
+
+        ``synced=False``: the commit does not wait for the disk (this one transaction runs
+        with ``synchronous = NORMAL``): it is committed, seen by every connection and kept
+        if the process dies, but not yet safe from a power loss until :meth:`sync`, which
+        the caller must call next. For what must act on the stored rows before their fsync
+        (monitor.runtime.pipeline, SqliteSink); nothing changes when the store's own mode
+        syncs no commit.
 
         The pipeline's unit of durability: the alerts of a batch and the checkpoints they
         moved are stored together or not at all, so a crash between them cannot make a
@@ -498,10 +512,31 @@ class SqliteStore:
                 )
             return stored
 
-        stored = await self._transaction(f"writing {', '.join(parts)}", write)
+        stored = await self._transaction(f"writing {', '.join(parts)}", write,
+                                         synced=synced or not self._syncs_commits)
         # A batch holding the same id twice inserts the first; report it once.
         unique = {entry.seq: entry for entry in stored}
         return sorted(unique.values(), key=lambda entry: entry.seq)
+
+    async def sync(self) -> None:
+        """Make the commits made with ``synced=False`` safe from a power loss: fsync the
+        WAL, which is what ``synchronous = FULL`` does inside every commit. It runs on the
+        store's thread (the next write waits for it) and takes no lock: the file's other
+        connections commit meanwhile. Nothing to do when the store's mode syncs no commit.
+
+        Raises SinkError when the fsync fails. Calling again is the only retry there is;
+        Linux may then report success for pages a failed fsync dropped, so a failure
+        here is worth an operator's look (the sink logs it as a retried write)."""
+        if not self._syncs_commits:
+            return
+        wal = f"{self._location}-wal"
+        async with self._connection("syncing the WAL") as db:
+            if not isinstance(db, SqliteThread):
+                raise SinkError("syncing the WAL failed: the store was opened read-only")
+            try:
+                await db.run(lambda _: _sync_file(wal))
+            except OSError as e:
+                raise SinkError(f"syncing the WAL failed: {e.strerror or e}") from e
 
     async def load_checkpoints(self) -> list[AccountCheckpoint]:
         """Every account's last saved checkpoint, ordered by account name.
@@ -604,15 +639,20 @@ class SqliteStore:
         limit: int | None = None,
         from_ts: int | None = None,
         to_ts: int | None = None,
+        up_to_seq: int | None = None,
     ) -> list[StoredAlert]:
-        """Stored alerts inserted after ``after_seq`` (0: all), in insertion order, with
-        their ``seq``; each of ``accounts``, ``kinds`` and ``levels`` (None: any) keeps
-        those whose field is one of the values, ``from_ts`` / ``to_ts`` (event time, ms,
-        both included) those of that time. ``limit`` keeps the first ``limit``."""
+        """Stored alerts inserted after ``after_seq`` (0: all) and, with ``up_to_seq``, not
+        after it, in insertion order, with their ``seq``; each of ``accounts``, ``kinds``
+        and ``levels`` (None: any) keeps those whose field is one of the values,
+        ``from_ts`` / ``to_ts`` (event time, ms, both included) those of that time.
+        ``limit`` keeps the first ``limit``."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
         conditions = ["seq > ?"]
         parameters: list[Any] = [after_seq]
+        if up_to_seq is not None:
+            conditions.append("seq <= ?")
+            parameters.append(up_to_seq)
         for column, values in (("account", accounts), ("kind", kinds), ("level", levels)):
             if values is not None:
                 wanted = sorted(set(values))
@@ -797,9 +837,11 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise SinkError(f"{action} failed: {e}") from e
 
-    async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _transaction(self, action: str, work: Callable[[sqlite3.Connection], _T], *,
+                           synced: bool = True) -> _T:
         """``work(connection)`` as one write transaction, rolled back if it raises, in ONE
-        call on the store's thread (see :mod:`adapters.sqlite_thread`).
+        call on the store's thread (see :mod:`adapters.sqlite_thread`); ``synced=False``:
+        its commit waits for no fsync (:func:`_unsynced`).
 
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
         at BEGIN, not halfway through; before that, the in-process write lock of the file
@@ -808,8 +850,10 @@ class SqliteStore:
         async with self._connection(action) as db:
             if not isinstance(db, SqliteThread):
                 raise SinkError(f"{action} failed: the store was opened read-only")
+            job = (partial(_transact, work) if synced
+                   else partial(_unsynced, self._synchronous, work))
             async with self._write_lock:
-                return await db.run(partial(_transact, work))
+                return await db.run(job)
 
     async def _read(self, action: str, sql: str,
                     parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
@@ -866,6 +910,17 @@ def _transact(work: Callable[[sqlite3.Connection], _T], db: sqlite3.Connection) 
             db.execute("ROLLBACK")
         raise
     return result
+
+
+def _unsynced(mode: str, work: Callable[[sqlite3.Connection], _T],
+              db: sqlite3.Connection) -> _T:
+    """Run on the store's thread: one transaction whose commit waits for no fsync, then
+    the connection's own ``mode`` again (SqliteStore.write_batch, ``synced=False``)."""
+    db.execute("PRAGMA synchronous = NORMAL")
+    try:
+        return _transact(work, db)
+    finally:
+        db.execute(f"PRAGMA synchronous = {mode}")
 
 
 def _migrate(location: str, connection: sqlite3.Connection) -> None:
@@ -1078,13 +1133,18 @@ def _size_of(path: str) -> int:
 
 
 def _sync_file(path: str) -> int:
-    """fsync the file at ``path``; its length."""
+    """Sync the data of the file at ``path`` (fdatasync where there is one: like SQLite's
+    own syncs, it skips a change of the modification time alone, which on ext4 would
+    commit the file system's journal); its length."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _datasync(fd)
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+_datasync: Final[Callable[[int], None]] = getattr(os, "fdatasync", os.fsync)
 
 
 def _write_lock(location: str) -> asyncio.Lock:

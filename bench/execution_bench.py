@@ -104,7 +104,7 @@ def write_recording(path: Path, accounts: int, total_ms: int) -> None:
 
 
 def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path,
-                 synchronous: str) -> dict[str, str]:
+                 synchronous: str, sync_before_send: bool) -> dict[str, str]:
     env = {"RISKMON_CONTROL_TOKEN": "bench-control"}
     parts = [
         "[risk]\nexecute_triggers = true\nstale_after_s = 30\n",
@@ -113,7 +113,8 @@ def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path,
         f'rest_url = "http://127.0.0.1:{rest_port}"\n',
         f'[storage]\nsqlite_path = "{db}"\nsynchronous = "{synchronous}"\n',
         "[stream]\nport = 0\n",
-        "[execution]\nmax_trigger_age_s = 600\n",
+        "[execution]\nmax_trigger_age_s = 600\n"
+        f"sync_before_send = {'true' if sync_before_send else 'false'}\n",
     ]
     for i in range(INSTRUMENTS):
         parts.append(f'[[instruments]]\ninst_id = "{inst(i)}"\nct_type = "linear"\n'
@@ -141,7 +142,7 @@ def write_config(path: Path, port: int, rest_port: int, accounts: int, db: Path,
 
 
 async def run(accounts: int, rate: int, seconds: float, synchronous: str,
-              daemon_python: str) -> dict[str, Any]:
+              sync_before_send: bool, daemon_python: str) -> dict[str, Any]:
     total_ms = int(seconds * rate / INSTRUMENTS)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -154,7 +155,8 @@ async def run(accounts: int, rate: int, seconds: float, synchronous: str,
         assert rest_port is not None
         db = directory / "daemon.db"
         config = directory / "bench.toml"
-        env = write_config(config, port, rest_port, accounts, db, synchronous)
+        env = write_config(config, port, rest_port, accounts, db, synchronous,
+                           sync_before_send)
         log_path = directory / "daemon.log"
         with log_path.open("wb") as log_file:
             # ``python -m riskmon`` for an installed (compiled) build, ``-m monitor`` for
@@ -215,6 +217,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                         help="storage.synchronous of the daemon (the alert's commit)")
+    parser.add_argument("--sync-before-send", action="store_true",
+                        help="execution.sync_before_send: the orders wait for the fsync of"
+                             " the trigger's commit")
     parser.add_argument("--daemon-python", default=sys.executable,
                         help="the interpreter that runs the daemon (default: this one); "
                              ".venv-native/bin/python runs the compiled build")
@@ -226,7 +231,7 @@ def main() -> None:
     result: dict[str, Any] = {"frames": 0, "orders": 0}
     for _ in range(args.runs):
         one = asyncio.run(run(args.accounts, args.rate, args.seconds, args.synchronous,
-                              args.daemon_python))
+                              args.sync_before_send, args.daemon_python))
         latencies += one["latencies_ms"]
         inner += one["inner_ms"]
         result["frames"] += one["frames"]

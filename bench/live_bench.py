@@ -545,12 +545,13 @@ class TimedStore(SqliteStore):
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
         alert_json: Sequence[bytes] | None = None,
+        synced: bool = True,
     ) -> list[StoredAlert]:
         start = time.time()
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints,
                                              quarantine_counts=quarantine_counts,
-                                             alert_json=alert_json)
+                                             alert_json=alert_json, synced=synced)
         end = time.time()
         if self.noting:
             for alert in alerts:

@@ -148,11 +148,12 @@ class TimedStore(SqliteStore):
         checkpoints: Sequence[AccountCheckpoint] = (),
         quarantine_counts: Mapping[str, int] | None = None,
         alert_json: Sequence[bytes] | None = None,
+        synced: bool = True,
     ) -> list[StoredAlert]:
         inserted = await super().write_batch(alerts=alerts, quarantine=quarantine,
                                              history=history, checkpoints=checkpoints,
                                              quarantine_counts=quarantine_counts,
-                                             alert_json=alert_json)
+                                             alert_json=alert_json, synced=synced)
         now = time.time()
         for alert in alerts:
             self.committed[alert.id] = now

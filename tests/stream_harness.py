@@ -34,10 +34,11 @@ class DelayedSource:
     async def stored_alerts(self, after_seq: int, *, accounts: Collection[str] | None = None,
                             kinds: Collection[str] | None = None,
                             levels: Collection[str] | None = None,
-                            limit: int | None = None) -> list[StoredAlert]:
+                            limit: int | None = None,
+                            up_to_seq: int | None = None) -> list[StoredAlert]:
         await asyncio.sleep(self.pause_s)
         page = await self.store.stored_alerts(after_seq, accounts=accounts, kinds=kinds,
-                                              levels=levels, limit=limit)
+                                              levels=levels, limit=limit, up_to_seq=up_to_seq)
         await asyncio.sleep(self.pause_s)
         return page
 

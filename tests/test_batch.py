@@ -148,28 +148,6 @@ async def test_batches_held_while_a_sink_fails_are_merged_in_order_and_counted()
     assert Batch.merged(keeping.batches) == Batch.merged(flaky.batches)
 
 
-async def test_an_observer_sees_each_batch_once_stored_and_before_any_follower() -> None:
-    # The executor's place (persist before act, and ahead of the log and subscribers):
-    # nothing while the store fails, then each written batch, before a follower has it.
-    a = [make_alert(n) for n in range(2)]
-    flaky, keeping = Flaky(), Keeping()
-    seen: list[tuple[Batch, int]] = []
-    head = SinkTask(flaky, max_attempts=None, followers=[SinkTask(keeping)],
-                    observers=[lambda batch: seen.append((batch, len(keeping.batches)))])
-    head.start()
-    await head.put(Batch.of(alerts=a[:1]))
-    await until(lambda: head.failing() != [])
-    assert seen == []
-    flaky.failing = False
-    await until(lambda: len(keeping.batches) == 1)
-    await head.put(Batch.of(alerts=a[1:]))
-    await until(lambda: len(keeping.batches) == 2)
-    await head.drain_and_close()
-    assert [(batch.alerts, followed) for batch, followed in seen] == [((a[0],), 0),
-                                                                      ((a[1],), 1)]
-    assert [batch for batch, _ in seen] == flaky.batches
-
-
 async def test_each_alert_is_encoded_once_for_every_follower(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The alert file, the stream and the webhooks all send an alert's JSON: once encoded

@@ -457,6 +457,36 @@ async def test_after_a_restart_what_was_stored_and_not_delivered_is_sent(
         "idempotency-key"]
 
 
+async def test_a_catch_up_reads_no_alert_the_notifier_has_not_been_passed(
+        tmp_path: Path) -> None:
+    # An urgent batch (adapters/sinks.py) is committed before it is synced and passed on:
+    # a notifier catching up meanwhile must leave it to the live path, after the sync.
+    db = tmp_path / "notify.db"
+    async with FakeHttpServer() as server:
+        async with rig(tmp_path, webhook_toml(server.url), ENV) as running:
+            await running.publish([alert(1)])
+            await server.wait_for(lambda r: len(r) == 1)
+        store = await SqliteStore.open(db)
+        await store.write_batch(alerts=[alert(2)])  # stored while no notifier ran
+        config = parse_config(tomllib.loads(webhook_toml(server.url)))
+        notifiers = await Notifiers.open(config.notify, db, environ=ENV)
+        [unsynced] = await store.write_batch(alerts=[alert(3)], synced=False)
+        notifiers.start()
+        try:
+            await server.wait_for(lambda r: len(r) == 2)
+            await asyncio.sleep(0.3)
+            assert [r.json()["id"] for r in server.requests] == [alert(1).id, alert(2).id]
+            await store.sync()
+            [notifier] = notifiers.notifiers
+            await notifier.write(Batch.of(alerts=[alert(3)]).with_stored([unsynced]))
+            await server.wait_for(lambda r: len(r) == 3)
+            await asyncio.sleep(0.2)
+        finally:
+            await notifiers.stop(2.0)
+            await store.close()
+    assert [r.json()["id"] for r in server.requests] == [alert(n).id for n in (1, 2, 3)]
+
+
 async def test_a_new_notifier_starts_at_the_newest_stored_alert(tmp_path: Path) -> None:
     async with FakeHttpServer() as server:
         async with rig(tmp_path, "", ENV) as running:

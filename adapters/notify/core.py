@@ -16,10 +16,12 @@ Delivery is at-least-once, in store order, by insertion number ``seq``:
   ``(live_from, seen]``; when it is full it is emptied and ``live_from`` moves to the
   alert that did not fit, so nothing is lost: what is not in memory is read back from the
   store. Whenever ``fetched < live_from`` the task reads the store in pages after
-  ``fetched`` (a catch-up, like a stream subscriber's); a page shorter than asked for
-  covers everything committed before the read began, so ``fetched`` moves to the ``seen``
-  noted before it, and the live queue takes over. At start ``live_from`` is the newest
-  ``seq`` stored, so what the previous run stored and did not deliver is read first.
+  ``fetched`` and not past the ``seen`` noted before it (a catch-up, like a stream
+  subscriber's: an alert committed but not yet synced, adapters/sinks.py, is not read
+  before it is published); a page shorter than asked for covers everything up to that
+  ``seen``, so ``fetched`` moves to it, and the live queue takes over. At start
+  ``live_from`` is the newest ``seq`` stored, so what the previous run stored and did not
+  deliver is read first.
 
 Before each message the cursor is saved with the message's first and last ``seq``
 (in flight); after the destination accepted it the next save moves ``delivered`` past
@@ -200,7 +202,7 @@ class NotifierStore(Protocol):
     async def stored_alerts(
         self, after_seq: int, *, accounts: Collection[str] | None = None,
         kinds: Collection[str] | None = None, levels: Collection[str] | None = None,
-        limit: int | None = None,
+        limit: int | None = None, up_to_seq: int | None = None,
     ) -> list[StoredAlert]: ...
 
     async def save_notifier_cursor(self, cursor: NotifierCursor) -> None: ...
@@ -435,10 +437,10 @@ class Notifier:
             limit = min(PAGE_SIZE, max(self.config.queue_size, want - len(self.ready)))
             page = await self.store.stored_alerts(
                 self.fetched, accounts=self.filter.filter.accounts,
-                kinds=self.filter.query_kinds, limit=limit)
+                kinds=self.filter.query_kinds, limit=limit, up_to_seq=mark)
             self.ready.extend(s for s in page if self.filter.matches(s.alert))
             if len(page) < limit:
-                # Everything committed before the read began is in it (module docstring).
+                # Everything up to the mark is in it (module docstring).
                 self.fetched = max(page[-1].seq if page else self.fetched, mark)
             else:
                 self.fetched = page[-1].seq

@@ -540,7 +540,7 @@ def _parse_execution(table: Mapping[str, Any]) -> ExecutionConfig:
     for key in ExecutionConfig.__dataclass_fields__:
         value = table.get(key, getattr(defaults, key))
         path = f"execution.{key}"
-        if key in ("dry_run", "deleverage_plans"):
+        if key in ("dry_run", "deleverage_plans", "sync_before_send"):
             values[key] = read_bool(value, path)
         elif key in ("max_attempts", "queue_size"):
             if _count(value, path) < 1:

@@ -134,7 +134,8 @@ class Monitor:
                                             read_only=True)
             opened.push_async_callback(reader.close)
             hub = AlertHub(reader, queue_size=config.stream.queue_size,
-                           last_id=await reader.last_alert_id())
+                           last_id=await reader.last_alert_id(),
+                           last_seq=await reader.last_alert_seq())
 
             def on_retry(name: str, attempt: int, error: SinkError) -> None:
                 log.warning("sink_retry", sink=name, attempt=attempt, error=str(error))
@@ -144,10 +145,14 @@ class Monitor:
             # max_attempts=None: a storage fault holds the alerts in memory (bounded by
             # the queue; /healthz degraded) until it clears, rather than stopping.
             # The executor observes the store (persist before act): it gets each stored
-            # trigger in the store's own task, before the followers' turns.
-            head = SinkTask(SqliteSink(store, prune=True), followers=followers,
-                            observers=[executor.offer] if executor is not None else [],
-                            on_retry=on_retry, max_attempts=None)
+            # trigger in the store's own task, before the followers' turns, and unless
+            # execution.sync_before_send, as soon as it is committed, while it is synced.
+            sink = SqliteSink(store, prune=True)
+            if executor is not None:
+                sink.observers.append(executor.offer)
+                if not config.execution.sync_before_send:
+                    sink.urgent = executor.acts_on
+            head = SinkTask(sink, followers=followers, on_retry=on_retry, max_attempts=None)
             daemon = build_daemon(config, credentials, head, uses=uses,
                                   order_observer=executor.on_order if executor else None)
             if executor is not None:

@@ -240,6 +240,9 @@ class ExecutionConfig:
     - ``keep_warm_s``: an account's trade connection idle this long gets a cheap signed
       request (the key's account configuration), so that a trigger's orders never wait
       for a new TCP and TLS connection.
+    - ``sync_before_send``: with ``storage.synchronous`` FULL or EXTRA, a trigger's first
+      orders wait for its commit's fsync (off: they go once it is committed, while its
+      fsync runs; adapters/sinks.py, ``urgent``).
     """
 
     dry_run: bool = False
@@ -252,6 +255,7 @@ class ExecutionConfig:
     control_token_env: str = "RISKMON_CONTROL_TOKEN"
     queue_size: int = 1000
     keep_warm_s: float = 15.0
+    sync_before_send: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,20 +287,16 @@ class SinkTask:
     gives such a sink ``grace_s`` more; after that the task fails with how many records
     it could not write.
 
-    ``observers`` are told each batch as soon as the sink has written it, in this task,
-    before the followers' queues get it: one task switch sooner than a follower, for what
-    must act at once on what is stored (the executor hands triggers to its workers). An
-    observer must not block and must not raise.
+    What must act at once on what is stored observes the sink itself (the SQLite sink's
+    ``observers``, adapters/sinks.py): it is told in this task, before the followers.
     """
 
     def __init__(self, sink: Sink, *, maxsize: int = 10_000, max_attempts: int | None = 5,
                  followers: Sequence[SinkTask] = (),
-                 observers: Sequence[Callable[[Batch], None]] = (),
                  on_retry: Callable[[str, int, SinkError], None] | None = None) -> None:
         self.sink = sink
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize)
         self.followers = list(followers)
-        self.observers = list(observers)
         self.max_attempts = max_attempts
         self.on_retry = on_retry
         self.task: asyncio.Task[None] | None = None
@@ -408,8 +404,6 @@ class SinkTask:
                 delay = min(delay * 2, 5.0)
         self.retrying = None
         onward = batch if passed is None else passed
-        for observe in self.observers:
-            observe(onward)
         for follower in self.followers:
             await follower.put(onward)
 

@@ -18,7 +18,11 @@ that read started is in the read; every alert committed after it is published af
 registration, so it is in the live queue. An alert can be in both; the live queue skips
 whatever is at or below the cursor. Within the live queue ``seq`` only grows, because the
 hub publishes in commit order. The proof needs nothing about the source but snapshot reads
-(SQLite transactions) and an insertion order that only grows (AUTOINCREMENT).
+(SQLite transactions) and an insertion order that only grows (AUTOINCREMENT). A hub that
+knows the ``seq`` it has published (``last_seq``) reads no further than it: an alert
+committed and not yet synced (adapters/sinks.py, urgent batches) is not published yet, so
+it comes through the live queue, after the sync; the second read, after registration,
+covers what was published in between.
 
 A subscription without ``since`` registers at once and delivers alerts published from then
 on; :attr:`Subscription.resume_id` names the last alert published before it (the id to
@@ -75,6 +79,7 @@ class AlertSource(Protocol):
         kinds: Collection[str] | None = None,
         levels: Collection[str] | None = None,
         limit: int | None = None,
+        up_to_seq: int | None = None,
     ) -> list[StoredAlert]: ...
 
 
@@ -121,15 +126,20 @@ class AlertHub:
     name = "subscribers"
 
     def __init__(self, source: AlertSource, *, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 page_size: int = DEFAULT_PAGE_SIZE, last_id: str | None = None) -> None:
+                 page_size: int = DEFAULT_PAGE_SIZE, last_id: str | None = None,
+                 last_seq: int | None = None) -> None:
         """``last_id``: the newest alert already stored when the hub starts (the resume
-        point of the first live-only subscribers)."""
+        point of the first live-only subscribers). ``last_seq``: its ``seq``; given, a
+        catch-up read never goes past the newest alert the hub has published, so a
+        subscriber never reads an alert that is committed but not yet synced (the SQLite
+        sink's urgent batches, adapters/sinks.py) before the hub has it."""
         if queue_size < 1 or page_size < 1:
             raise ValueError("queue_size and page_size must be at least 1")
         self.source = source
         self.queue_size = queue_size
         self.page_size = page_size
         self.last_id = last_id
+        self.last_seq = last_seq
         self.cut_off = 0
         self._live: set[Subscription] = set()
         self._closed = False
@@ -154,6 +164,8 @@ class AlertHub:
         if not stored:
             return
         self.last_id = stored[-1].alert.id
+        if self.last_seq is not None:
+            self.last_seq = stored[-1].seq
         # A copy: a subscription cut off while offered leaves the set.
         for subscription in list(self._live):
             for record in stored:
@@ -277,7 +289,7 @@ class Subscription:
         hub = self.hub
         page = await hub.source.stored_alerts(
             self._cursor, accounts=self.filter.accounts, kinds=self.filter.kinds,
-            levels=self.filter.levels(), limit=hub.page_size,
+            levels=self.filter.levels(), limit=hub.page_size, up_to_seq=hub.last_seq,
         )
         self._caught.extend(page)
         if len(page) < hub.page_size:
