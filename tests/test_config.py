@@ -348,6 +348,8 @@ def test_collateral_override_leaves_the_module_defaults_alone() -> None:
         pytest.param("[storage]\ncheckpoint_interval_s = 0\n", "storage.checkpoint_interval_s",
                      id="checkpoint-interval-0"),
         pytest.param("[stream]\nport = 70000\n", "stream.port", id="stream-port-70000"),
+        pytest.param('[execution]\nsync_before_send = "yes"\n', "execution.sync_before_send",
+                     id="sync-before-send-string"),
         pytest.param("[stream]\nport = 8765.0\n", "stream.port", id="stream-port-float"),
         pytest.param('[stream]\ntokens = [{ token_env = "T" }]\n', "stream.tokens[0].accounts",
                      id="token-without-accounts"),
@@ -548,3 +550,8 @@ def test_the_checkpoint_interval_parses() -> None:
     assert parse_toml("").storage.checkpoint_interval_s == 60.0
     config = parse_toml("[storage]\ncheckpoint_interval_s = 5\n")
     assert config.storage.checkpoint_interval_s == 5.0
+
+
+def test_execution_waits_for_the_fsync_only_when_asked() -> None:
+    assert parse_toml("").execution.sync_before_send is False
+    assert parse_toml("[execution]\nsync_before_send = true\n").execution.sync_before_send

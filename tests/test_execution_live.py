@@ -122,8 +122,11 @@ def kinds(alerts: list[dict[str, Any]]) -> Counter[str]:
     return Counter(alert["kind"] for alert in alerts)
 
 
-def test_the_story_with_execution_closes_the_positions(tmp_path: Path) -> None:
-    out = run_story(tmp_path)
+@pytest.mark.parametrize("sync_before_send", [False, True])
+def test_the_story_with_execution_closes_the_positions(tmp_path: Path,
+                                                       sync_before_send: bool) -> None:
+    # Both orders of the trigger's fsync and the send (README, "Persist before act").
+    out = run_story(tmp_path, sync_before_send=sync_before_send)
     assert out["code"] == 0
     # One request, one order per leg, both filled at once.
     assert len(out["requests"]) == 1
