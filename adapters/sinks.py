@@ -50,7 +50,7 @@ class SqliteSink:
         nothing is pruned before the first event time is known."""
         self.store = store
         self.observers = list(observers)
-        self.urgent = urgent
+        self._urgent = urgent
         self._close_store = close_store
         self._next_prune_s = 0.0 if prune else math.inf
         self._event_ms: int | None = None
@@ -73,7 +73,7 @@ class SqliteSink:
             await self.store.sync()
             self._unsynced = None
             return unsynced[1]
-        urgent = self.urgent
+        urgent = self._urgent
         early = urgent is not None and any(urgent(alert) for alert in batch.alerts)
         counts: dict[str, int] = {}
         for record in batch.quarantine_counts:

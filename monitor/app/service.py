@@ -40,6 +40,8 @@ from adapters.sinks import LogSink, SqliteSink
 from adapters.sqlite_store import SqliteStore, WalCheckpointer
 from adapters.venues import VENUES
 from monitor.app.status import status_document
+from monitor.core.alerts import Alert
+from monitor.core.batch import Batch
 from monitor.core.engine import MarginEngine
 from monitor.core.errors import ConfigError, SinkError
 from monitor.core.events import OrderUpdate
@@ -147,11 +149,13 @@ class Monitor:
             # The executor observes the store (persist before act): it gets each stored
             # trigger in the store's own task, before the followers' turns, and unless
             # execution.sync_before_send, as soon as it is committed, while it is synced.
-            sink = SqliteSink(store, prune=True)
+            observers: list[Callable[[Batch], None]] = []
+            urgent: Callable[[Alert], bool] | None = None
             if executor is not None:
-                sink.observers.append(executor.offer)
+                observers.append(executor.offer)
                 if not config.execution.sync_before_send:
-                    sink.urgent = executor.acts_on
+                    urgent = executor.acts_on
+            sink = SqliteSink(store, prune=True, observers=observers, urgent=urgent)
             head = SinkTask(sink, followers=followers, on_retry=on_retry, max_attempts=None)
             daemon = build_daemon(config, credentials, head, uses=uses,
                                   order_observer=executor.on_order if executor else None)
