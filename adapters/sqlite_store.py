@@ -412,7 +412,7 @@ class SqliteStore:
         with ``synchronous = NORMAL``): it is committed, seen by every connection and kept
         if the process dies, but not yet safe from a power loss until :meth:`sync`, which
         the caller must call next. For what must act on the stored rows before their fsync
-        (monitor.runtime.pipeline, SqliteSink); nothing changes when the store's own mode
+        (adapters/sinks.py, SqliteSink); nothing changes when the store's own mode
         syncs no commit.
 
         The pipeline's unit of durability: the alerts of a batch and the checkpoints they
