@@ -249,10 +249,8 @@ class Executor:
         """Hand each stored trigger of an executing account to its worker; never waits
         (the daemon calls it as an observer of the SQLite sink, monitor.runtime.pipeline)."""
         for record in batch.stored:
-            if record.alert.kind in self.kinds:
-                worker = self.workers.get(record.alert.account)
-                if worker is not None:
-                    worker.offer(record)
+            if self.acts_on(record.alert):
+                self.workers[record.alert.account].offer(record)
 
     # -- from the engine task -------------------------------------------------------------
 

@@ -237,6 +237,8 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _OLDEST_SQLITE: Final = (3, 35, 0)
 _SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+_SYNCING_MODES: Final = frozenset({"FULL", "EXTRA"})
+"""The modes whose commits sync the WAL (NORMAL and OFF sync nothing)."""
 _MS_PER_DAY: Final = 86_400_000
 WAL_RESERVE_BYTES: Final = 16 << 20
 """How long :meth:`WalCheckpointer.reserve` makes the WAL at a start: about 4,000 pages,
@@ -268,8 +270,6 @@ class SqliteStore:
         """Wrap an open connection to a migrated file; use :meth:`open` instead."""
         self._db: SqliteThread | aiosqlite.Connection | None = connection
         self._location = location
-        # What each commit syncs: FULL and EXTRA the WAL, NORMAL and OFF nothing.
-        self._syncs_commits = synchronous in ("FULL", "EXTRA")
         self._synchronous = synchronous
         self._retention_ms = retention_ms
         self._quarantine_max_rows = quarantine_max_rows
@@ -513,7 +513,7 @@ class SqliteStore:
             return stored
 
         stored = await self._transaction(f"writing {', '.join(parts)}", write,
-                                         synced=synced or not self._syncs_commits)
+                                         synced=synced)
         # A batch holding the same id twice inserts the first; report it once.
         unique = {entry.seq: entry for entry in stored}
         return sorted(unique.values(), key=lambda entry: entry.seq)
@@ -527,7 +527,7 @@ class SqliteStore:
         Raises SinkError when the fsync fails. Calling again is the only retry there is;
         Linux may then report success for pages a failed fsync dropped, so a failure
         here is worth an operator's look (the sink logs it as a retried write)."""
-        if not self._syncs_commits:
+        if self._synchronous not in _SYNCING_MODES:
             return
         wal = f"{self._location}-wal"
         async with self._connection("syncing the WAL") as db:
@@ -841,7 +841,7 @@ class SqliteStore:
                            synced: bool = True) -> _T:
         """``work(connection)`` as one write transaction, rolled back if it raises, in ONE
         call on the store's thread (see :mod:`adapters.sqlite_thread`); ``synced=False``:
-        its commit waits for no fsync (:func:`_unsynced`).
+        its commit waits for no fsync (:func:`_unsynced`), if the store's mode has any.
 
         Writers take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails
         at BEGIN, not halfway through; before that, the in-process write lock of the file
@@ -850,7 +850,7 @@ class SqliteStore:
         async with self._connection(action) as db:
             if not isinstance(db, SqliteThread):
                 raise SinkError(f"{action} failed: the store was opened read-only")
-            job = (partial(_transact, work) if synced
+            job = (partial(_transact, work) if synced or self._synchronous not in _SYNCING_MODES
                    else partial(_unsynced, self._synchronous, work))
             async with self._write_lock:
                 return await db.run(job)

@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from adapters.sinks import SqliteSink
 from adapters.sqlite_store import SqliteStore
@@ -34,8 +35,8 @@ class NotingStore(SqliteStore):
     """The real store; each :meth:`sync` notes what the file, the observers and the
     follower held when it began, and the first ``failures`` of them fail."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.db_path: Path | None = None
         self.observed: list[Batch] = []
         self.keeping: Keeping | None = None
